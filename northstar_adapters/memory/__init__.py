@@ -1,0 +1,110 @@
+"""In-process memory backend (lab and tests only; neither durable nor shared)."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable, Sequence
+
+from northstar_core.routing import Route
+from northstar_core.storage import (
+    Absent,
+    Capabilities,
+    ConditionFailed,
+    Delete,
+    Item,
+    ItemStore,
+    Op,
+    Put,
+    VersionIs,
+    is_live,
+    validate_key,
+    validate_ops,
+)
+
+CAPABILITIES = Capabilities(durable=False, shared=False, native_ttl=False, max_batch_ops=100)
+
+
+class MemoryItemStore(ItemStore):
+    """Items in sorted per-partition lists; one lock makes every batch atomic."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._parts: dict[str, tuple[list[str], dict[str, Item]]] = {}
+        self._lock = asyncio.Lock()
+        self._clock = clock
+
+    def _live(self, item: Item | None) -> Item | None:
+        if item is None or not is_live(item.expires_at, self._clock()):
+            return None
+        return item
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        validate_key(key)
+        part = self._parts.get(partition)
+        return self._live(part[1].get(key)) if part else None
+
+    async def query(
+        self,
+        partition: str,
+        prefix: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        part = self._parts.get(partition)
+        if part is None or limit <= 0:
+            return []
+        keys, items = part
+        lo = bisect.bisect_left(keys, prefix)
+        if after is not None:
+            lo = max(lo, bisect.bisect_right(keys, after))
+        hi = bisect.bisect_left(keys, prefix + "\U0010ffff")
+        if before is not None:
+            hi = min(hi, bisect.bisect_left(keys, before))
+        out: list[Item] = []
+        rng = range(hi - 1, lo - 1, -1) if descending else range(lo, hi)
+        for i in rng:
+            item = self._live(items[keys[i]])
+            if item is not None:
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        validate_ops(ops, self.capabilities.max_batch_ops)
+        async with self._lock:
+            keys, items = self._parts.setdefault(partition, ([], {}))
+            for index, op in enumerate(ops):
+                current = self._live(items.get(op.key))
+                if isinstance(op.condition, Absent) and current is not None:
+                    raise ConditionFailed(index)
+                if isinstance(op.condition, VersionIs) and (
+                    current is None or current.version != op.condition.version
+                ):
+                    raise ConditionFailed(index)
+            for op in ops:
+                if isinstance(op, Put):
+                    if op.key not in items:
+                        bisect.insort(keys, op.key)
+                    items[op.key] = Item(op.key, op.value, op.version, op.expires_at)
+                elif isinstance(op, Delete) and op.key in items:
+                    del items[op.key]
+                    keys.pop(bisect.bisect_left(keys, op.key))
+
+
+_SHARED: dict[str, MemoryItemStore] = {}
+
+
+def open_store(route: Route) -> MemoryItemStore:
+    """Stores are per process; routes naming the same ``name`` param share one."""
+    name = str(route.params.get("name", route.resource_kind))
+    store = _SHARED.get(name)
+    if store is None:
+        store = _SHARED[name] = MemoryItemStore()
+    return store

@@ -1,0 +1,5 @@
+"""Northstar durable engines: the pure-Python core (domain, ports, use-cases, routing).
+
+The core imports no cloud SDK and no web framework; adapters implement its ports and the
+HTTP shell maps requests onto its use-cases.
+"""

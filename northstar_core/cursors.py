@@ -1,0 +1,65 @@
+"""Opaque, signed cursors bound to a tenant, a mode and one stream.
+
+A cursor encodes a durable position (the store key of the last item the reader has seen). Its
+signature covers the domain, tenant, mode and stream, so a cursor presented on another thread,
+canvas or tenant fails verification and is answered with ``<domain>.cursor_invalid`` (410),
+never with data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Final
+
+from northstar_core.errors import cursor_invalid
+
+_VERSION: Final = "1"
+_MAX_LEN: Final = 1024
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class CursorCodec:
+    """Encodes and verifies cursors with HMAC-SHA256 under a server secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("cursor secret must be at least 16 bytes")
+        self._secret = secret
+
+    def _mac(self, binding: str, position: str) -> bytes:
+        msg = f"{_VERSION}\x1f{binding}\x1f{position}".encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()[:18]
+
+    @staticmethod
+    def _binding(domain: str, tenant_id: str, mode: str, stream: str) -> str:
+        return "\x1e".join((domain, tenant_id, mode, stream))
+
+    def encode(self, domain: str, tenant_id: str, mode: str, stream: str, position: str) -> str:
+        mac = self._mac(self._binding(domain, tenant_id, mode, stream), position)
+        return f"{_VERSION}.{_b64(position.encode())}.{_b64(mac)}"
+
+    def decode(self, domain: str, tenant_id: str, mode: str, stream: str, cursor: str) -> str:
+        """The position inside ``cursor``, or 410 ``<domain>.cursor_invalid``."""
+        if len(cursor) > _MAX_LEN:
+            raise cursor_invalid(domain, cursor[:64], "cursor too long")
+        parts = cursor.split(".")
+        if len(parts) != 3 or parts[0] != _VERSION:
+            raise cursor_invalid(domain, cursor, "malformed cursor")
+        try:
+            position = _unb64(parts[1]).decode()
+            mac = _unb64(parts[2])
+        except (ValueError, UnicodeDecodeError):
+            raise cursor_invalid(domain, cursor, "malformed cursor") from None
+        expected = self._mac(self._binding(domain, tenant_id, mode, stream), position)
+        if not hmac.compare_digest(mac, expected):
+            raise cursor_invalid(domain, cursor, "cursor does not belong to this stream")
+        return position

@@ -1,0 +1,186 @@
+"""Who is calling: the request context and the identity precedence rule.
+
+Identity is server-derived (SPEC §2.6, §3): a server binding beats verified JWT claims, which
+beat headers and query parameters. A header that contradicts a stronger source is not
+"overridden": the request is refused and the caller records an audit event.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Final, Literal, get_args
+
+import msgspec
+
+from northstar_core.errors import NorthstarError
+
+Mode = Literal["saas", "enterprise", "system", "lab"]
+MODES: Final[tuple[str, ...]] = get_args(Mode)
+Role = Literal["owner", "admin", "member", "viewer"]
+ROLE_RANK: Final[dict[str, int]] = {"viewer": 0, "member": 1, "admin": 2, "owner": 3}
+TENANT_PATTERN: Final = re.compile(r"^t_[A-Za-z0-9_\-]{1,120}$")
+ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+
+
+class Claims(msgspec.Struct, frozen=True, kw_only=True):
+    """The identity-bearing claims of a verified token."""
+
+    sub: str
+    tenant_id: str
+    mode: str
+    roles: tuple[str, ...] = ()
+    system: bool = False
+    agent_id: str | None = None
+    project_id: str | None = None
+
+
+class ServerBinding(msgspec.Struct, frozen=True, kw_only=True):
+    """Identity fixed by the deployment itself (e.g. a single-tenant enterprise install)."""
+
+    tenant_id: str | None = None
+    mode: str | None = None
+
+
+class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
+    """The identity scope of one request; every store call is made within one."""
+
+    tenant_id: str
+    mode: str
+    user_id: str
+    roles: tuple[str, ...] = ()
+    is_system: bool = False
+    agent_id: str | None = None
+    project_id: str | None = None
+    surface_id: str | None = None
+    app_id: str | None = None
+    run_id: str | None = None
+    step_id: str | None = None
+    trace_id: str | None = None
+    request_id: str = ""
+
+    @property
+    def is_agent(self) -> bool:
+        return self.agent_id is not None
+
+    @property
+    def role_rank(self) -> int:
+        return max((ROLE_RANK.get(r, -1) for r in self.roles), default=-1)
+
+    def require_role(self, minimum: Role) -> None:
+        """Raise 403 ``auth.forbidden_role`` unless the caller holds ``minimum`` or above."""
+        if self.role_rank < ROLE_RANK[minimum]:
+            raise NorthstarError(
+                "auth.forbidden_role",
+                f"this operation needs the '{minimum}' role or above",
+                403,
+                details={"required_role": minimum, "roles": list(self.roles)},
+            )
+
+    def require_system(self) -> None:
+        if not self.is_system:
+            raise NorthstarError(
+                "auth.system_required", "this operation needs the system flag", 403
+            )
+
+    def scope(self) -> dict[str, Any]:
+        """The identity fields stored on every record."""
+        return {
+            "tenant_id": self.tenant_id,
+            "mode": self.mode,
+            "user_id": self.user_id,
+            "project_id": self.project_id,
+            "surface_id": self.surface_id,
+            "run_id": self.run_id,
+        }
+
+
+class IdentityMismatch(NorthstarError):
+    """A header or query value contradicted the token or server binding (audit-worthy)."""
+
+    def __init__(self, field: str, claimed: str, presented: str) -> None:
+        super().__init__(
+            "auth.identity_mismatch",
+            f"the '{field}' presented does not match the authenticated identity",
+            403,
+            details={"field": field, "authenticated": claimed, "presented": presented},
+        )
+        self.field = field
+
+
+# header name -> context field, for the fields headers may supply
+HEADER_FIELDS: Final[dict[str, str]] = {
+    "x-tenant-id": "tenant_id",
+    "x-mode": "mode",
+    "x-user-id": "user_id",
+    "x-project-id": "project_id",
+    "x-surface-id": "surface_id",
+    "x-app-id": "app_id",
+    "x-run-id": "run_id",
+    "x-step-id": "step_id",
+    "x-trace-id": "trace_id",
+}
+
+
+def _bad(field: str, value: str) -> NorthstarError:
+    return NorthstarError(
+        "auth.invalid_identity",
+        f"'{field}' has an invalid value",
+        400,
+        details={"field": field, "value": value[:200]},
+    )
+
+
+def resolve_context(
+    claims: Claims,
+    presented: dict[str, str],
+    *,
+    binding: ServerBinding | None = None,
+    request_id: str | None = None,
+) -> RequestContext:
+    """Apply the precedence rule: binding > claims > presented headers/query.
+
+    ``presented`` maps context field names (``tenant_id``, ``mode``, ``project_id``…) to what
+    the caller sent. A presented value that contradicts a stronger source raises
+    :class:`IdentityMismatch`; otherwise weaker sources only fill fields stronger ones leave open.
+    """
+    binding = binding or ServerBinding()
+    strong: dict[str, str | None] = {
+        "tenant_id": claims.tenant_id,
+        "mode": claims.mode,
+        "user_id": claims.sub,
+        "project_id": claims.project_id,
+    }
+    for field, bound in (("tenant_id", binding.tenant_id), ("mode", binding.mode)):
+        if bound is not None:
+            if strong[field] is not None and strong[field] != bound:
+                raise IdentityMismatch(field, bound, str(strong[field]))
+            strong[field] = bound
+    for field, shown in presented.items():
+        if shown == "":
+            continue
+        authoritative = strong.get(field)
+        if authoritative is not None and shown != authoritative:
+            raise IdentityMismatch(field, authoritative, shown)
+    tenant_id = str(strong["tenant_id"])
+    mode = str(strong["mode"])
+    if not TENANT_PATTERN.match(tenant_id):
+        raise _bad("tenant_id", tenant_id)
+    if mode not in MODES:
+        raise _bad("mode", mode)
+    optional: dict[str, str | None] = {}
+    for field in ("project_id", "surface_id", "app_id", "run_id", "step_id", "trace_id"):
+        value: str | None = strong.get(field) or presented.get(field) or None
+        if value is not None and not ID_PATTERN.match(value):
+            raise _bad(field, value)
+        optional[field] = value
+    return RequestContext(
+        tenant_id=tenant_id,
+        mode=mode,
+        user_id=claims.sub,
+        roles=tuple(claims.roles),
+        is_system=claims.system,
+        agent_id=claims.agent_id,
+        request_id=request_id or str(uuid.uuid4()),
+        **optional,
+    )

@@ -1,0 +1,187 @@
+"""The one storage primitive every backend implements.
+
+An :class:`ItemStore` is a table of items addressed by ``(partition, key)``. Within one
+partition it offers exactly three things, and every domain store in the core is built on them:
+
+* ``get`` one item;
+* ``query`` items whose key starts with a prefix, ordered by key, from an exclusive bound;
+* ``write`` a batch of puts/deletes, each with an optional condition, **atomically**: either
+  every condition holds and every operation applies, or :class:`ConditionFailed` is raised and
+  nothing changes.
+
+That is the shape of DynamoDB (``TransactWriteItems`` over one partition key), Firestore
+(atomic batches with ``create``/update-time preconditions), Cosmos DB (transactional batch in
+one logical partition) and SQLite (one transaction). Optimistic concurrency is therefore a
+uniqueness condition enforced by the store itself (``Absent`` on the next sequence key), never
+a read-then-check in Python.
+
+Expiry: an item may carry ``expires_at`` (epoch seconds). Backends set their native TTL
+attribute where they have one, but *every* backend hides expired items from ``get`` and
+``query`` and treats an expired item as absent for ``Absent`` conditions, because native TTL
+deletes late (or, in the emulators, never).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+KEY_MAX_BYTES: Final = 512
+MAX_VALUE_BYTES: Final = 350_000  # below DynamoDB's 400 KB item limit, Cosmos' 2 MB
+
+
+class Item(msgspec.Struct, frozen=True):
+    """One stored item. ``version`` is assigned by the core and stored verbatim."""
+
+    key: str
+    value: bytes
+    version: int = 1
+    expires_at: float | None = None
+
+
+class Absent(msgspec.Struct, frozen=True, tag=True):
+    """Condition: no live (unexpired) item exists at the key."""
+
+
+class VersionIs(msgspec.Struct, frozen=True, tag=True):
+    """Condition: a live item exists at the key with exactly this version."""
+
+    version: int
+
+
+Condition = Absent | VersionIs
+
+
+class Put(msgspec.Struct, frozen=True, tag=True):
+    key: str
+    value: bytes
+    version: int = 1
+    expires_at: float | None = None
+    condition: Condition | None = None
+
+
+class Delete(msgspec.Struct, frozen=True, tag=True):
+    key: str
+    condition: Condition | None = None
+
+
+Op = Put | Delete
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a backend honestly offers; the contract suite checks each claim both ways.
+
+    * ``durable``: data survives closing and reopening the store (memory: no).
+    * ``shared``: two independent store objects opened on the same configuration (as two
+      server processes would) see each other's writes (memory: no).
+    * ``native_ttl``: the backend deletes expired items by itself, eventually.
+    * ``max_batch_ops``: the most operations one atomic ``write`` accepts.
+    """
+
+    durable: bool
+    shared: bool
+    native_ttl: bool
+    max_batch_ops: int
+
+
+class StorageError(Exception):
+    """Base of the errors adapters raise; the core maps them to envelopes."""
+
+
+class ConditionFailed(StorageError):
+    """A condition of an atomic write did not hold; nothing was written.
+
+    ``index`` is the failing operation's position when the backend reports it, else ``None``.
+    """
+
+    def __init__(self, index: int | None = None, message: str = "condition failed") -> None:
+        super().__init__(message)
+        self.index = index
+
+
+class BackendUnavailable(StorageError):
+    """The backend could not be reached, timed out or throttled after retries.
+
+    Nothing is known to have been written by the failing call unless the adapter says so;
+    writes are therefore only retried by the core where they are idempotent by construction
+    (every write in the core is conditional or keyed by an idempotency record).
+    """
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class InvalidItem(StorageError):
+    """The item violates a backend-independent limit (key or value too large, bad key)."""
+
+
+class ItemStore(abc.ABC):
+    """A partitioned, ordered item table with atomic conditional batches (see module doc)."""
+
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    async def get(self, partition: str, key: str) -> Item | None:
+        """The live item at ``(partition, key)``, or ``None`` if absent or expired."""
+
+    @abc.abstractmethod
+    async def query(
+        self,
+        partition: str,
+        prefix: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        """Up to ``limit`` live items of ``partition`` whose key starts with ``prefix``.
+
+        Ordered by key (descending if asked), restricted to keys strictly greater than
+        ``after`` and strictly less than ``before`` when given. Cost is proportional to
+        ``limit``, not to the size of the partition.
+        """
+
+    @abc.abstractmethod
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` atomically within ``partition``, or raise :class:`ConditionFailed`.
+
+        At most ``capabilities.max_batch_ops`` operations; each key at most once.
+        """
+
+    async def ping(self) -> None:
+        """Raise :class:`BackendUnavailable` if the backend cannot be reached."""
+        await self.get("__ping__", "__ping__")
+
+    async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release connections. The store must not be used afterwards."""
+
+
+def validate_ops(ops: Sequence[Op], max_ops: int) -> None:
+    """Backend-independent checks every adapter runs before writing."""
+    if not ops:
+        raise InvalidItem("empty batch")
+    if len(ops) > max_ops:
+        raise InvalidItem(f"batch of {len(ops)} operations exceeds {max_ops}")
+    seen: set[str] = set()
+    for op in ops:
+        validate_key(op.key)
+        if op.key in seen:
+            raise InvalidItem(f"key {op.key!r} appears twice in one batch")
+        seen.add(op.key)
+        if isinstance(op, Put) and len(op.value) > MAX_VALUE_BYTES:
+            raise InvalidItem(f"value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}")
+
+
+def validate_key(key: str) -> None:
+    if not key or len(key.encode()) > KEY_MAX_BYTES:
+        raise InvalidItem("key is empty or too long")
+
+
+def is_live(item_expires_at: float | None, now: float) -> bool:
+    return item_expires_at is None or item_expires_at > now
