@@ -60,6 +60,10 @@ class VersionedRecords:
             self.partition, f"{HISTORY_PREFIX}{key}#", after=history_key(key, after), limit=limit
         )
 
+    async def _last_history_version(self, key: str) -> int:
+        last = await self.store.query(self.partition, f"{HISTORY_PREFIX}{key}#", limit=1, descending=True)
+        return last[0].version if last else 0
+
     async def _current_version(self, key: str) -> int | None:
         item = await self.get(key)
         return item.version if item else None
@@ -80,7 +84,10 @@ class VersionedRecords:
         """
         if expected_version is None:
             condition: Absent | VersionIs = Absent()
-            version = 1
+            # With history, a key re-created after a delete continues its version sequence,
+            # so its old history entries are never overwritten and a stale version never
+            # matches the new incarnation.
+            version = await self._last_history_version(key) + 1 if self.history else 1
         else:
             if expected_version < 1:
                 raise NorthstarError(
