@@ -1,0 +1,501 @@
+"""SQLite backend (lab only): one file, WAL journal, ``synchronous=FULL`` by default.
+
+Durability: every acknowledged write has been committed with ``synchronous=FULL`` (the WAL is
+fsynced on each commit), the same setting the ``eventsourcing`` library's SQLite recorder uses,
+so benchmark P2 compares like with like. ``synchronous=NORMAL`` may be chosen per route
+(``params.synchronous``) and then a power loss — not a process crash — can lose the last
+commits.
+
+Layout: one table ``items(ns, pk, sk, value, version, expires_at)`` keyed by
+``(ns, pk, sk)`` ``WITHOUT ROWID``. ``ns`` is the route's namespace (``params.namespace``,
+default the resource kind), so routes of several kinds can share one file without their
+partitions colliding.
+
+Concurrency: all writes of a process to one file go through one dedicated writer thread that
+practises *group commit*: write batches queued while a transaction is in flight are applied
+together in the next ``BEGIN IMMEDIATE`` transaction, each batch inside its own ``SAVEPOINT``
+(its conditions checked in order, inside the transaction, so a failing batch is rolled back
+alone), and every caller is acknowledged only after that transaction commits. Reads run on a
+small pool of reader threads with their own connections (WAL readers never block the writer).
+The event loop never blocks on SQLite.
+
+Route params: ``path`` (default ``.northstar/data/northstar.sqlite3``), ``synchronous``
+(``FULL``|``NORMAL``, default ``FULL``), ``namespace``, ``busy_timeout_ms`` (default 5000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from northstar_core.routing import Route
+from northstar_core.storage import (
+    Absent,
+    BackendUnavailable,
+    Capabilities,
+    ConditionFailed,
+    Delete,
+    Item,
+    ItemStore,
+    Op,
+    Put,
+    VersionIs,
+    validate_key,
+    validate_ops,
+)
+
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=False, max_batch_ops=100)
+DEFAULT_PATH: Final = Path(".northstar") / "data" / "northstar.sqlite3"
+SYNCHRONOUS_LEVELS: Final = ("FULL", "NORMAL", "EXTRA")
+# Upper bound of batches folded into one transaction; keeps a single commit's latency bounded.
+MAX_GROUP: Final = 512
+READER_THREADS: Final = 2
+
+SCHEMA: Final[tuple[str, ...]] = (
+    "CREATE TABLE IF NOT EXISTS items ("
+    " ns TEXT NOT NULL, pk TEXT NOT NULL, sk TEXT NOT NULL, value BLOB NOT NULL,"
+    " version INTEGER NOT NULL, expires_at REAL,"
+    " PRIMARY KEY (ns, pk, sk)) WITHOUT ROWID",
+)
+
+_GET = (
+    "SELECT sk, value, version, expires_at FROM items WHERE ns = ? AND pk = ? AND sk = ?"
+    " AND (expires_at IS NULL OR expires_at > ?)"
+)
+_INSERT_IF_ABSENT = (
+    "INSERT INTO items (ns, pk, sk, value, version, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (ns, pk, sk) DO UPDATE SET value = excluded.value, version = excluded.version,"
+    " expires_at = excluded.expires_at WHERE items.expires_at IS NOT NULL AND items.expires_at <= ?"
+)
+_UPDATE_IF_VERSION = (
+    "UPDATE items SET value = ?, version = ?, expires_at = ? WHERE ns = ? AND pk = ? AND sk = ?"
+    " AND version = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+_UPSERT = "INSERT OR REPLACE INTO items (ns, pk, sk, value, version, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM items WHERE ns = ? AND pk = ? AND sk = ?"
+_DELETE_IF_VERSION = (
+    "DELETE FROM items WHERE ns = ? AND pk = ? AND sk = ? AND version = ?"
+    " AND (expires_at IS NULL OR expires_at > ?)"
+)
+_LIVE = (
+    "SELECT 1 FROM items WHERE ns = ? AND pk = ? AND sk = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+
+T = TypeVar("T")
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: no bound).
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like Python's code points.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored; skip to the next scalar
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def _unavailable(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(f"sqlite: {exc}")
+
+
+class _Request:
+    __slots__ = ("fut", "loop", "ns", "ops", "partition")
+
+    def __init__(
+        self, ns: str, partition: str, ops: Sequence[Op], loop: asyncio.AbstractEventLoop,
+        fut: asyncio.Future[None],
+    ) -> None:
+        self.ns = ns
+        self.partition = partition
+        self.ops = ops
+        self.loop = loop
+        self.fut = fut
+
+
+_STOP: Final = object()
+
+
+def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    if fut.done():  # the caller was cancelled; the outcome is simply not observed
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)
+
+
+class _Engine:
+    """One file: a writer thread with group commit and a pool of reader connections."""
+
+    def __init__(self, path: Path, synchronous: str, busy_timeout_ms: int) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self.refs = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=READER_THREADS, thread_name_prefix="northstar-sqlite-read"
+        )
+        self._writer = threading.Thread(target=self._run_writer, name="northstar-sqlite-write", daemon=True)
+        self._writer.start()
+
+    # --- connections -----------------------------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False,
+            timeout=self.busy_timeout_ms / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            for statement in SCHEMA:  # a read may come before the first write
+                conn.execute(statement)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise BackendUnavailable("sqlite: store is closed")
+
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        except RuntimeError as exc:  # pool shut down by a concurrent close()
+            raise BackendUnavailable(f"sqlite: {exc}") from exc
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def write(self, ns: str, partition: str, ops: Sequence[Op]) -> None:
+        if self._closed:
+            raise BackendUnavailable("sqlite: store is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Request(ns, partition, ops, loop, fut))
+        await fut
+
+    def _run_writer(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            group: list[_Request] = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                group.append(nxt)
+            if conn is None:
+                try:
+                    conn = self.connect()
+                    for statement in SCHEMA:
+                        conn.execute(statement)
+                except sqlite3.Error as exc:
+                    conn = None
+                    self._answer(group, [_unavailable(exc)] * len(group))
+                    if stop:
+                        break
+                    continue
+            self._answer(group, self._commit_group(conn, group))
+            if stop:
+                break
+        if conn is not None:
+            conn.close()
+
+    @staticmethod
+    def _answer(group: list[_Request], outcomes: Sequence[BaseException | None]) -> None:
+        for req, exc in zip(group, outcomes, strict=True):
+            try:
+                req.loop.call_soon_threadsafe(_settle, req.fut, exc)
+            except RuntimeError:  # the caller's loop is gone; nobody is waiting
+                pass
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_Request]) -> list[BaseException | None]:
+        """Apply every batch of ``group`` in one transaction; per-batch outcomes."""
+        outcomes: list[BaseException | None] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [_unavailable(exc)] * len(group)
+        try:
+            now = time.time()
+            single = len(group) == 1
+            for req in group:
+                if not single:
+                    conn.execute("SAVEPOINT batch")
+                try:
+                    self._apply(conn, req, now)
+                except ConditionFailed as exc:
+                    if single:
+                        conn.execute("ROLLBACK")
+                        return [exc]
+                    conn.execute("ROLLBACK TO batch")
+                    conn.execute("RELEASE batch")
+                    outcomes.append(exc)
+                    continue
+                except sqlite3.OperationalError:
+                    raise
+                except sqlite3.Error as exc:  # e.g. a constraint this batch broke: only it fails
+                    if single:
+                        conn.execute("ROLLBACK")
+                        return [_unavailable(exc)]
+                    conn.execute("ROLLBACK TO batch")
+                    conn.execute("RELEASE batch")
+                    outcomes.append(_unavailable(exc))
+                    continue
+                if not single:
+                    conn.execute("RELEASE batch")
+                outcomes.append(None)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            return [_unavailable(exc)] * len(group)
+        return outcomes
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, req: _Request, now: float) -> None:
+        ns, pk = req.ns, req.partition
+        for index, op in enumerate(req.ops):
+            cond = op.condition
+            if isinstance(op, Put):
+                if cond is None:
+                    conn.execute(_UPSERT, (ns, pk, op.key, op.value, op.version, op.expires_at))
+                    continue
+                if isinstance(cond, Absent):
+                    cur = conn.execute(
+                        _INSERT_IF_ABSENT, (ns, pk, op.key, op.value, op.version, op.expires_at, now)
+                    )
+                else:
+                    cur = conn.execute(
+                        _UPDATE_IF_VERSION,
+                        (op.value, op.version, op.expires_at, ns, pk, op.key, cond.version, now),
+                    )
+                if cur.rowcount != 1:
+                    raise ConditionFailed(index)
+            elif isinstance(op, Delete):
+                if isinstance(cond, VersionIs):
+                    cur = conn.execute(_DELETE_IF_VERSION, (ns, pk, op.key, cond.version, now))
+                    if cur.rowcount != 1:
+                        raise ConditionFailed(index)
+                    continue
+                if isinstance(cond, Absent):
+                    if conn.execute(_LIVE, (ns, pk, op.key, now)).fetchone() is not None:
+                        raise ConditionFailed(index)
+                conn.execute(_DELETE, (ns, pk, op.key))
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish queued writes, stop the threads, close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._pool.shutdown(wait=True)
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+
+_ENGINES: dict[tuple[str, str, int], _Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _acquire(path: Path, synchronous: str, busy_timeout_ms: int, *, private: bool) -> _Engine:
+    if private:
+        engine = _Engine(path, synchronous, busy_timeout_ms)
+        engine.refs = 1
+        return engine
+    key = (os.path.abspath(path), synchronous, busy_timeout_ms)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = _Engine(path, synchronous, busy_timeout_ms)
+        engine.refs += 1
+        return engine
+
+
+def _release(engine: _Engine) -> None:
+    with _ENGINES_LOCK:
+        engine.refs -= 1
+        if engine.refs > 0:
+            return
+        for key, known in list(_ENGINES.items()):
+            if known is engine:
+                del _ENGINES[key]
+    engine.close()
+
+
+class SqliteItemStore(ItemStore):
+    """The :class:`ItemStore` port on one SQLite file (see module doc for the guarantees).
+
+    Store objects on the same file in one process share one writer thread (so group commit
+    spans every kind routed to the file) unless ``private=True``, which opens independent
+    connections as a second process would.
+    """
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_PATH,
+        *,
+        namespace: str = "default",
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        private: bool = False,
+    ) -> None:
+        synchronous = synchronous.upper()
+        if synchronous not in SYNCHRONOUS_LEVELS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}")
+        self.path = Path(path)
+        self.namespace = namespace
+        self.synchronous = synchronous
+        self._engine: _Engine | None = _acquire(self.path, synchronous, busy_timeout_ms, private=private)
+
+    def _live_engine(self) -> _Engine:
+        if self._engine is None:
+            raise BackendUnavailable("sqlite: store is closed")
+        return self._engine
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        validate_key(key)
+        ns = self.namespace
+
+        def run(conn: sqlite3.Connection) -> Item | None:
+            row = conn.execute(_GET, (ns, partition, key, time.time())).fetchone()
+            return Item(row[0], row[1], row[2], row[3]) if row else None
+
+        return await self._live_engine().read(run)
+
+    async def query(
+        self,
+        partition: str,
+        prefix: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        if limit <= 0:
+            return []
+        sql = ["SELECT sk, value, version, expires_at FROM items WHERE ns = ? AND pk = ? AND sk >= ?"]
+        args: list[Any] = [self.namespace, partition, prefix]
+        end = _prefix_end(prefix)
+        if end is not None:
+            sql.append("AND sk < ?")
+            args.append(end)
+        if after is not None:
+            sql.append("AND sk > ?")
+            args.append(after)
+        if before is not None:
+            sql.append("AND sk < ?")
+            args.append(before)
+        sql.append("AND (expires_at IS NULL OR expires_at > ?)")
+        sql.append("ORDER BY sk DESC LIMIT ?" if descending else "ORDER BY sk ASC LIMIT ?")
+        statement = " ".join(sql)
+
+        def run(conn: sqlite3.Connection) -> list[Item]:
+            rows = conn.execute(statement, (*args, time.time(), limit)).fetchall()
+            return [Item(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self._live_engine().read(run)
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        validate_ops(ops, self.capabilities.max_batch_ops)
+        await self._live_engine().write(self.namespace, partition, list(ops))
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(_release, engine)
+
+
+def _params(route: Route) -> tuple[Path, str, str, int]:
+    params = route.params
+    path = Path(str(params.get("path") or DEFAULT_PATH))
+    synchronous = str(params.get("synchronous", "FULL")).upper()
+    namespace = str(params.get("namespace") or route.resource_kind)
+    busy = int(params.get("busy_timeout_ms", 5000))
+    return path, synchronous, namespace, busy
+
+
+def open_store(route: Route) -> SqliteItemStore:
+    """A store for ``route``; the schema is created on first use if missing."""
+    path, synchronous, namespace, busy = _params(route)
+    return SqliteItemStore(path, namespace=namespace, synchronous=synchronous, busy_timeout_ms=busy)
+
+
+async def provision(route: Route, *, dry_run: bool) -> list[str]:
+    """Create the file and schema for ``route`` (idempotent); returns what was (or would be) done."""
+    path, synchronous, namespace, _ = _params(route)
+    plan = [
+        f"sqlite: file {path} (journal_mode=WAL, synchronous={synchronous})",
+        f"sqlite: table items (namespace '{namespace}' for {route.resource_kind})",
+    ]
+    if dry_run:
+        return [f"would ensure {line}" for line in plan]
+
+    def run() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            for statement in SCHEMA:
+                conn.execute(statement)
+        finally:
+            conn.close()
+
+    try:
+        await asyncio.to_thread(run)
+    except sqlite3.Error as exc:
+        raise _unavailable(exc) from exc
+    return [f"ensured {line}" for line in plan]
