@@ -176,7 +176,8 @@ class RoutingRegistry:
         self.deployment_mode = deployment_mode
         self.required_kinds = tuple(required_kinds)
         self._routes: dict[tuple[str, str | None], tuple[Route, int]] = {}
-        self._stores: dict[Route, ItemStore] = {}
+        # keyed by the route's canonical JSON: Route holds a dict (params), so it is unhashable
+        self._stores: dict[bytes, ItemStore] = {}
         self._refresh_seconds = refresh_seconds
         self._loaded_at = float("-inf")
         self._monotonic = monotonic or time.monotonic
@@ -282,10 +283,11 @@ class RoutingRegistry:
         if route.backend in LAB_ONLY_BACKENDS and self.deployment_mode != "lab":
             # A route written by a lab deployment is never honoured by a sellable one.
             raise missing_route(kind)
-        inner = self._stores.get(route)
+        store_key = msgspec.json.encode(route, order="sorted")
+        inner = self._stores.get(store_key)
         if inner is None:
             inner = self._factory.open(route)
-            self._stores[route] = inner
+            self._stores[store_key] = inner
         return KindStore(kind, route, inner)
 
     def check_startup(self) -> None:
