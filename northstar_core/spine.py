@@ -1,0 +1,524 @@
+"""The event spine: the one append-only log of audit, safety, budget, analytics… events.
+
+Guarantees (SPEC §2.7, §6 "Event spine"):
+
+* append-only — nothing here updates or deletes an event, and every write is an ``Absent``
+  conditional put, so an event id can never be overwritten;
+* the server assigns ``event_id`` (a UUIDv7: time-ordered, monotonic within the process),
+  ``timestamp``, ``route`` and the identity scope (from the request context, never the body);
+* required fields are validated before anything is written (422 ``event_spine.invalid_event``);
+* an event is either fully written with all its index entries or not at all (one atomic batch).
+
+Layout: one partition per tenant+mode (``<tenant>|<mode>|spine``), so no read can cross a
+tenant. Per event, in one atomic batch, the full event is stored under each of:
+
+* ``e#<event_id>``                            — the event (list by time = key range);
+* ``r#<run_id>#<event_id>``                   — replay by run, in order;
+* ``t#<event_type>#<event_id>``               — list by type;
+* ``s#<source>#<event_id>``                   — list by source;
+* ``x#<event_type>#<source>#<event_id>``      — list by type and source.
+
+Index entries carry the whole event (not a pointer), so a page costs one range query whatever
+the length of the history.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import msgspec
+
+from northstar_core.clock import Clock, SystemClock, iso, parse_iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
+from northstar_core.routing import KindStore, RoutingRegistry
+from northstar_core.scope import partition
+from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Item, Put
+
+KIND: Final = "event_spine"
+DOMAIN: Final = "event_spine"
+SOURCES: Final[tuple[str, ...]] = ("ui", "agent", "connector", "tool", "system")
+# Event types only the server itself writes (a client may not forge a safety decision).
+RESERVED_TYPES: Final = frozenset({"audit", "safety", "budget", "strategy_lock"})
+EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
+MAX_PAGE: Final = 500
+DEFAULT_PAGE: Final = 100
+_APPEND_ATTEMPTS: Final = 8
+
+Source = Literal["ui", "agent", "connector", "tool", "system"]
+
+
+# --- UUIDv7 ------------------------------------------------------------------------------------
+
+
+class UUIDv7Generator:
+    """Time-ordered UUIDs (RFC 9562 version 7), strictly increasing within this process.
+
+    48 bits of Unix milliseconds, then 74 bits used as a counter that starts at a random value
+    each new millisecond and is incremented when the clock has not moved (or moved back), so
+    ids issued by one process are strictly increasing even under a frozen test clock.
+    """
+
+    _COUNTER_BITS: Final = 74
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._counter = 0
+
+    def next(self, now_seconds: float) -> str:
+        ms = int(now_seconds * 1000)
+        with self._lock:
+            if ms > self._last_ms:
+                self._last_ms = ms
+                # start in the lower half so increments rarely overflow into the next ms
+                self._counter = int.from_bytes(os.urandom(10), "big") >> (80 - self._COUNTER_BITS + 1)
+            else:
+                self._counter += 1
+                if self._counter >> self._COUNTER_BITS:
+                    self._last_ms += 1
+                    self._counter = 0
+            ms, counter = self._last_ms, self._counter
+        rand_a = counter >> 62  # 12 bits
+        rand_b = counter & ((1 << 62) - 1)
+        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+        return str(uuid.UUID(int=value))
+
+
+def uuid7_floor(ms: int) -> str:
+    """The smallest UUID string of millisecond ``ms`` (below every UUIDv7 of that ms)."""
+    return str(uuid.UUID(int=(max(ms, 0) & ((1 << 48) - 1)) << 80))
+
+
+def uuid7_ms(event_id: str) -> int:
+    return uuid.UUID(event_id).int >> 80
+
+
+# --- shapes ------------------------------------------------------------------------------------
+
+
+class Causality(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=False):
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+class EventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a caller may send. Identity fields, if sent, must equal the caller's identity."""
+
+    event_type: str
+    source: str
+    payload: dict[str, Any] = {}
+    run_id: str | None = None
+    step_id: str | None = None
+    parent_event_id: str | None = None
+    causality: Causality | None = None
+    # identity echoes (optional; checked against the context, never trusted)
+    tenant_id: str | None = None
+    mode: str | None = None
+    user_id: str | None = None
+    surface_id: str | None = None
+    project_id: str | None = None
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True):
+    """One spine event as stored and returned (SPEC §6)."""
+
+    event_id: str
+    tenant_id: str
+    mode: str
+    user_id: str | None
+    surface_id: str | None
+    project_id: str | None
+    run_id: str
+    step_id: str
+    parent_event_id: str | None
+    timestamp: str
+    event_type: str
+    source: str
+    payload: dict[str, Any]
+    route: str
+    causality: Causality
+
+
+class EventPage(msgspec.Struct, kw_only=True, frozen=True):
+    items: list[Event]
+    next_cursor: str | None
+    has_more: bool
+
+
+def _invalid(message: str, **details: Any) -> NorthstarError:
+    return NorthstarError(f"{DOMAIN}.invalid_event", message, 422, details=details)
+
+
+def decode_event_in(raw: bytes | Mapping[str, Any] | EventIn) -> EventIn:
+    """Validate a caller's event (bytes or mapping); 422 ``event_spine.invalid_event``."""
+    if isinstance(raw, EventIn):
+        return raw
+    try:
+        if isinstance(raw, bytes | bytearray | memoryview):
+            return msgspec.json.decode(bytes(raw), type=EventIn)
+        return msgspec.convert(dict(raw), type=EventIn)
+    except msgspec.ValidationError as exc:
+        raise _invalid(f"invalid event: {exc}", reason=str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _invalid("the body is not valid JSON", reason=str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise _invalid("the body must be a JSON object", reason=str(exc)) from None
+
+
+def _check_field_id(field: str, value: str) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field, value=str(value)[:200])
+    return value
+
+
+def _check_event_id(field: str, value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise _invalid(f"'{field}' must be an event id (UUID)", field=field, value=str(value)[:200]) from None
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+class EventSpine:
+    """The spine use-cases: append (client and internal), audit, replay by run, list.
+
+    Implements :class:`northstar_core.ports.AuditSink`.
+    """
+
+    kind: Final = KIND
+
+    def __init__(
+        self,
+        registry: RoutingRegistry,
+        cursors: CursorCodec,
+        *,
+        clock: Clock | None = None,
+        ids: UUIDv7Generator | None = None,
+    ) -> None:
+        self.registry = registry
+        self.cursors = cursors
+        self.clock: Clock = clock or SystemClock()
+        self.ids = ids or UUIDv7Generator()
+
+    async def _store(self, ctx: RequestContext) -> KindStore:
+        return await self.registry.store_for(KIND, ctx.tenant_id)
+
+    @staticmethod
+    def _partition(ctx: RequestContext) -> str:
+        return partition(ctx, "spine")
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def append(
+        self, ctx: RequestContext, event_in: EventIn | Mapping[str, Any] | bytes, *, client: bool = False
+    ) -> Event:
+        """Validate and durably append one event; returns it as stored.
+
+        ``client=True`` (the HTTP route) refuses the server-only event types
+        (``audit``, ``safety``, ``budget``, ``strategy_lock``) unless the caller is system.
+        Identity comes from ``ctx``; identity fields in the body must match it (403 + audit).
+        """
+        body = decode_event_in(event_in)
+        if not EVENT_TYPE_PATTERN.match(body.event_type):
+            raise _invalid(
+                f"'event_type' must match {EVENT_TYPE_PATTERN.pattern}",
+                field="event_type", value=body.event_type[:200],
+            )
+        if body.source not in SOURCES:
+            raise _invalid(
+                f"'source' must be one of {list(SOURCES)}", field="source", value=body.source[:200]
+            )
+        if client and body.event_type in RESERVED_TYPES and not ctx.is_system:
+            raise NorthstarError(
+                f"{DOMAIN}.reserved_event_type",
+                f"event type '{body.event_type}' is written by the server only",
+                403,
+                details={"event_type": body.event_type, "reserved": sorted(RESERVED_TYPES)},
+            )
+        for field, authoritative in (
+            ("tenant_id", ctx.tenant_id),
+            ("mode", ctx.mode),
+            ("user_id", ctx.user_id),
+            ("surface_id", ctx.surface_id),
+            ("project_id", ctx.project_id),
+        ):
+            presented = getattr(body, field)
+            if presented is not None and presented != authoritative:
+                mismatch = IdentityMismatch(field, str(authoritative), str(presented))
+                await self.audit(ctx, "identity_mismatch", {"field": field, "where": "event_spine.append"})
+                raise mismatch
+        run_id = body.run_id or ctx.run_id
+        step_id = body.step_id or ctx.step_id
+        if run_id is None:
+            raise _invalid("'run_id' is required (body or X-Run-Id)", field="run_id")
+        if step_id is None:
+            raise _invalid("'step_id' is required (body or X-Step-Id)", field="step_id")
+        _check_field_id("run_id", run_id)
+        _check_field_id("step_id", step_id)
+        parent = _check_event_id("parent_event_id", body.parent_event_id) if body.parent_event_id else None
+        causality = body.causality or Causality(trace_id=ctx.trace_id)
+        if causality.trace_id is not None:
+            _check_field_id("causality.trace_id", causality.trace_id)
+        if causality.span_id is not None:
+            _check_field_id("causality.span_id", causality.span_id)
+        return await self._write(
+            ctx,
+            event_type=body.event_type,
+            source=body.source,
+            payload=body.payload,
+            run_id=run_id,
+            step_id=step_id,
+            parent_event_id=parent,
+            causality=causality,
+        )
+
+    async def record(
+        self,
+        ctx: RequestContext,
+        event_type: str,
+        payload: dict[str, Any],
+        *,
+        source: str = "system",
+        parent_event_id: str | None = None,
+    ) -> Event:
+        """Append a server-originated event (safety, budget, audit…); raises if not recorded.
+
+        ``run_id``/``step_id`` come from the context; without a run the request id stands in
+        (``request:<id>``) so every event still has provenance.
+        """
+        run_id = ctx.run_id or f"request:{ctx.request_id or uuid.uuid4()}"
+        if not ID_PATTERN.match(run_id):
+            run_id = f"request:{uuid.uuid4()}"
+        step_id = ctx.step_id or event_type
+        return await self._write(
+            ctx,
+            event_type=event_type,
+            source=source,
+            payload=payload,
+            run_id=run_id,
+            step_id=step_id,
+            parent_event_id=parent_event_id,
+            causality=Causality(trace_id=ctx.trace_id),
+        )
+
+    async def audit(self, ctx: RequestContext, action: str, payload: dict[str, Any]) -> None:
+        """:class:`AuditSink`: durably record an ``audit`` event (raises if it cannot)."""
+        await self.record(ctx, "audit", {"action": action, **payload})
+
+    async def _write(
+        self,
+        ctx: RequestContext,
+        *,
+        event_type: str,
+        source: str,
+        payload: dict[str, Any],
+        run_id: str,
+        step_id: str,
+        parent_event_id: str | None,
+        causality: Causality,
+    ) -> Event:
+        store = await self._store(ctx)
+        part = self._partition(ctx)
+        route = f"{KIND}:{store.route.backend}"
+        for _ in range(_APPEND_ATTEMPTS):
+            now = self.clock.now()
+            event_id = self.ids.next(now)
+            event = Event(
+                event_id=event_id,
+                tenant_id=ctx.tenant_id,
+                mode=ctx.mode,
+                user_id=ctx.user_id or None,
+                surface_id=ctx.surface_id,
+                project_id=ctx.project_id,
+                run_id=run_id,
+                step_id=step_id,
+                parent_event_id=parent_event_id,
+                timestamp=iso(now),
+                event_type=event_type,
+                source=source,
+                payload=payload,
+                route=route,
+                causality=causality,
+            )
+            try:
+                data = msgspec.json.encode(event)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise _invalid("the payload is not JSON-serialisable", reason=str(exc)) from None
+            if len(data) > MAX_VALUE_BYTES:
+                raise NorthstarError(
+                    f"{DOMAIN}.event_too_large",
+                    f"the event is {len(data)} bytes; the limit is {MAX_VALUE_BYTES}",
+                    413,
+                    details={"bytes": len(data), "limit": MAX_VALUE_BYTES},
+                )
+            keys = (
+                f"e#{event_id}",
+                f"r#{run_id}#{event_id}",
+                f"t#{event_type}#{event_id}",
+                f"s#{source}#{event_id}",
+                f"x#{event_type}#{source}#{event_id}",
+            )
+            try:
+                await store.write(part, [Put(k, data, condition=Absent()) for k in keys])
+            except ConditionFailed:
+                # an id collision with another process (vanishingly rare): take a fresh id
+                continue
+            return event
+        raise NorthstarError(
+            f"{DOMAIN}.contention", "could not allocate an event id; retry", 503, headers={"Retry-After": "1"}
+        )
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _limit(limit: int | None) -> int:
+        if limit is None:
+            return DEFAULT_PAGE
+        if limit < 1 or limit > MAX_PAGE:
+            raise NorthstarError(
+                f"{DOMAIN}.invalid_request",
+                f"'limit' must be between 1 and {MAX_PAGE}",
+                422,
+                details={"field": "limit", "value": limit},
+            )
+        return limit
+
+    async def _page(
+        self,
+        ctx: RequestContext,
+        *,
+        stream: str,
+        prefix: str,
+        cursor: str | None,
+        limit: int | None,
+        floor: str | None = None,
+        ceiling: str | None = None,
+    ) -> EventPage:
+        n = self._limit(limit)
+        after = floor
+        if cursor:
+            position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
+            _check_cursor_position(position, cursor)
+            after = prefix + position if after is None else max(after, prefix + position)
+        store = await self._store(ctx)
+        items = await store.query(self._partition(ctx), prefix, after=after, before=ceiling, limit=n + 1)
+        has_more = len(items) > n
+        events = [_decode(item) for item in items[:n]]
+        if events:
+            next_cursor: str | None = self.cursors.encode(
+                DOMAIN, ctx.tenant_id, ctx.mode, stream, events[-1].event_id
+            )
+        else:
+            next_cursor = cursor or None
+        return EventPage(items=events, next_cursor=next_cursor, has_more=has_more)
+
+    async def replay(
+        self, ctx: RequestContext, run_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> EventPage:
+        """The run's events in append order, strictly after ``cursor``."""
+        _check_field_id("run_id", run_id)
+        return await self._page(
+            ctx, stream=f"run:{run_id}", prefix=f"r#{run_id}#", cursor=cursor, limit=limit
+        )
+
+    async def list(
+        self,
+        ctx: RequestContext,
+        *,
+        event_type: str | None = None,
+        source: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> EventPage:
+        """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
+        oldest first. ``since``/``until`` are RFC 3339 timestamps."""
+        if event_type is not None and not EVENT_TYPE_PATTERN.match(event_type):
+            raise NorthstarError(
+                f"{DOMAIN}.invalid_request", "invalid 'event_type' filter", 422,
+                details={"field": "event_type", "value": event_type[:200]},
+            )
+        if source is not None and source not in SOURCES:
+            raise NorthstarError(
+                f"{DOMAIN}.invalid_request", f"'source' must be one of {list(SOURCES)}", 422,
+                details={"field": "source", "value": source[:200]},
+            )
+        if event_type and source:
+            prefix = f"x#{event_type}#{source}#"
+        elif event_type:
+            prefix = f"t#{event_type}#"
+        elif source:
+            prefix = f"s#{source}#"
+        else:
+            prefix = "e#"
+        floor = ceiling = None
+        since_ms = _parse_time("since", since)
+        until_ms = _parse_time("until", until)
+        if since_ms is not None:
+            floor = prefix + uuid7_floor(since_ms)
+        if until_ms is not None:
+            ceiling = prefix + uuid7_floor(until_ms)
+        stream = f"list:{event_type or ''}:{source or ''}:{since_ms or ''}:{until_ms or ''}"
+        return await self._page(
+            ctx, stream=stream, prefix=prefix, cursor=cursor, limit=limit, floor=floor, ceiling=ceiling
+        )
+
+    async def get(self, ctx: RequestContext, event_id: str) -> Event | None:
+        store = await self._store(ctx)
+        item = await store.get(self._partition(ctx), f"e#{_check_event_id('event_id', event_id)}")
+        return _decode(item) if item else None
+
+
+def _check_cursor_position(position: str, cursor: str) -> None:
+    try:
+        uuid.UUID(position)
+    except ValueError:
+        raise NorthstarError(
+            f"{DOMAIN}.cursor_invalid", "cursor is invalid: malformed position", 410,
+            details={"cursor": cursor, "reason": "malformed position"},
+        ) from None
+
+
+def _parse_time(field: str, value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(parse_iso(value) * 1000)
+    except (ValueError, OverflowError):
+        raise NorthstarError(
+            f"{DOMAIN}.invalid_request", f"'{field}' must be an RFC 3339 timestamp", 422,
+            details={"field": field, "value": value[:200]},
+        ) from None
+
+
+def _decode(item: Item) -> Event:
+    return msgspec.json.decode(item.value, type=Event)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(event)
+    return out
+
+
+__all__ = [
+    "Causality",
+    "Event",
+    "EventIn",
+    "EventPage",
+    "EventSpine",
+    "UUIDv7Generator",
+    "decode_event_in",
+    "event_to_dict",
+    "uuid7_floor",
+    "uuid7_ms",
+]

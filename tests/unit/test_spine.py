@@ -1,0 +1,181 @@
+"""The event spine: validated append-only events, replay by run, list by type/source/time."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from northstar_adapters.memory import MemoryItemStore
+from northstar_core.clock import ManualClock, iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import RequestContext
+from northstar_core.routing import RESOURCE_KINDS, Route, RoutingRegistry
+from northstar_core.spine import EventSpine, UUIDv7Generator, uuid7_ms
+from northstar_core.storage import ItemStore
+
+SECRET = b"spine-test-secret-0123456789"
+
+
+class _OneStore:
+    def __init__(self, store: ItemStore) -> None:
+        self.store = store
+
+    def open(self, route: Route) -> ItemStore:
+        return self.store
+
+
+async def make_registry(store: ItemStore) -> RoutingRegistry:
+    registry = RoutingRegistry(MemoryItemStore(), _OneStore(store), deployment_mode="lab")
+    for kind in RESOURCE_KINDS:
+        await registry.set_route(Route(resource_kind=kind, backend="memory"))
+    return registry
+
+
+def ctx(tenant: str = "t_a", *, run_id: str | None = "run1", **kw: object) -> RequestContext:
+    base: dict[str, object] = dict(
+        tenant_id=tenant, mode="lab", user_id="u1", roles=("member",), run_id=run_id,
+        step_id="s1", request_id="req-1",
+    )
+    base.update(kw)
+    return RequestContext(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def spine() -> EventSpine:
+    return EventSpine(await make_registry(MemoryItemStore()), CursorCodec(SECRET), clock=ManualClock())
+
+
+async def test_append_assigns_id_route_timestamp_and_identity_from_context(spine: EventSpine) -> None:
+    event = await spine.append(ctx(), {"event_type": "analytics", "source": "ui", "payload": {"k": 1}})
+    assert uuid.UUID(event.event_id).version == 7
+    assert event.route == "event_spine:memory"
+    assert (event.tenant_id, event.mode, event.user_id) == ("t_a", "lab", "u1")
+    assert (event.run_id, event.step_id) == ("run1", "s1")
+    assert event.timestamp == iso(ManualClock().now())
+    assert await spine.get(ctx(), event.event_id) == event
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"source": "ui"},
+        {"event_type": "analytics"},
+        {"event_type": "analytics", "source": "nowhere"},
+        {"event_type": "Bad Type", "source": "ui"},
+        {"event_type": "analytics", "source": "ui", "payload": [1]},
+        {"event_type": "analytics", "source": "ui", "event_id": "x"},
+        {"event_type": "analytics", "source": "ui", "run_id": "bad id with spaces"},
+        {"event_type": "analytics", "source": "ui", "parent_event_id": "not-a-uuid"},
+    ],
+)
+async def test_invalid_events_are_422_and_nothing_is_written(
+    spine: EventSpine, body: dict[str, object]
+) -> None:
+    with pytest.raises(NorthstarError) as info:
+        await spine.append(ctx(), body)
+    assert (info.value.http_status, info.value.code) == (422, "event_spine.invalid_event")
+    assert (await spine.list(ctx())).items == []
+
+
+async def test_run_id_is_required_from_body_or_context(spine: EventSpine) -> None:
+    with pytest.raises(NorthstarError) as info:
+        await spine.append(ctx(run_id=None), {"event_type": "rl", "source": "agent"})
+    assert info.value.details["field"] == "run_id"
+    event = await spine.append(ctx(run_id=None), {"event_type": "rl", "source": "agent", "run_id": "r9"})
+    assert event.run_id == "r9"
+
+
+async def test_body_identity_contradicting_the_context_is_refused_and_audited(spine: EventSpine) -> None:
+    with pytest.raises(NorthstarError) as info:
+        await spine.append(ctx(), {"event_type": "rl", "source": "agent", "tenant_id": "t_other"})
+    assert (info.value.http_status, info.value.code) == (403, "auth.identity_mismatch")
+    page = await spine.list(ctx())
+    assert [e.event_type for e in page.items] == ["audit"]
+
+
+async def test_clients_cannot_forge_server_only_event_types(spine: EventSpine) -> None:
+    with pytest.raises(NorthstarError) as info:
+        await spine.append(ctx(), {"event_type": "safety", "source": "ui"}, client=True)
+    assert info.value.code == "event_spine.reserved_event_type"
+    system = ctx(is_system=True)
+    assert (await spine.append(system, {"event_type": "safety", "source": "system"}, client=True)).event_type
+
+
+async def test_replay_returns_a_runs_events_in_order_across_pages(spine: EventSpine) -> None:
+    ids = [
+        (await spine.append(ctx(), {"event_type": "rl", "source": "agent", "payload": {"i": i}})).event_id
+        for i in range(7)
+    ]
+    await spine.append(ctx(run_id="other"), {"event_type": "rl", "source": "agent"})
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await spine.replay(ctx(), "run1", cursor=cursor, limit=3)
+        seen += [e.event_id for e in page.items]
+        cursor = page.next_cursor
+        if not page.has_more:
+            break
+    assert seen == ids
+    # a later append is found after the last cursor, nothing repeated
+    late = await spine.append(ctx(), {"event_type": "rl", "source": "agent"})
+    assert [e.event_id for e in (await spine.replay(ctx(), "run1", cursor=cursor)).items] == [late.event_id]
+
+
+async def test_list_filters_by_type_source_and_time(spine: EventSpine) -> None:
+    clock = spine.clock
+    assert isinstance(clock, ManualClock)
+    a = await spine.append(ctx(), {"event_type": "analytics", "source": "ui"})
+    clock.advance(10)
+    b = await spine.append(ctx(), {"event_type": "analytics", "source": "agent"})
+    clock.advance(10)
+    c = await spine.append(ctx(), {"event_type": "rl", "source": "agent"})
+    ids = lambda page: [e.event_id for e in page.items]  # noqa: E731
+    assert ids(await spine.list(ctx(), event_type="analytics")) == [a.event_id, b.event_id]
+    assert ids(await spine.list(ctx(), source="agent")) == [b.event_id, c.event_id]
+    assert ids(await spine.list(ctx(), event_type="analytics", source="agent")) == [b.event_id]
+    assert ids(await spine.list(ctx(), since=b.timestamp)) == [b.event_id, c.event_id]
+    assert ids(await spine.list(ctx(), until=b.timestamp)) == [a.event_id]
+    assert ids(await spine.list(ctx(), since=a.timestamp, until=c.timestamp)) == [a.event_id, b.event_id]
+
+
+async def test_reads_and_cursors_never_cross_tenants(spine: EventSpine) -> None:
+    await spine.append(ctx("t_a"), {"event_type": "rl", "source": "agent"})
+    await spine.append(ctx("t_a"), {"event_type": "rl", "source": "agent"})
+    assert (await spine.list(ctx("t_b"))).items == []
+    assert (await spine.replay(ctx("t_b"), "run1")).items == []
+    page = await spine.replay(ctx("t_a"), "run1", limit=1)
+    assert page.next_cursor
+    with pytest.raises(NorthstarError) as info:
+        await spine.replay(ctx("t_b"), "run1", cursor=page.next_cursor)
+    assert (info.value.http_status, info.value.code) == (410, "event_spine.cursor_invalid")
+    with pytest.raises(NorthstarError):  # a run cursor is not a list cursor either
+        await spine.list(ctx("t_a"), cursor=page.next_cursor)
+    with pytest.raises(NorthstarError):
+        await spine.replay(ctx("t_a"), "other-run", cursor=page.next_cursor)
+
+
+async def test_concurrent_appends_are_all_stored_in_id_order(spine: EventSpine) -> None:
+    events = await asyncio.gather(
+        *(
+            spine.append(ctx(), {"event_type": "rl", "source": "agent", "payload": {"i": i}})
+            for i in range(200)
+        )
+    )
+    stored = (await spine.replay(ctx(), "run1", limit=500)).items
+    assert len(stored) == 200
+    assert sorted(e.event_id for e in events) == [e.event_id for e in stored]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=1e9, max_value=4e9, allow_nan=False), min_size=2, max_size=50))
+def test_uuid7_ids_strictly_increase_within_a_process_even_if_the_clock_goes_back(times: list[float]) -> None:
+    gen = UUIDv7Generator()
+    ids = [gen.next(t) for t in times]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert uuid7_ms(ids[0]) == int(times[0] * 1000)
