@@ -1,0 +1,22 @@
+"""DynamoDB backend (aioboto3): the core's :class:`~northstar_core.storage.ItemStore` port.
+
+``open_store(route)`` opens a store on the route's table; ``provision(route, dry_run=...)``
+creates the table and its TTL setting. Route params: ``endpoint_url`` (moto/local only),
+``region`` (default: the SDK chain), ``table_prefix`` (default ``northstar_``; table name =
+prefix + resource kind) or ``table``, and the retry/timeouts knobs of :class:`DynamoConfig`.
+Credentials come only from the SDK's standard chain (environment, profile, instance role).
+"""
+
+from northstar_adapters.dynamodb.provision import ProvisionError, drop, plan, provision
+from northstar_adapters.dynamodb.store import CAPABILITIES, DynamoConfig, DynamoItemStore, open_store
+
+__all__ = [
+    "CAPABILITIES",
+    "DynamoConfig",
+    "DynamoItemStore",
+    "ProvisionError",
+    "drop",
+    "open_store",
+    "plan",
+    "provision",
+]

@@ -1,0 +1,515 @@
+"""The :class:`ItemStore` port on DynamoDB (aioboto3, low-level client).
+
+Layout: one table per resource kind (``<table_prefix><resource_kind>``, or the route's
+``table``), partition key ``pk`` (S) = the core's partition, sort key ``sk`` (S) = the item key.
+A stream's entries and its idempotency records therefore share one partition key and commit in
+one ``TransactWriteItems``; pages are ``Query`` range reads on ``sk``; tenants are spread over
+partition keys (the core prefixes every partition with the tenant), so no single item
+serialises them.
+
+Attributes: ``v`` (B) value, ``ver`` (N) version, ``wt`` (S) the token of the ``write`` call that
+put the item (see *Retries*), and — only when ``expires_at`` is set — ``ttl`` (N, whole epoch
+seconds rounded up: the table's native TTL attribute, so DynamoDB never deletes an item
+early) and ``exp`` (N, ``expires_at`` exactly). Expiry is decided on ``exp``: reads hide expired
+items and conditions treat them as absent, because native TTL deletes late (moto: never).
+
+Retries: botocore's own retries are off; this module retries with full-jitter exponential
+backoff, bounded by ``max_attempts``, then raises :class:`BackendUnavailable`.
+
+* Reads are always retried (throttling, timeouts, connection errors, 5xx).
+* Throttling and transaction conflicts mean "not applied", so any write is retried.
+* After an *ambiguous* failure (timeout, dropped connection, 5xx) a write may have applied.
+  It is retried with the same ``ClientRequestToken`` (``TransactWriteItems`` is idempotent
+  for ten minutes on AWS: a retry of an applied transaction succeeds without re-applying) and
+  the same condition timestamp. A single conditional ``PutItem``/``DeleteItem`` has no such
+  token: a retried ``Absent`` put that meets its own earlier write fails its condition. So
+  when a retry after an ambiguous failure reports a failed condition, the store reads back one
+  of the batch's puts: if it carries this call's write token, the earlier attempt applied
+  (batches are atomic) and ``write`` returns normally — the batch is never applied twice and
+  never reported lost when it landed. A batch of deletes only cannot be told apart from a
+  concurrent delete, so it then reports :class:`ConditionFailed` (conservative: nothing is
+  applied twice; the core's idempotency records make the retry of the request safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import aioboto3
+import msgspec
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from northstar_adapters.dynamodb.errors import Outcome, classify, condition_failure_index, describe
+from northstar_core.routing import Route
+from northstar_core.storage import (
+    KEY_MAX_BYTES,
+    Absent,
+    BackendUnavailable,
+    Capabilities,
+    Condition,
+    ConditionFailed,
+    Delete,
+    InvalidItem,
+    Item,
+    ItemStore,
+    Op,
+    Put,
+    VersionIs,
+    is_live,
+    validate_key,
+    validate_ops,
+)
+
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=True, max_batch_ops=100)
+DEFAULT_TABLE_PREFIX: Final = "northstar_"
+TTL_ATTRIBUTE: Final = "ttl"
+PARTITION_MAX_BYTES: Final = 2048  # DynamoDB's partition key limit
+_MAX_CHAR: Final = "\U0010ffff"  # the largest code point: its UTF-8 (F4 8F BF BF) sorts last
+_QUERY_PAGE_MAX: Final = 1000
+
+
+class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Connection and retry settings, read from a route's params."""
+
+    table: str
+    endpoint_url: str | None = None
+    region: str | None = None  # None: the SDK's chain (AWS_REGION, AWS_DEFAULT_REGION, profile)
+    max_attempts: int = 5
+    base_delay: float = 0.05
+    max_delay: float = 1.0
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+
+    @classmethod
+    def from_route(cls, route: Route) -> DynamoConfig:
+        params = dict(route.params)
+        table = params.pop("table", None) or (
+            str(params.pop("table_prefix", None) or DEFAULT_TABLE_PREFIX) + route.resource_kind
+        )
+        params.pop("table_prefix", None)
+        known = {f for f in cls.__struct_fields__ if f != "table"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown dynamodb route params: {', '.join(unknown)}")
+        return msgspec.convert({"table": table, **params}, type=cls)
+
+    @property
+    def client_key(self) -> tuple[Any, ...]:
+        return (self.endpoint_url, self.region, self.connect_timeout, self.read_timeout)
+
+
+# --- clients ------------------------------------------------------------------------------------
+
+
+class _Client:
+    """An open aioboto3 DynamoDB client and the context manager that closes it."""
+
+    def __init__(self, config: DynamoConfig) -> None:
+        session = aioboto3.Session(region_name=config.region)
+        self._ctx = session.client(
+            "dynamodb",
+            endpoint_url=config.endpoint_url,
+            region_name=config.region,
+            config=AioConfig(
+                # Our own loop retries (see module doc); botocore's would hide ambiguity.
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+                max_pool_connections=50,
+            ),
+        )
+        self.client: Any = None
+        self.refs = 0
+
+    async def open(self) -> Any:
+        self.client = await self._ctx.__aenter__()
+        return self.client
+
+    async def close(self) -> None:
+        if self.client is not None:
+            self.client = None
+            await self._ctx.__aexit__(None, None, None)
+
+
+class _ClientPool:
+    """One client per (endpoint, region, timeouts, event loop), shared by the stores using it."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[Any, ...], _Client] = {}
+        self._lock: asyncio.Lock | None = None
+
+    @staticmethod
+    def _key(config: DynamoConfig) -> tuple[Any, ...]:
+        return (*config.client_key, id(asyncio.get_running_loop()))
+
+    async def acquire(self, config: DynamoConfig) -> Any:
+        key = self._key(config)
+        entry = self._clients.get(key)
+        if entry is None:
+            entry = _Client(config)
+            self._clients[key] = entry
+            try:
+                await entry.open()
+            except BaseException:
+                del self._clients[key]
+                raise
+        entry.refs += 1
+        return entry.client
+
+    async def release(self, config: DynamoConfig) -> None:
+        key = self._key(config)
+        entry = self._clients.get(key)
+        if entry is None:
+            return
+        entry.refs -= 1
+        if entry.refs <= 0:
+            del self._clients[key]
+            await entry.close()
+
+
+_POOL: Final = _ClientPool()
+
+
+# --- items --------------------------------------------------------------------------------------
+
+
+def _num(value: float | int) -> dict[str, str]:
+    # repr() of a float is its shortest exact round-trip form, so expires_at keeps its precision.
+    return {"N": repr(value) if isinstance(value, float) else str(value)}
+
+
+def _key(partition: str, key: str) -> dict[str, Any]:
+    return {"pk": {"S": partition}, "sk": {"S": key}}
+
+
+def _item_to_dynamo(partition: str, op: Put, token: str) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        **_key(partition, op.key),
+        "v": {"B": bytes(op.value)},
+        "ver": _num(int(op.version)),
+        "wt": {"S": token},
+    }
+    if op.expires_at is not None:
+        expires_at = float(op.expires_at)
+        if not math.isfinite(expires_at):
+            raise InvalidItem("expires_at must be a finite number")
+        item[TTL_ATTRIBUTE] = _num(math.ceil(expires_at))
+        item["exp"] = _num(expires_at)
+    return item
+
+
+def _item_from_dynamo(raw: dict[str, Any]) -> Item:
+    exp = raw.get("exp")
+    return Item(
+        key=raw["sk"]["S"],
+        value=bytes(raw["v"]["B"]),
+        version=int(raw["ver"]["N"]),
+        expires_at=float(exp["N"]) if exp is not None else None,
+    )
+
+
+def _condition(condition: Condition, now: float) -> dict[str, Any]:
+    if isinstance(condition, Absent):
+        # An expired item that TTL has not deleted yet counts as absent.
+        return {
+            "ConditionExpression": "attribute_not_exists(#pk) OR #exp <= :now",
+            "ExpressionAttributeNames": {"#pk": "pk", "#exp": "exp"},
+            "ExpressionAttributeValues": {":now": _num(now)},
+        }
+    if isinstance(condition, VersionIs):
+        return {
+            "ConditionExpression": "#ver = :ver AND (attribute_not_exists(#exp) OR #exp > :now)",
+            "ExpressionAttributeNames": {"#ver": "ver", "#exp": "exp"},
+            "ExpressionAttributeValues": {":ver": _num(int(condition.version)), ":now": _num(now)},
+        }
+    raise InvalidItem(f"unknown condition {condition!r}")
+
+
+def _validate_partition(partition: str) -> None:
+    if not partition or len(partition.encode()) > PARTITION_MAX_BYTES:
+        raise InvalidItem("partition is empty or too long")
+
+
+def _sort_key_bounds(
+    prefix: str, after: str | None, before: str | None
+) -> tuple[str | None, str | None]:
+    """Inclusive ``(lo, hi)`` sort-key bounds covering prefix ∩ (after, before].
+
+    ``after`` is made exclusive exactly: the smallest string greater than ``after`` is
+    ``after + "\\x00"``. ``before`` stays inclusive (a string has no greatest predecessor); the
+    one item equal to it is dropped by the caller. The prefix's upper bound is the prefix
+    followed by enough U+10FFFF to sort after any key of at most ``KEY_MAX_BYTES`` bytes.
+    """
+    lo: str | None = prefix or None
+    if after is not None and (lo is None or after >= lo):
+        lo = after + "\x00"
+    hi: str | None = None
+    if prefix:
+        room = max(KEY_MAX_BYTES - len(prefix.encode()), 4)
+        hi = prefix + _MAX_CHAR * math.ceil(room / 4)
+    if before is not None and (hi is None or before < hi):
+        hi = before
+    return lo, hi
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class DynamoItemStore(ItemStore):
+    """An :class:`ItemStore` on one DynamoDB table (see module doc for layout and retries)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        config: DynamoConfig,
+        *,
+        share_client: bool = True,
+        clock: Callable[[], float] = time.time,
+        client_wrapper: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.table = config.table
+        self._share = share_client
+        self._clock = clock
+        self._wrap = client_wrapper
+        self._client: Any = None
+        self._own: _Client | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        if self._closed:
+            raise BackendUnavailable("store is closed")
+        async with self._lock:
+            if self._client is None:
+                try:
+                    if self._share:
+                        client = await _POOL.acquire(self.config)
+                    else:
+                        self._own = _Client(self.config)
+                        client = await self._own.open()
+                except (BotoCoreError, ClientError, OSError) as exc:
+                    raise BackendUnavailable(f"dynamodb client: {describe(exc)}") from exc
+                self._client = self._wrap(client) if self._wrap else client
+        return self._client
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            if self._client is None:
+                return
+            self._client = None
+            if self._share:
+                await _POOL.release(self.config)
+            elif self._own is not None:
+                await self._own.close()
+                self._own = None
+
+    # --- retries ------------------------------------------------------------------------------
+
+    def _delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max_delay, base * 2^attempt))."""
+        return random.uniform(0, min(self.config.max_delay, self.config.base_delay * 2**attempt))
+
+    def _unavailable(
+        self, what: str, exc: BaseException, attempts: int, note: str = ""
+    ) -> BackendUnavailable:
+        cause = describe(exc)
+        reason = f"dynamodb {what} on {self.table}: {cause}"
+        if attempts > 1:
+            reason += f" (after {attempts} attempts)"
+        if cause.startswith("ResourceNotFoundException"):
+            reason += "; run `northstar provision`"
+        return BackendUnavailable(reason + note, retry_after=max(1, math.ceil(self.config.max_delay)))
+
+    async def _read(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run a read, retrying every transient failure."""
+        attempts = max(1, self.config.max_attempts)
+        for attempt in range(attempts):
+            client = await self._get_client()
+            try:
+                return await call(client)
+            except (ClientError, BotoCoreError, OSError) as exc:
+                outcome = classify(exc)
+                if outcome is Outcome.INVALID:
+                    raise InvalidItem(describe(exc)) from exc
+                if outcome is Outcome.FATAL or attempt == attempts - 1:
+                    raise self._unavailable(what, exc, attempt + 1) from exc
+            await asyncio.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    # --- the port -----------------------------------------------------------------------------
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        _validate_partition(partition)
+        validate_key(key)
+        response = await self._read(
+            "GetItem",
+            lambda client: client.get_item(
+                TableName=self.table, Key=_key(partition, key), ConsistentRead=True
+            ),
+        )
+        raw = response.get("Item")
+        if raw is None:
+            return None
+        item = _item_from_dynamo(raw)
+        return item if is_live(item.expires_at, self._clock()) else None
+
+    async def query(
+        self,
+        partition: str,
+        prefix: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        _validate_partition(partition)
+        if limit <= 0:
+            return []
+        lo, hi = _sort_key_bounds(prefix, after, before)
+        if lo is not None and hi is not None and lo > hi:
+            return []
+        names = {"#pk": "pk"}
+        values: dict[str, Any] = {":pk": {"S": partition}}
+        expression = "#pk = :pk"
+        if lo is not None or hi is not None:
+            names["#sk"] = "sk"
+        if lo is not None and hi is not None:
+            expression += " AND #sk BETWEEN :lo AND :hi"
+            values[":lo"], values[":hi"] = {"S": lo}, {"S": hi}
+        elif lo is not None:
+            expression += " AND #sk >= :lo"
+            values[":lo"] = {"S": lo}
+        elif hi is not None:
+            expression += " AND #sk <= :hi"
+            values[":hi"] = {"S": hi}
+
+        out: list[Item] = []
+        start_key: dict[str, Any] | None = None
+        now = self._clock()
+        while len(out) < limit:
+            # The item equal to ``before`` may take a slot; expired items are dropped below and
+            # the loop pages on, so the cost stays proportional to ``limit`` live items.
+            page_limit = min(limit - len(out) + (1 if before is not None else 0), _QUERY_PAGE_MAX)
+            params: dict[str, Any] = {
+                "TableName": self.table,
+                "KeyConditionExpression": expression,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+                "ConsistentRead": True,
+                "ScanIndexForward": not descending,
+                "Limit": page_limit,
+            }
+            if start_key is not None:
+                params["ExclusiveStartKey"] = start_key
+            response = await self._read("Query", lambda client, p=params: client.query(**p))
+            raw_items = response.get("Items", [])
+            for raw in raw_items:
+                item = _item_from_dynamo(raw)
+                if (
+                    (before is not None and item.key >= before)
+                    or (after is not None and item.key <= after)
+                    or not item.key.startswith(prefix)
+                    or not is_live(item.expires_at, now)
+                ):
+                    continue
+                out.append(item)
+                if len(out) >= limit:
+                    break
+            start_key = response.get("LastEvaluatedKey")
+            if start_key is None:
+                # moto omits LastEvaluatedKey when a page fills exactly: continue after the last
+                # item read. A short page is the end.
+                if len(raw_items) < page_limit:
+                    break
+                start_key = {"pk": {"S": partition}, "sk": raw_items[-1]["sk"]}
+        return out
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        _validate_partition(partition)
+        validate_ops(ops, self.capabilities.max_batch_ops)
+        token = uuid.uuid4().hex
+        # One timestamp for every attempt: a retried transaction must repeat its parameters
+        # exactly to be recognised by its ClientRequestToken.
+        now = self._clock()
+        request = self._request(partition, ops, token, now)
+        attempts = max(1, self.config.max_attempts)
+        maybe_applied = False
+        for attempt in range(attempts):
+            client = await self._get_client()
+            try:
+                await request(client)
+                return
+            except (ClientError, BotoCoreError, OSError) as exc:
+                index = condition_failure_index(exc) if isinstance(exc, ClientError) else None
+                if index is not None:
+                    if maybe_applied and await self._applied(partition, ops, token):
+                        return
+                    raise ConditionFailed(index) from None
+                outcome = classify(exc)
+                if outcome is Outcome.INVALID:
+                    raise InvalidItem(describe(exc)) from exc
+                if outcome is Outcome.AMBIGUOUS:
+                    maybe_applied = True
+                if outcome is Outcome.FATAL or attempt == attempts - 1:
+                    note = "; the write may have applied" if maybe_applied else ""
+                    raise self._unavailable("write", exc, attempt + 1, note) from exc
+            await asyncio.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    def _request(
+        self, partition: str, ops: Sequence[Op], token: str, now: float
+    ) -> Callable[[Any], Awaitable[Any]]:
+        if len(ops) == 1:
+            op = ops[0]
+            extra = _condition(op.condition, now) if op.condition is not None else {}
+            if isinstance(op, Put):
+                item = _item_to_dynamo(partition, op, token)
+                return lambda client: client.put_item(TableName=self.table, Item=item, **extra)
+            key = _key(partition, op.key)
+            return lambda client: client.delete_item(TableName=self.table, Key=key, **extra)
+        items: list[dict[str, Any]] = []
+        for op in ops:
+            extra = _condition(op.condition, now) if op.condition is not None else {}
+            if isinstance(op, Put):
+                items.append(
+                    {"Put": {"TableName": self.table, "Item": _item_to_dynamo(partition, op, token), **extra}}
+                )
+            elif isinstance(op, Delete):
+                items.append({"Delete": {"TableName": self.table, "Key": _key(partition, op.key), **extra}})
+        return lambda client: client.transact_write_items(TransactItems=items, ClientRequestToken=token)
+
+    async def _applied(self, partition: str, ops: Sequence[Op], token: str) -> bool:
+        """Whether an earlier attempt of this write call applied (one of its puts bears ``token``)."""
+        put = next((op for op in ops if isinstance(op, Put)), None)
+        if put is None:
+            return False
+        response = await self._read(
+            "GetItem",
+            lambda client: client.get_item(
+                TableName=self.table, Key=_key(partition, put.key), ConsistentRead=True
+            ),
+        )
+        raw = response.get("Item")
+        return raw is not None and raw.get("wt", {}).get("S") == token
+
+
+def open_store(route: Route) -> DynamoItemStore:
+    """A store on the route's table; stores with the same endpoint and region share a client."""
+    return DynamoItemStore(DynamoConfig.from_route(route))

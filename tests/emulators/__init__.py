@@ -1,0 +1,1 @@
+"""Test backends (emulators) started and stopped by the test run itself."""

@@ -1,0 +1,138 @@
+"""The DynamoDB test backend: a serialised moto server in a subprocess.
+
+* ``dynamodb_endpoint`` — session-scoped pytest fixture: starts
+  ``scripts/emulators/moto_server.py`` on 127.0.0.1 with a free port, waits for
+  ``GET /moto-api/``, sets the standard AWS environment (test credentials, region) for the
+  SDK's credential chain, yields the endpoint URL and stops the server at the end, even on
+  failure.
+* ``python -m tests.emulators.moto`` — the same server outside pytest (for a bench or a manual
+  run): prints ``MOTO_ENDPOINT=...`` and runs until killed.
+
+It runs in a subprocess (not a thread of the test process) so a benchmark or a kill test can
+use it too, and so that moto's global state never shares the interpreter with the code under
+test.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER = ROOT / "scripts" / "emulators" / "moto_server.py"
+
+TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+_CLEARED_ENV = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE")
+
+
+class MotoServer:
+    """One launcher subprocess; ``start()`` returns once the server answers."""
+
+    def __init__(self, process: subprocess.Popen[str], endpoint: str) -> None:
+        self.process = process
+        self.endpoint = endpoint
+
+    @classmethod
+    def start(cls, timeout: float = 30.0) -> MotoServer:
+        process = subprocess.Popen(
+            [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            endpoint = _read_endpoint(process, timeout)
+            _wait_ready(endpoint, process, timeout)
+        except BaseException:
+            _terminate(process)
+            raise
+        return cls(process, endpoint)
+
+    def reset(self) -> None:
+        """Wipe every table (``POST /moto-api/reset``)."""
+        request = urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def stop(self) -> None:
+        _terminate(self.process)
+
+
+def _read_endpoint(process: subprocess.Popen[str], timeout: float) -> str:
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    if not line or not line[0].startswith("MOTO_ENDPOINT="):
+        raise RuntimeError(
+            f"moto launcher did not report its endpoint (exit code {process.poll()}, got {line!r})"
+        )
+    return line[0].strip().split("=", 1)[1]
+
+
+def _wait_ready(endpoint: str, process: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"moto server at {endpoint} not ready after {timeout}s")
+        time.sleep(0.1)
+
+
+def _terminate(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in TEST_ENV.items():
+            mp.setenv(name, value)
+        for name in _CLEARED_ENV:
+            mp.delenv(name, raising=False)
+        server = MotoServer.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(moto_server: MotoServer) -> str:
+    """The endpoint URL of a serialised moto server, up for the whole session."""
+    return moto_server.endpoint
+
+
+if __name__ == "__main__":
+    os.environ.update(TEST_ENV)
+    runpy.run_path(str(LAUNCHER), run_name="__main__")
