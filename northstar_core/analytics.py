@@ -1,0 +1,173 @@
+"""UX telemetry: page views, clicks and custom events (resource kind ``analytics_store``).
+
+Every accepted event is appended to the event spine first (``event_type=analytics``, the one
+source of truth, SPEC §2.7) and then stored in the analytics store under the spine's event id,
+so the analytics view never holds an event the spine lacks. The shape is validated before
+anything is written (422 ``analytics.invalid_event``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from northstar_core.blackboard import Page, check_limit
+from northstar_core.clock import Clock, iso, parse_iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import RequestContext
+from northstar_core.routing import RoutingRegistry
+from northstar_core.scope import partition
+from northstar_core.spine import EventSpine
+from northstar_core.storage import Absent, Put
+
+KIND: Final = "analytics_store"
+DOMAIN: Final = "analytics"
+MAX_PROPERTIES_BYTES: Final = 16 * 1024
+_KEY_PREFIX: Final = "e#"
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$")]
+
+
+class AnalyticsEventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A UX event: ``page_view`` needs ``page``, ``click`` needs ``target``, ``custom`` a ``name``."""
+
+    kind: Literal["page_view", "click", "custom"]
+    name: Name | None = None
+    page: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    target: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    session_id: Id | None = None
+    occurred_at: str | None = None
+    properties: dict[str, Any] = {}
+
+
+class AnalyticsEvent(msgspec.Struct, kw_only=True):
+    """An accepted event as stored; ``event_id`` is its spine event's id."""
+
+    event_id: str
+    kind: str
+    name: str
+    page: str | None = None
+    target: str | None = None
+    session_id: str | None = None
+    occurred_at: str
+    received_at: str
+    properties: dict[str, Any]
+    tenant_id: str
+    mode: str
+    user_id: str
+    surface_id: str | None = None
+    project_id: str | None = None
+    app_id: str | None = None
+    source: str
+
+
+def _invalid(message: str, **details: Any) -> NorthstarError:
+    return NorthstarError(f"{DOMAIN}.invalid_event", message, 422, details=details)
+
+
+def decode_event(raw: bytes | Mapping[str, Any] | AnalyticsEventIn) -> AnalyticsEventIn:
+    """Validate an event's shape (bytes, mapping or struct); 422 ``analytics.invalid_event``."""
+    try:
+        if isinstance(raw, AnalyticsEventIn):
+            raw = msgspec.json.encode(raw)  # constructors skip constraints; re-check as the wire
+        if isinstance(raw, bytes | bytearray | memoryview):
+            body = msgspec.json.decode(bytes(raw), type=AnalyticsEventIn)
+        else:
+            body = msgspec.convert(dict(raw), type=AnalyticsEventIn)
+    except msgspec.ValidationError as exc:
+        raise _invalid(f"invalid analytics event: {exc}", reason=str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _invalid("the body is not valid JSON", reason=str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise _invalid("the body must be a JSON object", reason=str(exc)) from None
+    if body.kind == "page_view" and body.page is None:
+        raise _invalid("a page_view needs 'page'", field="page")
+    if body.kind == "click" and body.target is None:
+        raise _invalid("a click needs 'target'", field="target")
+    if body.kind == "custom" and body.name is None:
+        raise _invalid("a custom event needs 'name'", field="name")
+    if body.occurred_at is not None:
+        try:
+            parse_iso(body.occurred_at)
+        except (ValueError, TypeError):
+            raise _invalid("'occurred_at' must be an RFC 3339 timestamp", field="occurred_at") from None
+    size = len(msgspec.json.encode(body.properties))
+    if size > MAX_PROPERTIES_BYTES:
+        raise _invalid(
+            f"'properties' is {size} bytes; the limit is {MAX_PROPERTIES_BYTES}",
+            field="properties",
+            size=size,
+            limit=MAX_PROPERTIES_BYTES,
+        )
+    return body
+
+
+class AnalyticsService:
+    """Ingest (spine first, then the analytics view) and read back UX events."""
+
+    def __init__(
+        self, registry: RoutingRegistry, cursors: CursorCodec, clock: Clock, spine: EventSpine
+    ) -> None:
+        self.registry = registry
+        self.cursors = cursors
+        self.clock = clock
+        self.spine = spine
+
+    async def record(
+        self, ctx: RequestContext, event: bytes | Mapping[str, Any] | AnalyticsEventIn
+    ) -> AnalyticsEvent:
+        """Validate, append to the spine, then store; returns the stored event."""
+        body = decode_event(event)
+        store = await self.registry.store_for(KIND, ctx.tenant_id)  # 503 before the spine write
+        now = iso(self.clock.now())
+        source = "agent" if ctx.is_agent else "ui"
+        fields: dict[str, Any] = {
+            "kind": body.kind,
+            "name": body.name or body.kind,
+            "page": body.page,
+            "target": body.target,
+            "session_id": body.session_id,
+            "occurred_at": body.occurred_at or now,
+            "properties": body.properties,
+        }
+        spine_event = await self.spine.record(ctx, "analytics", fields, source=source)
+        stored = AnalyticsEvent(
+            event_id=spine_event.event_id,
+            received_at=spine_event.timestamp,
+            tenant_id=ctx.tenant_id,
+            mode=ctx.mode,
+            user_id=ctx.user_id,
+            surface_id=ctx.surface_id,
+            project_id=ctx.project_id,
+            app_id=ctx.app_id,
+            source=source,
+            **fields,
+        )
+        await store.write(
+            partition(ctx, "analytics"),
+            [Put(_KEY_PREFIX + stored.event_id, msgspec.json.encode(stored), condition=Absent())],
+        )
+        return stored
+
+    async def list(
+        self, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
+    ) -> Page[AnalyticsEvent]:
+        """The tenant's stored events in arrival order, a page at a time."""
+        check_limit(DOMAIN, limit)
+        after = (
+            self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, "events", cursor) if cursor else None
+        )
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        items = await store.query(partition(ctx, "analytics"), _KEY_PREFIX, after=after, limit=limit + 1)
+        has_more = len(items) > limit
+        items = items[:limit]
+        next_cursor = (
+            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, "events", items[-1].key) if items else cursor
+        )
+        return Page(
+            [msgspec.json.decode(i.value, type=AnalyticsEvent) for i in items], next_cursor, has_more
+        )

@@ -1,0 +1,214 @@
+"""Tabular stores: flows, graphs, overlays/lenses, SEO config and strategy-lock snapshots.
+
+Each table is its own resource kind so that routes can differ (``TABLES``). A record is
+``{id, table, scope, json_blob, version, created_at, updated_at}``; its scope is
+tenant / mode / project (the partition) plus the surface, app and user it was written from.
+Writes are versioned: create-only without ``expected_version`` (409 if the id exists), else
+compare-and-set (409 ``tabular.version_conflict`` with the current version). Every version is
+kept (``?version=`` reads one, ``/versions`` lists them) and versions only grow, also across a
+delete and re-create.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from northstar_core.blackboard import NO_PROJECT, Page, check_limit, json_bytes, records_page
+from northstar_core.clock import Clock, iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError, invalid, not_found
+from northstar_core.identity import RequestContext
+from northstar_core.records import VersionedRecords
+from northstar_core.routing import RoutingRegistry
+from northstar_core.scope import check_id, partition
+from northstar_core.storage import MAX_VALUE_BYTES, Item
+
+DOMAIN: Final = "tabular"
+TABLES: Final[dict[str, str]] = {
+    "flows": "flow_store",
+    "graphs": "graph_store",
+    "overlays": "overlay_store",
+    "seo_config": "seo_config_store",
+    "strategy_lock_snapshots": "strategy_lock_store",
+}
+_RECORD_LIMIT: Final = MAX_VALUE_BYTES - 8192
+
+
+class TabularScope(msgspec.Struct, kw_only=True):
+    tenant_id: str
+    mode: str
+    project_id: str | None = None
+    surface_id: str | None = None
+    app_id: str | None = None
+    user_id: str | None = None
+
+
+class TabularRecord(msgspec.Struct, kw_only=True):
+    id: str
+    table: str
+    scope: TabularScope
+    json_blob: Any
+    version: int = 1
+    created_at: str
+    updated_at: str
+
+
+class VersionInfo(msgspec.Struct, kw_only=True):
+    version: int
+    updated_at: str
+
+
+def table_kind(table: str) -> str:
+    """The resource kind of ``table``, or 404 ``tabular.unknown_table``."""
+    kind = TABLES.get(table)
+    if kind is None:
+        raise NorthstarError(
+            f"{DOMAIN}.unknown_table",
+            f"unknown table '{table[:100]}'",
+            404,
+            details={"table": table[:200], "known": sorted(TABLES)},
+        )
+    return kind
+
+
+class TabularStore:
+    """Versioned records with history in the five tabular tables."""
+
+    def __init__(self, registry: RoutingRegistry, cursors: CursorCodec, clock: Clock) -> None:
+        self.registry = registry
+        self.cursors = cursors
+        self.clock = clock
+
+    async def _records(self, ctx: RequestContext, table: str) -> VersionedRecords:
+        kind = table_kind(table)
+        store = await self.registry.store_for(kind, ctx.tenant_id)
+        part = partition(ctx, "tabular", table, ctx.project_id or NO_PROJECT)
+        return VersionedRecords(store, part, DOMAIN, history=True)
+
+    @staticmethod
+    def _decode(item: Item) -> TabularRecord:
+        record = msgspec.json.decode(item.value, type=TabularRecord)
+        record.version = item.version
+        return record
+
+    async def put(
+        self,
+        ctx: RequestContext,
+        table: str,
+        record_id: str,
+        json_blob: Any,
+        *,
+        expected_version: int | None,
+    ) -> TabularRecord:
+        """Create (``expected_version`` None) or replace at ``expected_version``."""
+        ctx.require_role("member")
+        records = await self._records(ctx, table)
+        check_id(DOMAIN, "id", record_id)
+        now = iso(self.clock.now())
+        created_at = now
+        if expected_version is not None:
+            current = await records.get(record_id)
+            if current is not None and current.version == expected_version:
+                created_at = self._decode(current).created_at
+        record = TabularRecord(
+            id=record_id,
+            table=table,
+            scope=TabularScope(
+                tenant_id=ctx.tenant_id,
+                mode=ctx.mode,
+                project_id=ctx.project_id,
+                surface_id=ctx.surface_id,
+                app_id=ctx.app_id,
+                user_id=ctx.user_id,
+            ),
+            json_blob=json_blob,
+            created_at=created_at,
+            updated_at=now,
+        )
+        encoded = json_bytes(DOMAIN, record)
+        if len(encoded) > _RECORD_LIMIT:
+            raise NorthstarError(
+                f"{DOMAIN}.value_too_large",
+                f"the record is {len(encoded)} bytes; the limit is {_RECORD_LIMIT}",
+                413,
+                details={"size": len(encoded), "limit": _RECORD_LIMIT},
+            )
+        record.version = await records.put(record_id, encoded, expected_version=expected_version)
+        return record
+
+    async def get(
+        self, ctx: RequestContext, table: str, record_id: str, *, version: int | None = None
+    ) -> TabularRecord:
+        """The latest record, or the given past ``version``; 404 ``tabular.not_found`` if absent.
+
+        A past version stays readable after the record is deleted (history is append-only).
+        """
+        records = await self._records(ctx, table)
+        check_id(DOMAIN, "id", record_id)
+        if version is None:
+            item = await records.get(record_id)
+        else:
+            if version < 1:
+                raise invalid(DOMAIN, "version must be 1 or more", version=version)
+            item = await records.get_version(record_id, version)
+        if item is None:
+            raise not_found(
+                DOMAIN, f"{table} record '{record_id}'", table=table, id=record_id, version=version
+            )
+        return self._decode(item)
+
+    async def delete(
+        self, ctx: RequestContext, table: str, record_id: str, *, expected_version: int | None = None
+    ) -> None:
+        ctx.require_role("member")
+        records = await self._records(ctx, table)
+        check_id(DOMAIN, "id", record_id)
+        await records.delete(record_id, expected_version=expected_version)
+
+    async def versions(
+        self,
+        ctx: RequestContext,
+        table: str,
+        record_id: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page[VersionInfo]:
+        """Every stored version of the record, oldest first, a page at a time."""
+        check_limit(DOMAIN, limit)
+        records = await self._records(ctx, table)
+        check_id(DOMAIN, "id", record_id)
+        stream = f"{table}/{ctx.project_id or NO_PROJECT}/{record_id}/versions"
+        after = 0
+        if cursor:
+            position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
+            after = int(position) if position.isdigit() else 0
+        items = await records.versions(record_id, after=after, limit=limit + 1)
+        if not items and after == 0:
+            raise not_found(DOMAIN, f"{table} record '{record_id}'", table=table, id=record_id)
+        has_more = len(items) > limit
+        infos = [VersionInfo(version=i.version, updated_at=self._decode(i).updated_at) for i in items[:limit]]
+        next_cursor = (
+            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, str(infos[-1].version))
+            if infos
+            else cursor
+        )
+        return Page(infos, next_cursor, has_more)
+
+    async def list(
+        self, ctx: RequestContext, table: str, *, cursor: str | None = None, limit: int = 50
+    ) -> Page[TabularRecord]:
+        """The table's live records in the caller's tenant/mode/project, ordered by id."""
+        records = await self._records(ctx, table)
+        items, next_cursor, has_more = await records_page(
+            records,
+            self.cursors,
+            ctx,
+            domain=DOMAIN,
+            stream=f"{table}/{ctx.project_id or NO_PROJECT}",
+            cursor=cursor,
+            limit=limit,
+        )
+        return Page([self._decode(i) for i in items], next_cursor, has_more)
