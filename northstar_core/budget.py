@@ -1,0 +1,264 @@
+"""The budget usage ledger: append-only spend per tenant, with running totals.
+
+One :class:`~northstar_core.streams.SequencedStream` per tenant+mode and calendar month (UTC),
+in ``budget_store`` partition ``<tenant>|<mode>|budget|<YYYY-MM>``. Each entry carries, beside
+its own amount, the running totals of the month and of its day, for the tenant (``*``) and per
+surface. An entry is appended at exactly the head it was computed from (``expected_head``), so
+concurrent recorders never lose an amount, and the gate reads a period's spend with **one**
+query (the last entry), whatever the length of the ledger.
+
+Nothing is updated or deleted; a correction is a new (negative-free) entry by design — amounts
+are zero or more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import msgspec
+
+from northstar_core.clock import Clock, iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.routing import RoutingRegistry
+from northstar_core.scope import partition
+from northstar_core.spine import EventSpine
+from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_of
+
+KIND: Final = "budget_store"
+DOMAIN: Final = "budget"
+TOTAL: Final = "*"
+PERIOD_PATTERN: Final = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
+_ATTEMPTS: Final = 64
+MAX_PAGE: Final = 500
+
+
+class UsageIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    amount: float
+    surface_id: str | None = None
+    action_name: str | None = None
+    idempotency_key: str | None = None
+    note: str | None = None
+
+
+class UsageEntry(msgspec.Struct, kw_only=True):
+    seq: int = 0
+    amount: float
+    surface_id: str | None
+    action_name: str | None
+    actor_id: str
+    at: str
+    day: str
+    run_id: str | None = None
+    note: str | None = None
+    month_totals: dict[str, float] = {}
+    day_totals: dict[str, float] = {}
+
+
+class UsagePage(msgspec.Struct, kw_only=True):
+    period: str
+    total: float
+    by_surface: dict[str, float]
+    items: list[UsageEntry]
+    next_cursor: str | None
+    has_more: bool
+
+
+def month_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def _invalid(message: str, **details: Any) -> NorthstarError:
+    return NorthstarError(f"{DOMAIN}.invalid_request", message, 422, details=details)
+
+
+class BudgetLedger:
+    """Record usage and read a period's spend (see module doc)."""
+
+    def __init__(
+        self, registry: RoutingRegistry, cursors: CursorCodec, clock: Clock, spine: EventSpine
+    ) -> None:
+        self.registry = registry
+        self.cursors = cursors
+        self.clock = clock
+        self.spine = spine
+
+    async def _stream(self, ctx: RequestContext, month: str) -> SequencedStream:
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        return SequencedStream(store, partition(ctx, "budget", month), DOMAIN)
+
+    async def _last(self, stream: SequencedStream) -> UsageEntry | None:
+        last = await stream.read_last(1)
+        if not last:
+            return None
+        entry = msgspec.json.decode(last[0].value, type=UsageEntry)
+        entry.seq = seq_of(last[0].key)
+        return entry
+
+    async def record(self, ctx: RequestContext, body: Any) -> tuple[UsageEntry, bool]:
+        """Append one usage entry; returns it and whether it was an idempotent replay.
+
+        Writes need member or above. The same ``idempotency_key`` twice records once.
+        """
+        ctx.require_role("member")
+        try:
+            usage = msgspec.convert(body, type=UsageIn) if not isinstance(body, UsageIn) else body
+        except msgspec.ValidationError as exc:
+            raise _invalid(f"invalid usage: {exc}", reason=str(exc)) from None
+        if not math.isfinite(usage.amount) or usage.amount < 0:
+            raise _invalid("'amount' must be a finite number, zero or more", field="amount")
+        for field in ("surface_id", "action_name", "idempotency_key"):
+            value = getattr(usage, field)
+            if value is not None and not ID_PATTERN.match(value):
+                raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field)
+        now = self.clock.now()
+        month, day = month_of(now), day_of(now)
+        stream = await self._stream(ctx, month)
+        fp = fingerprint(msgspec.to_builtins(usage))
+        for attempt in range(_ATTEMPTS):
+            last = await self._last(stream)
+            head = last.seq if last else 0
+            month_totals = dict(last.month_totals) if last else {}
+            day_totals = dict(last.day_totals) if last and last.day == day else {}
+            for totals in (month_totals, day_totals):
+                totals[TOTAL] = totals.get(TOTAL, 0.0) + usage.amount
+                if usage.surface_id is not None:
+                    totals[usage.surface_id] = totals.get(usage.surface_id, 0.0) + usage.amount
+            entry = UsageEntry(
+                amount=usage.amount,
+                surface_id=usage.surface_id,
+                action_name=usage.action_name,
+                actor_id=ctx.user_id,
+                at=iso(now),
+                day=day,
+                run_id=ctx.run_id,
+                note=usage.note,
+                month_totals=month_totals,
+                day_totals=day_totals,
+            )
+            data = msgspec.json.encode(entry)
+            body_dict: dict[str, Any] = msgspec.json.decode(data)
+
+            def build(_first: int, data: bytes = data) -> list[bytes]:
+                return [data]
+
+            def outcome(_first: int, _last: int, body: dict[str, Any] = body_dict) -> dict[str, Any]:
+                return {"entry": body}
+
+            try:
+                appended = await stream.append(
+                    build,
+                    now=now,
+                    expected_head=head,
+                    idempotency_key=usage.idempotency_key,
+                    payload_fingerprint=fp,
+                    result=outcome,
+                )
+            except HeadMoved:
+                await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.05)))
+                continue
+            result = msgspec.json.decode(appended.result)
+            stored = msgspec.convert(result["entry"], type=UsageEntry)
+            stored.seq = appended.first_seq
+            if not appended.replayed:
+                await self.spine.record(ctx, "budget", {"usage": msgspec.to_builtins(stored), "month": month})
+            return stored, appended.replayed
+        raise NorthstarError(
+            f"{DOMAIN}.contention",
+            "the ledger is under too much write contention; retry",
+            503,
+            headers={"Retry-After": "1"},
+        )
+
+    async def totals(self, ctx: RequestContext) -> tuple[dict[str, float], dict[str, float]]:
+        """The current month's and day's running totals (``*`` = tenant, else per surface)."""
+        now = self.clock.now()
+        last = await self._last(await self._stream(ctx, month_of(now)))
+        if last is None:
+            return {}, {}
+        return last.month_totals, (last.day_totals if last.day == day_of(now) else {})
+
+    async def spend(
+        self, ctx: RequestContext, period: Literal["day", "month"], surface_id: str | None
+    ) -> float:
+        """The current day's or month's spend (tenant-wide or one surface): one read."""
+        now = self.clock.now()
+        last = await self._last(await self._stream(ctx, month_of(now)))
+        if last is None:
+            return 0.0
+        key = surface_id or TOTAL
+        if period == "month":
+            return last.month_totals.get(key, 0.0)
+        return last.day_totals.get(key, 0.0) if last.day == day_of(now) else 0.0
+
+    async def usage(
+        self,
+        ctx: RequestContext,
+        period: str | None = None,
+        *,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> UsagePage:
+        """Entries of a month (``YYYY-MM``) or day (``YYYY-MM-DD``), oldest first, with totals."""
+        period = period or month_of(self.clock.now())
+        if not PERIOD_PATTERN.match(period):
+            raise _invalid("'period' must be YYYY-MM or YYYY-MM-DD", field="period", value=period[:50])
+        if not 1 <= limit <= MAX_PAGE:
+            raise _invalid(f"'limit' must be between 1 and {MAX_PAGE}", field="limit")
+        month = period[:7]
+        day = period if len(period) == 10 else None
+        stream = await self._stream(ctx, month)
+        binding = f"budget:{period}"
+        after = 0
+        if cursor:
+            position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, binding, cursor)
+            if not position.isdigit():
+                raise NorthstarError(
+                    f"{DOMAIN}.cursor_invalid",
+                    "cursor is invalid: malformed position",
+                    410,
+                    details={"cursor": cursor, "reason": "malformed position"},
+                )
+            after = int(position)
+        items = await stream.read(after, limit + 1)
+        has_more = len(items) > limit
+        entries: list[UsageEntry] = []
+        for item in items[:limit]:
+            entry = msgspec.json.decode(item.value, type=UsageEntry)
+            entry.seq = seq_of(item.key)
+            if day is None or entry.day == day:
+                entries.append(entry)
+        last_seq = seq_of(items[:limit][-1].key) if items else after
+        next_cursor = (
+            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, binding, str(last_seq)) if last_seq else None
+        )
+        last = await self._last(stream)
+        totals: dict[str, float] = {}
+        if last is not None:
+            if day is None:
+                totals = last.month_totals
+            elif last.day == day:
+                totals = last.day_totals
+            else:
+                # a past day: the totals of its last entry within this page (reads stay bounded;
+                # page through to the day's end for its final totals)
+                day_entries = [e for e in entries if e.day == day]
+                totals = day_entries[-1].day_totals if day_entries else {}
+        return UsagePage(
+            period=period,
+            total=totals.get(TOTAL, 0.0),
+            by_surface={k: v for k, v in totals.items() if k != TOTAL},
+            items=entries,
+            next_cursor=next_cursor,
+            has_more=has_more,
+        )
