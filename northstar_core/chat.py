@@ -1,0 +1,395 @@
+"""Chat: durable threads of messages (resource kind ``chat_store``).
+
+Layout (all through the routing registry's ``chat_store`` route):
+
+* one :class:`SequencedStream` per thread, partition ``<tenant>|<mode>|thread|<thread_id>``:
+  ``s#<seq>`` the messages, ``i#<key>`` the idempotency records, ``meta`` the thread's
+  metadata (written in the same atomic batch as message 1);
+* one index partition per user, ``<tenant>|<mode>|chat_threads|<user>``: ``t#<thread_id>``
+  for every thread the user posted to (written before the user's first message lands there,
+  so an acknowledged message is always reachable from the poster's thread list).
+
+Guarantees: a message is acknowledged only once it is stored; posting the same
+``idempotency_key`` again returns the first message marked ``replayed`` and writes nothing; a
+different payload under the same key is 422 ``chat.idempotency_mismatch``. Cursors are signed
+and bound to tenant + mode + thread; reads after a cursor are exclusive; a cursor that is
+foreign, tampered or ahead of the thread's head is 410 ``chat.cursor_invalid``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Final, Literal
+
+import msgspec
+
+from northstar_core.clock import Clock, iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError, cursor_invalid, not_found
+from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.routing import RoutingRegistry
+from northstar_core.scope import check_id, partition
+from northstar_core.storage import Absent, ConditionFailed, Item, Put
+from northstar_core.streams import SequencedStream, fingerprint
+from northstar_core.tail import TailHub
+
+KIND: Final = "chat_store"
+DOMAIN: Final = "chat"
+ROLES: Final[tuple[str, ...]] = ("user", "agent", "system", "tool")
+MAX_CONTENT_BYTES: Final = 64_000
+DEFAULT_PAGE: Final = 50
+MAX_PAGE: Final = 200
+META_KEY: Final = "meta"
+THREAD_INDEX_PREFIX: Final = "t#"
+
+Role = Literal["user", "agent", "system", "tool"]
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored message, with the identity scope it was written in."""
+
+    message_id: str
+    thread_id: str
+    seq: int
+    role: str
+    content: Any
+    actor_id: str
+    idempotency_key: str | None
+    created_at: str
+    tenant_id: str
+    mode: str
+    user_id: str
+    agent_id: str | None = None
+    project_id: str | None = None
+    surface_id: str | None = None
+    run_id: str | None = None
+
+
+class ThreadMeta(msgspec.Struct, frozen=True, kw_only=True):
+    thread_id: str
+    created_at: str
+    created_by: str
+    tenant_id: str
+    mode: str
+    project_id: str | None = None
+    surface_id: str | None = None
+
+
+class ThreadEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of a user's thread list."""
+
+    thread_id: str
+    first_posted_at: str
+
+
+class PostedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    message: ChatMessage
+    cursor: str
+    replayed: bool
+
+
+class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[tuple[ChatMessage, str]]  # (message, its cursor)
+    next_cursor: str
+    has_more: bool
+
+
+class ThreadPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ThreadEntry]
+    next_cursor: str | None
+    has_more: bool
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    thread: ThreadMeta
+    messages: list[tuple[ChatMessage, str]]
+    head_seq: int
+    head_cursor: str
+
+
+def _user_part(user_id: str) -> str:
+    # Token subjects may hold characters partition names do not (e.g. "auth0|123").
+    if ID_PATTERN.match(user_id) and "|" not in user_id:
+        return user_id
+    return "h_" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
+
+
+def _limit(limit: int | None, default: int = DEFAULT_PAGE) -> int:
+    if limit is None:
+        return default
+    if not 1 <= limit <= MAX_PAGE:
+        raise NorthstarError(
+            "chat.invalid_request",
+            f"limit must be between 1 and {MAX_PAGE}",
+            422,
+            details={"field": "limit", "value": limit},
+        )
+    return limit
+
+
+def _decode(item: Item) -> ChatMessage:
+    return msgspec.json.decode(item.value, type=ChatMessage)
+
+
+class ChatTail:
+    """A validated live tail of one thread; iterate :meth:`events` to follow it."""
+
+    def __init__(
+        self, service: ChatService, ctx: RequestContext, stream: SequencedStream, after: int
+    ) -> None:
+        self._service = service
+        self._ctx = ctx
+        self.stream = stream
+        self.after_seq = after
+
+    async def events(
+        self, *, heartbeat: float | None = None
+    ) -> AsyncIterator[tuple[ChatMessage, str] | None]:
+        """Messages after the start position, then live ones; ``None`` on idle heartbeats."""
+        async for item in self._service.tails.follow(self.stream, self.after_seq, heartbeat=heartbeat):
+            if item is None:
+                yield None
+                continue
+            message = _decode(item)
+            yield message, self._service.cursor(self._ctx, message.thread_id, message.seq)
+
+
+class ChatService:
+    """The chat use-cases: post, list after a cursor, snapshot, thread list, live tail."""
+
+    def __init__(self, registry: RoutingRegistry, cursors: CursorCodec, clock: Clock, tails: TailHub) -> None:
+        self.registry = registry
+        self.cursors = cursors
+        self.clock = clock
+        self.tails = tails
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _stream(self, ctx: RequestContext, thread_id: str) -> SequencedStream:
+        check_id(DOMAIN, "thread_id", thread_id)
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        return SequencedStream(store, partition(ctx, "thread", thread_id), DOMAIN)
+
+    def cursor(self, ctx: RequestContext, thread_id: str, seq: int) -> str:
+        """The cursor of position ``seq`` of ``thread_id`` for this tenant and mode."""
+        return self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, f"thread:{thread_id}", str(seq))
+
+    def _position(self, ctx: RequestContext, thread_id: str, cursor: str) -> int:
+        position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, f"thread:{thread_id}", cursor)
+        if not position.isdigit():
+            raise cursor_invalid(DOMAIN, cursor, "malformed position")
+        return int(position)
+
+    async def _checked_position(
+        self, ctx: RequestContext, stream: SequencedStream, thread_id: str, cursor: str
+    ) -> int:
+        position = self._position(ctx, thread_id, cursor)
+        if position > 0 and position > await stream.head():
+            raise cursor_invalid(DOMAIN, cursor, "cursor is ahead of the thread's head")
+        return position
+
+    # --- use-cases -------------------------------------------------------------------------
+
+    async def post(
+        self,
+        ctx: RequestContext,
+        thread_id: str,
+        *,
+        role: str,
+        content: Any,
+        idempotency_key: str | None = None,
+    ) -> PostedMessage:
+        """Append one message (member role or above). Idempotent by ``idempotency_key``."""
+        ctx.require_role("member")
+        stream = await self._stream(ctx, thread_id)
+        if role not in ROLES:
+            raise NorthstarError(
+                "chat.invalid_request",
+                f"role must be one of {', '.join(ROLES)}",
+                422,
+                details={"field": "role", "value": str(role)[:50]},
+            )
+        if content is None or content == "":
+            raise NorthstarError(
+                "chat.invalid_request", "content must not be empty", 422, details={"field": "content"}
+            )
+        size = len(msgspec.json.encode(content))
+        if size > MAX_CONTENT_BYTES:
+            raise NorthstarError(
+                "chat.message_too_large",
+                f"content is {size} bytes; the limit is {MAX_CONTENT_BYTES}",
+                413,
+                details={"size": size, "limit": MAX_CONTENT_BYTES},
+            )
+        if idempotency_key is not None:
+            check_id(DOMAIN, "idempotency_key", idempotency_key)
+        actor_id = ctx.agent_id or ctx.user_id
+        fp = fingerprint({"thread_id": thread_id, "role": role, "content": content, "actor_id": actor_id})
+        if idempotency_key is not None:
+            prior = await stream.idempotent_result(idempotency_key, fp)
+            if prior is not None:
+                return self._posted(ctx, msgspec.json.decode(prior.result, type=ChatMessage), True)
+        now = self.clock.now()
+        await self._index_thread(ctx, thread_id, now)
+        message_id = "m_" + uuid.uuid4().hex
+        built: dict[int, ChatMessage] = {}
+
+        def build(first: int) -> list[bytes]:
+            message = ChatMessage(
+                message_id=message_id,
+                thread_id=thread_id,
+                seq=first,
+                role=role,
+                content=content,
+                actor_id=actor_id,
+                idempotency_key=idempotency_key,
+                created_at=iso(now),
+                agent_id=ctx.agent_id,
+                **ctx.scope(),
+            )
+            built[first] = message
+            return [msgspec.json.encode(message)]
+
+        def result(first: int, last: int) -> dict[str, Any]:
+            return msgspec.to_builtins(built[first])  # type: ignore[no-any-return]
+
+        def extra_ops(first: int, last: int) -> list[Put]:
+            if first != 1:
+                return []
+            meta = ThreadMeta(
+                thread_id=thread_id,
+                created_at=iso(now),
+                created_by=actor_id,
+                tenant_id=ctx.tenant_id,
+                mode=ctx.mode,
+                project_id=ctx.project_id,
+                surface_id=ctx.surface_id,
+            )
+            return [Put(META_KEY, msgspec.json.encode(meta), condition=Absent())]
+
+        appended = await stream.append(
+            build,
+            now=now,
+            idempotency_key=idempotency_key,
+            payload_fingerprint=fp,
+            result=result,
+            extra_ops=extra_ops,
+        )
+        message = msgspec.json.decode(appended.result, type=ChatMessage)
+        if not appended.replayed:
+            self.tails.notify(stream, appended.last_seq)
+        return self._posted(ctx, message, appended.replayed)
+
+    def _posted(self, ctx: RequestContext, message: ChatMessage, replayed: bool) -> PostedMessage:
+        return PostedMessage(
+            message=message, cursor=self.cursor(ctx, message.thread_id, message.seq), replayed=replayed
+        )
+
+    async def _index_thread(self, ctx: RequestContext, thread_id: str, now: float) -> None:
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        part = partition(ctx, "chat_threads", _user_part(ctx.user_id))
+        key = THREAD_INDEX_PREFIX + thread_id
+        if await store.get(part, key) is not None:
+            return
+        entry = ThreadEntry(thread_id=thread_id, first_posted_at=iso(now))
+        try:
+            await store.write(part, [Put(key, msgspec.json.encode(entry), condition=Absent())])
+        except ConditionFailed:
+            pass  # a concurrent first post indexed it already
+
+    async def list_messages(
+        self, ctx: RequestContext, thread_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> MessagePage:
+        """Messages strictly after ``cursor`` (from the start without one), oldest first."""
+        size = _limit(limit)
+        stream = await self._stream(ctx, thread_id)
+        after = await self._checked_position(ctx, stream, thread_id, cursor) if cursor else 0
+        items = await stream.read(after, size + 1)
+        has_more = len(items) > size
+        page = [_decode(item) for item in items[:size]]
+        last = page[-1].seq if page else after
+        return MessagePage(
+            items=[(m, self.cursor(ctx, thread_id, m.seq)) for m in page],
+            next_cursor=self.cursor(ctx, thread_id, last),
+            has_more=has_more,
+        )
+
+    async def snapshot(self, ctx: RequestContext, thread_id: str, *, last: int | None = None) -> Snapshot:
+        """Thread metadata, its last ``last`` messages and the head cursor (404 if no thread)."""
+        size = _limit(last)
+        stream = await self._stream(ctx, thread_id)
+        meta_item = await stream.store.get(stream.partition, META_KEY)
+        if meta_item is None:
+            raise not_found(DOMAIN, f"thread '{thread_id}'", thread_id=thread_id)
+        messages = [_decode(item) for item in await stream.read_last(size)]
+        head = messages[-1].seq if messages else 0
+        return Snapshot(
+            thread=msgspec.json.decode(meta_item.value, type=ThreadMeta),
+            messages=[(m, self.cursor(ctx, thread_id, m.seq)) for m in messages],
+            head_seq=head,
+            head_cursor=self.cursor(ctx, thread_id, head),
+        )
+
+    async def list_threads(
+        self, ctx: RequestContext, *, cursor: str | None = None, limit: int | None = None
+    ) -> ThreadPage:
+        """The threads the caller posted to, ordered by thread id."""
+        size = _limit(limit)
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        user = _user_part(ctx.user_id)
+        part = partition(ctx, "chat_threads", user)
+        after: str | None = None
+        if cursor:
+            after = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, f"threads:{user}", cursor)
+            if not after.startswith(THREAD_INDEX_PREFIX):
+                raise cursor_invalid(DOMAIN, cursor, "malformed position")
+        items = await store.query(part, THREAD_INDEX_PREFIX, after=after, limit=size + 1)
+        has_more = len(items) > size
+        items = items[:size]
+        next_cursor = (
+            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, f"threads:{user}", items[-1].key)
+            if items
+            else cursor
+        )
+        return ThreadPage(
+            items=[msgspec.json.decode(i.value, type=ThreadEntry) for i in items],
+            next_cursor=next_cursor,
+            has_more=has_more,
+        )
+
+    async def open_tail(self, ctx: RequestContext, thread_id: str, cursor: str | None = None) -> ChatTail:
+        """Validate ``cursor`` now (410 before any stream starts) and return the tail.
+
+        Without a cursor the tail starts at the current head (only new messages).
+        """
+        stream = await self._stream(ctx, thread_id)
+        if cursor:
+            after = await self._checked_position(ctx, stream, thread_id, cursor)
+        else:
+            after = await stream.head()
+        return ChatTail(self, ctx, stream, after)
+
+
+def message_to_dict(message: ChatMessage, cursor: str, **extra: Any) -> dict[str, Any]:
+    """The wire shape of a message: its fields plus its cursor."""
+    out: dict[str, Any] = msgspec.to_builtins(message)
+    out["cursor"] = cursor
+    out.update(extra)
+    return out
+
+
+__all__ = [
+    "ROLES",
+    "ChatMessage",
+    "ChatService",
+    "ChatTail",
+    "MessagePage",
+    "PostedMessage",
+    "Role",
+    "Snapshot",
+    "ThreadMeta",
+    "ThreadPage",
+    "message_to_dict",
+]

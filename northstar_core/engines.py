@@ -1,0 +1,82 @@
+"""The embedded library API: one object holding every domain service.
+
+An agent embeds Northstar by building an :class:`Engines` (from a routing registry, a cursor
+codec and a clock) and calling its services directly — ``await engines.chat.post(ctx, ...)``.
+The HTTP shell is a thin translation onto exactly this object and talks to nothing else.
+
+Each domain adds its service here as one attribute (``chat``, ``canvas``, ``spine``,
+``gates``, ``memory``…). Services resolve their resource kind through ``registry`` on every
+call, so routes changed at run time and per-tenant overrides take effect without rebuilding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from northstar_core.actions import ActionService
+from northstar_core.budget import BudgetLedger
+from northstar_core.chat import ChatService
+from northstar_core.clock import Clock, SystemClock
+from northstar_core.cursors import CursorCodec
+from northstar_core.errors import NorthstarError
+from northstar_core.gates import GateChain
+from northstar_core.identity import RequestContext
+from northstar_core.policies import PolicyStores
+from northstar_core.ports import AuditSink
+from northstar_core.routing import RoutingRegistry
+from northstar_core.spine import EventSpine
+from northstar_core.tail import DEFAULT_POLL_INTERVAL, TailHub
+
+
+class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Tunables of the embedded engines (the shell fills them from configuration)."""
+
+    tail_poll_interval: float = DEFAULT_POLL_INTERVAL
+
+
+class AuditNotWired:
+    """The audit sink before an event spine is attached: it refuses, it never pretends."""
+
+    async def audit(self, ctx: RequestContext, action: str, payload: dict[str, Any]) -> None:
+        raise NorthstarError(
+            "event_spine.unavailable", "no event spine is wired to record audit events", 503
+        )
+
+
+class Engines:
+    """Every domain service of one deployment, sharing one registry, codec, clock and tail hub."""
+
+    def __init__(
+        self,
+        registry: RoutingRegistry,
+        cursors: CursorCodec,
+        clock: Clock | None = None,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.registry = registry
+        self.cursors = cursors
+        self.clock: Clock = clock or SystemClock()
+        self.settings = settings or EngineSettings()
+        # One live-tail hub per process: every SSE stream follows its store through it.
+        self.tails = TailHub(self.settings.tail_poll_interval)
+        # Where audit events go; the event spine implements AuditSink.
+        self.audit: AuditSink = AuditNotWired()
+        # The one append-only event spine; it is also the audit sink.
+        self.spine = EventSpine(registry, cursors, clock=self.clock)
+        self.audit = self.spine
+        # Safety: policy stores, budget ledger, the gate chain (ActionGate) and /actions/execute.
+        self.policies = PolicyStores(registry, self.clock, self.spine)
+        self.budget = BudgetLedger(registry, cursors, self.clock, self.spine)
+        self.gate = GateChain(self.policies, self.budget, self.spine, self.clock)
+        self.gates = self.gate
+        self.actions = ActionService(self.gate, self.budget, self.spine)
+        self.chat = ChatService(registry, cursors, self.clock, self.tails)
+
+        # safety decisions are published on the subject's stream once the timeline exists
+        self.gate.streams = getattr(self, "streams", None)
+
+    async def close(self) -> None:
+        await self.tails.close()
+        await self.registry.close()

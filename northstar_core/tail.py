@@ -1,0 +1,171 @@
+"""Live tail of sequenced streams: the store is the bus.
+
+Every SSE stream (chat, canvas, timeline…) follows a :class:`~northstar_core.streams.
+SequencedStream` through one :class:`TailHub`. A subscriber never receives an entry from memory
+or from a notification: it always *reads the store* after its own position, so delivery is
+exactly the stream's order, with no duplicates and no gaps, whoever appended (this process or
+another process sharing the backend).
+
+How a subscriber learns that there is something new to read:
+
+* **local appends** call :meth:`TailHub.notify` (the domain service does it right after a
+  successful append), which wakes the stream's subscribers at once;
+* **appends by other processes** are discovered by one *poller per followed stream and
+  process*: while the stream has at least one subscriber, the poller reads the stream's head
+  (one ``query(..., descending=True, limit=1)``) every ``poll_interval`` seconds and wakes the
+  subscribers when it moved.
+
+Sharing: all subscribers of one stream in one process share one :class:`_Channel` — one
+poller task and one :class:`asyncio.Event` that is replaced each time the head moves. An idle
+subscriber therefore costs its own suspended generator and one waiter on that shared event
+(no task, no queue, no buffer of its own); 1,000 idle subscribers on one stream do one head
+read per poll interval between them. The poller stops when the last subscriber leaves.
+
+Reusing it (canvas, timeline…)::
+
+    stream = SequencedStream(store, partition(ctx, "canvas", canvas_id), "canvas")
+    async for item in engines.tails.follow(stream, after_seq=position, heartbeat=15):
+        if item is None:      # nothing new for `heartbeat` seconds: send a keep-alive
+            ...
+        else:                 # item.key is s#<seq>; decode item.value
+            ...
+
+and after every successful append on such a stream call
+``engines.tails.notify(stream, appended.last_seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import msgspec
+
+from northstar_core.errors import NorthstarError
+from northstar_core.storage import Item
+from northstar_core.streams import SequencedStream, seq_of
+
+DEFAULT_POLL_INTERVAL: Final = 0.5
+READ_BATCH: Final = 100
+
+
+def _channel_key(stream: SequencedStream) -> tuple[str, str, Any]:
+    # The route is part of the key so that a tenant re-routed to another backend is tailed
+    # on the backend that now holds its data (encoded: a route's params are not hashable).
+    route = getattr(stream.store, "route", None)
+    return (stream.domain, stream.partition, msgspec.json.encode(route) if route is not None else None)
+
+
+class _Channel:
+    """Shared state of one followed stream in this process."""
+
+    __slots__ = ("changed", "head", "key", "poller", "stream", "subscribers")
+
+    def __init__(self, key: tuple[str, str, Any], stream: SequencedStream) -> None:
+        self.key = key
+        self.stream = stream
+        self.head = 0
+        self.subscribers = 0
+        self.changed = asyncio.Event()
+        self.poller: asyncio.Task[None] | None = None
+
+    def advance(self, head: int) -> None:
+        """Record a new head; wake every subscriber waiting on the old event."""
+        if head > self.head:
+            self.head = head
+            old, self.changed = self.changed, asyncio.Event()
+            old.set()
+
+
+class TailHub:
+    """Per-process registry of followed streams (see module doc)."""
+
+    def __init__(self, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
+        self.poll_interval = poll_interval
+        self._channels: dict[tuple[str, str, Any], _Channel] = {}
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._channels)
+
+    def subscribers(self, stream: SequencedStream) -> int:
+        channel = self._channels.get(_channel_key(stream))
+        return channel.subscribers if channel else 0
+
+    def notify(self, stream: SequencedStream, head: int) -> None:
+        """A local append made ``head`` the stream's head: wake its subscribers now."""
+        channel = self._channels.get(_channel_key(stream))
+        if channel is not None:
+            channel.advance(head)
+
+    async def _poll(self, channel: _Channel) -> None:
+        while channel.subscribers > 0:
+            try:
+                channel.advance(await channel.stream.head())
+            except NorthstarError:
+                # The backend is briefly unavailable: subscribers keep waiting and the next
+                # poll retries; their own reads surface persistent failures.
+                pass
+            await asyncio.sleep(self.poll_interval)
+
+    def _join(self, stream: SequencedStream) -> _Channel:
+        key = _channel_key(stream)
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._channels[key] = _Channel(key, stream)
+        channel.subscribers += 1
+        if channel.poller is None or channel.poller.done():
+            channel.poller = asyncio.get_running_loop().create_task(self._poll(channel))
+        return channel
+
+    def _leave(self, channel: _Channel) -> None:
+        channel.subscribers -= 1
+        if channel.subscribers <= 0:
+            self._channels.pop(channel.key, None)
+            if channel.poller is not None:
+                channel.poller.cancel()
+
+    async def follow(
+        self,
+        stream: SequencedStream,
+        after_seq: int,
+        *,
+        heartbeat: float | None = None,
+        batch: int = READ_BATCH,
+    ) -> AsyncIterator[Item | None]:
+        """Yield the stream's entries with ``seq > after_seq`` in order, forever.
+
+        Entries already stored are replayed first, then new ones as they are appended, by this
+        process or any other sharing the backend. With ``heartbeat``, ``None`` is yielded after
+        that many idle seconds so the caller can send a keep-alive. Each entry is yielded
+        exactly once. Closing the generator (or cancelling its consumer) unsubscribes.
+        """
+        channel = self._join(stream)
+        position = after_seq
+        try:
+            while True:
+                # Take the event before reading: a wake-up that happens during the read sets
+                # this event, so the wait below returns at once instead of missing it.
+                changed = channel.changed
+                items = await stream.read(position, batch)
+                for item in items:
+                    position = seq_of(item.key)
+                    yield item
+                if len(items) == batch or channel.head > position:
+                    continue
+                try:
+                    if heartbeat is None:
+                        await changed.wait()
+                    else:
+                        await asyncio.wait_for(changed.wait(), heartbeat)
+                except TimeoutError:
+                    yield None
+        finally:
+            self._leave(channel)
+
+    async def close(self) -> None:
+        for channel in list(self._channels.values()):
+            if channel.poller is not None:
+                channel.poller.cancel()
+        self._channels.clear()

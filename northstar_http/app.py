@@ -1,0 +1,70 @@
+"""The Litestar application: route modules, auth, envelope, OpenAPI — assembled in one place.
+
+To add a domain: write ``northstar_http/routes/<domain>.py`` exporting ``ROUTES`` and add the
+module to :data:`ROUTE_MODULES` below (one line). Handlers get ``ctx`` and ``engines`` from
+:mod:`northstar_http.deps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, Final
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
+from northstar_http.deps import DEPENDENCIES
+from northstar_http.errors import EXCEPTION_HANDLERS, before_send
+from northstar_http.routes import chat, system
+
+# Every route module of the service, in one place.
+ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
+    system,
+    chat,
+)
+
+OPENAPI_PATH: Final = "/schema"
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Northstar durable engines",
+        version="0.1.0",
+        path=OPENAPI_PATH,
+        components=Components(
+            security_schemes={
+                "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+            }
+        ),
+        security=[{"BearerToken": []}],
+    )
+
+
+def build_app(
+    *,
+    state: dict[str, Any],
+    body_limit: int,
+    on_startup: Sequence[Callable[..., Any]] = (),
+    on_shutdown: Sequence[Callable[..., Any]] = (),
+) -> Litestar:
+    """The app; ``state`` must hold ``settings``, ``verifier``, ``binding`` and ``engines``
+    (``engines`` may be filled by an ``on_startup`` hook)."""
+    handlers = [handler for module in ROUTE_MODULES for handler in module.ROUTES]
+    return Litestar(
+        route_handlers=handlers,
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        before_send=[before_send],
+        request_max_body_size=body_limit,
+        openapi_config=openapi_config(),
+        on_startup=list(on_startup),
+        on_shutdown=list(on_shutdown),
+        state=State(state),
+        debug=False,
+    )

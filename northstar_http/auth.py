@@ -1,0 +1,226 @@
+"""Authentication: verified JWTs in, a :class:`RequestContext` out.
+
+* ``Authorization: Bearer <JWT>`` is required on every route except ``/healthz``, ``/readyz``
+  and the OpenAPI docs (``/schema``).
+* HS256 tokens are verified with the configured secret; RS256/ES256 tokens with a key from a
+  JWKS (file or URL) chosen by ``kid``. The algorithms are pinned per key type (HS256 only
+  with the secret, RS256 only with RSA keys, ES256 only with EC keys; ``oct`` keys in a JWKS
+  are ignored), so ``alg: none`` and HS/RS confusion are refused before any signature check.
+* ``exp`` and ``sub`` are required; ``nbf``, ``aud`` and ``iss`` are checked (audience and
+  issuer are required when configured).
+* Identity headers (SPEC §3) are resolved against the claims by the core's precedence rule; a
+  contradiction is 403 ``auth.identity_mismatch`` and an ``audit`` event on the spine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any, Final
+
+import jwt
+import msgspec
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.middleware.authentication import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from northstar_core.engines import Engines
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import (
+    HEADER_FIELDS,
+    Claims,
+    IdentityMismatch,
+    RequestContext,
+    ServerBinding,
+    resolve_context,
+)
+from northstar_http.errors import request_id
+
+log = logging.getLogger("northstar.auth")
+
+PUBLIC_PATHS: Final = [r"^/healthz$", r"^/readyz$", r"^/schema"]
+_ALG_KEY_TYPE: Final = {"RS256": "RSA", "ES256": "EC"}
+
+
+def _invalid(reason: str, message: str = "the bearer token is not valid") -> NorthstarError:
+    return NorthstarError("auth.invalid_token", message, 401, details={"reason": reason})
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the configured keys (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        hs256_secret: str | None = None,
+        jwks: dict[str, Any] | None = None,
+        jwks_url: str | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 0,
+    ) -> None:
+        if not (hs256_secret or jwks or jwks_url):
+            raise ValueError("token verification needs an HS256 secret, a JWKS file or a JWKS URL")
+        self._secret = hs256_secret
+        self._jwks = jwt.PyJWKSet.from_dict(jwks) if jwks else None
+        self._jwks_client = jwt.PyJWKClient(jwks_url, cache_keys=True) if jwks_url else None
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+
+    @classmethod
+    def from_jwks_file(cls, path: str | Path, **kwargs: Any) -> TokenVerifier:
+        return cls(jwks=json.loads(Path(path).read_text()), **kwargs)
+
+    async def _asymmetric_key(self, kid: str | None, alg: str) -> Any:
+        want = _ALG_KEY_TYPE[alg]
+        candidates: list[jwt.PyJWK] = []
+        if self._jwks is not None:
+            candidates = [k for k in self._jwks.keys if kid is None or k.key_id == kid]
+        elif self._jwks_client is not None:
+            client = self._jwks_client
+            try:
+                keys = await asyncio.to_thread(client.get_signing_keys)
+            except jwt.PyJWKClientConnectionError as exc:
+                raise NorthstarError(
+                    "auth.jwks_unavailable",
+                    "the key set for verifying tokens could not be fetched",
+                    503,
+                    headers={"Retry-After": "5"},
+                ) from exc
+            except jwt.PyJWKClientError:
+                keys = []
+            candidates = [k for k in keys if kid is None or k.key_id == kid]
+        for key in candidates:
+            declared = getattr(key, "algorithm_name", None)
+            if key.key_type == want and (declared in (None, alg)):
+                return key.key
+        raise _invalid("unknown_key", "no key in the key set matches this token")
+
+    async def verify(self, token: str) -> Claims:
+        """The claims of a valid token, or 401 ``auth.invalid_token`` with ``details.reason``."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise _invalid("malformed") from None
+        alg = header.get("alg")
+        if alg == "HS256" and self._secret:
+            key: Any = self._secret
+        elif alg in _ALG_KEY_TYPE and (self._jwks is not None or self._jwks_client is not None):
+            key = await self._asymmetric_key(header.get("kid"), alg)
+        else:
+            raise _invalid("unsupported_algorithm", f"tokens signed with '{alg}' are not accepted")
+        required = ["exp", "sub"]
+        if self.audience:
+            required.append("aud")
+        if self.issuer:
+            required.append("iss")
+        try:
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": required, "verify_aud": self.audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _invalid("expired", "the bearer token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise _invalid("not_yet_valid", "the bearer token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise _invalid("bad_audience") from None
+        except jwt.InvalidIssuerError:
+            raise _invalid("bad_issuer") from None
+        except jwt.InvalidSignatureError:
+            raise _invalid("bad_signature") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _invalid("missing_claim", f"the bearer token lacks the '{exc.claim}' claim") from None
+        except jwt.InvalidTokenError:
+            raise _invalid("malformed") from None
+        return claims_from_payload(payload)
+
+
+def claims_from_payload(payload: dict[str, Any]) -> Claims:
+    roles = payload.get("roles", ())
+    if isinstance(roles, str):
+        roles = roles.split()
+    try:
+        return msgspec.convert(
+            {
+                "sub": payload.get("sub"),
+                "tenant_id": payload.get("tenant_id"),
+                "mode": payload.get("mode"),
+                "roles": tuple(roles),
+                "system": bool(payload.get("system", False)),
+                "agent_id": payload.get("agent_id"),
+                "project_id": payload.get("project_id"),
+            },
+            type=Claims,
+        )
+    except msgspec.ValidationError as exc:
+        raise _invalid("missing_claim", f"the bearer token's claims are incomplete: {exc}") from None
+
+
+class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
+    """Puts the verified :class:`Claims` on ``request.user`` (401 envelope otherwise)."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NorthstarError(
+                "auth.missing_token", "an 'Authorization: Bearer' token is required", 401
+            )
+        verifier: TokenVerifier = connection.app.state.verifier
+        claims = await verifier.verify(token.strip())
+        return AuthenticationResult(user=claims, auth=token)
+
+
+def presented_identity(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Identity values the caller presented in headers (field name -> value)."""
+    return {field: request.headers[name] for name, field in HEADER_FIELDS.items() if name in request.headers}
+
+
+async def provide_ctx(request: Request[Any, Any, Any], state: State) -> RequestContext:
+    """Dependency ``ctx``: the request's identity, resolved by the core's precedence rule."""
+    claims: Claims = request.user
+    binding: ServerBinding = state.binding
+    rid = request_id(request.scope)
+    try:
+        return resolve_context(claims, presented_identity(request), binding=binding, request_id=rid)
+    except IdentityMismatch as exc:
+        await _audit_mismatch(state.engines, claims, binding, rid, exc)
+        raise
+
+
+async def _audit_mismatch(
+    engines: Engines, claims: Claims, binding: ServerBinding, rid: str, exc: IdentityMismatch
+) -> None:
+    # The audit event is written in the *authenticated* identity (server binding and token),
+    # never in the one the headers claimed.
+    actor = RequestContext(
+        tenant_id=binding.tenant_id or claims.tenant_id,
+        mode=binding.mode or claims.mode,
+        user_id=claims.sub,
+        roles=tuple(claims.roles),
+        is_system=claims.system,
+        agent_id=claims.agent_id,
+        request_id=rid,
+    )
+    try:
+        await engines.audit.audit(
+            actor,
+            "identity_mismatch",
+            {"field": exc.field, "presented": str(exc.details.get("presented"))[:200]},
+        )
+        exc.details["audited"] = True
+    except Exception:  # the refusal stands even if the audit record could not be written
+        log.exception("could not record identity_mismatch audit event (request %s)", rid)
+        exc.details["audited"] = False

@@ -1,0 +1,28 @@
+"""Dependencies every handler may declare: ``ctx`` (the caller) and ``engines`` (the core)."""
+
+from __future__ import annotations
+
+from typing import Final, TypeAlias
+
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+
+from northstar_core.engines import Engines
+from northstar_core.identity import RequestContext
+from northstar_http.auth import provide_ctx
+
+
+def provide_engines(state: State) -> Engines:
+    engines: Engines = state.engines
+    return engines
+
+
+DEPENDENCIES: Final = {
+    "ctx": Provide(provide_ctx),
+    "engines": Provide(provide_engines, sync_to_thread=False),
+}
+
+# Annotate handler parameters with these (Litestar's explicit dependency style):
+#     async def handler(ctx: Ctx, engines: Eng, thread_id: FromPath[str]) -> ...
+Ctx: TypeAlias = NamedDependency[RequestContext]
+Eng: TypeAlias = NamedDependency[Engines]

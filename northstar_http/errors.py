@@ -1,0 +1,148 @@
+"""The uniform error envelope (SPEC §4) on every 4xx/5xx, framework errors included.
+
+Litestar's own exceptions (unknown path, wrong method, validation, malformed JSON, oversized
+body) are translated to stable ``request.*`` codes; a :class:`NorthstarError` is rendered 1:1;
+anything unexpected becomes ``internal.error`` (500) with the request id, is logged with its
+stack trace server-side, and never shows one to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any, Final
+
+from litestar import Request, Response
+from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.types import Message, Scope
+
+from northstar_core.errors import NorthstarError
+from northstar_core.routing import served_by
+
+log = logging.getLogger("northstar.http")
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+BACKEND_HEADER: Final = "x-northstar-backend"
+_REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id: the caller's ``X-Request-Id`` if well-formed, else a new UUID.
+
+    Computed once per request and kept in the scope state, so the envelope, the context and
+    the echoed header always agree.
+    """
+    state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    rid = state.get("northstar_request_id")
+    if rid is None:
+        presented = ""
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                presented = value.decode("latin-1")
+                break
+        rid = presented if _REQUEST_ID_OK.match(presented) else str(uuid.uuid4())
+        state["northstar_request_id"] = rid
+    return str(rid)
+
+
+async def before_send(message: Message, scope: Scope) -> None:
+    """Echo ``X-Request-Id`` on every response and label responses served by lab backends."""
+    if message["type"] != "http.response.start" or scope.get("type") != "http":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    headers[REQUEST_ID_HEADER] = request_id(scope)
+    labels = served_by.get()
+    if labels:
+        headers[BACKEND_HEADER] = ", ".join(sorted(labels))
+        # this request's record is sent; never let it leak into the next one on this context
+        served_by.set(None)
+
+
+def envelope_response(exc: NorthstarError, scope: Scope) -> Response[Any]:
+    headers = dict(exc.headers)
+    if exc.http_status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="northstar"')
+    return Response(
+        exc.envelope(request_id(scope)),
+        status_code=exc.http_status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _validation_details(exc: ValidationException) -> dict[str, Any]:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    errors = [
+        {"field": e.get("key"), "source": e.get("source"), "message": str(e.get("message"))[:300]}
+        for e in extra
+        if isinstance(e, dict)
+    ]
+    return {"errors": errors}
+
+
+def translate(exc: Exception) -> NorthstarError:
+    """The envelope error for any exception raised while serving a request."""
+    if isinstance(exc, NorthstarError):
+        return exc
+    if isinstance(exc, ValidationException):
+        return NorthstarError(
+            "request.validation_failed",
+            "the request does not match the expected shape",
+            422,
+            details=_validation_details(exc),
+        )
+    if isinstance(exc, NotFoundException):
+        return NorthstarError("request.not_found", "no such resource or path", 404)
+    if isinstance(exc, MethodNotAllowedException):
+        allow = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        return NorthstarError(
+            "request.method_not_allowed",
+            "this method is not allowed on this path",
+            405,
+            headers={"Allow": allow} if allow else None,
+        )
+    if isinstance(exc, NotAuthorizedException):
+        return NorthstarError("auth.missing_token", "an 'Authorization: Bearer' token is required", 401)
+    if isinstance(exc, PermissionDeniedException):
+        return NorthstarError("auth.forbidden", "not allowed", 403)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        detail = str(exc.detail or "")
+        if status == 413:
+            return NorthstarError(
+                "request.body_too_large", "the request body exceeds the configured limit", 413
+            )
+        if status == 400 and "malformed" in detail.lower():
+            return NorthstarError("request.malformed_json", "the request body is not valid JSON", 400)
+        if 400 <= status < 500:
+            return NorthstarError(
+                "request.invalid", detail[:300] or "the request is invalid", status
+            )
+        return NorthstarError("internal.error", "the server could not complete the request", status)
+    return NorthstarError("internal.error", "the server could not complete the request", 500)
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Litestar exception handler for every exception type."""
+    err = translate(exc)
+    if err.http_status >= 500 and not isinstance(exc, NorthstarError):
+        log.error(
+            "unhandled error serving %s %s (request %s)",
+            request.method,
+            request.url.path,
+            request_id(request.scope),
+            exc_info=exc,
+        )
+    return envelope_response(err, request.scope)
+
+
+EXCEPTION_HANDLERS: Final[dict[type[Exception] | int, Any]] = {Exception: handle_exception}

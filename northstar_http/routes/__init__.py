@@ -1,0 +1,1 @@
+"""Route modules, one per domain; each exports ``ROUTES`` (listed in ``northstar_http.app``)."""

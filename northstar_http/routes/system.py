@@ -1,0 +1,91 @@
+"""Registry and health endpoints: routes, diagnostics, liveness, readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response, get, post
+from litestar.datastructures import State
+from litestar.params import JSONBody
+
+from northstar_core.engines import Engines
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import RequestContext
+from northstar_core.routing import Route
+from northstar_http.deps import Ctx, Eng
+
+
+class RouteIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /routing/routes`` body: a route, and the version it replaces (optional)."""
+
+    resource_kind: str
+    backend: str
+    params: dict[str, Any] = {}
+    tenant_id: str | None = None
+    expected_version: int | None = None
+
+
+def _route_out(route: Route, version: int) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(route)
+    out.update(version=version, label=route.label)
+    return out
+
+
+def _require_route_admin(ctx: RequestContext, tenant_id: str | None) -> None:
+    # A tenant admin may route its own tenant; the deployment-wide table (and other tenants)
+    # needs the system flag too.
+    ctx.require_role("admin")
+    if tenant_id != ctx.tenant_id:
+        ctx.require_system()
+
+
+@get("/routing/routes", tags=["routing"], summary="List the routing table")
+async def list_routes(ctx: Ctx, engines: Eng) -> dict[str, Any]:
+    ctx.require_role("admin")
+    await engines.registry.load()
+    routes = [
+        _route_out(r, v)
+        for r, v in engines.registry.routes()
+        if ctx.is_system or r.tenant_id in (None, ctx.tenant_id)
+    ]
+    return {"routes": routes, "deployment_mode": engines.registry.deployment_mode}
+
+
+@post("/routing/routes", tags=["routing"], summary="Set the route of a resource kind", status_code=200)
+async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> dict[str, Any]:
+    _require_route_admin(ctx, data.tenant_id)
+    route = Route(
+        resource_kind=data.resource_kind, backend=data.backend, params=data.params, tenant_id=data.tenant_id
+    )
+    version = await engines.registry.set_route(route, data.expected_version)
+    return _route_out(route, version)
+
+
+@get("/routing/diagnostics", tags=["routing"], summary="Unrouted and unreachable kinds")
+async def diagnostics(ctx: Ctx, engines: Eng) -> dict[str, Any]:
+    return await engines.registry.diagnostics()
+
+
+@get("/healthz", tags=["health"], summary="Liveness", exclude_from_auth=True)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["health"], summary="Readiness: every required kind routed and reachable",
+     exclude_from_auth=True)
+async def readyz(state: State) -> Response[dict[str, Any]]:
+    engines: Engines = state.engines
+    report = await engines.registry.diagnostics()
+    if report["unrouted"] or report["unreachable"]:
+        raise NorthstarError(
+            "routing.not_ready",
+            "some required resource kinds are unrouted or unreachable",
+            503,
+            details={"unrouted": report["unrouted"], "unreachable": report["unreachable"]},
+            headers={"Retry-After": "5"},
+        )
+    return Response({"status": "ready", "deployment_mode": report["deployment_mode"]})
+
+
+ROUTES: list[Any] = [list_routes, set_route, diagnostics, healthz, readyz]

@@ -1,0 +1,47 @@
+"""Server-Sent Events shared by every live stream (chat, canvas, timeline…).
+
+Usage in a handler: validate the cursor *before* building the response (so a bad cursor is a
+410 envelope, not a broken stream), then return ``sse_response(events, settings)`` where
+``events`` yields ``SseEvent`` or ``None`` (an idle heartbeat) — typically adapted from
+``engines.tails.follow(...)`` (see ``northstar_core.tail``). The event ``id`` must be the
+event's cursor, so ``Last-Event-ID`` and ``?cursor=`` are interchangeable on reconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import msgspec
+from litestar import Request
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from northstar_http.config import HttpSettings
+
+SSE_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+class SseEvent(msgspec.Struct, frozen=True):
+    event: str
+    data: Any
+    id: str
+
+
+def resume_cursor(request: Request[Any, Any, Any], cursor: str | None) -> str | None:
+    """Where a client resumes: ``Last-Event-ID`` wins over ``?cursor=`` (SPEC §6 "SSE")."""
+    return request.headers.get("last-event-id") or cursor or None
+
+
+def sse_response(events: AsyncIterator[SseEvent | None], http: HttpSettings) -> ServerSentEvent:
+    async def messages() -> AsyncIterator[ServerSentEventMessage]:
+        # An opening comment flushes headers at once, so clients see the stream is live.
+        yield ServerSentEventMessage(comment="open", retry=http.sse_retry_ms)
+        async for ev in events:
+            if ev is None:
+                yield ServerSentEventMessage(comment="heartbeat")
+            else:
+                yield ServerSentEventMessage(
+                    data=msgspec.json.encode(ev.data).decode(), event=ev.event, id=ev.id
+                )
+
+    return ServerSentEvent(messages(), headers=dict(SSE_HEADERS))
