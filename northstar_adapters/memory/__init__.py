@@ -35,6 +35,7 @@ class MemoryItemStore(ItemStore):
         self._parts: dict[str, tuple[list[str], dict[str, Item]]] = {}
         self._lock = asyncio.Lock()
         self._clock = clock
+        self.closed = False
 
     def _live(self, item: Item | None) -> Item | None:
         if item is None or not is_live(item.expires_at, self._clock()):
@@ -97,12 +98,19 @@ class MemoryItemStore(ItemStore):
                     del items[op.key]
                     keys.pop(bisect.bisect_left(keys, op.key))
 
+    async def close(self) -> None:
+        """Forget the data: memory is not durable, so a store opened afterwards starts empty."""
+        self.closed = True
+        for name, known in list(_SHARED.items()):
+            if known is self:
+                del _SHARED[name]
+
 
 _SHARED: dict[str, MemoryItemStore] = {}
 
 
 def open_store(route: Route) -> MemoryItemStore:
-    """Stores are per process; routes naming the same ``name`` param share one."""
+    """Stores are per process; open routes naming the same ``name`` param share one."""
     name = str(route.params.get("name", route.resource_kind))
     store = _SHARED.get(name)
     if store is None:

@@ -85,9 +85,7 @@ _DELETE_IF_VERSION = (
     "DELETE FROM items WHERE ns = ? AND pk = ? AND sk = ? AND version = ?"
     " AND (expires_at IS NULL OR expires_at > ?)"
 )
-_LIVE = (
-    "SELECT 1 FROM items WHERE ns = ? AND pk = ? AND sk = ? AND (expires_at IS NULL OR expires_at > ?)"
-)
+_LIVE = "SELECT 1 FROM items WHERE ns = ? AND pk = ? AND sk = ? AND (expires_at IS NULL OR expires_at > ?)"
 
 T = TypeVar("T")
 
@@ -117,7 +115,11 @@ class _Request:
     __slots__ = ("fut", "loop", "ns", "ops", "partition")
 
     def __init__(
-        self, ns: str, partition: str, ops: Sequence[Op], loop: asyncio.AbstractEventLoop,
+        self,
+        ns: str,
+        partition: str,
+        ops: Sequence[Op],
+        loop: asyncio.AbstractEventLoop,
         fut: asyncio.Future[None],
     ) -> None:
         self.ns = ns
@@ -163,7 +165,9 @@ class _Engine:
     def connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False,
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
             timeout=self.busy_timeout_ms / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
