@@ -16,17 +16,23 @@ from typing import Any
 import msgspec
 
 from northstar_core.actions import ActionService
+from northstar_core.analytics import AnalyticsService
+from northstar_core.blackboard import Blackboard
 from northstar_core.budget import BudgetLedger
 from northstar_core.chat import ChatService
 from northstar_core.clock import Clock, SystemClock
+from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.gates import GateChain
 from northstar_core.identity import RequestContext
+from northstar_core.memory import SessionMemory
+from northstar_core.notes import NotesService
 from northstar_core.policies import PolicyStores
 from northstar_core.ports import AuditSink
 from northstar_core.routing import RoutingRegistry
 from northstar_core.spine import EventSpine
+from northstar_core.tabular import TabularStore
 from northstar_core.tail import DEFAULT_POLL_INTERVAL, TailHub
 
 
@@ -73,6 +79,13 @@ class Engines:
         self.gates = self.gate
         self.actions = ActionService(self.gate, self.budget, self.spine)
         self.chat = ChatService(registry, cursors, self.clock, self.tails)
+        # The remaining durable stores (issue 6).
+        self.memory = SessionMemory(registry, self.clock)
+        self.blackboard = Blackboard(registry, cursors, self.clock)
+        self.config = ConfigService(registry, self.clock)
+        self.notes = NotesService(registry, cursors, self.clock)
+        self.tabular = TabularStore(registry, cursors, self.clock)
+        self.analytics = AnalyticsService(registry, cursors, self.clock, self.spine)
 
         # safety decisions are published on the subject's stream once the timeline exists
         self.gate.streams = getattr(self, "streams", None)
