@@ -19,6 +19,7 @@ from northstar_core.actions import ActionService
 from northstar_core.analytics import AnalyticsService
 from northstar_core.blackboard import Blackboard
 from northstar_core.budget import BudgetLedger
+from northstar_core.canvas import CanvasService
 from northstar_core.chat import ChatService
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.config import ConfigService
@@ -34,6 +35,7 @@ from northstar_core.routing import RoutingRegistry
 from northstar_core.spine import EventSpine
 from northstar_core.tabular import TabularStore
 from northstar_core.tail import DEFAULT_POLL_INTERVAL, TailHub
+from northstar_core.timeline import EventStreamService
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +88,13 @@ class Engines:
         self.notes = NotesService(registry, cursors, self.clock)
         self.tabular = TabularStore(registry, cursors, self.clock)
         self.analytics = AnalyticsService(registry, cursors, self.clock, self.spine)
+        # Replayable event streams (timeline, canvas SSE, safety decisions) and the canvas.
+        self.streams = EventStreamService(registry, cursors, self.clock, tails=self.tails)
+        self.timeline = self.streams
+        self.canvas = CanvasService(
+            registry, cursors, self.clock,
+            events=self.streams, gate=self.gate, audit=self.spine, toggles=self.config,
+        )
 
         # safety decisions are published on the subject's stream once the timeline exists
         self.gate.streams = getattr(self, "streams", None)
