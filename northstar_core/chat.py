@@ -18,9 +18,10 @@ foreign, tampered or ahead of the thread's head is 410 ``chat.cursor_invalid``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Final, Literal
 
 import msgspec
@@ -146,14 +147,17 @@ class ChatTail:
 
     async def events(
         self, *, heartbeat: float | None = None
-    ) -> AsyncIterator[tuple[ChatMessage, str] | None]:
+    ) -> AsyncGenerator[tuple[ChatMessage, str] | None, None]:
         """Messages after the start position, then live ones; ``None`` on idle heartbeats."""
-        async for item in self._service.tails.follow(self.stream, self.after_seq, heartbeat=heartbeat):
-            if item is None:
-                yield None
-                continue
-            message = _decode(item)
-            yield message, self._service.cursor(self._ctx, message.thread_id, message.seq)
+        follow = self._service.tails.follow(self.stream, self.after_seq, heartbeat=heartbeat)
+        # aclosing: closing this generator must unsubscribe the inner one at once, not at GC.
+        async with contextlib.aclosing(follow):
+            async for item in follow:
+                if item is None:
+                    yield None
+                    continue
+                message = _decode(item)
+                yield message, self._service.cursor(self._ctx, message.thread_id, message.seq)
 
 
 class ChatService:

@@ -37,7 +37,7 @@ and after every successful append on such a stream call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Final
 
 import msgspec
@@ -133,7 +133,7 @@ class TailHub:
         *,
         heartbeat: float | None = None,
         batch: int = READ_BATCH,
-    ) -> AsyncIterator[Item | None]:
+    ) -> AsyncGenerator[Item | None, None]:
         """Yield the stream's entries with ``seq > after_seq`` in order, forever.
 
         Entries already stored are replayed first, then new ones as they are appended, by this

@@ -9,7 +9,8 @@ event's cursor, so ``Last-Event-ID`` and ``?cursor=`` are interchangeable on rec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final
 
 import msgspec
@@ -32,16 +33,17 @@ def resume_cursor(request: Request[Any, Any, Any], cursor: str | None) -> str | 
     return request.headers.get("last-event-id") or cursor or None
 
 
-def sse_response(events: AsyncIterator[SseEvent | None], http: HttpSettings) -> ServerSentEvent:
+def sse_response(events: AsyncGenerator[SseEvent | None, None], http: HttpSettings) -> ServerSentEvent:
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         # An opening comment flushes headers at once, so clients see the stream is live.
         yield ServerSentEventMessage(comment="open", retry=http.sse_retry_ms)
-        async for ev in events:
-            if ev is None:
-                yield ServerSentEventMessage(comment="heartbeat")
-            else:
-                yield ServerSentEventMessage(
-                    data=msgspec.json.encode(ev.data).decode(), event=ev.event, id=ev.id
-                )
+        async with contextlib.aclosing(events):  # a disconnect unsubscribes the tail at once
+            async for ev in events:
+                if ev is None:
+                    yield ServerSentEventMessage(comment="heartbeat")
+                else:
+                    yield ServerSentEventMessage(
+                        data=msgspec.json.encode(ev.data).decode(), event=ev.event, id=ev.id
+                    )
 
     return ServerSentEvent(messages(), headers=dict(SSE_HEADERS))

@@ -7,6 +7,7 @@ and encode its result. No rule lives here.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -92,12 +93,14 @@ async def list_threads(
 
 
 async def _events(tail: ChatTail, heartbeat: float) -> AsyncIterator[SseEvent | None]:
-    async for ev in tail.events(heartbeat=heartbeat):
-        if ev is None:
-            yield None
-        else:
-            message, cursor = ev
-            yield SseEvent("message", message_to_dict(message, cursor), cursor)
+    events = tail.events(heartbeat=heartbeat)
+    async with contextlib.aclosing(events):
+        async for ev in events:
+            if ev is None:
+                yield None
+            else:
+                message, cursor = ev
+                yield SseEvent("message", message_to_dict(message, cursor), cursor)
 
 
 @get("/sse/chat/{thread_id:str}", tags=["chat"], summary="Live tail of a thread (SSE)")
