@@ -1,0 +1,90 @@
+"""How items map onto Firestore documents (pure functions, no SDK).
+
+Layout, for resource kind ``K`` and collection prefix ``P`` (default ``northstar_``)::
+
+    P + K / <doc_id(partition)> / items / <doc_id(key)>
+        sk          string     the raw item key (the only indexed field: range + order_by)
+        v           bytes      the value
+        ver         integer    the core's version
+        exp         double     Item.expires_at exactly as written (only when set)
+        expires_at  timestamp  the same instant; the field the TTL policy watches
+        w           string     id of the write() call that last wrote the document
+
+One partition is one parent document, so a stream's entries and its idempotency records live
+in one ``items`` subcollection (one atomic batch, one range read per page) and partitions of
+different tenants never share a document. The parent document itself is never written.
+
+``exp`` duplicates ``expires_at`` because a Firestore timestamp keeps microseconds only and the
+core hands items back exactly as it stored them. ``w`` lets a retried batch recognise that its
+first, unacknowledged attempt did commit (see ``store.FirestoreItemStore.write``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ITEMS: Final = "items"
+DOC_ID_MAX_BYTES: Final = 1500
+
+# Every field the adapter writes; the index file lists the ones it must (not) index.
+F_KEY: Final = "sk"
+F_VALUE: Final = "v"
+F_VERSION: Final = "ver"
+F_EXPIRES: Final = "exp"
+F_TTL: Final = "expires_at"
+F_WRITE: Final = "w"
+ALL_FIELDS: Final = (F_KEY, F_VALUE, F_VERSION, F_EXPIRES, F_TTL, F_WRITE)
+
+_ESC: Final = "~"
+
+
+def doc_id(raw: str) -> str:
+    """A valid Firestore document id for ``raw``, reversibly (see :func:`raw_id`).
+
+    Firestore forbids ``/``, the ids ``.`` and ``..``, ids matching ``__.*__`` and the empty id.
+    ``~`` is the escape character: ``~~`` is ``~``, ``~s`` is ``/``; a leading ``.`` or ``_``
+    is written ``~.`` / ``~_`` and the empty string ``~e``. Each character grows to at most two
+    bytes, so any key the core accepts (≤ 512 bytes) fits in the 1500-byte id limit.
+    """
+    if raw == "":
+        return _ESC + "e"
+    out = raw.replace(_ESC, _ESC + _ESC).replace("/", _ESC + "s")
+    if out[0] in "._":
+        out = _ESC + out
+    return out
+
+
+def raw_id(encoded: str) -> str:
+    """Inverse of :func:`doc_id`."""
+    if encoded == _ESC + "e":
+        return ""
+    out: list[str] = []
+    i = 0
+    while i < len(encoded):
+        ch = encoded[i]
+        if ch == _ESC:
+            nxt = encoded[i + 1]
+            out.append({"~": "~", "s": "/", ".": ".", "_": "_"}[nxt])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: no bound).
+
+    Firestore orders strings by their UTF-8 bytes, which is code-point order, the same order
+    as Python's ``str`` comparison.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last == 0x10FFFF:
+            continue
+        nxt = last + 1
+        if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not valid in UTF-8 strings
+            nxt = 0xE000
+        return "".join(chars) + chr(nxt)
+    return None

@@ -1,0 +1,450 @@
+"""The :class:`ItemStore` port on google-cloud-firestore's async client.
+
+Atomicity comes from Firestore itself, never from a read-then-check in Python alone: every
+``write()`` is ONE atomic batch (``WriteBatch.commit``) whose per-document preconditions carry
+the conditions —
+
+* ``Absent`` on a put  → ``create()`` (the server refuses an existing document). A document
+  that exists but has expired counts as absent: it is read, and replaced under an
+  ``update_time`` precondition so that a concurrent writer still wins or loses cleanly;
+* ``VersionIs(v)``     → the document is read (it must exist, be live and carry ``ver == v``),
+  then updated/deleted under ``last_update_time == <the update_time just read>``;
+* ``Absent`` on a delete → ``exists=False`` precondition (or the ``update_time`` of an expired
+  leftover);
+* unconditional        → ``set()`` / ``delete()``.
+
+If any precondition fails the server applies nothing and answers ``AlreadyExists`` /
+``FailedPrecondition`` / ``NotFound``; the adapter raises :class:`ConditionFailed` (index
+``None`` when Firestore does not say which write failed; the core re-reads). Transactions are
+not used: the emulator's (and a hot document's) transaction lock contention is pathological,
+while batch preconditions are checked without locks.
+
+Retries: ``ServiceUnavailable``, ``DeadlineExceeded``, ``ResourceExhausted``, ``Aborted``,
+``InternalServerError``, ``Unknown``, transport/connection errors are retried with full-jitter
+exponential backoff, at most ``max_attempts`` times, then :class:`BackendUnavailable` (503
+``<kind>.backend_unavailable`` with ``Retry-After`` through ``KindStore``). Reads are always safe
+to retry. A retried *write* may follow a first attempt that committed although its answer was
+lost (timeout, dropped connection). That is safe here because:
+
+* unconditional ``set``/``delete`` are idempotent (the same document state again);
+* conditional writes cannot apply twice: the first commit changed ``update_time`` / created the
+  document, so the retry's preconditions fail;
+* a retry that then fails its conditions checks whether the batch it is retrying *did* land:
+  every put document carries ``w`` = a random id of this ``write()`` call, and a batch is
+  atomic, so if every put document still carries this call's id the first attempt committed and
+  ``write()`` returns success. Otherwise (someone else won, or overwrote our documents since)
+  it raises ``ConditionFailed`` and the core re-reads — for an append, it finds its own
+  idempotency record (same key, same fingerprint) and answers with the original result, so the
+  client sees one write. Delete-only batches carry no id; a conditional delete-only batch whose
+  retry fails its conditions reports ``ConditionFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+
+from northstar_adapters.firestore.layout import (
+    DOC_ID_MAX_BYTES,
+    F_EXPIRES,
+    F_KEY,
+    F_TTL,
+    F_VALUE,
+    F_VERSION,
+    F_WRITE,
+    ITEMS,
+    doc_id,
+    prefix_end,
+    raw_id,
+)
+from northstar_core.storage import (
+    Absent,
+    BackendUnavailable,
+    Capabilities,
+    ConditionFailed,
+    Delete,
+    InvalidItem,
+    Item,
+    ItemStore,
+    Op,
+    Put,
+    StorageError,
+    VersionIs,
+    is_live,
+    validate_key,
+    validate_ops,
+)
+
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=True, max_batch_ops=100)
+EMULATOR_ENV: Final = "FIRESTORE_EMULATOR_HOST"
+
+# Errors after which the same request may succeed (and where a write's outcome is unknown).
+_RETRYABLE: Final = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.ResourceExhausted,
+    gexc.TooManyRequests,
+    gexc.Aborted,
+    gexc.InternalServerError,
+    gexc.Unknown,
+    gexc.RetryError,
+    auth_exc.TransportError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+# Everything the SDK or the transport can raise for an unreachable/misconfigured backend.
+_BACKEND_ERRORS: Final = (gexc.GoogleAPIError, grpc.RpcError, auth_exc.GoogleAuthError, OSError, TimeoutError)
+
+
+def _to_timestamp(expires_at: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(expires_at, tz=dt.UTC)
+
+
+class FirestoreItemStore(ItemStore):
+    """Items of one resource kind in collection ``<collection_prefix><kind>`` (see layout)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        *,
+        collection: str,
+        project: str | None = None,
+        database: str = "(default)",
+        emulator_host: str | None = None,
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        base_delay: float = 0.05,
+        max_delay: float = 2.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        client_factory: Callable[[], firestore.AsyncClient] | None = None,
+    ) -> None:
+        self.collection = collection
+        self.project = project
+        self.database = database
+        self.emulator_host = emulator_host
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._clock = clock
+        self._sleep = sleep
+        self._client_factory = client_factory
+        self._client_obj: firestore.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- client ----------------------------------------------------------------------------
+
+    def _make_client(self) -> firestore.AsyncClient:
+        if self._client_factory is not None:
+            return self._client_factory()
+        if self.emulator_host:
+            client = firestore.AsyncClient(
+                project=self.project or "northstar-emulator",
+                database=self.database,
+                credentials=AnonymousCredentials(),
+            )
+            # The SDK reads the emulator host only from the process environment; setting it
+            # on this one client keeps other clients (and real projects) unaffected.
+            client._emulator_host = self.emulator_host
+            return client
+        # Credentials: the SDK's default chain only (ADC, metadata server, or the emulator
+        # env var, with which the SDK uses anonymous credentials by itself).
+        return firestore.AsyncClient(project=self.project, database=self.database)
+
+    def _client(self) -> firestore.AsyncClient:
+        # A gRPC aio channel belongs to the event loop it was created on.
+        loop = asyncio.get_running_loop()
+        if self._client_obj is None or self._loop is not loop:
+            self._client_obj = self._make_client()
+            self._loop = loop
+        return self._client_obj
+
+    def _items(self, partition: str) -> Any:
+        parent = doc_id(partition)
+        if len(parent.encode()) > DOC_ID_MAX_BYTES:
+            raise InvalidItem("partition is too long for a Firestore document id")
+        return self._client().collection(self.collection).document(parent).collection(ITEMS)
+
+    async def close(self) -> None:
+        client, self._client_obj = self._client_obj, None
+        api = getattr(client, "_firestore_api_internal", None) if client is not None else None
+        if api is not None:
+            try:
+                await api.transport.close()
+            except Exception:  # closing a dead channel must not fail shutdown
+                pass
+
+    # --- retries ---------------------------------------------------------------------------
+
+    async def _backoff(self, exc: BaseException, attempt: int, what: str) -> None:
+        """Sleep before the next attempt, or raise the error the core understands."""
+        if isinstance(exc, grpc.RpcError) and not isinstance(exc, gexc.GoogleAPIError):
+            exc = gexc.from_grpc_error(exc)
+        if isinstance(exc, gexc.InvalidArgument):
+            raise InvalidItem(f"firestore rejected the {what}: {exc.message}") from exc
+        name = type(exc).__name__
+        if not isinstance(exc, _RETRYABLE):
+            raise BackendUnavailable(f"firestore {what}: {name}: {exc}") from exc
+        if attempt + 1 >= self.max_attempts:
+            raise BackendUnavailable(
+                f"firestore {what} failed {attempt + 1} times, last with {name}: {exc}"
+            ) from exc
+        await self._sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
+
+    async def _retrying(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except StorageError:
+                raise
+            except _BACKEND_ERRORS as exc:
+                await self._backoff(exc, attempt, what)
+                attempt += 1
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _live(self, data: dict[str, Any]) -> bool:
+        return is_live(data.get(F_EXPIRES), self._clock())
+
+    @staticmethod
+    def _item(data: dict[str, Any]) -> Item:
+        return Item(
+            key=data[F_KEY],
+            value=bytes(data[F_VALUE]),
+            version=int(data[F_VERSION]),
+            expires_at=data.get(F_EXPIRES),
+        )
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        validate_key(key)
+
+        async def once() -> Any:
+            return await self._items(partition).document(doc_id(key)).get(
+                retry=None, timeout=self.timeout
+            )
+
+        snap = await self._retrying("get", once)
+        if not snap.exists:
+            return None
+        data = snap.to_dict()
+        return self._item(data) if self._live(data) else None
+
+    async def query(
+        self,
+        partition: str,
+        prefix: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        if limit <= 0:
+            return []
+        # sk >= prefix (or > after) and sk < prefix_end(prefix) (or < before): the tighter wins.
+        low: str | None = prefix or None
+        low_inclusive = True
+        if after is not None and (low is None or after >= low):
+            low, low_inclusive = after, False
+        high = prefix_end(prefix)
+        if before is not None and (high is None or before <= high):
+            high = before
+        if low is not None and high is not None and low >= high:
+            return []
+        out: list[Item] = []
+        skipped = 0
+        while len(out) < limit:
+            want = limit - len(out)
+            # Expired leftovers are skipped client-side; read a little ahead once some appear.
+            page = want if not skipped else min(500, max(want, 2 * skipped))
+            query = self.build_query(partition, low, low_inclusive, high, descending, page)
+
+            async def once(query: Any = query) -> list[Any]:
+                return [snap async for snap in query.stream(retry=None, timeout=self.timeout)]
+
+            snaps = await self._retrying("query", once)
+            for snap in snaps:
+                data = snap.to_dict()
+                if not self._live(data):
+                    skipped += 1
+                elif len(out) < limit:
+                    out.append(self._item(data))
+            if len(snaps) < page:
+                break
+            last = snaps[-1].to_dict()[F_KEY]
+            if descending:
+                high = last
+            else:
+                low, low_inclusive = last, False
+        return out
+
+    def build_query(
+        self,
+        partition: str,
+        low: str | None,
+        low_inclusive: bool,
+        high: str | None,
+        descending: bool,
+        limit: int,
+    ) -> Any:
+        """The only query shape the adapter issues (the index file must cover it):
+        collection ``items``, range filters on ``sk`` only, ``order_by(sk)``, ``limit``."""
+        query: Any = self._items(partition)
+        if low is not None:
+            query = query.where(filter=firestore.FieldFilter(F_KEY, ">=" if low_inclusive else ">", low))
+        if high is not None:
+            query = query.where(filter=firestore.FieldFilter(F_KEY, "<", high))
+        direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
+        return query.order_by(F_KEY, direction=direction).limit(limit)
+
+    async def _read_docs(self, items: Any, keys: set[str]) -> dict[str, dict[str, Any] | None]:
+        """Current documents (data + update_time) for ``keys``; ``None`` where absent."""
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(keys)
+        refs = [items.document(doc_id(key)) for key in keys]
+        async for snap in self._client().get_all(refs, retry=None, timeout=self.timeout):
+            if snap.exists:
+                found[raw_id(snap.id)] = {"data": snap.to_dict(), "update_time": snap.update_time}
+        return found
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def _fields(self, op: Put, token: str, *, for_update: bool) -> dict[str, Any]:
+        fields: dict[str, Any] = {F_KEY: op.key, F_VALUE: op.value, F_VERSION: op.version, F_WRITE: token}
+        if op.expires_at is not None:
+            fields[F_EXPIRES] = op.expires_at
+            fields[F_TTL] = _to_timestamp(op.expires_at)
+        elif for_update:  # update() merges: drop a previous expiry explicitly
+            fields[F_EXPIRES] = firestore.DELETE_FIELD
+            fields[F_TTL] = firestore.DELETE_FIELD
+        return fields
+
+    def _stage(
+        self,
+        batch: Any,
+        ref: Any,
+        index: int,
+        op: Op,
+        docs: dict[str, dict[str, Any] | None],
+        token: str,
+    ) -> None:
+        """Add ``op`` to ``batch`` with the precondition that enforces its condition."""
+        client = self._client()
+        cond = op.condition
+        option: Any = None
+        if isinstance(cond, VersionIs):
+            doc = docs[op.key]
+            if doc is None or not self._live(doc["data"]) or doc["data"].get(F_VERSION) != cond.version:
+                raise ConditionFailed(index)
+            option = client.write_option(last_update_time=doc["update_time"])
+        elif isinstance(cond, Absent):
+            doc = docs.get(op.key)
+            if doc is not None:
+                if self._live(doc["data"]):
+                    raise ConditionFailed(index)
+                # An expired leftover counts as absent; replace it only if nobody touched it.
+                option = client.write_option(last_update_time=doc["update_time"])
+            elif isinstance(op, Put):
+                batch.create(ref, self._fields(op, token, for_update=False))
+                return
+            else:
+                option = client.write_option(exists=False)
+        if isinstance(op, Put):
+            if option is None:
+                batch.set(ref, self._fields(op, token, for_update=False))
+            else:
+                batch.update(ref, self._fields(op, token, for_update=True), option=option)
+        else:
+            batch.delete(ref, option=option)
+
+    async def _write_once(self, partition: str, ops: Sequence[Op], token: str) -> None:
+        items = self._items(partition)
+        # Documents whose current state decides the precondition; Absent puts go straight to
+        # create() and are read only if the server reports that one already exists.
+        to_read = {
+            op.key
+            for op in ops
+            if isinstance(op.condition, VersionIs) or (isinstance(op, Delete) and op.condition is not None)
+        }
+        absent_puts = {op.key for op in ops if isinstance(op, Put) and isinstance(op.condition, Absent)}
+        for _ in range(3):
+            docs = await self._read_docs(items, to_read) if to_read else {}
+            batch = self._client().batch()
+            for index, op in enumerate(ops):
+                self._stage(batch, items.document(doc_id(op.key)), index, op, docs, token)
+            try:
+                await batch.commit(retry=None, timeout=self.timeout)
+                return
+            except gexc.AlreadyExists:
+                # Some create() met an existing document: live → the condition fails; expired
+                # → it counts as absent, so read those documents and replace them instead.
+                unread = absent_puts - to_read
+                if not unread:
+                    raise ConditionFailed(None) from None
+                to_read |= unread
+            except (gexc.FailedPrecondition, gexc.NotFound):
+                raise ConditionFailed(None) from None
+        raise ConditionFailed(None)
+
+    async def _landed(self, partition: str, ops: Sequence[Op], token: str) -> bool:
+        """Did an earlier, unacknowledged attempt of this ``write()`` call commit?"""
+        puts = {op.key for op in ops if isinstance(op, Put)}
+        if not puts:
+            return False
+
+        async def once() -> dict[str, dict[str, Any] | None]:
+            return await self._read_docs(self._items(partition), puts)
+
+        docs = await self._retrying("write (outcome check)", once)
+        return all(doc is not None and doc["data"].get(F_WRITE) == token for doc in docs.values())
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        validate_ops(ops, self.capabilities.max_batch_ops)
+        token = uuid.uuid4().hex
+        attempt = 0
+        while True:
+            try:
+                await self._write_once(partition, ops, token)
+                return
+            except ConditionFailed:
+                if attempt and await self._landed(partition, ops, token):
+                    return
+                raise
+            except StorageError:
+                raise
+            except _BACKEND_ERRORS as exc:
+                await self._backoff(exc, attempt, "write")
+                attempt += 1
+
+
+def _number(params: dict[str, Any], name: str, default: float) -> float:
+    value = params.get(name, default)
+    return float(value)
+
+
+def store_from_params(resource_kind: str, params: dict[str, Any]) -> FirestoreItemStore:
+    """Build a store from route params (see ``northstar_adapters.firestore`` docs)."""
+    prefix = str(params.get("collection_prefix", "northstar_"))
+    emulator_host = params.get("emulator_host") or None
+    return FirestoreItemStore(
+        collection=f"{prefix}{resource_kind}",
+        project=params.get("project") or None,  # None: the SDK infers it (env, ADC)
+        database=str(params.get("database", "(default)")),
+        emulator_host=str(emulator_host) if emulator_host else None,
+        timeout=_number(params, "timeout_seconds", 10.0),
+        max_attempts=int(_number(params, "max_attempts", 5)),
+    )
