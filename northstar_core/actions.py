@@ -176,6 +176,22 @@ class ActionService:
                 idempotency_key=f"action-{decision['event_id']}",
             ),
         )
+        # the handler ran and its cost is on the ledger; only then is the result's shape checked
+        try:
+            result = msgspec.json.decode(msgspec.json.encode(result))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            await self.spine.record(
+                ctx,
+                "audit",
+                {"action": "action_failed", "action_name": request.action_name, "error": "non-JSON result"},
+                parent_event_id=decision["event_id"],
+            )
+            raise NorthstarError(
+                f"{DOMAIN}.handler_failed",
+                f"the handler for '{request.action_name}' returned a result that is not JSON",
+                502,
+                details={"action_name": request.action_name, "error": type(exc).__name__},
+            ) from None
         return {
             "action_name": request.action_name,
             "result": result,

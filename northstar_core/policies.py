@@ -727,3 +727,89 @@ def _lock(item: Item) -> StrategyLock:
     lock = msgspec.json.decode(item.value, type=StrategyLock)
     lock.version = item.version
     return lock
+
+
+async def _paged(
+    stores: PolicyStores,
+    ctx: RequestContext,
+    domain: str,
+    stream: str,
+    records: VersionedRecords,
+    prefix: str,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Item], str | None, bool]:
+    """One page of records under ``prefix`` after a signed cursor (bound to tenant and query)."""
+    if not 1 <= limit <= 500:
+        raise _invalid(domain, "'limit' must be between 1 and 500", field="limit")
+    codec = stores.spine.cursors
+    after: str | None = None
+    if cursor:
+        after = codec.decode(domain, ctx.tenant_id, ctx.mode, stream, cursor)
+        if not after.startswith(prefix):
+            raise NorthstarError(
+                f"{domain}.cursor_invalid",
+                "cursor is invalid: foreign position",
+                410,
+                details={"cursor": cursor, "reason": "foreign position"},
+            )
+    items = await records.list(prefix=prefix, after_key=after, limit=limit + 1)
+    has_more = len(items) > limit
+    items = items[:limit]
+    last = items[-1].key[len("r#") :] if items else after
+    next_cursor = codec.encode(domain, ctx.tenant_id, ctx.mode, stream, last) if last else None
+    return items, next_cursor, has_more
+
+
+async def licences_page(
+    stores: PolicyStores,
+    ctx: RequestContext,
+    *,
+    subject_type: str | None = None,
+    subject_id: str | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """Licences (optionally of one subject type / subject), oldest subject order, paged."""
+    _check_name("firearms", "subject_type", subject_type)
+    _check_name("firearms", "subject_id", subject_id)
+    if subject_id and not subject_type:
+        raise _invalid("firearms", "'subject_id' needs 'subject_type'", field="subject_id")
+    prefix = "lic#"
+    if subject_type:
+        prefix += f"{subject_type}#"
+        if subject_id:
+            prefix += f"{subject_id}#"
+    records = await stores._licence_records(ctx)
+    items, next_cursor, has_more = await _paged(
+        stores, ctx, "firearms", f"licences:{prefix}", records, prefix, cursor, limit
+    )
+    return {
+        "items": [
+            {**msgspec.to_builtins(lic), "state": stores.licence_state(lic)} for lic in map(_licence, items)
+        ],
+        "next_cursor": next_cursor,
+        "has_more": has_more,
+    }
+
+
+async def locks_page(
+    stores: PolicyStores, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
+) -> dict[str, Any]:
+    records = await stores._lock_records(ctx)
+    items, next_cursor, has_more = await _paged(
+        stores, ctx, "strategy_lock", "locks", records, "lock#", cursor, limit
+    )
+    return {
+        "items": [lock_to_dict(stores, _lock(i)) for i in items],
+        "next_cursor": next_cursor,
+        "has_more": has_more,
+    }
+
+
+def lock_to_dict(stores: PolicyStores, lock: StrategyLock) -> dict[str, Any]:
+    return {**msgspec.to_builtins(lock), "state": stores.lock_state(lock)}
+
+
+def licence_to_dict(stores: PolicyStores, licence: Licence) -> dict[str, Any]:
+    return {**msgspec.to_builtins(licence), "state": stores.licence_state(licence)}

@@ -227,11 +227,14 @@ class EventSpine:
         (``audit``, ``safety``, ``budget``, ``strategy_lock``) unless the caller is system.
         Identity comes from ``ctx``; identity fields in the body must match it (403 + audit).
         """
+        if client:
+            ctx.require_role("member")
         body = decode_event_in(event_in)
         if not EVENT_TYPE_PATTERN.match(body.event_type):
             raise _invalid(
                 f"'event_type' must match {EVENT_TYPE_PATTERN.pattern}",
-                field="event_type", value=body.event_type[:200],
+                field="event_type",
+                value=body.event_type[:200],
             )
         if body.source not in SOURCES:
             raise _invalid(
@@ -422,9 +425,13 @@ class EventSpine:
         return EventPage(items=events, next_cursor=next_cursor, has_more=has_more)
 
     async def replay(
-        self, ctx: RequestContext, run_id: str, *, cursor: str | None = None, limit: int | None = None
+        self, ctx: RequestContext, run_id: str | None, *, cursor: str | None = None, limit: int | None = None
     ) -> EventPage:
         """The run's events in append order, strictly after ``cursor``."""
+        if not run_id:
+            raise NorthstarError(
+                f"{DOMAIN}.invalid_request", "'run_id' is required", 422, details={"field": "run_id"}
+            )
         _check_field_id("run_id", run_id)
         return await self._page(
             ctx, stream=f"run:{run_id}", prefix=f"r#{run_id}#", cursor=cursor, limit=limit
@@ -445,12 +452,16 @@ class EventSpine:
         oldest first. ``since``/``until`` are RFC 3339 timestamps."""
         if event_type is not None and not EVENT_TYPE_PATTERN.match(event_type):
             raise NorthstarError(
-                f"{DOMAIN}.invalid_request", "invalid 'event_type' filter", 422,
+                f"{DOMAIN}.invalid_request",
+                "invalid 'event_type' filter",
+                422,
                 details={"field": "event_type", "value": event_type[:200]},
             )
         if source is not None and source not in SOURCES:
             raise NorthstarError(
-                f"{DOMAIN}.invalid_request", f"'source' must be one of {list(SOURCES)}", 422,
+                f"{DOMAIN}.invalid_request",
+                f"'source' must be one of {list(SOURCES)}",
+                422,
                 details={"field": "source", "value": source[:200]},
             )
         if event_type and source:
@@ -484,7 +495,9 @@ def _check_cursor_position(position: str, cursor: str) -> None:
         uuid.UUID(position)
     except ValueError:
         raise NorthstarError(
-            f"{DOMAIN}.cursor_invalid", "cursor is invalid: malformed position", 410,
+            f"{DOMAIN}.cursor_invalid",
+            "cursor is invalid: malformed position",
+            410,
             details={"cursor": cursor, "reason": "malformed position"},
         ) from None
 
@@ -496,7 +509,9 @@ def _parse_time(field: str, value: str | None) -> int | None:
         return int(parse_iso(value) * 1000)
     except (ValueError, OverflowError):
         raise NorthstarError(
-            f"{DOMAIN}.invalid_request", f"'{field}' must be an RFC 3339 timestamp", 422,
+            f"{DOMAIN}.invalid_request",
+            f"'{field}' must be an RFC 3339 timestamp",
+            422,
             details={"field": field, "value": value[:200]},
         ) from None
 

@@ -1,0 +1,243 @@
+"""Safety policy endpoints: kill switches, firearms, strategy locks, budget, corridors.
+
+Policy documents are versioned: a ``PUT`` names the version it replaces (``expected_version``
+in the body, or ``If-Match``; 0 = the document does not exist yet) and a stale one is 409 with
+the current version. Reads answer the version in the body and as an ``ETag``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final
+
+import msgspec
+from litestar import Response, get, patch, post, put
+from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
+
+from northstar_core.errors import NorthstarError
+from northstar_core.policies import PolicyDocument, licence_to_dict, licences_page, lock_to_dict, locks_page
+from northstar_http.deps import Ctx, Eng
+
+Cursor = Annotated[str | None, QueryParameter(description="opaque position; reads are exclusive")]
+Limit = Annotated[int, QueryParameter(ge=1, le=500)]
+Text = Annotated[str | None, QueryParameter()]
+IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", required=False)]
+OptionalBody = Annotated[dict[str, Any] | None, Body()]
+_ETAG: Final = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
+
+
+def _doc(doc: PolicyDocument, status: int = 200) -> Response[dict[str, Any]]:
+    return Response(msgspec.to_builtins(doc), status_code=status, headers={"ETag": f'"{doc.version}"'})
+
+
+def _expected(domain: str, body: dict[str, Any], if_match: str | None) -> dict[str, Any]:
+    """Merge ``If-Match`` into the body's ``expected_version`` (422 if malformed or different)."""
+    if if_match is None:
+        return body
+    match = _ETAG.match(if_match.strip())
+    if match is None:
+        raise NorthstarError(
+            f"{domain}.invalid_request",
+            'If-Match must be the ETag of a version, e.g. "3"',
+            422,
+            details={"if_match": if_match[:100]},
+        )
+    version = int(match.group(1))
+    if "expected_version" in body and body["expected_version"] != version:
+        raise NorthstarError(
+            f"{domain}.invalid_request",
+            "If-Match and expected_version disagree",
+            422,
+            details={"if_match": version, "expected_version": body["expected_version"]},
+        )
+    return {**body, "expected_version": version}
+
+
+def _document_routes(path: str, name: str, domain: str, tag: str) -> list[Any]:
+    async def read(ctx: Ctx, engines: Eng) -> Response[dict[str, Any]]:
+        return _doc(await engines.policies.get_document(ctx, name))
+
+    async def write(
+        ctx: Ctx, engines: Eng, data: JSONBody[dict[str, Any]], if_match: IfMatch = None
+    ) -> Response[dict[str, Any]]:
+        body = _expected(domain, data, if_match)
+        doc = await engines.policies.put_document(ctx, name, body, expected_version=None)
+        return _doc(doc, 201 if doc.version == 1 else 200)
+
+    read.__name__ = read.__qualname__ = f"get_{name}"
+    write.__name__ = write.__qualname__ = f"put_{name}"
+    return [
+        get(path, tags=[tag], summary=f"Read the {name.replace('_', ' ')} (versioned)")(read),
+        put(path, tags=[tag], summary=f"Replace the {name.replace('_', ' ')} at the expected version")(write),
+    ]
+
+
+DOCUMENT_ROUTES: Final[list[Any]] = [
+    *_document_routes("/kill-switches", "kill_switches", "kill_switch", "kill switches"),
+    *_document_routes("/firearms/policy", "firearms_policy", "firearms", "firearms"),
+    *_document_routes("/firearms/grants", "firearms_grants", "firearms", "firearms"),
+    *_document_routes("/strategy-lock/policy", "strategy_lock_policy", "strategy_lock", "strategy lock"),
+    *_document_routes("/budget/policy", "budget_policy", "budget", "budget"),
+    *_document_routes("/kpi/corridors", "kpi_corridors", "kpi", "corridors"),
+    *_document_routes("/temperature/corridors", "temperature_corridors", "temperature", "corridors"),
+]
+
+
+# --- firearms licences ---------------------------------------------------------------------------
+
+
+@post("/firearms/licences", tags=["firearms"], summary="Issue a licence (admin; needs a grant)")
+async def issue_licence(ctx: Ctx, engines: Eng, data: JSONBody[dict[str, Any]]) -> Response[dict[str, Any]]:
+    licence = await engines.policies.issue_licence(ctx, data)
+    return Response(licence_to_dict(engines.policies, licence), status_code=201)
+
+
+@get("/firearms/licences", tags=["firearms"], summary="List licences (optionally of one subject)")
+async def list_licences(
+    ctx: Ctx,
+    engines: Eng,
+    subject_type: Text = None,
+    subject_id: Text = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    return await licences_page(
+        engines.policies, ctx, subject_type=subject_type, subject_id=subject_id, cursor=cursor, limit=limit
+    )
+
+
+class RevokeIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    reason: str | None = None
+    expected_version: int | None = None
+
+
+@post(
+    "/firearms/licences/{licence_id:str}/revoke",
+    tags=["firearms"],
+    summary="Revoke a licence",
+    status_code=200,
+)
+async def revoke_licence(
+    ctx: Ctx, engines: Eng, licence_id: FromPath[str], data: OptionalBody = None
+) -> dict[str, Any]:
+    body = _convert("firearms", data or {}, RevokeIn)
+    licence = await engines.policies.revoke_licence(
+        ctx, licence_id, reason=body.reason, expected_version=body.expected_version
+    )
+    return licence_to_dict(engines.policies, licence)
+
+
+@get(
+    "/firearms/licences/check/{subject_type:str}/{subject_id:str}",
+    tags=["firearms"],
+    summary="Which dangerous actions a subject is licensed for",
+)
+async def check_licence(
+    ctx: Ctx, engines: Eng, subject_type: FromPath[str], subject_id: FromPath[str], action_name: Text = None
+) -> dict[str, Any]:
+    return await engines.policies.check_subject(ctx, subject_type, subject_id, action_name=action_name)
+
+
+# --- strategy locks ------------------------------------------------------------------------------
+
+
+@post("/strategy-locks", tags=["strategy lock"], summary="Request a strategy lock (pending review)")
+async def create_lock(ctx: Ctx, engines: Eng, data: JSONBody[dict[str, Any]]) -> Response[dict[str, Any]]:
+    lock = await engines.policies.create_lock(ctx, data)
+    return Response(lock_to_dict(engines.policies, lock), status_code=201)
+
+
+@get("/strategy-locks", tags=["strategy lock"], summary="List strategy locks")
+async def list_locks(ctx: Ctx, engines: Eng, cursor: Cursor = None, limit: Limit = 100) -> dict[str, Any]:
+    return await locks_page(engines.policies, ctx, cursor=cursor, limit=limit)
+
+
+@get("/strategy-locks/{lock_id:str}", tags=["strategy lock"], summary="Read one strategy lock")
+async def get_lock(ctx: Ctx, engines: Eng, lock_id: FromPath[str]) -> dict[str, Any]:
+    return lock_to_dict(engines.policies, await engines.policies.get_lock(ctx, lock_id))
+
+
+@patch("/strategy-locks/{lock_id:str}", tags=["strategy lock"], summary="Change a lock (restarts review)")
+async def patch_lock(
+    ctx: Ctx, engines: Eng, lock_id: FromPath[str], data: JSONBody[dict[str, Any]], if_match: IfMatch = None
+) -> dict[str, Any]:
+    body = _expected("strategy_lock", data, if_match)
+    return lock_to_dict(engines.policies, await engines.policies.patch_lock(ctx, lock_id, body))
+
+
+class ReviewIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    note: str | None = None
+    expected_version: int | None = None
+
+
+def _convert(domain: str, data: dict[str, Any], type_: type[Any]) -> Any:
+    try:
+        return msgspec.convert(data, type=type_)
+    except msgspec.ValidationError as exc:
+        raise NorthstarError(
+            f"{domain}.invalid_request", f"invalid body: {exc}", 422, details={"reason": str(exc)}
+        ) from None
+
+
+@post(
+    "/strategy-locks/{lock_id:str}/approve",
+    tags=["strategy lock"],
+    summary="Approve (one of three)",
+    status_code=200,
+)
+async def approve_lock(
+    ctx: Ctx, engines: Eng, lock_id: FromPath[str], data: OptionalBody = None
+) -> dict[str, Any]:
+    body = _convert("strategy_lock", data or {}, ReviewIn)
+    lock = await engines.policies.review_lock(
+        ctx, lock_id, "approve", note=body.note, expected_version=body.expected_version
+    )
+    return lock_to_dict(engines.policies, lock)
+
+
+@post("/strategy-locks/{lock_id:str}/reject", tags=["strategy lock"], summary="Reject", status_code=200)
+async def reject_lock(
+    ctx: Ctx, engines: Eng, lock_id: FromPath[str], data: OptionalBody = None
+) -> dict[str, Any]:
+    body = _convert("strategy_lock", data or {}, ReviewIn)
+    lock = await engines.policies.review_lock(
+        ctx, lock_id, "reject", note=body.note, expected_version=body.expected_version
+    )
+    return lock_to_dict(engines.policies, lock)
+
+
+# --- budget ledger -------------------------------------------------------------------------------
+
+
+@post("/budget/usage", tags=["budget"], summary="Record usage on the append-only ledger")
+async def record_usage(ctx: Ctx, engines: Eng, data: JSONBody[dict[str, Any]]) -> Response[dict[str, Any]]:
+    entry, replayed = await engines.budget.record(ctx, data)
+    return Response(
+        {**msgspec.to_builtins(entry), "replayed": replayed}, status_code=200 if replayed else 201
+    )
+
+
+@get("/budget/usage", tags=["budget"], summary="A period's usage entries and totals")
+async def get_usage(
+    ctx: Ctx, engines: Eng, period: Text = None, cursor: Cursor = None, limit: Limit = 100
+) -> dict[str, Any]:
+    page = await engines.budget.usage(ctx, period, cursor=cursor, limit=limit)
+    out: dict[str, Any] = msgspec.to_builtins(page)
+    return out
+
+
+ROUTES: Final[list[Any]] = [
+    *DOCUMENT_ROUTES,
+    issue_licence,
+    list_licences,
+    revoke_licence,
+    check_licence,
+    create_lock,
+    list_locks,
+    get_lock,
+    patch_lock,
+    approve_lock,
+    reject_lock,
+    record_usage,
+    get_usage,
+]
