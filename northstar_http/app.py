@@ -20,15 +20,27 @@ from litestar.openapi.spec import Components, SecurityScheme
 from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
 from northstar_http.deps import DEPENDENCIES
 from northstar_http.errors import EXCEPTION_HANDLERS, before_send
-from northstar_http.routes import actions, chat, events, policies, system
+from northstar_http.routes import (
+    analytics,
+    blackboard,
+    chat,
+    config,
+    memory,
+    notes,
+    system,
+    tabular,
+)
 
 # Every route module of the service, in one place.
 ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     system,
     chat,
-    events,
-    policies,
-    actions,
+    memory,
+    blackboard,
+    config,
+    notes,
+    tabular,
+    analytics,
 )
 
 OPENAPI_PATH: Final = "/schema"

@@ -1,0 +1,120 @@
+"""``/blackboard``: shared, versioned run state (``blackboard_store``).
+
+``PUT /blackboard/{run_id}/entries/{key}`` names the version it replaces in the body
+(``expected_version``) or in ``If-Match``; without either it creates (409 if the key exists).
+``GET`` one answers with an ``ETag`` that ``If-Match`` accepts back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import msgspec
+from litestar import Response, delete, get, put
+from litestar.params import Parameter
+
+from northstar_core.blackboard import BlackboardEntry, Page
+from northstar_core.engines import Engines
+from northstar_core.errors import NorthstarError, invalid
+from northstar_core.identity import RequestContext
+
+_ETAG: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def expected_version(domain: str, body_version: int | None, if_match: str | None) -> int | None:
+    """The expected version from the body and/or ``If-Match`` (422 if malformed or they differ)."""
+    header_version: int | None = None
+    if if_match is not None:
+        match = _ETAG.match(if_match)
+        if match is None:
+            raise NorthstarError(
+                f"{domain}.invalid_request",
+                'If-Match must be the ETag of a version, e.g. "3"',
+                422,
+                details={"if_match": if_match[:100]},
+            )
+        header_version = int(match.group(1))
+    if body_version is not None and header_version is not None and body_version != header_version:
+        raise invalid(
+            domain,
+            "expected_version and If-Match disagree",
+            expected_version=body_version,
+            if_match=if_match,
+        )
+    return body_version if body_version is not None else header_version
+
+
+def with_etag(content: Any, version: int, status_code: int = 200) -> Response[Any]:
+    return Response(content, status_code=status_code, headers={"ETag": etag(version)})
+
+
+class BlackboardWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The new value; ``expected_version`` (or ``If-Match``) names the version it replaces."""
+
+    value: Any
+    expected_version: int | None = None
+
+
+IF_MATCH = Parameter(header="If-Match", required=False, description="ETag of the version replaced")
+
+
+@put(
+    "/blackboard/{run_id:str}/entries/{key:str}",
+    tags=["blackboard"],
+    summary="Write a blackboard entry (create or CAS)",
+)
+async def put_entry(
+    ctx: RequestContext,
+    engines: Engines,
+    run_id: str,
+    key: str,
+    data: BlackboardWrite,
+    if_match: str | None = IF_MATCH,
+) -> Response[BlackboardEntry]:
+    version = expected_version("blackboard", data.expected_version, if_match)
+    entry = await engines.blackboard.put(ctx, run_id, key, data.value, expected_version=version)
+    return with_etag(entry, entry.version, 201 if version is None else 200)
+
+
+@get("/blackboard/{run_id:str}/entries/{key:str}", tags=["blackboard"], summary="Read one blackboard entry")
+async def get_entry(
+    ctx: RequestContext, engines: Engines, run_id: str, key: str
+) -> Response[BlackboardEntry]:
+    entry = await engines.blackboard.get(ctx, run_id, key)
+    return with_etag(entry, entry.version)
+
+
+@delete(
+    "/blackboard/{run_id:str}/entries/{key:str}", tags=["blackboard"], summary="Delete a blackboard entry"
+)
+async def delete_entry(
+    ctx: RequestContext,
+    engines: Engines,
+    run_id: str,
+    key: str,
+    expected_version_param: int | None = Parameter(query="expected_version", required=False),
+    if_match: str | None = IF_MATCH,
+) -> None:
+    version = expected_version("blackboard", expected_version_param, if_match)
+    await engines.blackboard.delete(ctx, run_id, key, expected_version=version)
+
+
+@get(
+    "/blackboard/{run_id:str}/entries", tags=["blackboard"], summary="List a run's blackboard entries (paged)"
+)
+async def list_entries(
+    ctx: RequestContext,
+    engines: Engines,
+    run_id: str,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[BlackboardEntry]:
+    return await engines.blackboard.list(ctx, run_id, cursor=cursor, limit=limit)
+
+
+ROUTES: Final[list[Any]] = [put_entry, get_entry, delete_entry, list_entries]

@@ -1,0 +1,53 @@
+"""``/config/{scope}``: toggles by scope (``config_store``), versioned documents.
+
+``surface`` scope takes ``surface_id`` from the query or ``X-Surface-Id``. Writes name the
+version they replace (``expected_version`` or ``If-Match``; absent or 0 = create-only).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import Response, get, put
+from litestar.params import Parameter
+
+from northstar_core.config import ConfigDocument
+from northstar_core.engines import Engines
+from northstar_core.identity import RequestContext
+from northstar_http.routes.blackboard import IF_MATCH, expected_version, with_etag
+
+
+class ConfigWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    values: dict[str, Any]
+    expected_version: int | None = None
+
+
+SURFACE_ID = Parameter(query="surface_id", required=False, description="needed by the surface scope")
+
+
+@get("/config/{config_scope:str}", tags=["config"], summary="Read a config scope (system|tenant|surface)")
+async def get_config(
+    ctx: RequestContext, engines: Engines, config_scope: str, surface_id: str | None = SURFACE_ID
+) -> Response[ConfigDocument]:
+    doc = await engines.config.get(ctx, config_scope, surface_id=surface_id or ctx.surface_id)
+    return with_etag(doc, doc.version)
+
+
+@put("/config/{config_scope:str}", tags=["config"], summary="Replace a scope's values (versioned)")
+async def put_config(
+    ctx: RequestContext,
+    engines: Engines,
+    config_scope: str,
+    data: ConfigWrite,
+    surface_id: str | None = SURFACE_ID,
+    if_match: str | None = IF_MATCH,
+) -> Response[ConfigDocument]:
+    version = expected_version("config", data.expected_version, if_match)
+    doc = await engines.config.put(
+        ctx, config_scope, data.values, expected_version=version, surface_id=surface_id or ctx.surface_id
+    )
+    return with_etag(doc, doc.version, 201 if doc.version == 1 else 200)
+
+
+ROUTES: Final[list[Any]] = [get_config, put_config]

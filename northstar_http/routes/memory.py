@@ -1,0 +1,66 @@
+"""``/memory``: session memory (``memory_store``): set, get one or all, delete."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import delete, get, post
+from litestar.params import Parameter
+
+from northstar_core.engines import Engines
+from northstar_core.identity import RequestContext
+from northstar_core.memory import MemoryValue
+
+
+class MemorySet(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Set ``key`` of ``session_id``; ``ttl_seconds`` overrides the route's default TTL."""
+
+    session_id: str
+    key: str
+    value: Any
+    ttl_seconds: float | None = None
+
+
+class SessionValues(msgspec.Struct, kw_only=True):
+    session_id: str
+    items: list[MemoryValue]
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    session_id: str
+    key: str | None
+    deleted: int
+
+
+@post("/memory", tags=["memory"], status_code=200, summary="Set a session-memory value")
+async def set_value(ctx: RequestContext, engines: Engines, data: MemorySet) -> MemoryValue:
+    return await engines.memory.set(ctx, data.session_id, data.key, data.value, ttl_seconds=data.ttl_seconds)
+
+
+@get("/memory", tags=["memory"], summary="Get one value (key) or every value of a session")
+async def get_values(
+    ctx: RequestContext,
+    engines: Engines,
+    session_id: str = Parameter(query="session_id"),
+    key: str | None = Parameter(query="key", required=False),
+) -> MemoryValue | SessionValues:
+    if key is not None:
+        return await engines.memory.get(ctx, session_id, key)
+    return SessionValues(session_id=session_id, items=await engines.memory.get_all(ctx, session_id))
+
+
+@delete(
+    "/memory", tags=["memory"], status_code=200, summary="Delete one value (key) or every value of a session"
+)
+async def delete_values(
+    ctx: RequestContext,
+    engines: Engines,
+    session_id: str = Parameter(query="session_id"),
+    key: str | None = Parameter(query="key", required=False),
+) -> Deleted:
+    count = await engines.memory.delete(ctx, session_id, key)
+    return Deleted(session_id=session_id, key=key, deleted=count)
+
+
+ROUTES: Final[list[Any]] = [set_value, get_values, delete_values]

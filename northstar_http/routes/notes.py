@@ -1,0 +1,69 @@
+"""``/notes``: user-owned notes (``notes_store``); only the owner sees or changes a note."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from litestar import Response, delete, get, post, put
+from litestar.params import Parameter
+
+from northstar_core.blackboard import Page
+from northstar_core.engines import Engines
+from northstar_core.identity import RequestContext
+from northstar_core.notes import Note, NoteIn, NoteUpdate
+from northstar_http.routes.blackboard import IF_MATCH, expected_version, with_etag
+
+
+@post("/notes", tags=["notes"], summary="Create a note owned by the caller")
+async def create_note(ctx: RequestContext, engines: Engines, data: NoteIn) -> Response[Note]:
+    note = await engines.notes.create(ctx, data)
+    return with_etag(note, note.version, 201)
+
+
+@get("/notes/{note_id:str}", tags=["notes"], summary="Read one of the caller's notes")
+async def get_note(ctx: RequestContext, engines: Engines, note_id: str) -> Response[Note]:
+    note = await engines.notes.get(ctx, note_id)
+    return with_etag(note, note.version)
+
+
+@put("/notes/{note_id:str}", tags=["notes"], summary="Replace a note at the expected version")
+async def update_note(
+    ctx: RequestContext,
+    engines: Engines,
+    note_id: str,
+    data: NoteUpdate,
+    if_match: str | None = IF_MATCH,
+) -> Response[Note]:
+    data.expected_version = expected_version("notes", data.expected_version, if_match)
+    note = await engines.notes.update(ctx, note_id, data)
+    return with_etag(note, note.version)
+
+
+@delete("/notes/{note_id:str}", tags=["notes"], summary="Delete one of the caller's notes")
+async def delete_note(
+    ctx: RequestContext,
+    engines: Engines,
+    note_id: str,
+    expected_version_param: int | None = Parameter(query="expected_version", required=False),
+    if_match: str | None = IF_MATCH,
+) -> None:
+    version = expected_version("notes", expected_version_param, if_match)
+    await engines.notes.delete(ctx, note_id, expected_version=version)
+
+
+@get("/notes", tags=["notes"], summary="List the caller's notes (filtered, paged)")
+async def list_notes(
+    ctx: RequestContext,
+    engines: Engines,
+    surface_id: str | None = None,
+    project_id: str | None = None,
+    tag: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[Note]:
+    return await engines.notes.list(
+        ctx, surface_id=surface_id, project_id=project_id, tag=tag, cursor=cursor, limit=limit
+    )
+
+
+ROUTES: Final[list[Any]] = [create_note, get_note, update_note, delete_note, list_notes]

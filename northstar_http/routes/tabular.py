@@ -1,0 +1,96 @@
+"""``/tabular/{table}``: flows, graphs, overlays, SEO config, strategy-lock snapshots.
+
+Each table is its own resource kind (``flow_store``, ``graph_store``, ``overlay_store``,
+``seo_config_store``, ``strategy_lock_store``). Writes name the version they replace
+(``expected_version`` or ``If-Match``; absent = create-only); ``?version=`` reads history.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from litestar import Response, delete, get, put
+from litestar.params import Parameter
+
+from northstar_core.blackboard import Page
+from northstar_core.engines import Engines
+from northstar_core.identity import RequestContext
+from northstar_core.tabular import TabularRecord, VersionInfo
+from northstar_http.routes.blackboard import IF_MATCH, expected_version, with_etag
+
+
+class TabularWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    json_blob: Any
+    expected_version: int | None = None
+
+
+@put(
+    "/tabular/{table:str}/{record_id:str}", tags=["tabular"], summary="Create or replace a record (versioned)"
+)
+async def put_record(
+    ctx: RequestContext,
+    engines: Engines,
+    table: str,
+    record_id: str,
+    data: TabularWrite,
+    if_match: str | None = IF_MATCH,
+) -> Response[TabularRecord]:
+    version = expected_version("tabular", data.expected_version, if_match)
+    record = await engines.tabular.put(ctx, table, record_id, data.json_blob, expected_version=version)
+    return with_etag(record, record.version, 201 if version is None else 200)
+
+
+@get("/tabular/{table:str}/{record_id:str}", tags=["tabular"], summary="Read a record (latest, or ?version=)")
+async def get_record(
+    ctx: RequestContext,
+    engines: Engines,
+    table: str,
+    record_id: str,
+    version: int | None = Parameter(query="version", required=False),
+) -> Response[TabularRecord]:
+    record = await engines.tabular.get(ctx, table, record_id, version=version)
+    return with_etag(record, record.version)
+
+
+@delete("/tabular/{table:str}/{record_id:str}", tags=["tabular"], summary="Delete a record (history is kept)")
+async def delete_record(
+    ctx: RequestContext,
+    engines: Engines,
+    table: str,
+    record_id: str,
+    expected_version_param: int | None = Parameter(query="expected_version", required=False),
+    if_match: str | None = IF_MATCH,
+) -> None:
+    version = expected_version("tabular", expected_version_param, if_match)
+    await engines.tabular.delete(ctx, table, record_id, expected_version=version)
+
+
+@get(
+    "/tabular/{table:str}/{record_id:str}/versions",
+    tags=["tabular"],
+    summary="List a record's versions (paged)",
+)
+async def list_versions(
+    ctx: RequestContext,
+    engines: Engines,
+    table: str,
+    record_id: str,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[VersionInfo]:
+    return await engines.tabular.versions(ctx, table, record_id, cursor=cursor, limit=limit)
+
+
+@get("/tabular/{table:str}", tags=["tabular"], summary="List a table's records in the caller's scope (paged)")
+async def list_records(
+    ctx: RequestContext,
+    engines: Engines,
+    table: str,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[TabularRecord]:
+    return await engines.tabular.list(ctx, table, cursor=cursor, limit=limit)
+
+
+ROUTES: Final[list[Any]] = [put_record, get_record, delete_record, list_versions, list_records]
