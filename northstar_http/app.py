@@ -21,26 +21,36 @@ from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
 from northstar_http.deps import DEPENDENCIES
 from northstar_http.errors import EXCEPTION_HANDLERS, before_send
 from northstar_http.routes import (
+    actions,
     analytics,
     blackboard,
+    canvas,
     chat,
     config,
+    events,
     memory,
     notes,
+    policies,
     system,
     tabular,
+    timeline,
 )
 
 # Every route module of the service, in one place.
 ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     system,
     chat,
+    events,
+    policies,
+    actions,
     memory,
     blackboard,
     config,
     notes,
     tabular,
     analytics,
+    canvas,
+    timeline,
 )
 
 OPENAPI_PATH: Final = "/schema"
