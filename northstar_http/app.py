@@ -24,7 +24,6 @@ from northstar_http.routes import (
     actions,
     analytics,
     blackboard,
-    canvas,
     chat,
     config,
     events,
@@ -33,7 +32,6 @@ from northstar_http.routes import (
     policies,
     system,
     tabular,
-    timeline,
 )
 
 # Every route module of the service, in one place.
@@ -49,8 +47,6 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     notes,
     tabular,
     analytics,
-    canvas,
-    timeline,
 )
 
 OPENAPI_PATH: Final = "/schema"
