@@ -13,6 +13,7 @@ import re
 import uuid
 from typing import Any, Final
 
+import msgspec
 from litestar import Request, Response
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import (
@@ -21,6 +22,7 @@ from litestar.exceptions import (
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
+    SerializationException,
     ValidationException,
 )
 from litestar.types import Message, Scope
@@ -89,6 +91,17 @@ def _validation_details(exc: ValidationException) -> dict[str, Any]:
     return {"errors": errors}
 
 
+def _caused_by_decoding(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, msgspec.DecodeError | SerializationException):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def translate(exc: Exception) -> NorthstarError:
     """The envelope error for any exception raised while serving a request."""
     if isinstance(exc, NorthstarError):
@@ -121,7 +134,7 @@ def translate(exc: Exception) -> NorthstarError:
             return NorthstarError(
                 "request.body_too_large", "the request body exceeds the configured limit", 413
             )
-        if status == 400 and "malformed" in detail.lower():
+        if status == 400 and (_caused_by_decoding(exc) or "malformed" in detail.lower()):
             return NorthstarError("request.malformed_json", "the request body is not valid JSON", 400)
         if 400 <= status < 500:
             return NorthstarError(

@@ -1,0 +1,27 @@
+"""Python client for the Northstar HTTP service.
+
+    async with NorthstarClient("http://127.0.0.1:8787", token) as ns:
+        posted = await ns.chat.post("th_1", "hello", idempotency_key="k1")
+
+Errors arrive as :class:`northstar_core.errors.NorthstarError` with ``upstream`` set. Each
+domain adds ``client/<domain>.py`` and one attribute below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from northstar_http.client.base import BaseClient, SseMessage
+from northstar_http.client.chat import ChatClient
+
+
+class NorthstarClient(BaseClient):
+    def __init__(self, base_url: str, token: str, **kwargs: Any) -> None:
+        super().__init__(base_url, token, **kwargs)
+        self.chat = ChatClient(self)
+
+    async def __aenter__(self) -> NorthstarClient:
+        return self
+
+
+__all__ = ["BaseClient", "NorthstarClient", "SseMessage"]
