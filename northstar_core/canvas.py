@@ -578,13 +578,6 @@ class CanvasService:
                 details={"limit": self.limits.max_command_bytes, "size": size},
             )
         await self._check_actor(ctx, canvas_id, command.actor_id)
-        await self.gate.check(
-            ctx,
-            action_name="canvas_command",
-            subject_type="canvas",
-            subject_id=canvas_id,
-            params={"base_rev": command.base_rev, "op_count": len(ops)},
-        )
         log_ = await self._log(ctx, canvas_id)
         fp = fingerprint({"base_rev": command.base_rev, "ops": ops, "actor_id": ctx.user_id})
         prior = await log_.idempotent_result(key, fp)
@@ -605,6 +598,15 @@ class CanvasService:
         new_state.apply(ops, self.limits)
         rev = head + 1
         new_state.rev = rev
+        # The gate decides whether a command that *can* commit may run: input errors, replays
+        # and conflicts are answered without a gate decision (nothing recorded, nothing charged).
+        await self.gate.check(
+            ctx,
+            action_name="canvas_command",
+            subject_type="canvas",
+            subject_id=canvas_id,
+            params={"base_rev": command.base_rev, "op_count": len(ops)},
+        )
         record = CommandRecord(
             rev=rev,
             ops=ops,

@@ -219,6 +219,17 @@ class EventStreamService:
 
         The same key with other ``type``/``data`` is 422 ``event_stream.idempotency_mismatch``.
         """
+        seq, _ = await self._publish(ctx, stream_id, event_type, data, idempotency_key)
+        return self.cursor(ctx, stream_id, seq)
+
+    async def _publish(
+        self,
+        ctx: RequestContext,
+        stream_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> tuple[int, bool]:
         if idempotency_key is not None:
             check_id(DOMAIN, "idempotency_key", idempotency_key)
         stream = await self.stream(ctx, stream_id)
@@ -231,7 +242,37 @@ class EventStreamService:
         )
         if not done.replayed:
             self.tails.notify(stream, done.last_seq)
-        return self.cursor(ctx, stream_id, done.first_seq)
+        return done.first_seq, done.replayed
+
+    async def append(
+        self,
+        ctx: RequestContext,
+        stream_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[StreamEvent, bool]:
+        """A caller's append (``POST /realtime/timeline/{stream_id}/append``).
+
+        Needs the member role; subject streams (``<type>:<id>``) are written by the server
+        only (403 ``event_stream.reserved_stream`` unless the caller has the system flag), so
+        a client cannot forge an ``op_committed`` or a ``safety_decision``. Returns the event
+        and whether it is a replay of an earlier append with the same key.
+        """
+        ctx.require_role("member")
+        check_id(DOMAIN, "stream_id", stream_id)
+        if is_subject_stream(stream_id) and not ctx.is_system:
+            raise NorthstarError(
+                f"{DOMAIN}.reserved_stream",
+                "streams named '<subject_type>:<subject_id>' are written by the server only",
+                403,
+                details={"stream_id": stream_id},
+            )
+        seq, replayed = await self._publish(ctx, stream_id, event_type, data, idempotency_key)
+        event = await self.get_event(ctx, stream_id, seq)
+        assert event is not None  # just written (or replayed) on this stream
+        return event, replayed
 
     async def publish_ordered(
         self,

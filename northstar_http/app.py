@@ -24,6 +24,7 @@ from northstar_http.routes import (
     actions,
     analytics,
     blackboard,
+    canvas,
     chat,
     config,
     events,
@@ -32,6 +33,7 @@ from northstar_http.routes import (
     policies,
     system,
     tabular,
+    timeline,
 )
 
 # Every route module of the service, in one place.
@@ -47,6 +49,8 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     notes,
     tabular,
     analytics,
+    canvas,
+    timeline,
 )
 
 OPENAPI_PATH: Final = "/schema"
