@@ -107,8 +107,9 @@ class BaseClient:
             event, data, event_id = "message", [], None
             async for line in response.aiter_lines():
                 if line == "":
-                    if data:
-                        yield SseMessage(event, "\n".join(data), event_id)
+                    payload = "\n".join(data)
+                    if payload:  # an event with empty data is not dispatched (SSE spec)
+                        yield SseMessage(event, payload, event_id)
                     event, data = "message", []
                     continue
                 if line.startswith(":"):
