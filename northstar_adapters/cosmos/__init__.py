@@ -23,6 +23,9 @@ partition, ``id`` = the encoded key, ``sk`` = the raw key for ordering. Guarante
   (``SequencedStream`` returns the stored result when the record is its own); a retried
   etag-conditional replace reports 412 likewise; upserts and deletes re-apply the same state.
   Nothing is ever half-written: a batch is atomic server-side.
+* **Limits.** Cosmos caps a transactional batch at 100 operations (``max_batch_ops``) and 2 MB of
+  request payload; a batch over the payload limit is rejected whole (413 → :class:`InvalidItem`).
+  The core's batches (an entry or a few plus an idempotency record) are far below it.
 
 Route params: ``url`` (account endpoint, required), ``database`` (default ``northstar``),
 ``container_prefix`` (default ``northstar_``), ``key_env`` (name of the environment variable
@@ -300,7 +303,12 @@ class CosmosItemStore(ItemStore):
                 return await fn()
             except (AzureError, OSError, TimeoutError) as exc:
                 if not _is_transient(exc):
-                    raise
+                    if isinstance(
+                        exc, cosmos_exc.CosmosHttpResponseError | cosmos_exc.CosmosBatchOperationError
+                    ):
+                        raise  # a definite answer: the caller maps its status
+                    # e.g. ClientAuthenticationError from the Entra ID chain, DecodeError
+                    raise BackendUnavailable(f"cosmos {what} failed: {_describe(exc)}") from exc
                 last = exc
                 retry_after = _retry_after_ms(exc)
                 if attempt + 1 < self._retry.attempts:
@@ -434,12 +442,17 @@ class CosmosItemStore(ItemStore):
                     continue  # deleted meanwhile: create again
                 if is_doc_live(current, self._clock()):
                     raise ConditionFailed(0)
-                await self._conditional(
-                    "replace",
-                    lambda b=body, e=current["_etag"]: container.replace_item(
-                        doc_id, b, etag=e, match_condition=MatchConditions.IfNotModified
-                    ),
-                )
+                try:
+                    await self._call(
+                        "replace",
+                        lambda b=body, e=current["_etag"]: container.replace_item(
+                            doc_id, b, etag=e, match_condition=MatchConditions.IfNotModified
+                        ),
+                    )
+                except cosmos_exc.CosmosResourceNotFoundError:
+                    continue  # the expired item was deleted meanwhile: create again
+                except cosmos_exc.CosmosAccessConditionFailedError:
+                    raise ConditionFailed(0) from None  # another writer replaced it first
                 return
             current = await self._read_doc(partition, op.key)
             live = current is not None and is_doc_live(current, self._clock())

@@ -18,14 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.cosmos import exceptions as cosmos_exc
 from azure.cosmos.aio import CosmosClient
 
 from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, RetryPolicy, provision
 from northstar_core.errors import NorthstarError
 from northstar_core.routing import KindStore, Route
-from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, Item, Put
+from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, InvalidItem, Item, Put
 from northstar_core.streams import SequencedStream
 from tests.emulators.cosmos import EMULATOR_KEY, cosmos_endpoint, cosmos_server  # noqa: F401
 
@@ -202,3 +202,20 @@ async def test_an_idempotent_append_whose_response_was_lost_is_applied_exactly_o
     observed = SequencedStream(observer, "p", "chat")
     assert [e.value for e in await observed.read(0, 10)] == [b"hello"]
     assert await observed.head() == 1
+
+
+async def test_an_authentication_failure_is_backend_unavailable_without_retries(setup: Setup) -> None:
+    store, faults, _ = setup.store()
+    faults.fail("read_item", ClientAuthenticationError("token expired"))
+    with pytest.raises(BackendUnavailable, match="token expired"):
+        await store.get("p", "k")
+    assert faults.calls["read_item"] == 1
+
+
+async def test_a_batch_over_the_payload_limit_is_invalid_and_not_retried(setup: Setup) -> None:
+    store, faults, observer = setup.store()
+    faults.fail("execute_item_batch", http_error(413))
+    with pytest.raises(InvalidItem):
+        await store.write("p", [Put("a", b"1"), Put("b", b"2")])
+    assert faults.calls["execute_item_batch"] == 1
+    assert await observer.query("p", "") == []
