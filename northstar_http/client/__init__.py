@@ -13,12 +13,26 @@ from typing import Any
 
 from northstar_http.client.base import BaseClient, SseMessage
 from northstar_http.client.chat import ChatClient
+from northstar_http.client.stores import (
+    AnalyticsClient,
+    BlackboardClient,
+    ConfigClient,
+    MemoryClient,
+    NotesClient,
+    TabularClient,
+)
 
 
 class NorthstarClient(BaseClient):
     def __init__(self, base_url: str, token: str, **kwargs: Any) -> None:
         super().__init__(base_url, token, **kwargs)
         self.chat = ChatClient(self)
+        self.memory = MemoryClient(self)
+        self.blackboard = BlackboardClient(self)
+        self.config = ConfigClient(self)
+        self.notes = NotesClient(self)
+        self.tabular = TabularClient(self)
+        self.analytics = AnalyticsClient(self)
 
     async def __aenter__(self) -> NorthstarClient:
         return self
