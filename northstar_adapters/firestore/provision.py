@@ -138,3 +138,64 @@ async def provision(route: Route, *, dry_run: bool) -> list[str]:
         for line in plan:
             print(f"[dry-run] {line}")
     return plan
+
+
+def _filters(node: dict[str, Any]) -> list[tuple[str, str]]:
+    if "field_filter" in node:
+        ff = node["field_filter"]
+        return [(ff["field"]["field_path"], ff["op"])]
+    if "unary_filter" in node:
+        return [(node["unary_filter"]["field"]["field_path"], node["unary_filter"]["op"])]
+    if "composite_filter" in node:
+        return [f for sub in node["composite_filter"].get("filters", []) for f in _filters(sub)]
+    return []
+
+
+def query_is_covered(query: dict[str, Any], document: dict[str, Any]) -> bool:
+    """Would Firestore serve ``query`` (a ``StructuredQuery`` as a dict with enum names) from
+    the indexes ``document`` (a ``firestore.indexes.json``) declares, plus the automatic
+    single-field indexes it does not override?
+
+    A deliberately small model of Firestore's index selection: queries touching one field need
+    that field's single-field index in each requested direction and scope; queries touching
+    more need a composite index listing the equality fields first, then the ordered fields in
+    order and direction. Exact for the shapes this adapter issues; conservative otherwise.
+    """
+    source = query["from_"][0]
+    group = source["collection_id"]
+    scope = "COLLECTION_GROUP" if source.get("all_descendants") else "COLLECTION"
+    filters = _filters(query.get("where") or {})
+    orders = [(o["field"]["field_path"], o.get("direction", "ASCENDING")) for o in query.get("order_by", [])]
+    orders = [(f, d) for f, d in orders if f != "__name__"]
+    equality = {f for f, op in filters if op == "EQUAL"}
+    ranged = [f for f, op in filters if op != "EQUAL"]
+    for field in ranged:  # an inequality field is implicitly ordered (ascending) if not ordered
+        if field not in {f for f, _ in orders}:
+            orders.append((field, "ASCENDING"))
+    fields = equality | {f for f, _ in orders}
+    if not fields:
+        return True
+    if len(fields) == 1:
+        (field,) = fields
+        directions = {d for _, d in orders} or {"ASCENDING"}
+        override = next(
+            (
+                o
+                for o in document.get("fieldOverrides", [])
+                if o["collectionGroup"] == group and o["fieldPath"] == field
+            ),
+            None,
+        )
+        if override is None:  # automatic indexes: both directions, collection scope only
+            return scope == "COLLECTION"
+        available = {(i.get("order"), i.get("queryScope", "COLLECTION")) for i in override.get("indexes", [])}
+        return all((d, scope) in available for d in directions)
+    ordered = [(f, d) for f, d in orders if f not in equality]
+    for index in document.get("indexes", []):
+        if index["collectionGroup"] != group or index.get("queryScope", "COLLECTION") != scope:
+            continue
+        declared = [(f["fieldPath"], f.get("order")) for f in index["fields"]]
+        head, tail = declared[: len(equality)], declared[len(equality) :]
+        if {f for f, _ in head} == equality and tail == ordered:
+            return True
+    return False

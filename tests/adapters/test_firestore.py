@@ -8,17 +8,23 @@ gRPC channel), as a second server process would.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from google.cloud import firestore
+from google.cloud.firestore_v1.types import StructuredQuery
 
 from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
-from northstar_adapters.firestore import FirestoreItemStore, open_store
+from northstar_adapters.firestore import FirestoreItemStore, index_document, open_store, provision
+from northstar_adapters.firestore.provision import DEFAULT_INDEX_FILE, query_is_covered, render_index_file
 from northstar_core.routing import Route
-from northstar_core.storage import ItemStore
+from northstar_core.storage import ItemStore, Put
 from tests.emulators.firestore import firestore_emulator, wipe  # noqa: F401 - session fixture
 
 
@@ -60,3 +66,100 @@ class TestFirestore(*ALL_CONTRACTS):  # type: ignore[misc]
             yield h
         finally:
             await h.cleanup()
+
+
+# --- indexes: the emulator never asks for them, so check them here ------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _QuerySpy(FirestoreItemStore):
+    """The real store, recording every query it sends (as a ``StructuredQuery`` dict)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sent: list[dict[str, Any]] = []
+
+    def build_query(self, *args: Any, **kwargs: Any) -> Any:
+        query = super().build_query(*args, **kwargs)
+        self.sent.append(StructuredQuery.to_dict(query._to_protobuf(), use_integers_for_enums=False))
+        return query
+
+
+def _as_dict(query: Any) -> dict[str, Any]:
+    return StructuredQuery.to_dict(query._to_protobuf(), use_integers_for_enums=False)
+
+
+def test_committed_index_file_is_what_provision_writes() -> None:
+    assert (ROOT / DEFAULT_INDEX_FILE).read_text() == render_index_file()
+
+
+async def test_every_query_the_adapter_issues_is_covered_by_the_index_file(firestore_emulator: str) -> None:  # noqa: F811
+    store = _QuerySpy(collection="northstar_chat_store", project=f"idx-{uuid.uuid4().hex[:12]}")
+    try:
+        p = "t_idx|lab|p"
+        await store.write(p, [Put(f"s#{i:03d}", b"x") for i in range(12)])
+        await store.write(p, [Put(f"s#{i:03d}x", b"gone", expires_at=time.time() - 5) for i in range(6)])
+        shapes = [
+            {},
+            {"descending": True},
+            {"after": "s#003"},
+            {"before": "s#009"},
+            {"after": "s#002", "before": "s#010", "descending": True},
+            {"after": "a"},  # an after below the prefix
+            {"before": "zzz"},  # a before above the prefix end
+            {"limit": 3},  # expired leftovers force a second page
+        ]
+        for kwargs in shapes:
+            for prefix in ("", "s#"):
+                await store.query(p, prefix, **kwargs)
+        assert len(store.sent) > len(shapes) * 2  # some queries paged past expired items
+    finally:
+        await store.close()
+    document = json.loads((ROOT / DEFAULT_INDEX_FILE).read_text())
+    uncovered = [q for q in store.sent if not query_is_covered(q, document)]
+    assert uncovered == []
+
+
+def test_index_check_rejects_queries_the_index_file_does_not_serve() -> None:
+    # The checker must be able to fail: exempted fields and multi-field queries are uncovered.
+    from google.auth.credentials import AnonymousCredentials
+
+    client = firestore.AsyncClient(project="x", credentials=AnonymousCredentials())
+    items = client.collection("northstar_k").document("p").collection("items")
+    document = index_document()
+    assert not query_is_covered(_as_dict(items.order_by("ver")), document)
+    assert not query_is_covered(
+        _as_dict(items.where(filter=firestore.FieldFilter("ver", "==", 1)).order_by("sk")), document
+    )
+    assert not query_is_covered(_as_dict(client.collection_group("items").order_by("sk")), document)
+    assert query_is_covered(_as_dict(items.order_by("sk", direction="DESCENDING")), document)
+
+
+async def test_provision_dry_run_prints_the_plan_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "firestore.indexes.json"
+    route = Route(
+        resource_kind="chat_store",
+        backend="firestore",
+        params={"project": "p", "emulator_host": "127.0.0.1:1", "index_file": str(target)},
+    )
+    plan = await provision(route, dry_run=True)
+    assert any("create" in line for line in plan)
+    assert not target.exists()
+    assert "[dry-run]" in capsys.readouterr().out
+
+
+async def test_provision_is_idempotent(tmp_path: Path) -> None:
+    target = tmp_path / "firestore.indexes.json"
+    route = Route(
+        resource_kind="chat_store",
+        backend="firestore",
+        params={"project": "p", "emulator_host": "127.0.0.1:1", "index_file": str(target)},
+    )
+    first = await provision(route, dry_run=False)
+    assert any(f"index file {target}: create" == line for line in first)
+    assert json.loads(target.read_text()) == index_document()
+    second = await provision(route, dry_run=False)
+    assert f"index file {target}: up to date" in second
