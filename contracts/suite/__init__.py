@@ -146,6 +146,7 @@ async def make_registry(
 # Every backend runs every class here. Domain engineers: append your contract class (keep the
 # import above the tuple, one line each).
 from contracts.suite.canvas import CanvasContract, TimelineContract  # noqa: E402
+from contracts.suite.spine import SafetyContract, SpineContract  # noqa: E402
 from contracts.suite.stores import StoresContract  # noqa: E402
 
 ALL_CONTRACTS: tuple[type, ...] = (
@@ -157,4 +158,6 @@ ALL_CONTRACTS: tuple[type, ...] = (
     CanvasContract,
     TimelineContract,
     StoresContract,
+    SpineContract,
+    SafetyContract,
 )
