@@ -274,12 +274,16 @@ class DynamoItemStore(ItemStore):
         share_client: bool = True,
         clock: Callable[[], float] = time.time,
         client_wrapper: Callable[[Any], Any] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        """``client_wrapper`` wraps the aioboto3 client (fault injection in tests); ``sleep``
+        waits between retries (tests record the backoff delays)."""
         self.config = config
         self.table = config.table
         self._share = share_client
         self._clock = clock
         self._wrap = client_wrapper
+        self._sleep = sleep
         self._client: Any = None
         self._own: _Client | None = None
         self._lock = asyncio.Lock()
@@ -349,7 +353,7 @@ class DynamoItemStore(ItemStore):
                     raise InvalidItem(describe(exc)) from exc
                 if outcome is Outcome.FATAL or attempt == attempts - 1:
                     raise self._unavailable(what, exc, attempt + 1) from exc
-            await asyncio.sleep(self._delay(attempt))
+            await self._sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
     # --- the port -----------------------------------------------------------------------------
@@ -470,7 +474,7 @@ class DynamoItemStore(ItemStore):
                 if outcome is Outcome.FATAL or attempt == attempts - 1:
                     note = "; the write may have applied" if maybe_applied else ""
                     raise self._unavailable("write", exc, attempt + 1, note) from exc
-            await asyncio.sleep(self._delay(attempt))
+            await self._sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
     def _request(
