@@ -41,6 +41,11 @@ def launcher() -> ModuleType:
     return module
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (for 'unreachable backend' tests)."""
+    return int(launcher().free_port())
+
+
 def wipe(host: str, project: str, database: str = "(default)") -> None:
     """Delete every document of ``project`` in the emulator at ``host``."""
     path = urllib.parse.quote(f"/emulator/v1/projects/{project}/databases/{database}/documents")
