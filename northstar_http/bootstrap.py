@@ -16,8 +16,9 @@ from northstar_adapters import AdapterFactory
 from northstar_core.clock import SystemClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines, EngineSettings
+from northstar_core.errors import NorthstarError
 from northstar_core.identity import ServerBinding
-from northstar_core.routing import LAB_ONLY_BACKENDS, Route, RoutingRegistry
+from northstar_core.routing import LAB_ONLY_BACKENDS, Route, RoutingError, RoutingRegistry
 from northstar_http.app import build_app
 from northstar_http.auth import TokenVerifier
 from northstar_http.config import Settings, finalize
@@ -36,15 +37,12 @@ def registry_route(settings: Settings) -> Route:
 
 async def build_registry(settings: Settings) -> RoutingRegistry:
     """Open the bootstrap store, load the durable routes, seed configured ones that are absent,
-    and refuse (``RoutingError``) what this deployment may not run."""
+    and refuse (``RoutingError``, listing every problem) what this deployment may not run."""
     assert settings.registry is not None
+    problems: list[str] = []
     if settings.registry.backend in LAB_ONLY_BACKENDS and not settings.is_lab:
-        from northstar_core.routing import RoutingError
-
-        raise RoutingError(
-            f"refusing to start in mode '{settings.mode}': the registry store is on lab-only "
-            f"backend '{settings.registry.backend}'"
-        )
+        backend = settings.registry.backend
+        problems.append(f"the routing registry's own store is on lab-only backend '{backend}'")
     factory = AdapterFactory()
     store = factory.open(registry_route(settings))
     registry = RoutingRegistry(
@@ -54,8 +52,18 @@ async def build_registry(settings: Settings) -> RoutingRegistry:
     present = {(r.resource_kind, r.tenant_id) for r, _ in registry.routes()}
     for route in settings.routes:
         if (route.resource_kind, route.tenant_id) not in present:
-            await registry.set_route(route)
-    registry.check_startup()
+            try:
+                await registry.set_route(route)
+            except NorthstarError as exc:
+                problems.append(f"configured route for {route.resource_kind}: {exc.message}")
+    try:
+        registry.check_startup()
+    except RoutingError as exc:
+        problems.append(str(exc).split(": ", 1)[-1])
+    if problems:
+        await registry.close()
+        await store.close()
+        raise RoutingError(f"refusing to start in mode '{settings.mode}': " + "; ".join(problems))
     return registry
 
 
