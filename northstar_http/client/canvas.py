@@ -1,0 +1,350 @@
+"""The canvas over HTTP, and the collaborative editing loop an agent or UI embeds.
+
+:class:`CanvasClient` mirrors ``engines.canvas`` one call per endpoint. :class:`CanvasSession`
+is the client flow of issue 3, independent of the transport (HTTP via :class:`CanvasClient`,
+or embedded via :class:`EmbeddedCanvasApi`)::
+
+    session = CanvasSession(ns.canvas, "c1")
+    await session.open()                      # snapshot: local state + cursor
+    listener = asyncio.create_task(session.listen())   # SSE: op_committed from others
+    await session.submit([{"op": "create", "atom_id": "a", "kind": "box", "props": {}}])
+
+``submit`` sends ``{base_rev: local head, ops, idempotency_key}``. On 409 ``rev_conflict`` it
+applies ``recovery_ops`` to the local state (or re-reads the snapshot when
+``snapshot_required``), rebases the pending ops (:func:`northstar_core.canvas.rebase`) and
+retries; when the response is lost (transport error, 503) it retries the *same* key and
+payload, so the command is applied at most once. The local state only ever advances by
+committed revisions, in order, so every session converges on the server's snapshot.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+
+from northstar_core.canvas import (
+    CanvasLimits,
+    CanvasOp,
+    CanvasService,
+    CanvasState,
+    CommandIn,
+    CommandRecord,
+    RecordIn,
+    rebase,
+)
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import RequestContext
+from northstar_http.client.base import BaseClient, SseMessage
+
+_NO_LIMITS = CanvasLimits(
+    max_ops_per_command=2**62,
+    max_props_bytes=2**62,
+    max_command_bytes=2**62,
+    max_canvas_bytes=2**62,
+    max_atoms=2**62,
+)
+
+
+class CanvasClient:
+    """One method per canvas endpoint; errors arrive as :class:`NorthstarError`."""
+
+    def __init__(self, base: BaseClient) -> None:
+        self._base = base
+
+    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._base.request(method, path, **kw)
+        return result
+
+    async def command(
+        self,
+        canvas_id: str,
+        base_rev: int,
+        ops: list[dict[str, Any]],
+        idempotency_key: str,
+        *,
+        actor_id: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"base_rev": base_rev, "ops": ops, "idempotency_key": idempotency_key}
+        if actor_id is not None:
+            body["actor_id"] = actor_id
+        return await self._call("POST", f"/canvas/{canvas_id}/commands", json=body)
+
+    async def snapshot(self, canvas_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"/canvas/{canvas_id}/snapshot")
+
+    async def replay(
+        self,
+        canvas_id: str,
+        cursor: str | None = None,
+        *,
+        limit: int | None = None,
+        types: str | None = None,
+    ) -> dict[str, Any]:
+        params = {"cursor": cursor, "limit": limit, "types": types}
+        return await self._call("GET", f"/canvas/{canvas_id}/replay", params=params)
+
+    def follow(
+        self, canvas_id: str, *, cursor: str | None = None, last_event_id: str | None = None
+    ) -> AsyncIterator[SseMessage]:
+        """Live canvas events (SSE); each message's ``id`` is its resume cursor."""
+        return self._base.sse(
+            f"/sse/canvas/{canvas_id}", params={"cursor": cursor}, last_event_id=last_event_id
+        )
+
+    async def gesture(
+        self,
+        canvas_id: str,
+        gesture: str,
+        data: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"gesture": gesture, "data": data or {}}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return await self._call("POST", f"/canvas/{canvas_id}/gestures", json=body)
+
+    async def add_artifact(self, canvas_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", f"/canvas/{canvas_id}/artifacts", json=record)
+
+    async def artifacts(
+        self, canvas_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "GET", f"/canvas/{canvas_id}/artifacts", params={"cursor": cursor, "limit": limit}
+        )
+
+    async def add_audit(self, canvas_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", f"/canvas/{canvas_id}/audits", json=record)
+
+    async def audits(
+        self, canvas_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "GET", f"/canvas/{canvas_id}/audits", params={"cursor": cursor, "limit": limit}
+        )
+
+
+class CanvasApi(Protocol):
+    """What :class:`CanvasSession` needs from a transport."""
+
+    async def command(
+        self, canvas_id: str, base_rev: int, ops: list[dict[str, Any]], idempotency_key: str
+    ) -> dict[str, Any]: ...
+
+    async def snapshot(self, canvas_id: str) -> dict[str, Any]: ...
+
+    async def replay(
+        self, canvas_id: str, cursor: str | None = None, *, limit: int | None = None, types: str | None = None
+    ) -> dict[str, Any]: ...
+
+
+class EmbeddedCanvasApi:
+    """:class:`CanvasApi` over an in-process :class:`CanvasService` (an agent embedding the
+    library), answering exactly what the HTTP endpoints answer."""
+
+    def __init__(self, service: CanvasService, ctx: RequestContext) -> None:
+        self.service = service
+        self.ctx = ctx
+
+    async def command(
+        self, canvas_id: str, base_rev: int, ops: list[dict[str, Any]], idempotency_key: str
+    ) -> dict[str, Any]:
+        cmd = CommandIn(base_rev=base_rev, ops=ops, idempotency_key=idempotency_key)
+        result: dict[str, Any] = msgspec.to_builtins(await self.service.commit(self.ctx, canvas_id, cmd))
+        return result
+
+    async def snapshot(self, canvas_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = msgspec.to_builtins(await self.service.snapshot(self.ctx, canvas_id))
+        return result
+
+    async def replay(
+        self, canvas_id: str, cursor: str | None = None, *, limit: int | None = None, types: str | None = None
+    ) -> dict[str, Any]:
+        wanted = frozenset(types.split(",")) if types else None
+        page = await self.service.replay(self.ctx, canvas_id, cursor, limit or 100, types=wanted)
+        result: dict[str, Any] = msgspec.to_builtins(page)
+        return result
+
+    async def add_record(self, canvas_id: str, kind: str, record: dict[str, Any]) -> dict[str, Any]:
+        rec, _ = await self.service.add_record(
+            self.ctx,
+            canvas_id,
+            "artifact" if kind == "artifact" else "audit",
+            msgspec.convert(record, RecordIn),
+        )
+        result: dict[str, Any] = msgspec.to_builtins(rec)
+        return result
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """A response that may have been lost: the command may or may not have committed."""
+    if isinstance(exc, NorthstarError):
+        return exc.http_status in (502, 503, 504)
+    return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
+
+
+class SubmitOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of one :meth:`CanvasSession.submit`."""
+
+    committed_rev: int | None  # None: every op was rebased away (nothing left to send)
+    ops: list[dict[str, Any]]  # the ops actually committed (after rebasing)
+    idempotency_key: str
+    attempts: int
+    replayed: bool = False
+
+
+class CanvasSession:
+    """One participant's view of one canvas (see module doc). Not safe to ``submit`` twice
+    concurrently from one session; run one session per concurrent editor."""
+
+    def __init__(
+        self,
+        api: CanvasApi,
+        canvas_id: str,
+        *,
+        max_attempts: int = 50,
+        backoff: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.api = api
+        self.canvas_id = canvas_id
+        self.state = CanvasState(0, {}, [])
+        self.cursor: str | None = None  # last canvas-stream position seen (snapshot/SSE/replay)
+        self.max_attempts = max_attempts
+        self._backoff = backoff
+        self.gestures: list[dict[str, Any]] = []
+        self.committed_keys: dict[str, int] = {}  # idempotency key -> rev, as seen on the stream
+
+    @property
+    def head_rev(self) -> int:
+        return self.state.rev
+
+    async def open(self) -> None:
+        """Load the snapshot: local state at the head and the stream cursor just after it."""
+        snap = await self.api.snapshot(self.canvas_id)
+        self.state = CanvasState.from_snapshot(snap)
+        self.cursor = snap["cursor"]
+
+    def apply_committed(self, rev: int, ops: list[Any]) -> bool:
+        """Apply committed revision ``rev`` if it is the next one; ``False`` if it is not
+        (already applied, or a gap the caller must fill with :meth:`sync`)."""
+        if rev != self.state.rev + 1:
+            return False
+        parsed = [msgspec.convert(op, CanvasOp) for op in ops]
+        self.state.apply(parsed, _NO_LIMITS)
+        self.state.rev = rev
+        return True
+
+    def on_event(self, event: dict[str, Any]) -> bool:
+        """Take one canvas-stream event (SSE or replay). ``False`` if a gap was detected."""
+        ok = True
+        if event["type"] == "op_committed":
+            rev = int(event["data"]["rev"])
+            self.committed_keys[str(event["data"].get("idempotency_key"))] = rev
+            if rev > self.state.rev:
+                ok = self.apply_committed(rev, event["data"]["ops"])
+        elif event["type"] == "gesture":
+            self.gestures.append(event["data"])
+        if ok:
+            self.cursor = event["event_id"]
+        return ok
+
+    async def sync(self) -> None:
+        """Catch up from the durable log after the last cursor (replay), in order."""
+        while True:
+            page = await self.api.replay(self.canvas_id, self.cursor, types="op_committed")
+            for event in page["items"]:
+                if not self.on_event(event):
+                    await self.open()  # a hole we cannot fill from here: start over
+                    return
+            self.cursor = page["next_cursor"] or self.cursor
+            if not page["has_more"]:
+                return
+
+    async def listen(self, follow: Callable[..., AsyncIterator[SseMessage]] | None = None) -> None:
+        """Apply live events until cancelled (``follow`` defaults to the HTTP client's SSE)."""
+        stream_of = follow or getattr(self.api, "follow")  # noqa: B009 - HTTP clients only
+        async for message in stream_of(self.canvas_id, last_event_id=self.cursor):
+            if not self.on_event(message.json()):
+                await self.sync()
+
+    async def _pause(self, attempt: int) -> None:
+        if self._backoff is not None:
+            await self._backoff(attempt)
+
+    async def submit(self, ops: list[dict[str, Any]], *, idempotency_key: str | None = None) -> SubmitOutcome:
+        """Commit ``ops`` (valid on the local state) through conflicts and lost responses."""
+        key = idempotency_key or uuid.uuid4().hex
+        pending: list[CanvasOp] = [msgspec.convert(op, CanvasOp) for op in ops]
+        base_rev = self.state.rev
+        for attempt in range(1, self.max_attempts + 1):
+            wire = msgspec.to_builtins(pending)
+            try:
+                result = await self.api.command(self.canvas_id, base_rev, wire, key)
+            except NorthstarError as exc:
+                if exc.code == "canvas.rev_conflict":
+                    pending = await self._recover(exc.details, pending)
+                    if not pending:
+                        return SubmitOutcome(
+                            committed_rev=None, ops=[], idempotency_key=key, attempts=attempt
+                        )
+                    # The rebased command keeps the key: if an earlier attempt whose response
+                    # was lost is still in flight and commits, this one is refused (422
+                    # idempotency_mismatch) instead of applying the intent twice.
+                    base_rev = self.state.rev
+                    continue
+                if exc.code == "canvas.idempotency_mismatch" and attempt > 1:
+                    # An earlier attempt under this key did commit after all: adopt it.
+                    await self.sync()
+                    return SubmitOutcome(
+                        committed_rev=self.committed_keys.get(key),
+                        ops=[],
+                        idempotency_key=key,
+                        attempts=attempt,
+                        replayed=True,
+                    )
+                if _is_retryable(exc):
+                    await self._pause(attempt)
+                    continue
+                raise
+            except (httpx.TransportError, ConnectionError, TimeoutError):
+                await self._pause(attempt)
+                continue  # same key, same payload: at most once
+            rev = int(result["head_rev"])
+            if not self.apply_committed(rev, wire):
+                await self.sync()  # others committed too, or our replay is older: read the log
+            return SubmitOutcome(
+                committed_rev=rev,
+                ops=wire,
+                idempotency_key=key,
+                attempts=attempt,
+                replayed=bool(result.get("replayed")),
+            )
+        raise NorthstarError(
+            "canvas.client_gave_up",
+            f"no commit after {self.max_attempts} attempts",
+            503,
+            details={"idempotency_key": key},
+        )
+
+    async def _recover(self, details: dict[str, Any], pending: list[CanvasOp]) -> list[CanvasOp]:
+        if details.get("snapshot_required"):
+            await self.open()
+        else:
+            for record in details.get("recovery_ops", []):
+                rev = int(record["rev"])
+                if rev > self.state.rev and not self.apply_committed(rev, record["ops"]):
+                    await self.sync()
+                    break
+            if self.state.rev < int(details.get("expected_rev", 0)):
+                await self.sync()
+        return rebase(self.state, pending)
+
+
+def decode_record(raw: bytes) -> CommandRecord:
+    """A command-log entry (for tools that read the log directly)."""
+    return msgspec.json.decode(raw, type=CommandRecord)
