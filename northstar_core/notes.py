@@ -9,8 +9,6 @@ the agent id and run id), else ``user``. Updates and deletes are versioned: a st
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
@@ -24,6 +22,7 @@ from northstar_core.memory import scope_part
 from northstar_core.records import VersionedRecords, record_key
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
+from northstar_core.spine import UUIDv7Generator
 from northstar_core.storage import MAX_VALUE_BYTES, Item
 
 KIND: Final = "notes_store"
@@ -96,14 +95,6 @@ def validated(domain: str, obj: S) -> S:
         raise invalid(domain, str(exc)) from None
 
 
-def new_id(now: float) -> str:
-    """A UUIDv7 (time-ordered), so a user's notes list in creation order."""
-    ms = int(now * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = ms << 80 | 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
-
-
 class NotesService:
     """Owner-only CRUD and filtered listing of notes."""
 
@@ -111,6 +102,7 @@ class NotesService:
         self.registry = registry
         self.cursors = cursors
         self.clock = clock
+        self.ids = UUIDv7Generator()  # time-ordered, so a user's notes list in creation order
 
     async def _records(self, ctx: RequestContext) -> VersionedRecords:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
@@ -156,7 +148,7 @@ class NotesService:
         surface_id, project_id = self._scope_ids(ctx, note_in.surface_id, note_in.project_id)
         now = self.clock.now()
         note = Note(
-            note_id=new_id(now),
+            note_id=self.ids.next(now),
             tenant_id=ctx.tenant_id,
             mode=ctx.mode,
             user_id=ctx.user_id,
@@ -241,7 +233,7 @@ class NotesService:
         for field, value in (("surface_id", surface_id), ("project_id", project_id)):
             if value is not None:
                 check_id(DOMAIN, field, value)
-        stream = f"notes/{surface_id or ''}/{project_id or ''}/{tag or ''}"
+        stream = f"notes/{scope_part(ctx.user_id)}/{surface_id or ''}/{project_id or ''}/{tag or ''}"
         after = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor) if cursor else None
         records = await self._records(ctx)
         matched: list[Note] = []
