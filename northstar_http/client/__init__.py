@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from northstar_http.client.actions import ActionsClient
 from northstar_http.client.base import BaseClient, SseMessage
 from northstar_http.client.chat import ChatClient
+from northstar_http.client.events import EventsClient
+from northstar_http.client.policies import PoliciesClient
 from northstar_http.client.stores import (
     AnalyticsClient,
     BlackboardClient,
@@ -33,6 +36,9 @@ class NorthstarClient(BaseClient):
         self.notes = NotesClient(self)
         self.tabular = TabularClient(self)
         self.analytics = AnalyticsClient(self)
+        self.events = EventsClient(self)
+        self.policies = PoliciesClient(self)
+        self.actions = ActionsClient(self)
 
     async def __aenter__(self) -> NorthstarClient:
         return self
