@@ -1,0 +1,260 @@
+"""Canvas SSE on a real socket: replay then live, Last-Event-ID resume across a server restart,
+410 before any stream, headers, and the two-editor client flow converging over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from northstar_core.errors import NorthstarError
+from northstar_http.bootstrap import create_app
+from northstar_http.client import NorthstarClient, SseMessage
+from northstar_http.client.canvas import CanvasClient, CanvasSession
+from tests.conftest import LiveServer, make_settings
+
+Auth = Callable[..., dict[str, str]]
+
+
+async def next_event(
+    stream: AsyncIterator[SseMessage], types: tuple[str, ...] = ("op_committed",)
+) -> SseMessage:
+    async def wanted() -> SseMessage:
+        while True:
+            message = await stream.__anext__()
+            if message.event in types:
+                return message
+
+    return await asyncio.wait_for(wanted(), 10)
+
+
+def create(atom_id: str, **props: Any) -> dict[str, Any]:
+    return {"op": "create", "atom_id": atom_id, "kind": "box", "props": props}
+
+
+@pytest.fixture
+async def canvas(live_server: LiveServer, token: Callable[..., str]) -> AsyncIterator[CanvasClient]:
+    ns = NorthstarClient(live_server.url, token())
+    yield CanvasClient(ns)
+    await ns.aclose()
+
+
+async def wait_subscribed(app: Any, n: int = 1) -> None:
+    for _ in range(500):
+        if app.state.engines.tails.active_streams >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the SSE subscriber never attached")
+
+
+async def test_sse_replays_after_cursor_then_follows_live_every_event_type(
+    canvas: CanvasClient, app: Any
+) -> None:
+    first = await canvas.command("c1", 0, [create("a")], "k1")
+    await canvas.command("c1", 1, [create("b")], "k2")
+    stream = canvas.follow("c1", cursor=first["cursor"])
+    replayed = await next_event(stream)
+    assert (replayed.json()["data"]["rev"], replayed.id) == (2, replayed.json()["event_id"])
+    await wait_subscribed(app)
+    await canvas.gesture("c1", "pointer", {"x": 1})
+    gesture = await next_event(stream, ("gesture",))
+    assert gesture.json()["data"]["data"] == {"x": 1}
+    await canvas.command("c1", 2, [create("c")], "k3")
+    decision = await next_event(stream, ("safety_decision",))
+    assert decision.json()["data"]["action_name"] == "canvas_command"
+    live = await next_event(stream)
+    assert live.json()["data"]["rev"] == 3
+    await stream.aclose()
+
+
+async def test_sse_without_cursor_starts_at_the_head(canvas: CanvasClient, app: Any) -> None:
+    await canvas.command("c1", 0, [create("old")], "k1")
+    stream = canvas.follow("c1")
+    pending = asyncio.ensure_future(next_event(stream))
+    await wait_subscribed(app)
+    await canvas.command("c1", 1, [create("new")], "k2")
+    assert (await pending).json()["data"]["rev"] == 2
+    await stream.aclose()
+
+
+async def test_last_event_id_wins_over_cursor_query(canvas: CanvasClient) -> None:
+    first = await canvas.command("c1", 0, [create("a")], "k1")
+    await canvas.command("c1", 1, [create("b")], "k2")
+    stream = canvas.follow("c1", cursor="garbage", last_event_id=first["cursor"])
+    assert (await next_event(stream)).json()["data"]["rev"] == 2
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("via", ["header", "query"])
+async def test_invalid_or_foreign_cursor_is_410_envelope_before_any_stream(
+    live_server: LiveServer, auth: Auth, via: str
+) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        done = await http.post(
+            "/canvas/c1/commands",
+            json={"base_rev": 0, "ops": [create("a")], "idempotency_key": "k"},
+            headers=auth("t_alpha"),
+        )
+        foreign = done.json()["cursor"]
+        for bad in ("1.MQ.AAAAAAAAAAAAAAAAAAAAAAAA", foreign):
+            headers = auth("t_beta", headers={"Last-Event-ID": bad}) if via == "header" else auth("t_beta")
+            params = {"cursor": bad} if via == "query" else {}
+            r = await http.get("/sse/canvas/c1", headers=headers, params=params)
+            assert r.status_code == 410
+            assert r.headers["content-type"].startswith("application/json")
+            error = r.json()["error"]
+            assert (error["code"], error["details"]["cursor"]) == ("canvas.cursor_invalid", bad)
+
+
+async def test_stream_sends_retry_hint_heartbeats_and_no_store_headers(
+    live_server: LiveServer, auth: Auth
+) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        async with http.stream("GET", "/sse/canvas/c1", headers=auth()) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert (r.headers["cache-control"], r.headers["x-accel-buffering"]) == ("no-store", "no")
+            lines: list[str] = []
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if "heartbeat" in line:
+                    break
+    assert any(line.startswith("retry:") for line in lines)
+
+
+async def test_reconnect_with_last_event_id_after_a_server_restart_gets_every_missed_event_once_in_order(
+    tmp_path: Path, token: Callable[..., str]
+) -> None:
+    settings = make_settings(tmp_path, registry=None)  # lab default: one sqlite file in data_dir
+    server = LiveServer(create_app(settings))
+    await server.start()
+    ns = NorthstarClient(server.url, token())
+    canvas = CanvasClient(ns)
+    try:
+        await canvas.command("c1", 0, [create("a0")], "k0")
+        stream = canvas.follow("c1", cursor=None)
+        pending = asyncio.ensure_future(next_event(stream))
+        await wait_subscribed(server.app)
+        await canvas.command("c1", 1, [create("a1")], "k1")
+        seen = await pending
+        assert seen.json()["data"]["rev"] == 2
+        await stream.aclose()
+        for rev in (2, 3):  # missed while disconnected
+            await canvas.command("c1", rev, [create(f"a{rev}")], f"k{rev}")
+    finally:
+        await ns.aclose()
+        await server.stop()
+
+    # a new process on the same durable store
+    server2 = LiveServer(create_app(settings))
+    await server2.start()
+    ns2 = NorthstarClient(server2.url, token())
+    canvas2 = CanvasClient(ns2)
+    try:
+        resumed = canvas2.follow("c1", last_event_id=seen.id)
+        got = [await next_event(resumed, ("op_committed", "safety_decision")) for _ in range(4)]
+        assert [(m.event, m.json()["data"].get("rev")) for m in got] == [
+            ("safety_decision", None),
+            ("op_committed", 3),
+            ("safety_decision", None),
+            ("op_committed", 4),
+        ]
+        seqs = [m.json()["seq"] for m in got]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+        await wait_subscribed(server2.app)
+        await canvas2.command("c1", 4, [create("live")], "k-live")
+        assert (await next_event(resumed)).json()["data"]["rev"] == 5  # then live, no duplicate
+        await resumed.aclose()
+        # a retried command after the restart is the original result, not a new revision
+        again = await canvas2.command("c1", 2, [create("a2")], "k2")
+        assert (again["head_rev"], again["replayed"]) == (3, True)
+    finally:
+        await ns2.aclose()
+        await server2.stop()
+
+
+class LossyTransport(httpx.AsyncBaseTransport):
+    """Fault injection: the response of every ``lose_every``-th command POST is dropped after
+    the server handled it (the client sees a transport error)."""
+
+    def __init__(self, lose_every: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.lose_every = lose_every
+        self.posts = 0
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and request.url.path.endswith("/commands"):
+            self.posts += 1
+            if self.posts % self.lose_every == 0:
+                await response.aread()
+                await response.aclose()
+                self.lost += 1
+                raise httpx.ReadError("response lost", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_two_http_clients_editing_one_canvas_converge(
+    live_server: LiveServer, token: Callable[..., str], app: Any
+) -> None:
+    lossy = LossyTransport(lose_every=3)
+    clients = [
+        NorthstarClient(live_server.url, token(sub="u_alice"), transport=lossy),
+        NorthstarClient(live_server.url, token(sub="u_bob")),
+    ]
+    sessions = [CanvasSession(CanvasClient(c), "shared") for c in clients]
+    listeners: list[asyncio.Task[None]] = []
+    try:
+        for s in sessions:
+            await s.open()
+            listeners.append(asyncio.create_task(s.listen()))
+        await wait_subscribed(app)
+
+        async def edit(i: int, session: CanvasSession) -> None:
+            mine: list[str] = []
+            for n in range(8):
+                ops: list[dict[str, Any]] = [create(f"e{i}-{n}", n=n)]
+                target = session.state.order[0] if session.state.order else None
+                if target is not None:
+                    ops.append({"op": "update", "atom_id": target, "patch": {f"by{i}": n}})
+                    ops.append({"op": "move", "atom_id": target, "index": len(session.state.order) - 1})
+                if mine and n % 3 == 2:
+                    ops.append({"op": "delete", "atom_id": mine.pop(0)})
+                mine.append(f"e{i}-{n}")
+                await session.submit(ops)
+
+        await asyncio.gather(*(edit(i, s) for i, s in enumerate(sessions)))
+        snap = await CanvasClient(clients[1]).snapshot("shared")
+        for _ in range(500):  # the listeners catch up with the head through SSE
+            if all(s.head_rev == snap["head_rev"] for s in sessions):
+                break
+            await asyncio.sleep(0.01)
+        expected = {k: snap[k] for k in ("head_rev", "atoms", "order")}
+        for s in sessions:
+            assert s.state.to_wire() == expected
+        assert snap["head_rev"] == 16  # every intent committed exactly once
+        assert lossy.lost > 0
+        log = (await CanvasClient(clients[1]).replay("shared", types="op_committed", limit=100))["items"]
+        keys = [e["data"]["idempotency_key"] for e in log]
+        assert len(keys) == len(set(keys)) == 16
+    finally:
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+        for c in clients:
+            await c.aclose()
+
+
+async def test_client_raises_the_envelope_error_with_upstream(canvas: CanvasClient) -> None:
+    with pytest.raises(NorthstarError) as err:
+        await canvas.command("c1", 0, [{"op": "update", "atom_id": "ghost", "patch": {}}], "k")
+    assert (err.value.code, err.value.details["op_index"]) == ("canvas.op_invalid", 0)
+    assert (err.value.upstream or {})["status"] == 422
