@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -38,8 +39,13 @@ async def make_registry(store: ItemStore) -> RoutingRegistry:
 
 def ctx(tenant: str = "t_a", *, run_id: str | None = "run1", **kw: object) -> RequestContext:
     base: dict[str, object] = dict(
-        tenant_id=tenant, mode="lab", user_id="u1", roles=("member",), run_id=run_id,
-        step_id="s1", request_id="req-1",
+        tenant_id=tenant,
+        mode="lab",
+        user_id="u1",
+        roles=("member",),
+        run_id=run_id,
+        step_id="s1",
+        request_id="req-1",
     )
     base.update(kw)
     return RequestContext(**base)  # type: ignore[arg-type]
@@ -179,3 +185,58 @@ def test_uuid7_ids_strictly_increase_within_a_process_even_if_the_clock_goes_bac
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
     assert uuid7_ms(ids[0]) == int(times[0] * 1000)
+
+
+appends = st.lists(
+    st.tuples(
+        st.sampled_from(["t_a", "t_b"]),
+        st.sampled_from(["r1", "r2"]),
+        st.sampled_from(["rl", "analytics", "tuning"]),
+        st.sampled_from(["ui", "agent"]),
+        st.integers(0, 3),  # seconds to advance first
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(appends, st.integers(1, 7))
+def test_replay_and_list_match_a_reference_log(ops: list[tuple[str, str, str, str, int]], page: int) -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        spine = EventSpine(await make_registry(MemoryItemStore()), CursorCodec(SECRET), clock=clock)
+        log: list[tuple[str, str, str, str, str]] = []
+        for tenant, run, etype, source, wait in ops:
+            clock.advance(wait)
+            e = await spine.append(ctx(tenant, run_id=run), {"event_type": etype, "source": source})
+            log.append((tenant, run, etype, source, e.event_id))
+
+        async def drain(fetch: Any) -> list[str]:
+            out: list[str] = []
+            cursor = None
+            while True:
+                p = await fetch(cursor)
+                out += [e.event_id for e in p.items]
+                cursor = p.next_cursor
+                if not p.has_more:
+                    return out
+
+        for tenant in ("t_a", "t_b"):
+            c = ctx(tenant)
+            for run in ("r1", "r2"):
+                got = await drain(lambda cur, run=run, c=c: spine.replay(c, run, cursor=cur, limit=page))
+                assert got == [x[4] for x in log if x[0] == tenant and x[1] == run]
+            for etype in (None, "rl"):
+                for source in (None, "agent"):
+                    got = await drain(
+                        lambda cur, c=c, etype=etype, source=source: spine.list(
+                            c, event_type=etype, source=source, cursor=cur, limit=page
+                        )
+                    )
+                    assert got == [
+                        x[4]
+                        for x in log
+                        if x[0] == tenant and etype in (None, x[2]) and source in (None, x[3])
+                    ]
+
+    asyncio.run(scenario())
