@@ -258,3 +258,26 @@ async def test_client_raises_the_envelope_error_with_upstream(canvas: CanvasClie
         await canvas.command("c1", 0, [{"op": "update", "atom_id": "ghost", "patch": {}}], "k")
     assert (err.value.code, err.value.details["op_index"]) == ("canvas.op_invalid", 0)
     assert (err.value.upstream or {})["status"] == 422
+
+
+async def test_live_sse_of_one_tenant_never_carries_another_tenants_events(
+    live_server: LiveServer, token: Callable[..., str], app: Any
+) -> None:
+    alpha = NorthstarClient(live_server.url, token("t_alpha"))
+    beta = NorthstarClient(live_server.url, token("t_beta", sub="u_bob"))
+    try:
+        stream = CanvasClient(beta).follow("c1")
+        pending = asyncio.ensure_future(next_event(stream, ("op_committed", "gesture", "safety_decision")))
+        await wait_subscribed(app)
+        await CanvasClient(alpha).command("c1", 0, [create("secret")], "k")
+        await CanvasClient(alpha).gesture("c1", "pointer", {"secret": True})
+        await CanvasClient(beta).command("c1", 0, [create("mine")], "k")
+        first = await pending
+        assert first.event == "safety_decision" and first.json()["actor_id"] == "u_bob"  # its own
+        assert first.json()["stream_id"] == "canvas:c1"
+        following = await next_event(stream)
+        assert following.json()["data"]["ops"][0]["atom_id"] == "mine"
+        await stream.aclose()
+    finally:
+        await alpha.aclose()
+        await beta.aclose()

@@ -133,8 +133,12 @@ def test_update_applies_rfc7386_merge_patch(target: Any, patch: Any, result: Any
         ([create("a"), create("a")], "canvas.op_invalid", 422, 1),
         ([update("ghost", x=1)], "canvas.op_invalid", 422, 0),
         ([create("a"), {"op": "move", "atom_id": "a", "index": 5}], "canvas.op_invalid", 422, 1),
-        ([create("a"), {"op": "delete", "atom_id": "a"}, {"op": "delete", "atom_id": "a"}],
-         "canvas.op_invalid", 422, 2),
+        (
+            [create("a"), {"op": "delete", "atom_id": "a"}, {"op": "delete", "atom_id": "a"}],
+            "canvas.op_invalid",
+            422,
+            2,
+        ),
         ([create("a", blob="x" * 2_000)], "canvas.props_too_large", 413, 0),
         ([create("a"), update("a", blob="x" * 2_000)], "canvas.props_too_large", 413, 1),
         ([create(f"a{i}") for i in range(11)], "canvas.too_many_ops", 422, None),
@@ -185,7 +189,9 @@ async def test_base_rev_ahead_of_head_is_422_rev_invalid() -> None:
     with pytest.raises(NorthstarError) as err:
         await rig.canvas.commit(ctx, c, command(3, create("a")))
     assert (err.value.code, err.value.http_status, err.value.details["head_rev"]) == (
-        "canvas.rev_invalid", 422, 0,
+        "canvas.rev_invalid",
+        422,
+        0,
     )
 
 
@@ -376,8 +382,10 @@ async def test_gesture_goes_to_the_canvas_stream_not_the_command_log_through_the
     rig = await canvas_rig(MemoryItemStore())
     ctx, c = make_ctx(), cid()
     event = await rig.canvas.gesture(ctx, c, "pointer", {"x": 3, "y": 4})
-    assert (event.type, event.data) == ("gesture", {"gesture": "pointer", "data": {"x": 3, "y": 4},
-                                                    "actor_id": "u1"})
+    assert (event.type, event.data) == (
+        "gesture",
+        {"gesture": "pointer", "data": {"x": 3, "y": 4}, "actor_id": "u1"},
+    )
     assert await rig.canvas.head(ctx, c) == 0
     assert rig.gate.calls[-1] == {"action_name": "canvas_gesture", "subject_type": "canvas", "subject_id": c}
     page = await rig.canvas.replay(ctx, c, None)
@@ -424,8 +432,11 @@ async def test_record_emits_an_audit_event_on_the_spine() -> None:
         (RecordIn(kind="bad kind!", uri="s3://x"), "canvas.invalid_request", 422),
         (RecordIn(kind="img", body="x" * 101), "canvas.body_too_large", 413),
         (RecordIn(kind="img", body="!!", body_encoding="base64"), "canvas.invalid_request", 422),
-        (RecordIn(kind="img", body="hi", content_hash="sha256:" + "0" * 64),
-         "canvas.content_hash_mismatch", 422),
+        (
+            RecordIn(kind="img", body="hi", content_hash="sha256:" + "0" * 64),
+            "canvas.content_hash_mismatch",
+            422,
+        ),
         (RecordIn(kind="img", uri="s3://x", metadata={"m": "x" * 200}), "canvas.metadata_too_large", 413),
     ],
 )
@@ -446,7 +457,8 @@ async def test_base64_body_is_hashed_over_its_bytes_and_records_page_with_cursor
         ctx, c, "artifact", RecordIn(kind="bin", body="AAEC", body_encoding="base64")
     )
     assert (rec.size, rec.content_hash) == (
-        3, "sha256:ae4b3280e56e2faf83f414a6e3dabe9d5fbe18976544c05fed121accb85b53fc"
+        3,
+        "sha256:ae4b3280e56e2faf83f414a6e3dabe9d5fbe18976544c05fed121accb85b53fc",
     )
     for i in range(4):
         await rig.canvas.add_record(ctx, c, "artifact", RecordIn(kind="bin", uri=f"s3://b/{i}"))
@@ -457,3 +469,19 @@ async def test_base64_body_is_hashed_over_its_bytes_and_records_page_with_cursor
     with pytest.raises(NorthstarError) as err:
         await rig.canvas.list_records(ctx, c, "audit", first.next_cursor)
     assert err.value.code == "canvas.cursor_invalid"
+
+
+# --- published event shapes ------------------------------------------------------------------
+
+
+async def test_op_committed_and_gesture_payloads_have_exactly_the_published_fields() -> None:
+    import json
+
+    published = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "events.json").read_text())
+    rig = await canvas_rig(MemoryItemStore())
+    ctx, c = make_ctx(), cid()
+    await rig.canvas.commit(ctx, c, command(0, create("a")))
+    await rig.canvas.gesture(ctx, c, "pointer", {"x": 1})
+    events = {e.type: e for e in (await rig.canvas.replay(ctx, c, None)).items}
+    assert set(events["op_committed"].data) == set(published["payloads"]["op_committed"]["fields"])
+    assert set(events["gesture"].data) == set(published["payloads"]["gesture"]["fields"])
