@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,9 @@ async def registry_by_kind(default: ItemStore, **stores: ItemStore) -> RoutingRe
     for kind in RESOURCE_KINDS:
         await registry.set_route(Route(resource_kind=kind, backend="memory"))
     return registry
+
+
+PUBLISHED_EVENTS = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "events.json").read_text())
 
 
 def cid() -> str:
@@ -475,9 +479,7 @@ async def test_base64_body_is_hashed_over_its_bytes_and_records_page_with_cursor
 
 
 async def test_op_committed_and_gesture_payloads_have_exactly_the_published_fields() -> None:
-    import json
-
-    published = json.loads((Path(__file__).resolve().parents[2] / "contracts" / "events.json").read_text())
+    published = PUBLISHED_EVENTS
     rig = await canvas_rig(MemoryItemStore())
     ctx, c = make_ctx(), cid()
     await rig.canvas.commit(ctx, c, command(0, create("a")))
