@@ -78,7 +78,7 @@ class CanvasLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_ops_per_command: int = 200  # canvas.too_many_ops (422)
     max_props_bytes: int = 32_000  # canvas.props_too_large (413), per atom
     max_command_bytes: int = 200_000  # canvas.command_too_large (413)
-    max_canvas_bytes: int = 1_500_000  # canvas.canvas_too_large (413), whole state
+    max_canvas_bytes: int = 1_000_000  # canvas.canvas_too_large (413); checkpoints fit one backend batch
     max_atoms: int = 10_000  # canvas.canvas_too_large (413)
     checkpoint_every: int = 64  # K: a snapshot reads < K commands after a checkpoint
     recovery_cap: int = 100  # recovery_ops beyond this: snapshot_required
