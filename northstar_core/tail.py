@@ -19,7 +19,9 @@ Sharing: all subscribers of one stream in one process share one :class:`_Channel
 poller task and one :class:`asyncio.Event` that is replaced each time the head moves. An idle
 subscriber therefore costs its own suspended generator and one waiter on that shared event
 (no task, no queue, no buffer of its own); 1,000 idle subscribers on one stream do one head
-read per poll interval between them. The poller stops when the last subscriber leaves.
+read per poll interval between them (measured in-process: about 3 KB per idle subscriber without
+heartbeats, about 4.5 KB with them — Python 3.11's ``wait_for`` wraps each wait in a task). The
+poller stops when the last subscriber leaves.
 
 Reusing it (canvas, timeline…)::
 
@@ -152,8 +154,10 @@ class TailHub:
                 for item in items:
                     position = seq_of(item.key)
                     yield item
-                if len(items) == batch or channel.head > position:
-                    continue
+                if len(items) == batch:
+                    continue  # more may be stored already
+                # `changed` was taken before the read, so a wake-up during the read is not lost;
+                # with nothing new we sleep until an append (local or polled) replaces it.
                 try:
                     if heartbeat is None:
                         await changed.wait()
