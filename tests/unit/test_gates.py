@@ -278,3 +278,16 @@ async def test_malformed_checks_are_422_and_record_nothing(safety: Safety, kw: d
         await safety.gate.check(ctx(), **args)
     assert info.value.http_status == 422
     assert (await safety.spine.list(ctx())).items == []
+
+
+def test_nothing_outside_the_policy_stores_lists_dangerous_actions() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(path.relative_to(root))
+        for package in ("northstar_core", "northstar_http", "northstar_adapters")
+        for path in (root / package).rglob("*.py")
+        if "DANGEROUS_ACTIONS" in path.read_text() or "DANGEROUS =" in path.read_text()
+    ]
+    assert offenders == []
