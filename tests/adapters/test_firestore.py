@@ -18,10 +18,13 @@ from typing import Any, ClassVar
 import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1.types import StructuredQuery
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.firestore import FirestoreItemStore, index_document, open_store, provision
+from northstar_adapters.firestore.layout import doc_id, prefix_end, raw_id
 from northstar_adapters.firestore.provision import DEFAULT_INDEX_FILE, query_is_covered, render_index_file
 from northstar_core.routing import Route
 from northstar_core.storage import ItemStore, Put
@@ -163,3 +166,68 @@ async def test_provision_is_idempotent(tmp_path: Path) -> None:
     assert json.loads(target.read_text()) == index_document()
     second = await provision(route, dry_run=False)
     assert f"index file {target}: up to date" in second
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+async def test_emulator_host_param_selects_the_emulator_without_the_env_var(
+    firestore_emulator: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")
+    project = f"param-{uuid.uuid4().hex[:12]}"
+    route = Route(
+        resource_kind="chat_store",
+        backend="firestore",
+        params={"project": project, "emulator_host": firestore_emulator, "collection_prefix": "x_"},
+    )
+    store = open_store(route)
+    try:
+        await store.write("t_a|lab|p", [Put("k", b"v")])
+        item = await store.get("t_a|lab|p", "k")
+        assert item is not None and item.value == b"v"
+        assert store.collection == "x_chat_store"
+    finally:
+        await store.close()
+        await asyncio.to_thread(wipe, firestore_emulator, project)
+
+
+def test_a_missing_emulator_jar_fails_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.emulators.firestore import launcher
+
+    module = launcher()
+    monkeypatch.setenv(module.JAR_ENV, str(tmp_path / "missing.jar"))
+    with pytest.raises(module.EmulatorMissing, match="emulator jar not found"):
+        module.start()
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40) | st.sampled_from(
+    ["", ".", "..", "__x__", "__", "~", "~s", "/", "a/b", "_a", ".a", "~e"]
+)
+
+
+@given(_TEXT)
+def test_doc_ids_are_valid_and_reversible(raw: str) -> None:
+    encoded = doc_id(raw)
+    assert raw_id(encoded) == raw
+    assert encoded and "/" not in encoded and encoded not in (".", "..")
+    assert not (encoded.startswith("__") and encoded.endswith("__"))
+
+
+@given(_TEXT, _TEXT)
+def test_distinct_raw_ids_never_share_a_doc_id(a: str, b: str) -> None:
+    assert (doc_id(a) == doc_id(b)) == (a == b)
+
+
+def test_a_maximal_key_of_slashes_fits_the_doc_id_limit() -> None:
+    assert len(doc_id("/" * 512).encode()) <= 1500
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=10), _TEXT)
+def test_prefix_end_bounds_exactly_the_keys_with_the_prefix(prefix: str, rest: str) -> None:
+    end = prefix_end(prefix)
+    key = prefix + rest
+    assert end is None or key < end
