@@ -28,6 +28,7 @@ from northstar_core.identity import ID_PATTERN, RequestContext
 from northstar_core.spine import EventSpine
 
 DOMAIN: Final = "actions"
+_USAGE_ATTEMPTS: Final = 4
 
 
 class ActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -167,15 +168,21 @@ class ActionService:
             result = returned.result
             if returned.cost is not None and math.isfinite(returned.cost) and returned.cost >= 0:
                 cost = returned.cost
-        entry, _ = await self.budget.record(
-            ctx,
-            UsageIn(
-                amount=cost,
-                surface_id=request.surface_id or ctx.surface_id,
-                action_name=request.action_name,
-                idempotency_key=f"action-{decision['event_id']}",
-            ),
+        usage = UsageIn(
+            amount=cost,
+            surface_id=request.surface_id or ctx.surface_id,
+            action_name=request.action_name,
+            idempotency_key=f"action-{decision['event_id']}",
         )
+        # The handler has run: its cost must reach the ledger. The key is unique to this
+        # decision, so retrying after ledger contention can never count the cost twice.
+        for attempt in range(_USAGE_ATTEMPTS):
+            try:
+                entry, _ = await self.budget.record(ctx, usage)
+                break
+            except NorthstarError as exc:
+                if exc.code != "budget.contention" or attempt == _USAGE_ATTEMPTS - 1:
+                    raise
         # the handler ran and its cost is on the ledger; only then is the result's shape checked
         try:
             result = msgspec.json.decode(msgspec.json.encode(result))
