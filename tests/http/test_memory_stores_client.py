@@ -71,7 +71,9 @@ async def test_config_through_the_client(ns_factory: Callable[..., NorthstarClie
 async def test_notes_through_the_client_are_owner_only(ns_factory: Callable[..., NorthstarClient]) -> None:
     async with ns_factory() as alice, ns_factory(sub="u_bob") as bob:
         note = await alice.notes.create(NoteIn(title="t", surface_id="chat", tags=["x"]))
-        updated = await alice.notes.update(note.note_id, NoteUpdate(title="t2", tags=["x"], expected_version=1))
+        updated = await alice.notes.update(
+            note.note_id, NoteUpdate(title="t2", tags=["x"], expected_version=1)
+        )
         assert updated.version == 2
         assert (await _err(bob.notes.get(note.note_id))).code == "notes.not_found"
         assert (await alice.notes.list(tag="x")).items[0].title == "t2"
