@@ -175,3 +175,53 @@ async def test_matching_identity_headers_are_accepted(client, auth) -> None:
 async def test_malformed_identity_header_is_400(client, auth) -> None:
     r = await client.get("/chat/threads", headers=auth(headers={"X-Project-Id": "bad|id"}))
     assert r.status_code == 400 and r.json()["error"]["code"] == "auth.invalid_identity"
+
+
+@pytest.fixture
+def jwks_http_server():
+    import http.server
+    import threading
+
+    body = json.dumps({"keys": [_jwk(RSA_KEY.public_key(), "rsa1", "RS256")]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_jwks_url_keys_verify_rs256_tokens(tmp_path, jwks_http_server) -> None:
+    settings = make_settings(tmp_path, jwt={"jwks_url": jwks_http_server, "audience": AUD, "issuer": ISS})
+    async with AsyncTestClient(app=create_app(settings)) as c:
+        good = jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa1"})
+        assert (await call(c, good)).status_code == 200
+        hs = jwt.encode(claims(), JWT_SECRET, algorithm="HS256")  # no HS secret configured
+        r = await call(c, hs)
+        assert r.status_code == 401 and r.json()["error"]["details"]["reason"] == "unsupported_algorithm"
+
+
+async def test_unreachable_jwks_url_is_503(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(tmp_path, jwt={"jwks_url": f"http://127.0.0.1:{port}/jwks.json"})
+    async with AsyncTestClient(app=create_app(settings)) as c:
+        token = jwt.encode(claims(aud=None, iss=None), RSA_KEY, algorithm="RS256", headers={"kid": "rsa1"})
+        r = await call(c, token)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "auth.jwks_unavailable"
+    assert r.headers["retry-after"]
