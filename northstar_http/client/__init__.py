@@ -13,6 +13,7 @@ from typing import Any
 
 from northstar_http.client.actions import ActionsClient
 from northstar_http.client.base import BaseClient, SseMessage
+from northstar_http.client.canvas import CanvasClient, TimelineClient
 from northstar_http.client.chat import ChatClient
 from northstar_http.client.events import EventsClient
 from northstar_http.client.policies import PoliciesClient
@@ -39,6 +40,8 @@ class NorthstarClient(BaseClient):
         self.events = EventsClient(self)
         self.policies = PoliciesClient(self)
         self.actions = ActionsClient(self)
+        self.canvas = CanvasClient(self)
+        self.timeline = TimelineClient(self)
 
     async def __aenter__(self) -> NorthstarClient:
         return self

@@ -129,6 +129,37 @@ class CanvasClient:
         )
 
 
+class TimelineClient:
+    """``/realtime/timeline``: append to and list a tenant's event streams."""
+
+    def __init__(self, base: BaseClient) -> None:
+        self._base = base
+
+    async def append(
+        self,
+        stream_id: str,
+        event_type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": event_type, "data": data or {}}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        result: dict[str, Any] = await self._base.request(
+            "POST", f"/realtime/timeline/{stream_id}/append", json=body
+        )
+        return result
+
+    async def list(
+        self, stream_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._base.request(
+            "GET", f"/realtime/timeline/{stream_id}/list", params={"cursor": cursor, "limit": limit}
+        )
+        return result
+
+
 class CanvasApi(Protocol):
     """What :class:`CanvasSession` needs from a transport."""
 

@@ -39,7 +39,7 @@ def create(atom_id: str, **props: Any) -> dict[str, Any]:
 @pytest.fixture
 async def canvas(live_server: LiveServer, token: Callable[..., str]) -> AsyncIterator[CanvasClient]:
     ns = NorthstarClient(live_server.url, token())
-    yield CanvasClient(ns)
+    yield ns.canvas
     await ns.aclose()
 
 
@@ -281,3 +281,15 @@ async def test_live_sse_of_one_tenant_never_carries_another_tenants_events(
     finally:
         await alpha.aclose()
         await beta.aclose()
+
+
+async def test_timeline_client_appends_and_lists(live_server: LiveServer, token: Callable[..., str]) -> None:
+    async with NorthstarClient(live_server.url, token()) as ns:
+        first = await ns.timeline.append("s1", "note", {"i": 1}, idempotency_key="k")
+        again = await ns.timeline.append("s1", "note", {"i": 1}, idempotency_key="k")
+        assert again["event_id"] == first["event_id"] and again["replayed"] is True
+        page = await ns.timeline.list("s1")
+        assert [e["data"] for e in page["items"]] == [{"i": 1}]
+        with pytest.raises(NorthstarError) as err:
+            await ns.timeline.list("s1", cursor="tampered")
+        assert err.value.code == "event_stream.cursor_invalid"
