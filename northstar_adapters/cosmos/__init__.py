@@ -46,6 +46,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from azure.core import MatchConditions
@@ -172,16 +173,16 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def _credential(config: CosmosConfig) -> tuple[Any, str]:
-    """The SDK credential and a stable, secret-free identity for client sharing."""
+    """The SDK credential (a key from the environment, else the Entra ID chain) and its kind."""
     if config.route_key:
         raise BackendUnavailable(
             "cosmos route params must not carry a key; name an environment variable in 'key_env'"
         )
     key = os.environ.get(config.key_env)
     if key:
-        return key, "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        return key, "key"
     try:
-        from azure.identity.aio import DefaultAzureCredential
+        from azure.identity.aio import DefaultAzureCredential  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise BackendUnavailable(
             f"no Cosmos credentials: set ${config.key_env} or install azure-identity"
@@ -227,14 +228,15 @@ def _acquire(config: CosmosConfig, shared: bool) -> tuple[_Lease, tuple[str, str
         lease = _Lease(*_new_client(config))
         lease.refs = 1
         return lease, None
-    _, identity = _credential(config)
+    key_env_value = os.environ.get(config.key_env)
+    identity = "key:" + hashlib.sha256(key_env_value.encode()).hexdigest()[:16] if key_env_value else "aad"
     key = (config.url, identity)
     leases = _POOL.setdefault(asyncio.get_running_loop(), {})
-    lease = leases.get(key)
-    if lease is None:
-        lease = leases[key] = _Lease(*_new_client(config))
-    lease.refs += 1
-    return lease, key
+    found = leases.get(key)
+    if found is None:
+        found = leases[key] = _Lease(*_new_client(config))
+    found.refs += 1
+    return found, key
 
 
 async def _release(lease: _Lease, key: tuple[str, str] | None) -> None:
@@ -427,12 +429,12 @@ class CosmosItemStore(ItemStore):
             now = self._clock()
             if isinstance(op, Put) and op.condition is None:
                 body = to_document(partition, op, now)
-                await self._call("upsert", lambda b=body: container.upsert_item(b))
+                await self._call("upsert", partial(container.upsert_item, body))
                 return
             if isinstance(op, Put) and isinstance(op.condition, Absent):
                 body = to_document(partition, op, now)
                 try:
-                    await self._call("create", lambda b=body: container.create_item(b))
+                    await self._call("create", partial(container.create_item, body))
                     return
                 except cosmos_exc.CosmosResourceExistsError:
                     pass
@@ -445,8 +447,12 @@ class CosmosItemStore(ItemStore):
                 try:
                     await self._call(
                         "replace",
-                        lambda b=body, e=current["_etag"]: container.replace_item(
-                            doc_id, b, etag=e, match_condition=MatchConditions.IfNotModified
+                        partial(
+                            container.replace_item,
+                            doc_id,
+                            body,
+                            etag=current["_etag"],
+                            match_condition=MatchConditions.IfNotModified,
                         ),
                     )
                 except cosmos_exc.CosmosResourceNotFoundError:
@@ -466,8 +472,12 @@ class CosmosItemStore(ItemStore):
                 body = to_document(partition, op, self._clock())
                 await self._conditional(
                     "replace",
-                    lambda b=body, e=current["_etag"]: container.replace_item(
-                        doc_id, b, etag=e, match_condition=MatchConditions.IfNotModified
+                    partial(
+                        container.replace_item,
+                        doc_id,
+                        body,
+                        etag=current["_etag"],
+                        match_condition=MatchConditions.IfNotModified,
                     ),
                 )
                 return
@@ -476,14 +486,20 @@ class CosmosItemStore(ItemStore):
                 return
             if op.condition is None:
                 try:
-                    await self._call("delete", lambda: container.delete_item(doc_id, partition_key=partition))
+                    await self._call(
+                        "delete", partial(container.delete_item, doc_id, partition_key=partition)
+                    )
                 except cosmos_exc.CosmosResourceNotFoundError:
                     pass
                 return
             await self._conditional(
                 "delete",
-                lambda e=current["_etag"]: container.delete_item(
-                    doc_id, partition_key=partition, etag=e, match_condition=MatchConditions.IfNotModified
+                partial(
+                    container.delete_item,
+                    doc_id,
+                    partition_key=partition,
+                    etag=current["_etag"],
+                    match_condition=MatchConditions.IfNotModified,
                 ),
             )
             return
@@ -528,7 +544,7 @@ class CosmosItemStore(ItemStore):
             try:
                 await self._call(
                     "batch",
-                    lambda b=batch: container.execute_item_batch(b, partition_key=partition),
+                    partial(container.execute_item_batch, batch, partition_key=partition),
                 )
                 return
             except cosmos_exc.CosmosBatchOperationError as exc:
