@@ -460,19 +460,13 @@ class PolicyStores:
         *,
         subject_type: str | None = None,
         subject_id: str | None = None,
-        after: str | None = None,
+        cursor: str | None = None,
         limit: int = 100,
-    ) -> list[Licence]:
-        _check_name("firearms", "subject_type", subject_type)
-        _check_name("firearms", "subject_id", subject_id)
-        prefix = "lic#"
-        if subject_type:
-            prefix += f"{subject_type}#"
-            if subject_id:
-                prefix += f"{subject_id}#"
-        records = await self._licence_records(ctx)
-        items = await records.list(prefix=prefix, after_key=after, limit=limit)
-        return [_licence(item) for item in items]
+    ) -> dict[str, Any]:
+        """Licences (optionally of one subject type / subject) with their state, paged."""
+        return await _licences_page(
+            self, ctx, subject_type=subject_type, subject_id=subject_id, cursor=cursor, limit=limit
+        )
 
     async def subject_licences(
         self, ctx: RequestContext, subject_type: str, subject_id: str
@@ -679,10 +673,10 @@ class PolicyStores:
         return await self._save_lock(ctx, key, lock, expected_version, verdict)
 
     async def list_locks(
-        self, ctx: RequestContext, *, after: str | None = None, limit: int = 100
-    ) -> list[StrategyLock]:
-        records = await self._lock_records(ctx)
-        return [_lock(i) for i in await records.list(prefix="lock#", after_key=after, limit=limit)]
+        self, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        """Strategy locks with their state, paged."""
+        return await _locks_page(self, ctx, cursor=cursor, limit=limit)
 
     async def locks_matching(
         self, ctx: RequestContext, surface_id: str | None, action_name: str
@@ -761,7 +755,7 @@ async def _paged(
     return items, next_cursor, has_more
 
 
-async def licences_page(
+async def _licences_page(
     stores: PolicyStores,
     ctx: RequestContext,
     *,
@@ -793,7 +787,7 @@ async def licences_page(
     }
 
 
-async def locks_page(
+async def _locks_page(
     stores: PolicyStores, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
 ) -> dict[str, Any]:
     records = await stores._lock_records(ctx)

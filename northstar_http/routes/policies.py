@@ -15,7 +15,7 @@ from litestar import Response, get, patch, post, put
 from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from northstar_core.errors import NorthstarError
-from northstar_core.policies import PolicyDocument, licence_to_dict, licences_page, lock_to_dict, locks_page
+from northstar_core.policies import PolicyDocument, licence_to_dict, lock_to_dict
 from northstar_http.deps import Ctx, Eng
 
 Cursor = Annotated[str | None, QueryParameter(description="opaque position; reads are exclusive")]
@@ -101,8 +101,8 @@ async def list_licences(
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
-    return await licences_page(
-        engines.policies, ctx, subject_type=subject_type, subject_id=subject_id, cursor=cursor, limit=limit
+    return await engines.policies.list_licences(
+        ctx, subject_type=subject_type, subject_id=subject_id, cursor=cursor, limit=limit
     )
 
 
@@ -149,7 +149,7 @@ async def create_lock(ctx: Ctx, engines: Eng, data: JSONBody[dict[str, Any]]) ->
 
 @get("/strategy-locks", tags=["strategy lock"], summary="List strategy locks")
 async def list_locks(ctx: Ctx, engines: Eng, cursor: Cursor = None, limit: Limit = 100) -> dict[str, Any]:
-    return await locks_page(engines.policies, ctx, cursor=cursor, limit=limit)
+    return await engines.policies.list_locks(ctx, cursor=cursor, limit=limit)
 
 
 @get("/strategy-locks/{lock_id:str}", tags=["strategy lock"], summary="Read one strategy lock")
