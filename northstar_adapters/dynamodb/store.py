@@ -38,6 +38,7 @@ import math
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -127,6 +128,7 @@ class _Client:
         )
         self.client: Any = None
         self.refs = 0
+        self.ready: asyncio.Future[Any] | None = None
 
     async def open(self) -> Any:
         self.client = await self._ctx.__aenter__()
@@ -139,38 +141,45 @@ class _Client:
 
 
 class _ClientPool:
-    """One client per (endpoint, region, timeouts, event loop), shared by the stores using it."""
+    """One client per (endpoint, region, timeouts) and event loop, shared by the stores using it.
+
+    Clients belong to the loop that opened them (aiohttp sessions do), hence the per-loop maps;
+    a loop that goes away takes its map with it.
+    """
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[Any, ...], _Client] = {}
-        self._lock: asyncio.Lock | None = None
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Client]]
+        self._by_loop = weakref.WeakKeyDictionary()
 
-    @staticmethod
-    def _key(config: DynamoConfig) -> tuple[Any, ...]:
-        return (*config.client_key, id(asyncio.get_running_loop()))
+    def _clients(self) -> dict[tuple[Any, ...], _Client]:
+        return self._by_loop.setdefault(asyncio.get_running_loop(), {})
 
     async def acquire(self, config: DynamoConfig) -> Any:
-        key = self._key(config)
-        entry = self._clients.get(key)
+        clients = self._clients()
+        entry = clients.get(config.client_key)
         if entry is None:
-            entry = _Client(config)
-            self._clients[key] = entry
+            entry = clients[config.client_key] = _Client(config)
+            entry.ready = asyncio.get_running_loop().create_future()
             try:
-                await entry.open()
-            except BaseException:
-                del self._clients[key]
+                entry.ready.set_result(await entry.open())
+            except BaseException as exc:
+                del clients[config.client_key]
+                entry.ready.set_exception(exc)
+                entry.ready.exception()  # retrieved: concurrent acquirers re-raise it themselves
                 raise
+        assert entry.ready is not None
+        client = await asyncio.shield(entry.ready)  # a concurrent acquirer may still be opening it
         entry.refs += 1
-        return entry.client
+        return client
 
     async def release(self, config: DynamoConfig) -> None:
-        key = self._key(config)
-        entry = self._clients.get(key)
+        clients = self._clients()
+        entry = clients.get(config.client_key)
         if entry is None:
             return
         entry.refs -= 1
         if entry.refs <= 0:
-            del self._clients[key]
+            del clients[config.client_key]
             await entry.close()
 
 
