@@ -69,6 +69,17 @@ async def records_page(
     return items, next_cursor, has_more
 
 
+def route_misconfigured(domain: str, kind: str, param: str, value: Any) -> NorthstarError:
+    """503 ``<domain>.route_misconfigured``: a route parameter this domain reads is unusable."""
+    return NorthstarError(
+        f"{domain}.route_misconfigured",
+        f"the route of '{kind}' has an invalid '{param}' parameter",
+        503,
+        details={"resource_kind": kind, "param": param, "value": str(value)[:100]},
+        headers={"Retry-After": "30"},
+    )
+
+
 def json_bytes(domain: str, value: Any) -> bytes:
     """``value`` as JSON, or 422 ``<domain>.invalid_request`` if it is not JSON-encodable."""
     try:
@@ -102,8 +113,11 @@ class Blackboard:
         check_id(DOMAIN, "run_id", run_id)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         part = partition(ctx, "blackboard", ctx.project_id or NO_PROJECT, run_id)
-        limit = int(store.route.params.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES))
-        return VersionedRecords(store, part, DOMAIN, history=True), min(limit, VALUE_LIMIT_CEILING)
+        raw = store.route.params.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            # A bad route is an operator error: refuse loudly rather than guess a limit.
+            raise route_misconfigured(DOMAIN, KIND, "max_value_bytes", raw)
+        return VersionedRecords(store, part, DOMAIN, history=True), min(raw, VALUE_LIMIT_CEILING)
 
     @staticmethod
     def _decode(item: Item) -> BlackboardEntry:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import msgspec
 
+from northstar_core.blackboard import route_misconfigured
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, invalid, not_found, version_conflict
 from northstar_core.identity import ID_PATTERN, RequestContext
@@ -100,6 +101,12 @@ class SessionMemory:
         if ttl_seconds is None:
             default = store.route.params.get("default_ttl_seconds")
             if default is not None:
+                if (
+                    isinstance(default, bool)
+                    or not isinstance(default, int | float)
+                    or not 0 < default <= MAX_TTL_SECONDS
+                ):
+                    raise route_misconfigured(DOMAIN, KIND, "default_ttl_seconds", default)
                 ttl_seconds = float(default)
         if ttl_seconds is not None and (
             not math.isfinite(ttl_seconds) or ttl_seconds <= 0 or ttl_seconds > MAX_TTL_SECONDS

@@ -240,3 +240,14 @@ class BlackboardModel(RuleBasedStateMachine):
 
 BlackboardModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 TestBlackboardAgreesWithModel = BlackboardModel.TestCase
+
+
+@pytest.mark.parametrize("bad", ["64k", 0, -5, True, 1.5])
+async def test_an_unusable_size_limit_in_the_route_is_a_loud_503(bad: object) -> None:
+    svc = await build_services(MemoryItemStore(), params={"blackboard_store": {"max_value_bytes": bad}})
+    err = await _err(svc.blackboard.put(make_ctx(), "run1", "k", 1, expected_version=None))
+    assert (err.code, err.http_status, err.details["param"]) == (
+        "blackboard.route_misconfigured",
+        503,
+        "max_value_bytes",
+    )
