@@ -733,6 +733,8 @@ class CanvasService:
         """
         check_id(DOMAIN, "canvas_id", canvas_id)
         ctx.require_role("member")
+        if idempotency_key is not None:
+            check_id(DOMAIN, "idempotency_key", idempotency_key)
         if not _KIND_PATTERN.match(gesture):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request", f"gesture must match {_KIND_PATTERN.pattern}", 422,
@@ -787,7 +789,8 @@ class CanvasService:
         self, ctx: RequestContext, canvas_id: str, record_type: RecordType, record: RecordIn
     ) -> tuple[CanvasRecord, bool]:
         """Store an artifact or audit record durably (idempotent by key); the content hash of an
-        inline body is computed here. Emits a ``canvas.<type>_recorded`` audit on the spine.
+        inline body is computed here. Emits a ``canvas.<type>_recorded`` audit on the spine
+        (again on a replay, so an audit lost to a spine outage is recorded by the retry).
         Returns the record and whether it is a replay."""
         ctx.require_role("member")
         body_bytes = self._validate_record(record)
@@ -844,18 +847,21 @@ class CanvasService:
         item = await stream.store.get(stream.partition, f"s#{done.first_seq:016d}")
         assert item is not None  # just written (or replayed) in this partition
         stored = msgspec.json.decode(item.value, type=CanvasRecord)
-        if not done.replayed:
-            await self.audit.audit(
-                ctx,
-                f"canvas.{record_type}_recorded",
-                {
-                    "canvas_id": canvas_id,
-                    "record_id": stored.record_id,
-                    "kind": stored.kind,
-                    "content_hash": stored.content_hash,
-                    "uri": stored.uri,
-                },
-            )
+        # Emitted on replays too: if the spine was down when the record was written, the
+        # client's retry is what gets the audit recorded (at least once, never dropped; a
+        # duplicate names the same record_id and says it is a replay).
+        await self.audit.audit(
+            ctx,
+            f"canvas.{record_type}_recorded",
+            {
+                "canvas_id": canvas_id,
+                "record_id": stored.record_id,
+                "kind": stored.kind,
+                "content_hash": stored.content_hash,
+                "uri": stored.uri,
+                "replayed": done.replayed,
+            },
+        )
         return stored, done.replayed
 
     def _validate_record(self, record: RecordIn) -> bytes | None:

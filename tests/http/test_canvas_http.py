@@ -218,8 +218,12 @@ async def test_artifacts_and_audits_are_hashed_listed_and_audited(client: Client
     assert [a["record_id"] for a in arts["items"]] == ["art_1"]
     assert [a["uri"] for a in auds["items"]] == ["s3://b/report.json"]
     spine = (await client.get("/events/list", params={"event_type": "audit"}, headers=h)).json()
-    actions = [e["payload"]["action"] for e in spine["items"]]
-    assert actions == ["canvas.artifact_recorded", "canvas.audit_recorded"]
+    audited = [(e["payload"]["action"], e["payload"]["replayed"]) for e in spine["items"]]
+    assert audited == [
+        ("canvas.artifact_recorded", False),
+        ("canvas.artifact_recorded", True),
+        ("canvas.audit_recorded", False),
+    ]
     r = await client.post(
         "/canvas/c1/artifacts", json={"kind": "image", "body": "x", "uri": "s3://y"}, headers=h
     )

@@ -428,6 +428,22 @@ async def test_record_emits_an_audit_event_on_the_spine() -> None:
     ]
 
 
+async def test_an_audit_lost_to_a_spine_outage_is_recorded_by_the_retry() -> None:
+    spine_store = FailingWrites(MemoryItemStore())
+    rig = await canvas_rig(await registry_by_kind(MemoryItemStore(), event_spine=spine_store))
+    ctx, c = make_ctx(), cid()
+    spine_store.down = True
+    record = RecordIn(kind="image", uri="s3://b/k", idempotency_key="r1")
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.add_record(ctx, c, "artifact", record)
+    assert err.value.http_status == 503
+    spine_store.down = False
+    stored, replayed = await rig.canvas.add_record(ctx, c, "artifact", record)
+    assert (stored.record_id, replayed) == ("art_1", True)
+    events = (await rig.spine.list(ctx, event_type="audit")).items
+    assert [(e.payload["record_id"], e.payload["replayed"]) for e in events] == [("art_1", True)]
+
+
 @pytest.mark.parametrize(
     ("record", "code", "status"),
     [
