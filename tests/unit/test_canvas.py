@@ -375,6 +375,7 @@ async def test_snapshot_at_10k_revisions_reads_a_bounded_number_of_records() -> 
     assert snap.head_rev == 10_000
     assert snap.atoms["a7"].props == {"i": 7, "n": 9_987}
     # latest checkpoint (1 chunk) + < K commands + head/marker/cursor lookups
+    print(f"snapshot at 10k revisions: {counting.items_read} items in {counting.reads} reads")
     assert counting.items_read <= k + 8, counting.items_read
     assert counting.reads <= 10, counting.reads
 
