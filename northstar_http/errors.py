@@ -113,6 +113,14 @@ def translate(exc: Exception) -> NorthstarError:
             422,
             details=_validation_details(exc),
         )
+    if isinstance(exc, RecursionError):
+        # msgspec refuses absurdly nested JSON with RecursionError, outside Litestar's wrapping
+        return NorthstarError(
+            "request.validation_failed",
+            "the request body is nested too deeply",
+            422,
+            details={"errors": [{"field": "body", "source": "body", "message": "nesting too deep"}]},
+        )
     if isinstance(exc, NotFoundException):
         return NorthstarError("request.not_found", "no such resource or path", 404)
     if isinstance(exc, MethodNotAllowedException):

@@ -102,3 +102,23 @@ async def test_missing_token_is_401_envelope(client) -> None:
     r = await client.get("/chat/threads/th_1/messages")
     assert_envelope(r, 401, "auth.missing_token")
     assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_absurdly_nested_json_is_422_not_500(client, auth) -> None:
+    body = b'{"role": "user", "content": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    r = await client.post(
+        "/chat/threads/th_1/messages",
+        content=body,
+        headers=auth(headers={"Content-Type": "application/json"}),
+    )
+    assert_envelope(r, 422, "request.validation_failed")
+    assert await messages(client, auth) == []
+
+
+async def test_non_json_content_type_body_is_an_envelope(client, auth) -> None:
+    r = await client.post(
+        "/chat/threads/th_1/messages",
+        content=b"role=user",
+        headers=auth(headers={"Content-Type": "text/plain"}),
+    )
+    assert 400 <= r.status_code < 500 and r.json()["error"]["http_status"] == r.status_code
