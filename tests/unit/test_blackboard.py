@@ -4,6 +4,9 @@ stateful model check over random sequences of versioned writes, deletes and read
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +14,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from contracts.harness import BackendHarness
 from contracts.suite.stores import StoreServices, build_services, make_ctx
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.errors import NorthstarError
+from tests.adapters.harnesses import MemoryHarness, SqliteHarness
 
 PARAMS = {"blackboard_store": {"max_value_bytes": 100}}
 
@@ -162,7 +167,8 @@ class BlackboardModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.svc = self.loop.run_until_complete(build_services(MemoryItemStore()))
+        self.harness = self.make_harness()
+        self.svc = self.loop.run_until_complete(build_services(self.harness))
         self.ctx = make_ctx()
         self.live: dict[str, tuple[int, Any]] = {}
         self.last: dict[str, int] = {}
@@ -176,7 +182,11 @@ class BlackboardModel(RuleBasedStateMachine):
         except NorthstarError as exc:
             return exc
 
+    def make_harness(self) -> BackendHarness:
+        return MemoryHarness()
+
     def teardown(self) -> None:
+        self.loop.run_until_complete(self.harness.cleanup())
         self.loop.close()
 
     def _expected_choice(self, key: str, pick: int) -> int | None:
@@ -240,6 +250,22 @@ class BlackboardModel(RuleBasedStateMachine):
 
 BlackboardModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 TestBlackboardAgreesWithModel = BlackboardModel.TestCase
+
+
+class SqliteBlackboardModel(BlackboardModel):
+    """The same model check on the durable SQLite backend (one fresh file per example)."""
+
+    def make_harness(self) -> BackendHarness:
+        self.directory = tempfile.mkdtemp(prefix="northstar-model-")
+        return SqliteHarness(Path(self.directory))
+
+    def teardown(self) -> None:
+        super().teardown()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+SqliteBlackboardModel.TestCase.settings = settings(max_examples=15, stateful_step_count=20, deadline=None)
+TestBlackboardAgreesWithModelOnSqlite = SqliteBlackboardModel.TestCase
 
 
 @pytest.mark.parametrize("bad", ["64k", 0, -5, True, 1.5])

@@ -4,6 +4,9 @@ stateful model check over random sequences of versioned writes, deletes and (his
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from contracts.harness import BackendHarness
 from contracts.suite import make_registry
 from contracts.suite.stores import SECRET, StoreServices, build_services, make_ctx
 from northstar_adapters.memory import MemoryItemStore
@@ -19,6 +23,7 @@ from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.routing import RESOURCE_KINDS
 from northstar_core.tabular import TABLES, TabularStore
+from tests.adapters.harnesses import MemoryHarness, SqliteHarness
 
 
 @pytest.fixture
@@ -148,7 +153,8 @@ class TabularModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.svc = self.loop.run_until_complete(build_services(MemoryItemStore()))
+        self.harness = self.make_harness()
+        self.svc = self.loop.run_until_complete(build_services(self.harness))
         self.ctx = make_ctx()
         self.live: dict[tuple[str, str], int] = {}
         self.history: dict[tuple[str, str], dict[int, Any]] = {}
@@ -159,7 +165,11 @@ class TabularModel(RuleBasedStateMachine):
         except NorthstarError as exc:
             return exc
 
+    def make_harness(self) -> BackendHarness:
+        return MemoryHarness()
+
     def teardown(self) -> None:
+        self.loop.run_until_complete(self.harness.cleanup())
         self.loop.close()
 
     def _last(self, rid: tuple[str, str]) -> int:
@@ -220,3 +230,19 @@ class TabularModel(RuleBasedStateMachine):
 
 TabularModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 TestTabularAgreesWithModel = TabularModel.TestCase
+
+
+class SqliteTabularModel(TabularModel):
+    """The same model check on the durable SQLite backend (one fresh file per example)."""
+
+    def make_harness(self) -> BackendHarness:
+        self.directory = tempfile.mkdtemp(prefix="northstar-model-")
+        return SqliteHarness(Path(self.directory))
+
+    def teardown(self) -> None:
+        super().teardown()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+SqliteTabularModel.TestCase.settings = settings(max_examples=15, stateful_step_count=20, deadline=None)
+TestTabularAgreesWithModelOnSqlite = SqliteTabularModel.TestCase
