@@ -149,6 +149,9 @@ class _Engine:
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self.refs = 0
+        # Observability for tests and benchmarks: commits made and write batches they carried.
+        self.transactions = 0
+        self.batches = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._local = threading.local()
@@ -195,7 +198,7 @@ class _Engine:
         def run() -> T:
             try:
                 return fn(self._reader())
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise _unavailable(exc) from exc
 
         try:
@@ -212,6 +215,9 @@ class _Engine:
         fut: asyncio.Future[None] = loop.create_future()
         self._queue.put(_Request(ns, partition, ops, loop, fut))
         await fut
+
+    def queued(self) -> int:
+        return self._queue.qsize()
 
     def _run_writer(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -235,13 +241,17 @@ class _Engine:
                     conn = self.connect()
                     for statement in SCHEMA:
                         conn.execute(statement)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, OSError) as exc:
                     conn = None
                     self._answer(group, [_unavailable(exc)] * len(group))
                     if stop:
                         break
                     continue
-            self._answer(group, self._commit_group(conn, group))
+            try:
+                outcomes = self._commit_group(conn, group)
+            except Exception as exc:  # never let the writer die with callers waiting
+                outcomes = [_unavailable(exc)] * len(group)
+            self._answer(group, outcomes)
             if stop:
                 break
         if conn is not None:
@@ -292,6 +302,8 @@ class _Engine:
                     conn.execute("RELEASE batch")
                 outcomes.append(None)
             conn.execute("COMMIT")
+            self.transactions += 1
+            self.batches += len(group)
         except sqlite3.Error as exc:
             try:
                 if conn.in_transaction:
@@ -408,6 +420,15 @@ class SqliteItemStore(ItemStore):
         if self._engine is None:
             raise BackendUnavailable("sqlite: store is closed")
         return self._engine
+
+    def commit_stats(self) -> tuple[int, int]:
+        """``(transactions committed, write batches they carried)`` by this store's writer."""
+        engine = self._live_engine()
+        return engine.transactions, engine.batches
+
+    def pending_writes(self) -> int:
+        """Write batches queued for the writer thread (not yet taken into a transaction)."""
+        return self._live_engine().queued()
 
     async def get(self, partition: str, key: str) -> Item | None:
         validate_key(key)

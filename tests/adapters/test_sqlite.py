@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+import northstar_adapters.sqlite as sqlite_adapter
 from contracts.suite import ALL_CONTRACTS
+from northstar_adapters.sqlite import SqliteItemStore, open_store
+from northstar_core.routing import Route
+from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, Item, Put
 from tests.adapters.harnesses import SqliteHarness
 
 
@@ -17,3 +28,188 @@ class TestSqlite(*ALL_CONTRACTS):  # type: ignore[misc]
         h = SqliteHarness(tmp_path)
         yield h
         await h.cleanup()
+
+
+# --- SQLite-specific guarantees ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _writer_blocked(path: Path) -> Iterator[None]:
+    """Hold the file's write lock from a foreign connection, as another process would."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+async def _until_queued(store: SqliteItemStore, n: int) -> None:
+    """Wait until exactly ``n`` batches wait in the queue (the writer holds the rest)."""
+    for _ in range(400):
+        await asyncio.sleep(0.005)
+        if store.pending_writes() == n:
+            return
+    raise AssertionError(f"{store.pending_writes()} writes queued, expected {n}")
+
+
+async def _fresh(tmp_path: Path, **kwargs: object) -> SqliteItemStore:
+    store = SqliteItemStore(tmp_path / "s.sqlite3", private=True, **kwargs)  # type: ignore[arg-type]
+    await store.write("p", [Put("init", b"x")])  # create the file and schema
+    return store
+
+
+async def test_writes_queued_during_a_transaction_commit_together(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+    tx_before, batches_before = store.commit_stats()
+    with _writer_blocked(store.path):
+        # The writer takes the first batch and waits on the foreign lock inside BEGIN IMMEDIATE;
+        # everything written meanwhile queues up behind it.
+        blocked = asyncio.create_task(store.write("p", [Put("first", b"v")]))
+        await _until_queued(store, 0)
+        tasks = [
+            asyncio.create_task(store.write(f"p{i}", [Put("k", b"v", condition=Absent())])) for i in range(20)
+        ]
+        await _until_queued(store, 20)
+    await blocked
+    await asyncio.gather(*tasks)
+    tx, batches = store.commit_stats()
+    assert batches - batches_before == 21
+    assert tx - tx_before == 2
+    for i in range(20):
+        assert await store.get(f"p{i}", "k") == Item("k", b"v")
+    await store.close()
+
+
+async def test_a_failing_batch_in_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+    with _writer_blocked(store.path):
+        first = asyncio.create_task(store.write("g", [Put("warmup", b"w")]))
+        await _until_queued(store, 0)  # the writer holds it, waiting on the lock
+        ok_a = asyncio.create_task(store.write("g", [Put("a", b"a", condition=Absent())]))
+        bad = asyncio.create_task(
+            store.write("g", [Put("b-side", b"x"), Put("a", b"again", condition=Absent())])
+        )
+        ok_c = asyncio.create_task(store.write("g", [Put("c", b"c", condition=Absent())]))
+        await _until_queued(store, 3)
+    await first
+    await ok_a
+    with pytest.raises(ConditionFailed) as info:
+        await bad
+    assert info.value.index == 1
+    await ok_c
+    assert [i.key for i in await store.query("g", "")] == ["a", "c", "warmup"]
+    assert await store.get("g", "a") == Item("a", b"a")
+    await store.close()
+
+
+async def test_a_locked_database_answers_backend_unavailable(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path, busy_timeout_ms=100)
+    with _writer_blocked(store.path):
+        with pytest.raises(BackendUnavailable):
+            await store.write("p", [Put("k", b"v")])
+    await store.write("p", [Put("k", b"v")])  # recovers once the lock is gone
+    assert await store.get("p", "k") == Item("k", b"v")
+    await store.close()
+
+
+async def test_an_unopenable_file_answers_backend_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("file")
+    store = SqliteItemStore(blocker / "db.sqlite3", private=True)
+    with pytest.raises(BackendUnavailable):
+        await store.write("p", [Put("k", b"v")])
+    with pytest.raises(BackendUnavailable):
+        await store.get("p", "k")
+    await store.close()
+
+
+async def test_a_closed_store_refuses_operations(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+    await store.close()
+    with pytest.raises(BackendUnavailable):
+        await store.get("p", "init")
+    await store.close()  # idempotent
+
+
+async def test_kinds_sharing_one_file_do_not_see_each_other(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.sqlite3")
+    chat = open_store(Route(resource_kind="chat_store", backend="sqlite", params={"path": path}))
+    notes = open_store(Route(resource_kind="notes_store", backend="sqlite", params={"path": path}))
+    await chat.write("t_a|lab|x", [Put("k", b"chat")])
+    await notes.write("t_a|lab|x", [Put("k", b"notes")])
+    assert (await chat.get("t_a|lab|x", "k")) == Item("k", b"chat")
+    assert (await notes.get("t_a|lab|x", "k")) == Item("k", b"notes")
+    await chat.close()
+    await notes.close()
+
+
+def test_route_defaults_to_full_synchronous_under_the_local_data_folder() -> None:
+    route = Route(resource_kind="chat_store", backend="sqlite")
+    assert sqlite_adapter._params(route)[:3] == (sqlite_adapter.DEFAULT_PATH, "FULL", "chat_store")
+
+
+async def test_connections_use_wal_and_full_synchronous(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    engine_conn = store._live_engine().connect()
+    assert engine_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    engine_conn.close()
+    await store.close()
+
+
+async def test_provision_is_idempotent_and_dry_run_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "p.sqlite3"
+    route = Route(resource_kind="chat_store", backend="sqlite", params={"path": str(path)})
+    plan = await sqlite_adapter.provision(route, dry_run=True)
+    assert plan and all(line.startswith("would ") for line in plan)
+    assert not path.exists()
+    first = await sqlite_adapter.provision(route, dry_run=False)
+    second = await sqlite_adapter.provision(route, dry_run=False)
+    assert first == second and path.exists()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+    conn.close()
+
+
+_CRASH_CHILD = """
+import asyncio, sys
+from northstar_adapters.sqlite import SqliteItemStore
+from northstar_core.storage import Put, Absent
+
+async def main():
+    store = SqliteItemStore(sys.argv[1])
+    i = 0
+    while True:
+        await asyncio.gather(*(store.write("crash", [Put(f"k{i + j:06d}", b"v", condition=Absent())])
+                               for j in range(4)))
+        for j in range(4):
+            print(i + j, flush=True)
+        i += 4
+
+asyncio.run(main())
+"""
+
+
+def test_acknowledged_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "crash.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_CHILD, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    acked: list[int] = []
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            acked.append(int(line))
+            if len(acked) >= 200:
+                break
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    conn = sqlite3.connect(path)
+    stored = {row[0] for row in conn.execute("SELECT sk FROM items WHERE pk = 'crash'")}
+    conn.close()
+    assert {f"k{i:06d}" for i in acked} <= stored
