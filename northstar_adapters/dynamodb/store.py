@@ -109,12 +109,23 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
 # --- clients ------------------------------------------------------------------------------------
 
 
+_SESSIONS: dict[str | None, aioboto3.Session] = {}
+
+
+def _session(region: str | None) -> aioboto3.Session:
+    """One SDK session per region: it resolves credentials through the standard chain and
+    caches the parsed service model, which is costly to load for every client."""
+    session = _SESSIONS.get(region)
+    if session is None:
+        session = _SESSIONS[region] = aioboto3.Session(region_name=region)
+    return session
+
+
 class _Client:
     """An open aioboto3 DynamoDB client and the context manager that closes it."""
 
     def __init__(self, config: DynamoConfig) -> None:
-        session = aioboto3.Session(region_name=config.region)
-        self._ctx = session.client(
+        self._ctx = _session(config.region).client(
             "dynamodb",
             endpoint_url=config.endpoint_url,
             region_name=config.region,
