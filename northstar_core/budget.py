@@ -29,7 +29,7 @@ from northstar_core.identity import ID_PATTERN, RequestContext
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_of
+from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_key, seq_of
 
 KIND: Final = "budget_store"
 DOMAIN: Final = "budget"
@@ -201,6 +201,34 @@ class BudgetLedger:
             return last.month_totals.get(key, 0.0)
         return last.day_totals.get(key, 0.0) if last.day == day_of(now) else 0.0
 
+    async def _entry(self, stream: SequencedStream, seq: int) -> UsageEntry:
+        item = await stream.store.get(stream.partition, seq_key(seq))
+        if item is None:  # entries are never deleted; a gap would be a broken ledger
+            raise NorthstarError(f"{DOMAIN}.ledger_gap", f"ledger entry {seq} is missing", 503)
+        entry = msgspec.json.decode(item.value, type=UsageEntry)
+        entry.seq = seq
+        return entry
+
+    async def _day_bounds(self, stream: SequencedStream, head: int, day: str) -> tuple[int, int]:
+        """(first, last) sequence of ``day``'s entries by binary search — O(log n) reads, since
+        entries are appended in time order. ``first > last`` when the day has none."""
+        lo, hi = 1, head + 1  # first seq whose day >= ``day``
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if (await self._entry(stream, mid)).day < day:
+                lo = mid + 1
+            else:
+                hi = mid
+        first = lo
+        lo, hi = first, head + 1  # first seq whose day > ``day``
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if (await self._entry(stream, mid)).day <= day:
+                lo = mid + 1
+            else:
+                hi = mid
+        return first, lo - 1
+
     async def usage(
         self,
         ctx: RequestContext,
@@ -209,7 +237,8 @@ class BudgetLedger:
         cursor: str | None = None,
         limit: int = 100,
     ) -> UsagePage:
-        """Entries of a month (``YYYY-MM``) or day (``YYYY-MM-DD``), oldest first, with totals."""
+        """Entries of a month (``YYYY-MM``) or day (``YYYY-MM-DD``), oldest first, paged, with
+        the period's totals (tenant ``total`` and ``by_surface``)."""
         period = period or month_of(self.clock.now())
         if not PERIOD_PATTERN.match(period):
             raise _invalid("'period' must be YYYY-MM or YYYY-MM-DD", field="period", value=period[:50])
@@ -219,46 +248,46 @@ class BudgetLedger:
         day = period if len(period) == 10 else None
         stream = await self._stream(ctx, month)
         binding = f"budget:{period}"
-        after = 0
-        if cursor:
-            position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, binding, cursor)
-            if not position.isdigit():
-                raise NorthstarError(
-                    f"{DOMAIN}.cursor_invalid",
-                    "cursor is invalid: malformed position",
-                    410,
-                    details={"cursor": cursor, "reason": "malformed position"},
-                )
-            after = int(position)
-        items = await stream.read(after, limit + 1)
-        has_more = len(items) > limit
-        entries: list[UsageEntry] = []
-        for item in items[:limit]:
-            entry = msgspec.json.decode(item.value, type=UsageEntry)
-            entry.seq = seq_of(item.key)
-            if day is None or entry.day == day:
-                entries.append(entry)
-        last_seq = seq_of(items[:limit][-1].key) if items else after
-        next_cursor = (
-            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, binding, str(last_seq)) if last_seq else None
-        )
         last = await self._last(stream)
-        totals: dict[str, float] = {}
-        if last is not None:
-            if day is None:
-                totals = last.month_totals
-            elif last.day == day:
+        head = last.seq if last else 0
+        first_seq, last_seq = 1, head
+        totals: dict[str, float] = last.month_totals if last else {}
+        if day is not None:
+            if last is not None and last.day == day:
+                first_seq, last_seq = (await self._day_bounds(stream, head, day))[0], head
                 totals = last.day_totals
             else:
-                # a past day: the totals of its last entry within this page (reads stay bounded;
-                # page through to the day's end for its final totals)
-                day_entries = [e for e in entries if e.day == day]
-                totals = day_entries[-1].day_totals if day_entries else {}
+                first_seq, last_seq = await self._day_bounds(stream, head, day)
+                totals = (await self._entry(stream, last_seq)).day_totals if last_seq >= first_seq else {}
+        after = first_seq - 1
+        if cursor:
+            position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, binding, cursor)
+            if not position.isdigit() or int(position) > head:
+                raise NorthstarError(
+                    f"{DOMAIN}.cursor_invalid",
+                    "cursor is invalid: malformed or ahead of the ledger",
+                    410,
+                    details={"cursor": cursor, "reason": "malformed or ahead of the ledger"},
+                )
+            after = max(after, int(position))
+        want = max(0, min(limit, last_seq - after))
+        items = await stream.read(after, want, before_seq=last_seq + 1) if want else []
+        entries: list[UsageEntry] = []
+        for item in items:
+            entry = msgspec.json.decode(item.value, type=UsageEntry)
+            entry.seq = seq_of(item.key)
+            entries.append(entry)
+        position_now = entries[-1].seq if entries else after
+        next_cursor = (
+            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, binding, str(position_now))
+            if position_now
+            else None
+        )
         return UsagePage(
             period=period,
             total=totals.get(TOTAL, 0.0),
             by_surface={k: v for k, v in totals.items() if k != TOTAL},
             items=entries,
             next_cursor=next_cursor,
-            has_more=has_more,
+            has_more=position_now < last_seq,
         )

@@ -29,6 +29,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.rig = self.loop.run_until_complete(safety_rig(MemoryItemStore()))
         self.spent: dict[tuple[str, str], float] = defaultdict(float)  # (period key, surface|*) -> sum
         self.entries = 0
+        self.count: dict[str, int] = defaultdict(int)  # entries per day
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -45,6 +46,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if surface:
                 self.spent[(period, surface)] += amount
         self.entries += 1
+        self.count[day_of(now)] += 1
 
     @rule(hours=st.sampled_from([1, 7, 30, 24 * 20]))
     def time_passes(self, hours: int) -> None:
@@ -57,10 +59,23 @@ class LedgerMachine(RuleBasedStateMachine):
             key = surface or "*"
             month = self.run(self.rig.budget.spend(ctx(), "month", surface))
             day = self.run(self.rig.budget.spend(ctx(), "day", surface))
-            assert month == self.spent[(month_of(now), key)]
-            assert day == self.spent[(day_of(now), key)]
+            assert month == self.spent.get((month_of(now), key), 0.0)
+            assert day == self.spent.get((day_of(now), key), 0.0)
         page = self.run(self.rig.budget.usage(ctx(), day_of(now), limit=500))
-        assert page.total == self.spent[(day_of(now), "*")]
+        assert page.total == self.spent.get((day_of(now), "*"), 0.0)
+        for day in [d for d in self.count if d.startswith(month_of(now))]:  # past days too
+            items: list[Any] = []
+            cursor = None
+            while True:
+                page = self.run(self.rig.budget.usage(ctx(), day, cursor=cursor, limit=3))
+                items += page.items
+                cursor = page.next_cursor
+                if not page.has_more:
+                    break
+            assert page.total == self.spent[(day, "*")]
+            surfaces = {k: v for (d, k), v in self.spent.items() if d == day and k != "*"}
+            assert page.by_surface == surfaces
+            assert [e.day for e in items] == [day] * self.count[day]
 
     def teardown(self) -> None:
         self.loop.close()
