@@ -94,7 +94,11 @@ async def _ttl_state(project: str, database: str) -> tuple[Any, str, str]:
 
 
 async def provision(route: Route, *, dry_run: bool) -> list[str]:
-    """Write the index file and (real projects) enable the TTL policy; returns the plan."""
+    """Write the index file and (real projects) enable the TTL policy; returns the plan.
+
+    With ``dry_run`` nothing is written or called (beyond reading the current TTL state) and
+    every plan line starts with ``[dry-run]``.
+    """
     params = route.params
     prefix = str(params.get("collection_prefix", "northstar_"))
     database = str(params.get("database", "(default)"))
@@ -134,9 +138,8 @@ async def provision(route: Route, *, dry_run: bool) -> list[str]:
                         field=Field(name=name, ttl_config=Field.TtlConfig()),
                         update_mask=field_mask_pb2.FieldMask(paths=["ttl_config"]),
                     )
-    if dry_run:
-        for line in plan:
-            print(f"[dry-run] {line}")
+    if dry_run:  # the caller (``northstar provision --dry-run``) prints the plan
+        return [f"[dry-run] {line}" for line in plan]
     return plan
 
 
