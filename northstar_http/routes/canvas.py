@@ -79,7 +79,7 @@ async def get_replay(
     types: Types = None,
 ) -> dict[str, Any]:
     wanted = frozenset(t for t in types.split(",") if t) if types else None
-    page = await engines.canvas.replay(ctx, canvas_id, cursor or after_event_id, limit, types=wanted)
+    page = await engines.canvas.replay(ctx, canvas_id, cursor or after_event_id or None, limit, types=wanted)
     return page_to_dict(page)
 
 
@@ -128,7 +128,7 @@ async def _add(
 async def _list(
     engines: Any, ctx: RequestContext, canvas_id: str, kind: RecordType, cursor: str | None, limit: int
 ) -> dict[str, Any]:
-    page = await engines.canvas.list_records(ctx, canvas_id, kind, cursor, limit)
+    page = await engines.canvas.list_records(ctx, canvas_id, kind, cursor or None, limit)
     return {
         "items": [msgspec.to_builtins(r) for r in page.items],
         "next_cursor": page.next_cursor,

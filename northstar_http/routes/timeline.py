@@ -41,7 +41,7 @@ async def append(
 async def list_events(
     ctx: Ctx, engines: Eng, stream_id: FromPath[str], cursor: Cursor = None, limit: Limit = 100
 ) -> dict[str, Any]:
-    return page_to_dict(await engines.streams.list(ctx, stream_id, cursor, limit))
+    return page_to_dict(await engines.streams.list(ctx, stream_id, cursor or None, limit))
 
 
 ROUTES: list[Any] = [append, list_events]
