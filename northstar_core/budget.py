@@ -7,8 +7,12 @@ surface. An entry is appended at exactly the head it was computed from (``expect
 concurrent recorders never lose an amount, and the gate reads a period's spend with **one**
 query (the last entry), whatever the length of the ledger.
 
-Nothing is updated or deleted; a correction is a new (negative-free) entry by design — amounts
-are zero or more.
+Reading a past day (``GET /budget/usage?period=YYYY-MM-DD``) finds the day's first and last
+entries by binary search over the month's sequence (entries are appended in time order), so
+its cost grows with the logarithm of the month's entries, never linearly.
+
+Nothing is updated or deleted: amounts are zero or more, and every recorded amount is also a
+``budget`` event on the spine.
 """
 
 from __future__ import annotations
