@@ -1,0 +1,202 @@
+"""Sequenced streams: gap-free unique sequences, conditional appends, atomic idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from northstar_adapters.memory import MemoryItemStore
+from northstar_adapters.sqlite import SqliteItemStore
+from northstar_core.errors import NorthstarError
+from northstar_core.storage import Absent, Item, ItemStore, Op, Put
+from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_key, seq_of
+
+NOW = 1_800_000_000.0
+
+
+class Interleaving(ItemStore):
+    """Yields to the event loop around every call so concurrent appends really interleave
+    (the memory store never suspends on its own)."""
+
+    def __init__(self, inner: ItemStore) -> None:
+        self.inner = inner
+        self.capabilities = inner.capabilities
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        await asyncio.sleep(0)
+        return await self.inner.get(partition, key)
+
+    async def query(self, partition: str, prefix: str, **kwargs: object) -> list[Item]:  # type: ignore[override]
+        await asyncio.sleep(0)
+        items = await self.inner.query(partition, prefix, **kwargs)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        return items
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        await asyncio.sleep(0)
+        await self.inner.write(partition, ops)
+
+
+def entries(*values: bytes) -> object:
+    return lambda first: list(values)
+
+
+async def test_appends_number_entries_from_one_without_gaps() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    a = await stream.append(entries(b"a", b"b"), now=NOW)
+    b = await stream.append(entries(b"c"), now=NOW)
+    assert (a.first_seq, a.last_seq, b.first_seq, b.last_seq) == (1, 2, 3, 3)
+    assert [seq_of(i.key) for i in await stream.read(0, 10)] == [1, 2, 3]
+    assert await stream.head() == 3
+
+
+async def test_build_receives_the_first_sequence_number() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    await stream.append(entries(b"x"), now=NOW)
+    done = await stream.append(lambda first: [f"seq {first}".encode(), f"seq {first + 1}".encode()], now=NOW)
+    assert [i.value for i in await stream.read(1, 10)] == [b"seq 2", b"seq 3"]
+    assert done.first_seq == 2
+
+
+async def test_an_append_at_a_stale_expected_head_raises_head_moved_with_the_head() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    await stream.append(entries(b"a", b"b"), now=NOW)
+    with pytest.raises(HeadMoved) as info:
+        await stream.append(entries(b"c"), now=NOW, expected_head=1)
+    assert info.value.head == 2
+    assert await stream.head() == 2
+
+
+async def test_reads_after_a_sequence_are_exclusive_and_bounded() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    await stream.append(lambda first: [str(n).encode() for n in range(1, 11)], now=NOW)
+    assert [i.value for i in await stream.read(3, 3)] == [b"4", b"5", b"6"]
+    assert [i.value for i in await stream.read(3, 10, before_seq=6)] == [b"4", b"5"]
+    assert await stream.read(10, 5) == []
+    assert [i.value for i in await stream.read_last(2)] == [b"9", b"10"]
+
+
+async def test_an_idempotent_repeat_returns_the_first_result_and_writes_nothing() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    fp = fingerprint({"text": "hi"})
+    first = await stream.append(
+        entries(b"hi"), now=NOW, idempotency_key="k", payload_fingerprint=fp, result=lambda a, b: {"id": "m1"}
+    )
+    again = await stream.append(
+        entries(b"hi"), now=NOW, idempotency_key="k", payload_fingerprint=fp, result=lambda a, b: {"id": "m2"}
+    )
+    assert again.replayed and not first.replayed
+    assert msgspec.json.decode(again.result) == {"id": "m1", "first_seq": 1, "last_seq": 1}
+    assert await stream.head() == 1
+
+
+async def test_an_idempotent_repeat_wins_over_a_moved_head() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    await stream.append(entries(b"a"), now=NOW, expected_head=0, idempotency_key="k", payload_fingerprint="f")
+    await stream.append(entries(b"b"), now=NOW)
+    again = await stream.append(
+        entries(b"a"), now=NOW, expected_head=0, idempotency_key="k", payload_fingerprint="f"
+    )
+    assert again.replayed and again.first_seq == 1
+
+
+async def test_a_reused_key_with_another_payload_is_422() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    await stream.append(
+        entries(b"a"), now=NOW, idempotency_key="k", payload_fingerprint=fingerprint({"t": 1})
+    )
+    with pytest.raises(NorthstarError) as info:
+        await stream.append(
+            entries(b"b"), now=NOW, idempotency_key="k", payload_fingerprint=fingerprint({"t": 2})
+        )
+    assert (info.value.code, info.value.http_status) == ("chat.idempotency_mismatch", 422)
+    assert info.value.details == {"idempotency_key": "k"}
+    assert await stream.head() == 1
+
+
+async def test_extra_ops_commit_with_the_append_or_not_at_all() -> None:
+    store = MemoryItemStore()
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW, extra_ops=lambda a, b: [Put("checkpoint", b"1")])
+    assert await store.get("p", "checkpoint") is not None
+    with pytest.raises(HeadMoved):
+        await stream.append(
+            entries(b"b"),
+            now=NOW,
+            expected_head=1,
+            idempotency_key="k",
+            payload_fingerprint="f",
+            extra_ops=lambda a, b: [Put("checkpoint", b"2", condition=Absent())],
+        )
+    assert await stream.head() == 1
+    assert await stream.idempotent_result("k", "f") is None
+
+
+def test_fingerprints_ignore_key_order_and_see_values() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+@given(st.integers(0, 10**15), st.integers(0, 10**15))
+def test_sequence_keys_sort_like_their_numbers(a: int, b: int) -> None:
+    assert (seq_key(a) < seq_key(b)) == (a < b)
+    assert seq_of(seq_key(a)) == a
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 3), min_size=1, max_size=10))
+def test_concurrent_appends_at_head_keep_sequences_gap_free_and_unique(sizes: list[int]) -> None:
+    async def run() -> None:
+        store = Interleaving(MemoryItemStore())
+        stream = SequencedStream(store, "p", "chat")
+
+        async def writer(w: int, n: int) -> tuple[int, int]:
+            done = await stream.append(lambda first: [f"{w}:{i}".encode() for i in range(n)], now=NOW)
+            return done.first_seq, done.last_seq
+
+        spans = await asyncio.gather(*(writer(w, n) for w, n in enumerate(sizes)))
+        stored = await stream.read(0, 1000)
+        assert [seq_of(i.key) for i in stored] == list(range(1, sum(sizes) + 1))
+        for w, (n, (first, last)) in enumerate(zip(sizes, spans, strict=True)):
+            assert last - first + 1 == n
+            # each writer's entries are contiguous at the sequences it was told
+            assert [i.value for i in stored[first - 1 : last]] == [f"{w}:{i}".encode() for i in range(n)]
+
+    asyncio.run(run())
+
+
+@settings(max_examples=25, deadline=None)
+@given(writers=st.integers(2, 8), head=st.integers(0, 3))
+def test_concurrent_appends_at_one_expected_head_have_exactly_one_winner(writers: int, head: int) -> None:
+    async def run() -> None:
+        stream = SequencedStream(Interleaving(MemoryItemStore()), "p", "chat")
+        if head:
+            await stream.append(lambda first: [b"seed"] * head, now=NOW)
+
+        async def attempt(w: int) -> bool:
+            try:
+                await stream.append(entries(str(w).encode()), now=NOW, expected_head=head)
+            except HeadMoved as moved:
+                assert moved.head == head + 1
+                return False
+            return True
+
+        assert sum(await asyncio.gather(*(attempt(w) for w in range(writers)))) == 1
+        assert await stream.head() == head + 1
+
+    asyncio.run(run())
+
+
+async def test_concurrent_appends_on_sqlite_threads_are_gap_free(tmp_path: Path) -> None:
+    store = SqliteItemStore(tmp_path / "s.sqlite3", private=True)
+    stream = SequencedStream(store, "p", "chat")
+    spans = await asyncio.gather(*(stream.append(entries(b"x", b"y"), now=NOW) for _ in range(16)))
+    assert sorted(s.first_seq for s in spans) == list(range(1, 33, 2))
+    assert [seq_of(i.key) for i in await stream.read(0, 100)] == list(range(1, 33))
+    await store.close()
