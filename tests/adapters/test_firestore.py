@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -69,6 +70,77 @@ class TestFirestore(*ALL_CONTRACTS):  # type: ignore[misc]
             yield h
         finally:
             await h.cleanup()
+
+
+# --- opt-in smoke run against a real Firestore database -----------------------------------
+
+SMOKE_ENV = "NORTHSTAR_SMOKE_FIRESTORE_PROJECT"
+
+
+class CloudFirestoreHarness(BackendHarness):
+    """Stores on a real project (credentials from the SDK's default chain), one fresh
+    collection prefix per test, deleted afterwards."""
+
+    name = "firestore"
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+        self.prefix = f"northstar_smoke_{uuid.uuid4().hex[:10]}_"
+        self.route = Route(
+            resource_kind="chat_store",
+            backend="firestore",
+            params={
+                "project": project,
+                "database": os.environ.get("NORTHSTAR_SMOKE_FIRESTORE_DATABASE", "(default)"),
+                "collection_prefix": self.prefix,
+            },
+        )
+        self._stores: list[FirestoreItemStore] = []
+
+    async def open(self) -> ItemStore:
+        store = open_store(self.route)
+        self._stores.append(store)
+        return store
+
+    async def open_peer(self) -> ItemStore:
+        return await self.open()
+
+    async def cleanup(self) -> None:
+        for store in self._stores:
+            await store.close()
+        self._stores.clear()
+        client = firestore.AsyncClient(project=self.project, database=self.route.params["database"])
+        await client.recursive_delete(client.collection(f"{self.prefix}chat_store"))
+
+
+class _CloudSmoke:
+    """The same contracts on real Firestore (collected only when ``$NORTHSTAR_SMOKE_FIRESTORE_PROJECT``
+    names a project the default credentials can write to)."""
+
+    model_max_examples: ClassVar[int] = 5
+    model_step_count: ClassVar[int] = 10
+
+    @pytest.fixture
+    async def harness(self, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[CloudFirestoreHarness]:
+        monkeypatch.delenv("FIRESTORE_EMULATOR_HOST", raising=False)  # never the emulator here
+        h = CloudFirestoreHarness(os.environ[SMOKE_ENV])
+        try:
+            yield h
+        finally:
+            await h.cleanup()
+
+
+if os.environ.get(SMOKE_ENV):
+
+    @pytest.mark.cloud_smoke
+    class TestFirestoreCloudSmoke(_CloudSmoke, *ALL_CONTRACTS):  # type: ignore[misc]
+        pass
+
+else:
+
+    @pytest.mark.cloud_smoke
+    def test_firestore_cloud_smoke() -> None:
+        pytest.skip(f"cloud smoke (real Firestore): set {SMOKE_ENV} and GCP credentials to run the contracts")
 
 
 # --- indexes: the emulator never asks for them, so check them here ------------------------
