@@ -38,7 +38,7 @@ import hashlib
 import logging
 import re
 from collections import OrderedDict
-from typing import Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
 
@@ -49,7 +49,7 @@ from northstar_core.identity import ID_PATTERN, RequestContext
 from northstar_core.ports import ActionGate, AuditSink
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
-from northstar_core.storage import Absent, Item, Op, Put
+from northstar_core.storage import Absent, Item, ItemStore, Op, Put
 from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_of
 from northstar_core.timeline import EventPage, EventStreamService, StreamEvent, subject_stream
 
@@ -72,19 +72,27 @@ class ToggleSource(Protocol):
     async def toggle(self, ctx: RequestContext, key: str, default: Any = None) -> Any: ...
 
 
-class CanvasLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """Configurable limits; each has its own error code (see ``contracts/error_codes.json``)."""
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
-    max_ops_per_command: int = 200  # canvas.too_many_ops (422)
-    max_props_bytes: int = 32_000  # canvas.props_too_large (413), per atom
-    max_command_bytes: int = 200_000  # canvas.command_too_large (413)
-    max_canvas_bytes: int = 1_000_000  # canvas.canvas_too_large (413); checkpoints fit one backend batch
-    max_atoms: int = 10_000  # canvas.canvas_too_large (413)
-    checkpoint_every: int = 64  # K: a snapshot reads < K commands after a checkpoint
-    recovery_cap: int = 100  # recovery_ops beyond this: snapshot_required
-    max_gesture_bytes: int = 8_000  # canvas.gesture_too_large (413)
-    max_inline_bytes: int = 64_000  # canvas.body_too_large (413), artifacts/audits
-    max_metadata_bytes: int = 16_000  # canvas.metadata_too_large (413)
+
+class CanvasLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Configurable limits; each has its own error code (see ``contracts/error_codes.json``).
+
+    The service's defaults come from its constructor; a deployment overrides any of them per
+    route (so per tenant too) with the ``canvas_limits`` object in the params of the
+    ``canvas_command_store`` route. An unusable override is 503 ``canvas.route_misconfigured``.
+    """
+
+    max_ops_per_command: Positive = 200  # canvas.too_many_ops (422)
+    max_props_bytes: Positive = 32_000  # canvas.props_too_large (413), per atom
+    max_command_bytes: Positive = 200_000  # canvas.command_too_large (413)
+    max_canvas_bytes: Positive = 1_000_000  # canvas.canvas_too_large (413); checkpoints fit one batch
+    max_atoms: Positive = 10_000  # canvas.canvas_too_large (413)
+    checkpoint_every: Positive = 64  # K: a snapshot reads < K commands after a checkpoint
+    recovery_cap: Positive = 100  # recovery_ops beyond this: snapshot_required
+    max_gesture_bytes: Positive = 8_000  # canvas.gesture_too_large (413)
+    max_inline_bytes: Positive = 64_000  # canvas.body_too_large (413), artifacts/audits
+    max_metadata_bytes: Positive = 16_000  # canvas.metadata_too_large (413)
 
 
 # --- ops ---------------------------------------------------------------------------------------
@@ -424,6 +432,23 @@ class CanvasService:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         return SequencedStream(store, partition(ctx, "canvas", canvas_id), DOMAIN)
 
+    def limits_for(self, store: ItemStore) -> CanvasLimits:
+        """The limits in force on ``store``'s route: the defaults with its ``canvas_limits``."""
+        route = getattr(store, "route", None)
+        raw = route.params.get("canvas_limits") if route is not None else None
+        if raw is None:
+            return self.limits
+        try:
+            return msgspec.convert({**msgspec.structs.asdict(self.limits), **raw}, CanvasLimits)
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise NorthstarError(
+                f"{DOMAIN}.route_misconfigured",
+                f"the route of '{KIND}' has an unusable 'canvas_limits' parameter: {exc}",
+                503,
+                details={"resource_kind": KIND, "param": "canvas_limits"},
+                headers={"Retry-After": "30"},
+            ) from None
+
     @staticmethod
     def stream_id(canvas_id: str) -> str:
         """The canvas's event stream (SSE, replay, gestures, safety decisions)."""
@@ -460,7 +485,7 @@ class CanvasService:
         state = self._cache.get(key)
         if state is None:
             state = await self._read_checkpoint(log_)
-        page = max(self.limits.checkpoint_every, 16)
+        page = max(self.limits_for(log_.store).checkpoint_every, 16)
         copied = False
         while True:
             items = await log_.read(state.rev, page)
@@ -484,7 +509,7 @@ class CanvasService:
             self._cache.popitem(last=False)
 
     async def _conflict(self, log_: SequencedStream, base_rev: int, head: int) -> NorthstarError:
-        cap = self.limits.recovery_cap
+        cap = self.limits_for(log_.store).recovery_cap
         items = await log_.read(base_rev, cap) if cap > 0 else []
         missed = [msgspec.json.decode(i.value, type=CommandRecord).summary() for i in items]
         return NorthstarError(
@@ -568,17 +593,18 @@ class CanvasService:
                 f"{DOMAIN}.rev_invalid", "base_rev must be 0 or more", 422,
                 details={"base_rev": command.base_rev},
             )
-        ops = parse_ops(command.ops, self.limits)
+        log_ = await self._log(ctx, canvas_id)
+        limits = self.limits_for(log_.store)
+        ops = parse_ops(command.ops, limits)
         size = _size(ops)
-        if size > self.limits.max_command_bytes:
+        if size > limits.max_command_bytes:
             raise NorthstarError(
                 f"{DOMAIN}.command_too_large",
-                f"a command may hold at most {self.limits.max_command_bytes} bytes of ops",
+                f"a command may hold at most {limits.max_command_bytes} bytes of ops",
                 413,
-                details={"limit": self.limits.max_command_bytes, "size": size},
+                details={"limit": limits.max_command_bytes, "size": size},
             )
         await self._check_actor(ctx, canvas_id, command.actor_id)
-        log_ = await self._log(ctx, canvas_id)
         fp = fingerprint({"base_rev": command.base_rev, "ops": ops, "actor_id": ctx.user_id})
         prior = await log_.idempotent_result(key, fp)
         if prior is not None:
@@ -595,7 +621,7 @@ class CanvasService:
         if command.base_rev < head:
             raise await self._conflict(log_, command.base_rev, head)
         new_state = state.copy()
-        new_state.apply(ops, self.limits)
+        new_state.apply(ops, limits)
         rev = head + 1
         new_state.rev = rev
         # The gate decides whether a command that *can* commit may run: input errors, replays
@@ -619,7 +645,7 @@ class CanvasService:
             trace_id=ctx.trace_id,
         )
         raw = msgspec.json.encode(record)
-        checkpoint = self._checkpoint_ops(new_state) if rev % self.limits.checkpoint_every == 0 else []
+        checkpoint = self._checkpoint_ops(new_state) if rev % limits.checkpoint_every == 0 else []
         try:
             done = await log_.append(
                 lambda _first: [raw],
@@ -740,13 +766,14 @@ class CanvasService:
                 f"{DOMAIN}.invalid_request", f"gesture must match {_KIND_PATTERN.pattern}", 422,
                 details={"field": "gesture"},
             )
+        limits = self.limits_for(await self.registry.store_for(KIND, ctx.tenant_id))
         size = _size(data)
-        if size > self.limits.max_gesture_bytes:
+        if size > limits.max_gesture_bytes:
             raise NorthstarError(
                 f"{DOMAIN}.gesture_too_large",
-                f"a gesture may hold at most {self.limits.max_gesture_bytes} bytes",
+                f"a gesture may hold at most {limits.max_gesture_bytes} bytes",
                 413,
-                details={"limit": self.limits.max_gesture_bytes, "size": size},
+                details={"limit": limits.max_gesture_bytes, "size": size},
             )
         if await self.toggles.toggle(ctx, "canvas.gestures_enabled", default=True) is not True:
             raise NorthstarError(
@@ -793,7 +820,8 @@ class CanvasService:
         (again on a replay, so an audit lost to a spine outage is recorded by the retry).
         Returns the record and whether it is a replay."""
         ctx.require_role("member")
-        body_bytes = self._validate_record(record)
+        stream = await self._records(ctx, canvas_id, record_type)
+        body_bytes = self._validate_record(record, self.limits_for(stream.store))
         content_hash = record.content_hash
         if body_bytes is not None:
             computed = "sha256:" + hashlib.sha256(body_bytes).hexdigest()
@@ -805,7 +833,6 @@ class CanvasService:
                     details={"presented": content_hash, "computed": computed},
                 )
             content_hash = computed
-        stream = await self._records(ctx, canvas_id, record_type)
         now = self.clock.now()
         prefix = "art" if record_type == "artifact" else "aud"
 
@@ -864,7 +891,7 @@ class CanvasService:
         )
         return stored, done.replayed
 
-    def _validate_record(self, record: RecordIn) -> bytes | None:
+    def _validate_record(self, record: RecordIn, limits: CanvasLimits) -> bytes | None:
         def bad(message: str, field: str) -> NorthstarError:
             return NorthstarError(f"{DOMAIN}.invalid_request", message, 422, details={"field": field})
 
@@ -881,12 +908,12 @@ class CanvasService:
         if record.content_hash is not None and not _HASH_PATTERN.match(record.content_hash):
             raise bad("content_hash must be sha256:<64 hex>", "content_hash")
         meta_size = _size(record.metadata)
-        if meta_size > self.limits.max_metadata_bytes:
+        if meta_size > limits.max_metadata_bytes:
             raise NorthstarError(
                 f"{DOMAIN}.metadata_too_large",
-                f"metadata may hold at most {self.limits.max_metadata_bytes} bytes",
+                f"metadata may hold at most {limits.max_metadata_bytes} bytes",
                 413,
-                details={"limit": self.limits.max_metadata_bytes, "size": meta_size},
+                details={"limit": limits.max_metadata_bytes, "size": meta_size},
             )
         if record.body is None:
             return None
@@ -897,12 +924,12 @@ class CanvasService:
                 raise bad("body is not valid base64", "body") from None
         else:
             body = record.body.encode()
-        if len(body) > self.limits.max_inline_bytes:
+        if len(body) > limits.max_inline_bytes:
             raise NorthstarError(
                 f"{DOMAIN}.body_too_large",
-                f"an inline body may hold at most {self.limits.max_inline_bytes} bytes; use a uri",
+                f"an inline body may hold at most {limits.max_inline_bytes} bytes; use a uri",
                 413,
-                details={"limit": self.limits.max_inline_bytes, "size": len(body)},
+                details={"limit": limits.max_inline_bytes, "size": len(body)},
             )
         return body
 

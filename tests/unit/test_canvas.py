@@ -504,3 +504,33 @@ async def test_op_committed_and_gesture_payloads_have_exactly_the_published_fiel
     events = {e.type: e for e in (await rig.canvas.replay(ctx, c, None)).items}
     assert set(events["op_committed"].data) == set(published["payloads"]["op_committed"]["fields"])
     assert set(events["gesture"].data) == set(published["payloads"]["gesture"]["fields"])
+
+
+# --- limits from the route -------------------------------------------------------------------
+
+
+async def _route_canvas_limits(value: Any) -> Any:
+    from contracts.suite import make_registry
+
+    registry = await make_registry(MemoryItemStore())
+    route, version = next((r, v) for r, v in registry.routes() if r.resource_kind == "canvas_command_store")
+    await registry.set_route(
+        Route(resource_kind=route.resource_kind, backend=route.backend, params={"canvas_limits": value}),
+        expected_version=version,
+    )
+    return await canvas_rig(registry)
+
+
+async def test_limits_are_configurable_per_route() -> None:
+    rig = await _route_canvas_limits({"max_ops_per_command": 2})
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.commit(make_ctx(), cid(), command(0, create("a"), create("b"), create("c")))
+    assert (err.value.code, err.value.details["limit"]) == ("canvas.too_many_ops", 2)
+
+
+@pytest.mark.parametrize("value", [{"max_ops_per_command": 0}, {"nonsense": 1}, [1], {"max_atoms": "many"}])
+async def test_unusable_route_limits_are_503_route_misconfigured(value: Any) -> None:
+    rig = await _route_canvas_limits(value)
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.commit(make_ctx(), cid(), command(0, create("a")))
+    assert (err.value.code, err.value.http_status) == ("canvas.route_misconfigured", 503)
