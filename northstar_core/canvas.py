@@ -28,6 +28,12 @@ with ``details.op_index``; nothing is written.
 
 The actor is the token's user: a body ``actor_id`` that differs is refused with 403
 ``canvas.actor_mismatch`` (and audited), like every other identity contradiction (SPEC §2.6).
+
+Gates: a command that can commit passes the gate chain as ``canvas_command`` right before the
+atomic append (a deny is 403 and writes nothing); input errors, idempotent replays and
+revision conflicts are answered before the gate, so they record no decision and charge no
+budget. Gestures pass the ``canvas.gestures_enabled`` toggle, then the gate as
+``canvas_gesture``. The gate is a constructor dependency (:class:`ActionGate`).
 """
 
 from __future__ import annotations
