@@ -293,3 +293,27 @@ async def test_timeline_client_appends_and_lists(live_server: LiveServer, token:
         with pytest.raises(NorthstarError) as err:
             await ns.timeline.list("s1", cursor="tampered")
         assert err.value.code == "event_stream.cursor_invalid"
+
+
+async def test_sse_on_one_server_delivers_commands_committed_through_another_sharing_the_store(
+    tmp_path: Path, token: Callable[..., str]
+) -> None:
+    settings = make_settings(tmp_path, registry=None)  # one sqlite file, two server instances
+    servers = [LiveServer(create_app(settings)), LiveServer(create_app(settings))]
+    for server in servers:
+        await server.start()
+    reader, writer = (NorthstarClient(s.url, token()) for s in servers)
+    try:
+        stream = reader.canvas.follow("c1")
+        pending = asyncio.ensure_future(next_event(stream))
+        await wait_subscribed(servers[0].app)
+        await writer.canvas.command("c1", 0, [create("a")], "k1")
+        assert (await pending).json()["data"]["rev"] == 1
+        await writer.canvas.command("c1", 1, [create("b")], "k2")
+        assert (await next_event(stream)).json()["data"]["rev"] == 2
+        await stream.aclose()
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+        for server in servers:
+            await server.stop()
