@@ -258,3 +258,35 @@ async def test_no_canvas_endpoint_cursor_or_stream_crosses_tenants(client: Clien
     # a cursor of one canvas is not a cursor of another canvas of the same tenant
     r = await client.get("/canvas/c2/replay", params={"cursor": done["cursor"]}, headers=a)
     assert err(r) == (410, "canvas.cursor_invalid")
+
+
+@pytest.mark.parametrize(
+    ("action", "path", "body"),
+    [
+        (
+            "canvas_command",
+            "/canvas/c1/commands",
+            {"base_rev": 0, "ops": [create("a")], "idempotency_key": "k"},
+        ),
+        ("canvas_gesture", "/canvas/c1/gestures", {"gesture": "pointer"}),
+    ],
+)
+async def test_a_kill_switch_blocks_canvas_actions_through_the_real_gate_chain(
+    client: Client, auth: Auth, action: str, path: str, body: dict[str, Any]
+) -> None:
+    admin = auth(sub="u_admin", roles=("admin",))
+    r = await client.put("/kill-switches", json={"actions": [action], "expected_version": 0}, headers=admin)
+    assert r.status_code == 201, r.text
+    h = auth()
+    r = await client.post(path, json=body, headers=h)
+    error = r.json()["error"]
+    assert (r.status_code, error["gate"], error["code"]) == (
+        403,
+        "kill_switch",
+        "gate.kill_switch.action_blocked",
+    )
+    assert (await client.get("/canvas/c1/snapshot", headers=h)).json()["head_rev"] == 0
+    events = (await client.get("/canvas/c1/replay", headers=h)).json()["items"]
+    assert [(e["type"], e["data"]["decision"], e["data"]["action_name"]) for e in events] == [
+        ("safety_decision", "deny", action)
+    ]
