@@ -188,30 +188,45 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
 
-    async def run() -> int:
-        registry = await _open_registry(settings)
+    async def provision_route(route: Route) -> bool:
+        module = importlib.import_module(_MODULES[route.backend])
+        provision = getattr(module, "provision", None)
+        if provision is None:
+            print(f"{route.resource_kind}: {route.backend} needs no provisioning")
+            return True
         try:
-            routes: dict[bytes, Route] = {}
-            for route in [registry_route(settings), *(r for r, _ in registry.routes()), *settings.routes]:
-                if args.kind and route.resource_kind != args.kind:
+            for line in await provision(route, dry_run=args.dry_run):
+                print(f"{route.resource_kind}: {line}")
+        except Exception as exc:  # report every route, then fail
+            print(f"{route.resource_kind}: FAILED {exc}", file=sys.stderr)
+            return False
+        return True
+
+    async def run() -> int:
+        # The registry's own store first: on a fresh deployment it does not exist yet, and the
+        # durable routes it holds can be read only once it does.
+        first = registry_route(settings)
+        done = {msgspec.json.encode(first)}
+        ok = True if args.kind and first.resource_kind != args.kind else await provision_route(first)
+        try:
+            registry = await _open_registry(settings)
+        except NorthstarError as exc:
+            print(f"# routing registry not readable ({exc.code}): configured routes only", file=sys.stderr)
+            stored: list[Route] = []
+            registry = None
+        else:
+            stored = [r for r, _ in registry.routes()]
+        try:
+            for route in [*stored, *settings.routes]:
+                key = msgspec.json.encode(route)
+                if key in done or (args.kind and route.resource_kind != args.kind):
                     continue
-                routes.setdefault(msgspec.json.encode(route), route)
-            failed = False
-            for route in routes.values():
-                module = importlib.import_module(_MODULES[route.backend])
-                provision = getattr(module, "provision", None)
-                if provision is None:
-                    print(f"{route.resource_kind}: {route.backend} needs no provisioning")
-                    continue
-                try:
-                    for line in await provision(route, dry_run=args.dry_run):
-                        print(f"{route.resource_kind}: {line}")
-                except Exception as exc:  # report every route, then fail
-                    failed = True
-                    print(f"{route.resource_kind}: FAILED {exc}", file=sys.stderr)
-            return 1 if failed else 0
+                done.add(key)
+                ok = await provision_route(route) and ok
+            return 0 if ok else 1
         finally:
-            await registry.close()
+            if registry is not None:
+                await registry.close()
 
     return asyncio.run(run())
 
