@@ -91,7 +91,8 @@ class CanvasLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     max_ops_per_command: Positive = 200  # canvas.too_many_ops (422)
     max_props_bytes: Positive = 32_000  # canvas.props_too_large (413), per atom
-    max_command_bytes: Positive = 200_000  # canvas.command_too_large (413)
+    # canvas.command_too_large (413); capped so a command and its op_committed event fit one item
+    max_command_bytes: Annotated[int, msgspec.Meta(ge=1, le=300_000)] = 200_000
     max_canvas_bytes: Positive = 1_000_000  # canvas.canvas_too_large (413); checkpoints fit one batch
     max_atoms: Positive = 10_000  # canvas.canvas_too_large (413)
     checkpoint_every: Positive = 64  # K: a snapshot reads < K commands after a checkpoint

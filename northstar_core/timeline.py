@@ -35,7 +35,7 @@ from northstar_core.errors import NorthstarError, cursor_invalid
 from northstar_core.identity import RequestContext
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
-from northstar_core.storage import Absent, Item, Op, Put, VersionIs
+from northstar_core.storage import MAX_VALUE_BYTES, Absent, Item, Op, Put, VersionIs
 from northstar_core.streams import SequencedStream, fingerprint, seq_key
 from northstar_core.tail import TailHub
 
@@ -171,7 +171,9 @@ class EventStreamService:
             trace_id=stored.trace_id,
         )
 
-    def _encode(self, ctx: RequestContext, event_type: str, data: dict[str, Any]) -> bytes:
+    def _encode(
+        self, ctx: RequestContext, event_type: str, data: dict[str, Any], *, limit: int | None = None
+    ) -> bytes:
         if not EVENT_TYPE_PATTERN.match(event_type):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_event_type",
@@ -195,12 +197,13 @@ class EventStreamService:
             raise NorthstarError(
                 f"{DOMAIN}.invalid_event", f"event data is not JSON: {exc}", 422
             ) from None
-        if len(raw) > self.max_event_bytes:
+        limit = limit or self.max_event_bytes
+        if len(raw) > limit:
             raise NorthstarError(
                 f"{DOMAIN}.event_too_large",
-                f"an event may hold at most {self.max_event_bytes} bytes",
+                f"an event may hold at most {limit} bytes",
                 413,
-                details={"limit": self.max_event_bytes, "size": len(raw)},
+                details={"limit": limit, "size": len(raw)},
             )
         return raw
 
@@ -306,7 +309,9 @@ class EventStreamService:
                 return self.cursor(ctx, stream_id, prior.first_seq)
         if last != position - 1:
             raise ValueError(f"{series} position {position} is not the next to publish ({last})")
-        raw = self._encode(ctx, event_type, data)
+        # A series mirrors records the server already accepted (a canvas command may be larger
+        # than a client event): only the storage limit applies, so a position never gets stuck.
+        raw = self._encode(ctx, event_type, data, limit=MAX_VALUE_BYTES)
         marker = _MARK_PREFIX + series
 
         def mark(_first: int, _last: int) -> list[Op]:

@@ -534,3 +534,20 @@ async def test_unusable_route_limits_are_503_route_misconfigured(value: Any) -> 
     with pytest.raises(NorthstarError) as err:
         await rig.canvas.commit(make_ctx(), cid(), command(0, create("a")))
     assert (err.value.code, err.value.http_status) == ("canvas.route_misconfigured", 503)
+
+
+async def test_a_large_command_is_published_whole_on_the_canvas_stream() -> None:
+    rig = await canvas_rig(MemoryItemStore())
+    ctx, c = make_ctx(), cid()
+    ops = [create(f"a{i}", blob="x" * 20_000) for i in range(8)]  # ~160 KB, above a client event's cap
+    done = await rig.canvas.commit(ctx, c, command(0, *ops))
+    assert done.cursor is not None
+    (event,) = (await rig.canvas.replay(ctx, c, None)).items
+    assert (event.type, len(event.data["ops"])) == ("op_committed", 8)
+
+
+async def test_command_size_limit_cannot_be_configured_beyond_one_stored_item() -> None:
+    rig = await _route_canvas_limits({"max_command_bytes": 400_000})
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.commit(make_ctx(), cid(), command(0, create("a")))
+    assert err.value.code == "canvas.route_misconfigured"
