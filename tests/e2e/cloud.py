@@ -42,7 +42,9 @@ class CloudTarget:
     env: dict[str, str] = field(default_factory=dict)
 
     def routes(self) -> list[Route]:
-        return [Route(resource_kind=k, backend=self.backend, params=dict(self.params)) for k in RESOURCE_KINDS]
+        return [
+            Route(resource_kind=k, backend=self.backend, params=dict(self.params)) for k in RESOURCE_KINDS
+        ]
 
     def settings_dict(self, *, mode: str = "saas", tail_poll_seconds: float = 0.1) -> dict[str, Any]:
         """A complete non-lab configuration: every kind (and the registry) on this target."""
@@ -64,7 +66,9 @@ class CloudTarget:
         """Create every kind's table/container in-process (what ``northstar provision`` does)."""
         module = _adapter(self.backend)
         for kind in (*RESOURCE_KINDS, REGISTRY_KIND):
-            await module.provision(Route(resource_kind=kind, backend=self.backend, params=self.params), dry_run=False)
+            await module.provision(
+                Route(resource_kind=kind, backend=self.backend, params=self.params), dry_run=False
+            )
 
     async def cleanup(self) -> None:
         if self.backend == "dynamodb":
@@ -151,7 +155,9 @@ def to_toml(data: dict[str, Any]) -> str:
         lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
     for key, items in arrays:
         for item in items:
-            lines += ["", f"[[{key}]]"] + [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
+            lines += ["", f"[[{key}]]"] + [
+                f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-# ruff: noqa: F401, F811 - the emulators' session fixtures are imported to be found by name
+# ruff: noqa: F401 - the emulators' session fixtures are imported to be found by name
 """Two real ``northstar serve`` processes on one cloud emulator: the store is the bus.
 
 For each of DynamoDB (moto), Firestore (emulator) and Cosmos DB (patched launcher): a
@@ -24,7 +24,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.cloud import CLOUD_BACKENDS, CloudTarget, SseMessage, clean_env, cloud_target, sse_messages, to_toml
+from tests.e2e.cloud import (
+    CLOUD_BACKENDS,
+    CloudTarget,
+    SseMessage,
+    clean_env,
+    cloud_target,
+    sse_messages,
+    to_toml,
+)
 from tests.emulators.cosmos import cosmos_endpoint, cosmos_server
 from tests.emulators.firestore import firestore_emulator
 from tests.emulators.moto import dynamodb_endpoint, moto_server
@@ -54,15 +62,32 @@ class Deployment:
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*NORTHSTAR, "--config", str(self.config), *args],
-            cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=timeout,
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def serve(self) -> str:
         port = free_port()
-        log = open(self.workdir / f"serve-{port}.log", "w")  # noqa: SIM115 - closed with the process
+        log = open(self.workdir / f"serve-{port}.log", "w")
         proc = subprocess.Popen(
-            [*NORTHSTAR, "--config", str(self.config), "serve", "--port", str(port), "--log-level", "warning"],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            [
+                *NORTHSTAR,
+                "--config",
+                str(self.config),
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         log.close()
         self.procs.append(proc)
@@ -135,9 +160,10 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
     url_a = deployment.serve()
     url_b = deployment.serve()
     backend = deployment.target.backend
-    async with httpx.AsyncClient(base_url=url_a, headers=headers, timeout=30) as a, httpx.AsyncClient(
-        base_url=url_b, headers=headers, timeout=30
-    ) as b:
+    async with (
+        httpx.AsyncClient(base_url=url_a, headers=headers, timeout=30) as a,
+        httpx.AsyncClient(base_url=url_b, headers=headers, timeout=30) as b,
+    ):
         for client in (a, b):
             ready = await client.get("/readyz")
             assert ready.status_code == 200, ready.text
@@ -160,7 +186,8 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
                 posted.append(r.json())
             # a retried post is a replay: nothing new may reach the stream
             replay = await b.post(
-                "/chat/threads/xproc/messages", json={"role": "user", "content": "m1", "idempotency_key": "k1"}
+                "/chat/threads/xproc/messages",
+                json={"role": "user", "content": "m1", "idempotency_key": "k1"},
             )
             assert replay.json()["replayed"] is True
             received = [await _next(events, want="message") for _ in range(N)]
