@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +45,9 @@ log = logging.getLogger("northstar.auth")
 
 PUBLIC_PATHS: Final = [r"^/healthz$", r"^/readyz$", r"^/schema"]
 _ALG_KEY_TYPE: Final = {"RS256": "RSA", "ES256": "EC"}
+# Verified-token cache (see TokenVerifier.verify): entries, and the longest an entry is trusted.
+VERIFIED_CACHE_SIZE: Final = 4096
+CACHE_SECONDS: Final = 60.0
 
 
 def _invalid(reason: str, message: str = "the bearer token is not valid") -> NorthstarError:
@@ -70,6 +75,11 @@ class TokenVerifier:
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        # token -> (claims, valid_until, not_before): a client sends the same token on every
+        # request, and decoding + checking the signature is a large share of a cheap request
+        # (benchmark P1). Only fully verified tokens are cached; time claims are re-checked on
+        # every hit and an entry lives at most CACHE_SECONDS (a rotated JWKS key takes effect).
+        self._verified: OrderedDict[str, tuple[Claims, float, float]] = OrderedDict()
 
     @classmethod
     def from_jwks_file(cls, path: str | Path, **kwargs: Any) -> TokenVerifier:
@@ -102,6 +112,19 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Claims:
         """The claims of a valid token, or 401 ``auth.invalid_token`` with ``details.reason``."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, valid_until, not_before = cached
+            if not_before <= time.time() < valid_until:
+                return claims
+            self._verified.pop(token, None)  # verify again: the right error, or a fresh entry
+        claims, valid_until, not_before = await self._verify(token)
+        self._verified[token] = (claims, valid_until, not_before)
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    async def _verify(self, token: str) -> tuple[Claims, float, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -142,7 +165,11 @@ class TokenVerifier:
             raise _invalid("missing_claim", f"the bearer token lacks the '{exc.claim}' claim") from None
         except jwt.InvalidTokenError:
             raise _invalid("malformed") from None
-        return claims_from_payload(payload)
+        now = time.time()
+        valid_until = min(float(payload["exp"]) + self.leeway, now + CACHE_SECONDS)
+        nbf = payload.get("nbf")
+        not_before = float(nbf) - self.leeway if isinstance(nbf, int | float) else 0.0
+        return claims_from_payload(payload), valid_until, not_before
 
 
 def claims_from_payload(payload: dict[str, Any]) -> Claims:
