@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -213,3 +214,37 @@ def test_acknowledged_writes_survive_a_killed_process(tmp_path: Path) -> None:
     stored = {row[0] for row in conn.execute("SELECT sk FROM items WHERE pk = 'crash'")}
     conn.close()
     assert {f"k{i:06d}" for i in acked} <= stored
+
+
+async def test_an_inline_read_that_sqlite_refuses_is_retried_on_the_reader_pool(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+    threads: list[threading.Thread] = []
+
+    def busy_once(conn: sqlite3.Connection) -> int:  # fault injection: the first attempt is busy
+        threads.append(threading.current_thread())
+        if len(threads) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    assert await store._live_engine().read(busy_once) == 1
+    assert threads[0] is threading.current_thread() and threads[1] is not threading.current_thread()
+    await store.close()
+
+
+async def test_a_read_failing_on_the_pool_too_is_backend_unavailable(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+
+    def always_busy(conn: sqlite3.Connection) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(BackendUnavailable, match="disk I/O error"):
+        await store._live_engine().read(always_busy)
+    await store.close()
+
+
+async def test_pool_only_reads_see_the_same_data(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path, inline_reads=False)
+    await store.write("p", [Put(f"k{i:03d}", b"v") for i in range(50)])
+    assert len(await store.query("p", "k", limit=1000)) == 50
+    assert await store.get("p", "k001") == Item("k001", b"v")
+    await store.close()
