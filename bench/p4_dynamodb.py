@@ -1,0 +1,238 @@
+"""P4 (DynamoDB): the adapter's atomic stream append vs the same write by hand with raw aioboto3.
+
+Each append writes entry ``s#<seq>`` and its idempotency record ``i#<key>`` in ONE
+``TransactWriteItems`` (two ``Put`` with ``Absent`` conditions — the same expiry-aware condition
+the adapter uses: ``attribute_not_exists(pk) OR exp <= :now``). Three variants run against the
+same serialised moto server, each on its own fresh table (moto's transactions copy the table,
+so the three tables grow alike), one request at a time (latency, not throughput), interleaved
+append by append in rotating order so that noise from the shared machine hits all three alike:
+
+* ``adapter``   — ``SequencedStream.append`` on the DynamoDB ``ItemStore`` (idempotency
+  ``GetItem``, head ``Query``, ``TransactWriteItems``: what the core really does per request);
+* ``raw_full``  — the same three round trips written by hand with an aioboto3 client;
+* ``raw_batch`` — only the ``TransactWriteItems``, with the sequence number tracked locally (the
+  floor: no read before writing).
+
+Prints the ratios and writes ``bench/results/p4_dynamodb.json``. Usage::
+
+    .venv/bin/python bench/p4_dynamodb.py [--appends 200] [--endpoint http://127.0.0.1:PORT]
+
+Without ``--endpoint`` it starts (and stops) its own moto server through
+``scripts/emulators/moto_server.py``. Absolute numbers are moto's on a shared machine: only the
+ratios mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aioboto3  # noqa: E402
+import msgspec  # noqa: E402
+
+from northstar_adapters.dynamodb import drop, open_store, provision  # noqa: E402
+from northstar_core.routing import Route  # noqa: E402
+from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
+from tests.emulators.moto import TEST_ENV, MotoServer  # noqa: E402
+
+PAYLOAD = b'{"text":"hello from the bench","author":"u1"}'
+
+Append = Callable[[int], Awaitable[None]]
+
+
+def _route(endpoint: str, tag: str) -> Route:
+    return Route(
+        resource_kind="chat_store",
+        backend="dynamodb",
+        params={"endpoint_url": endpoint, "table_prefix": f"bench_{tag}_{uuid.uuid4().hex[:8]}_"},
+    )
+
+
+@asynccontextmanager
+async def _table(endpoint: str, tag: str) -> AsyncIterator[str]:
+    route = _route(endpoint, tag)
+    await provision(route, dry_run=False)
+    try:
+        yield route.params["table_prefix"] + route.resource_kind
+    finally:
+        await drop(route)
+
+
+@asynccontextmanager
+async def adapter_variant(endpoint: str) -> AsyncIterator[Append]:
+    route = _route(endpoint, "a")
+    await provision(route, dry_run=False)
+    store = open_store(route)
+    stream = SequencedStream(store, f"t_bench|lab|{uuid.uuid4().hex[:8]}", "chat")
+
+    async def one(i: int) -> None:
+        await stream.append(
+            lambda first: [PAYLOAD], now=time.time(), idempotency_key=f"req-{i}", payload_fingerprint="fp"
+        )
+
+    try:
+        yield one
+    finally:
+        await store.close()
+        await drop(route)
+
+
+def _absent_put(table: str, pk: str, sk: str, value: bytes, now: float) -> dict[str, Any]:
+    return {
+        "Put": {
+            "TableName": table,
+            "Item": {"pk": {"S": pk}, "sk": {"S": sk}, "v": {"B": value}, "ver": {"N": "1"}},
+            "ConditionExpression": "attribute_not_exists(#pk) OR #exp <= :now",
+            "ExpressionAttributeNames": {"#pk": "pk", "#exp": "exp"},
+            "ExpressionAttributeValues": {":now": {"N": repr(now)}},
+        }
+    }
+
+
+async def _transact(client: Any, table: str, pk: str, seq: int, i: int) -> None:
+    now = time.time()
+    result = msgspec.json.encode({"first_seq": seq, "last_seq": seq})
+    record = msgspec.json.encode(IdempotencyRecord("fp", msgspec.Raw(result), now))
+    await client.transact_write_items(
+        TransactItems=[
+            _absent_put(table, pk, seq_key(seq), PAYLOAD, now),
+            _absent_put(table, pk, f"i#req-{i}", record, now),
+        ]
+    )
+
+
+@asynccontextmanager
+async def raw_full_variant(endpoint: str) -> AsyncIterator[Append]:
+    async with _table(endpoint, "f") as table, aioboto3.Session().client(
+        "dynamodb", endpoint_url=endpoint
+    ) as client:
+        pk = f"t_bench|lab|{uuid.uuid4().hex[:8]}"
+
+        async def one(i: int) -> None:
+            idem = await client.get_item(
+                TableName=table, Key={"pk": {"S": pk}, "sk": {"S": f"i#req-{i}"}}, ConsistentRead=True
+            )
+            item = idem.get("Item")
+            if item is not None and ("exp" not in item or float(item["exp"]["N"]) > time.time()):
+                return
+            last = await client.query(
+                TableName=table,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
+                ExpressionAttributeValues={":pk": {"S": pk}, ":s": {"S": "s#"}},
+                ScanIndexForward=False,
+                Limit=1,
+                ConsistentRead=True,
+            )
+            head = int(last["Items"][0]["sk"]["S"][2:]) if last.get("Items") else 0
+            await _transact(client, table, pk, head + 1, i)
+
+        yield one
+
+
+@asynccontextmanager
+async def raw_batch_variant(endpoint: str) -> AsyncIterator[Append]:
+    async with _table(endpoint, "b") as table, aioboto3.Session().client(
+        "dynamodb", endpoint_url=endpoint
+    ) as client:
+        pk = f"t_bench|lab|{uuid.uuid4().hex[:8]}"
+        state = {"head": 0}
+
+        async def one(i: int) -> None:
+            seq = state["head"] + 1
+            await _transact(client, table, pk, seq, i)
+            state["head"] = seq
+
+        yield one
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "n": len(samples),
+        "total_s": round(sum(samples), 4),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+        "p95_ms": round(ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000, 3),
+    }
+
+
+async def run(endpoint: str, n: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {"raw_batch": [], "raw_full": [], "adapter": []}
+    async with (
+        raw_batch_variant(endpoint) as raw_batch,
+        raw_full_variant(endpoint) as raw_full,
+        adapter_variant(endpoint) as adapter_one,
+    ):
+        variants = {"raw_batch": raw_batch, "raw_full": raw_full, "adapter": adapter_one}
+        for one in variants.values():
+            await one(-1)  # warm connections
+        names = list(variants)
+        for i in range(n):
+            for name in names[i % 3 :] + names[: i % 3]:
+                start = time.perf_counter()
+                await variants[name](i)
+                samples[name].append(time.perf_counter() - start)
+    results = {name: _summary(values) for name, values in samples.items()}
+    adapter = results["adapter"]["p50_ms"]
+    return {
+        "bench": "p4_dynamodb",
+        "what": "atomic append of one stream entry + its idempotency record "
+        "(TransactWriteItems of two Absent-conditioned puts)",
+        "backend": "moto server (serialised: one lock around moto's WSGI app), loopback HTTP",
+        "appends": n,
+        "ratio_basis": "p50 latency, variants interleaved per append",
+        "target": "adapter / raw_full <= 1.15",
+        "results": results,
+        "ratio_adapter_vs_raw_full": round(adapter / results["raw_full"]["p50_ms"], 3),
+        "ratio_adapter_vs_raw_batch": round(adapter / results["raw_batch"]["p50_ms"], 3),
+        "python": platform.python_version(),
+        "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appends", type=int, default=200)
+    parser.add_argument("--endpoint", help="URL of a running moto server (default: start one)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "p4_dynamodb.json"))
+    args = parser.parse_args()
+    for name, value in TEST_ENV.items():
+        os.environ.setdefault(name, value)
+    server = None
+    endpoint = args.endpoint
+    if endpoint is None:
+        server = MotoServer.start()
+        endpoint = server.endpoint
+    try:
+        report = asyncio.run(run(endpoint, args.appends))
+    finally:
+        if server is not None:
+            server.stop()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, summary in report["results"].items():
+        print(f"{name:10s} p50 {summary['p50_ms']:8.3f} ms  p95 {summary['p95_ms']:8.3f} ms")
+    print(f"adapter / raw_full  = {report['ratio_adapter_vs_raw_full']}")
+    print(f"adapter / raw_batch = {report['ratio_adapter_vs_raw_batch']}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
