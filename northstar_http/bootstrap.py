@@ -50,12 +50,20 @@ async def build_registry(settings: Settings) -> RoutingRegistry:
     )
     await registry.load()
     present = {(r.resource_kind, r.tenant_id) for r, _ in registry.routes()}
+    raced = False
     for route in settings.routes:
         if (route.resource_kind, route.tenant_id) not in present:
             try:
                 await registry.set_route(route)
             except NorthstarError as exc:
+                if exc.code == "routing.version_conflict":
+                    # Another replica booting at the same time seeded it first: the durable
+                    # route wins, exactly as if it had been there when we loaded.
+                    raced = True
+                    continue
                 problems.append(f"configured route for {route.resource_kind}: {exc.message}")
+    if raced:
+        await registry.load()
     try:
         registry.check_startup()
     except RoutingError as exc:
