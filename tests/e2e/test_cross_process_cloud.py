@@ -69,30 +69,24 @@ class Deployment:
             timeout=timeout,
         )
 
-    def serve(self) -> str:
+    def serve(self) -> tuple[subprocess.Popen[str], int]:
+        """Start ``northstar serve`` on a free port (returns at once; see :meth:`wait_healthy`)."""
         port = free_port()
-        log = open(self.workdir / f"serve-{port}.log", "w")
-        proc = subprocess.Popen(
-            [
-                *NORTHSTAR,
-                "--config",
-                str(self.config),
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        log.close()
+        with open(self.workdir / f"serve-{port}.log", "w") as log:
+            proc = subprocess.Popen(
+                [*NORTHSTAR, "--config", str(self.config), "serve", "--port", str(port)],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         self.procs.append(proc)
+        return proc, port
+
+    def wait_healthy(self, proc: subprocess.Popen[str], port: int) -> str:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"serve exited with {proc.returncode}:\n{self.log(port)}")
@@ -157,8 +151,8 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
     assert minted.returncode == 0, minted.stderr
     headers = {"Authorization": f"Bearer {minted.stdout.strip()}"}
 
-    url_a = deployment.serve()
-    url_b = deployment.serve()
+    # Both replicas boot at once on the fresh registry (each seeds the configured routes).
+    url_a, url_b = [deployment.wait_healthy(*started) for started in [deployment.serve(), deployment.serve()]]
     backend = deployment.target.backend
     async with (
         httpx.AsyncClient(base_url=url_a, headers=headers, timeout=30) as a,
