@@ -19,6 +19,7 @@ committed revisions, in order, so every session converges on the server's snapsh
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -296,12 +297,32 @@ class CanvasSession:
             if not page["has_more"]:
                 return
 
-    async def listen(self, follow: Callable[..., AsyncIterator[SseMessage]] | None = None) -> None:
-        """Apply live events until cancelled (``follow`` defaults to the HTTP client's SSE)."""
+    async def listen(
+        self,
+        follow: Callable[..., AsyncIterator[SseMessage]] | None = None,
+        *,
+        reconnect_delay: float = 0.5,
+    ) -> None:
+        """Apply live events until cancelled (``follow`` defaults to the HTTP client's SSE).
+
+        A dropped stream is resumed from the last applied event (``Last-Event-ID``), so no
+        event is missed or applied twice; a 410 (cursor no longer valid) reloads the snapshot.
+        """
         stream_of = follow or getattr(self.api, "follow")  # noqa: B009 - HTTP clients only
-        async for message in stream_of(self.canvas_id, last_event_id=self.cursor):
-            if not self.on_event(message.json()):
-                await self.sync()
+        while True:
+            try:
+                async for message in stream_of(self.canvas_id, last_event_id=self.cursor):
+                    if not self.on_event(message.json()):
+                        await self.sync()
+            except NorthstarError as exc:
+                if exc.http_status == 410:
+                    await self.open()
+                    continue
+                if not _is_retryable(exc):
+                    raise
+            except (httpx.TransportError, ConnectionError, TimeoutError):
+                pass
+            await asyncio.sleep(reconnect_delay)
 
     async def _pause(self, attempt: int) -> None:
         if self._backoff is not None:

@@ -317,3 +317,50 @@ async def test_sse_on_one_server_delivers_commands_committed_through_another_sha
         await writer.aclose()
         for server in servers:
             await server.stop()
+
+
+async def test_a_listening_session_resumes_after_a_server_restart_and_misses_nothing(
+    tmp_path: Path, token: Callable[..., str]
+) -> None:
+    settings = make_settings(tmp_path, registry=None)
+    first = LiveServer(create_app(settings))
+    await first.start()
+    port = int(first.url.rsplit(":", 1)[1])
+    listener_client = NorthstarClient(first.url, token(sub="u_watcher"))
+    session = CanvasSession(listener_client.canvas, "c1")
+    task: asyncio.Task[None] | None = None
+    try:
+        async with NorthstarClient(first.url, token()) as ns:
+            await ns.canvas.command("c1", 0, [create("a")], "k1")
+            await session.open()
+            task = asyncio.create_task(session.listen(reconnect_delay=0.05))
+            await wait_subscribed(first.app)
+            await ns.canvas.command("c1", 1, [create("b")], "k2")
+            for _ in range(500):
+                if session.head_rev == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert session.head_rev == 2
+        await first.stop()  # the stream drops; the session keeps retrying
+
+        second = LiveServer(create_app(settings))
+        second.server.config.port = port  # the same address, a new process-like instance
+        await second.start()
+        try:
+            async with NorthstarClient(second.url, token()) as ns:
+                await ns.canvas.command("c1", 2, [create("c")], "k3")
+                await ns.canvas.command("c1", 3, [{"op": "delete", "atom_id": "a"}], "k4")
+                snap = await ns.canvas.snapshot("c1")
+            for _ in range(1000):
+                if session.head_rev == 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert session.state.to_wire() == {k: snap[k] for k in ("head_rev", "atoms", "order")}
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await second.stop()
+    finally:
+        if task is not None and not task.done():
+            task.cancel()
+        await listener_client.aclose()
