@@ -41,12 +41,25 @@ def ratio(a: float, b: float) -> float:
 
 
 def row(
-    bench: str, metric: str, ours: Any, baseline: Any, value: float, target: str, met: bool | None, note: str = ""
+    bench: str,
+    metric: str,
+    ours: Any,
+    baseline: Any,
+    value: float,
+    target: str,
+    met: bool | None,
+    note: str = "",
 ) -> dict[str, Any]:
     """One line of the table: ``value`` is the ratio compared with ``target``."""
     return {
-        "bench": bench, "metric": metric, "ours": ours, "baseline": baseline,
-        "ratio": value, "target": target, "met": met, "note": note,
+        "bench": bench,
+        "metric": metric,
+        "ours": ours,
+        "baseline": baseline,
+        "ratio": value,
+        "target": target,
+        "met": met,
+        "note": note,
     }
 
 
@@ -95,7 +108,7 @@ class Server:
         self.data_dir = data_dir
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
         cmd = pinned([PY, str(ROOT / "bench" / "_serve.py"), kind, str(data_dir), str(self.port)], core)
-        self.log = open(data_dir.parent / f"{data_dir.name}-{kind}.log", "wb")  # noqa: SIM115
+        self.log = open(data_dir.parent / f"{data_dir.name}-{kind}.log", "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 60

@@ -102,12 +102,16 @@ def run(quick: bool = False, connections: int = 32) -> dict[str, Any]:
         full_dir, bare_dir = Path(tmp) / "full", Path(tmp) / "bare"
         tok = token(lab_data_dir(full_dir))
         bare_dir.mkdir()
-        servers = {"full": Server("full", full_dir, server_core), "bare": Server("bare", bare_dir, server_core)}
+        servers = {
+            "full": Server("full", full_dir, server_core),
+            "bare": Server("bare", bare_dir, server_core),
+        }
         use_wrk = shutil.which("wrk") is not None
         script = Path(tmp) / "post.lua"
         script.write_text(LUA % {"body": BODY, "token": tok})
         samples: dict[str, list[dict[str, Any]]] = {"full": [], "bare": []}
         try:
+
             def load(name: str, secs: float) -> dict[str, Any]:
                 url = servers[name].url
                 if use_wrk:
@@ -152,9 +156,14 @@ def run(quick: bool = False, connections: int = 32) -> dict[str, Any]:
         },
         "rows": [
             row(
-                "P1", "POST message req/s: full stack / bare Litestar+sqlite",
-                summary["full"]["rps"], summary["bare"]["rps"], value, ">= 0.7",
-                value >= 0.7 and errors == 0, note,
+                "P1",
+                "POST message req/s: full stack / bare Litestar+sqlite",
+                summary["full"]["rps"],
+                summary["bare"]["rps"],
+                value,
+                ">= 0.7",
+                value >= 0.7 and errors == 0,
+                note,
             )
         ],
     }

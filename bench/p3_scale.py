@@ -1,0 +1,389 @@
+"""P3 scale: backend requests and time per chat page read, canvas snapshot and idempotent
+replay at a short history vs a long one, per backend.
+
+Every store the registry opens is wrapped in :class:`CountingStore` (an instrumented
+``ItemStore`` counting ``get``/``query``/``write`` calls), so the counts are what really went
+to the backend. Two threads (chat) and two canvases are built per backend — ``small`` (100)
+and ``large`` (100,000 on SQLite; smaller on emulators, stated in the output) — and the three
+operations are measured on both, interleaved rep by rep; the reported time is the median.
+
+* **page read** — ``ChatService.list_messages`` of 50 messages after a cursor in the middle
+  of the thread;
+* **canvas snapshot** — ``CanvasService.snapshot`` with the in-process state cache cleared
+  before each read (a cold read: latest checkpoint + the commands after it + the catch-up
+  check of the canvas stream);
+* **idempotent replay** — ``ChatService.post`` repeating the idempotency key of a posted
+  message (returns the stored result, writes nothing).
+
+Histories are built efficiently, not through HTTP: the first and last entries go through the
+real services; the bulk in between is written directly in the services' own layout with the
+core's encoders (chat: ``SequencedStream.append`` of 99 ``ChatMessage`` entries per batch;
+canvas: 32 ``CommandRecord`` entries + their idempotency records per batch, a checkpoint every
+``checkpoint_every`` revisions, and the matching ``op_committed`` events with their ordered
+publication records on the canvas stream), so the stored shape is what the services produce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.common import ratio, row
+from northstar_adapters import AdapterFactory
+from northstar_core.canvas import CommandIn, CommandRecord, UpdateOp
+from northstar_core.chat import ChatMessage
+from northstar_core.clock import SystemClock, iso
+from northstar_core.cursors import CursorCodec
+from northstar_core.engines import Engines
+from northstar_core.identity import RequestContext
+from northstar_core.routing import Route, RoutingRegistry
+from northstar_core.storage import Absent, Item, ItemStore, Op, Put, VersionIs
+from northstar_core.streams import IdempotencyRecord, fingerprint
+
+COUNTS: Counter[str] = Counter()
+
+
+class CountingStore(ItemStore):
+    """Passes every call to ``inner`` and counts it (``get``, ``query``, ``write``)."""
+
+    def __init__(self, inner: ItemStore) -> None:
+        self.inner = inner
+        self.capabilities = inner.capabilities
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        COUNTS["get"] += 1
+        return await self.inner.get(partition, key)
+
+    async def query(self, partition: str, prefix: str, **kw: Any) -> list[Item]:
+        COUNTS["query"] += 1
+        return await self.inner.query(partition, prefix, **kw)
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        COUNTS["write"] += 1
+        await self.inner.write(partition, ops)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class CountingFactory:
+    def __init__(self) -> None:
+        self.inner = AdapterFactory()
+
+    def open(self, route: Route) -> ItemStore:
+        return CountingStore(self.inner.open(route))
+
+
+def counted() -> dict[str, int]:
+    return {k: COUNTS[k] for k in ("get", "query", "write")}
+
+
+async def open_engines(routes: list[Route], registry_route: Route) -> Engines:
+    factory = CountingFactory()
+    registry = RoutingRegistry(factory.open(registry_route), factory, deployment_mode="lab")
+    await registry.load()
+    for route in routes:
+        await registry.set_route(route)
+    return Engines(registry, CursorCodec(secrets.token_bytes(32)), SystemClock())
+
+
+CTX = RequestContext(tenant_id="t_bench", mode="lab", user_id="u_bench", roles=("member", "admin"))
+
+
+async def build_chat(engines: Engines, thread: str, n: int) -> None:
+    """A thread of ``n`` messages: first and last through the service, the rest in bulk."""
+    chat = engines.chat
+    await chat.post(CTX, thread, role="user", content="first", idempotency_key="first")
+    stream = await chat._stream(CTX, thread)
+    now = time.time()
+    remaining = n - 2
+    while remaining > 0:
+        size = min(99, remaining)
+
+        def build(first: int, size: int = size) -> list[bytes]:
+            return [
+                msgspec.json.encode(
+                    ChatMessage(
+                        message_id=f"m_bulk{first + i}",
+                        thread_id=thread,
+                        seq=first + i,
+                        role="user",
+                        content=f"message {first + i}",
+                        actor_id=CTX.user_id,
+                        idempotency_key=None,
+                        created_at=iso(now),
+                        agent_id=None,
+                        **CTX.scope(),
+                    )
+                )
+                for i in range(size)
+            ]
+
+        await stream.append(build, now=now)
+        remaining -= size
+    await chat.post(CTX, thread, role="user", content="last", idempotency_key="replay-me")
+
+
+async def build_canvas(engines: Engines, canvas_id: str, n: int) -> None:
+    """A canvas of ``n`` revisions: rev 1 through the service, then bulk in the same layout."""
+    canvas, events = engines.canvas, engines.streams
+    first = await canvas.commit(
+        CTX,
+        canvas_id,
+        CommandIn(
+            base_rev=0,
+            ops=[{"op": "create", "atom_id": "a1", "kind": "box", "props": {"n": 0}}],
+            idempotency_key="c1",
+        ),
+    )
+    assert first.head_rev == 1
+    log_ = await canvas._log(CTX, canvas_id)
+    state = (await canvas._state(log_)).copy()
+    sid = canvas.stream_id(canvas_id)
+    ev_stream = await events.stream(CTX, sid)
+    every = canvas.limits.checkpoint_every
+    now = time.time()
+    rev = 1
+    while rev < n:
+        upto = min(n, (rev // 32 + 1) * 32)  # batches end on checkpoint boundaries
+        records = []
+        for r in range(rev + 1, upto + 1):
+            op = UpdateOp(atom_id="a1", patch={"n": r})
+            state.apply([op], canvas.limits)
+            state.rev = r
+            records.append(
+                CommandRecord(
+                    rev=r, ops=[op], actor_id=CTX.user_id, committed_at=now, idempotency_key=f"c{r}"
+                )
+            )
+        checkpoint = canvas._checkpoint_ops(state) if upto % every == 0 else []
+
+        def idem(r: int) -> Put:
+            result = msgspec.json.encode({"rev": r, "applied_ops": 1, "first_seq": r, "last_seq": r})
+            rec = IdempotencyRecord("bulk", msgspec.Raw(result), now)
+            return Put(f"i#c{r}", msgspec.json.encode(rec), condition=Absent())
+
+        raws = [msgspec.json.encode(rec) for rec in records]
+        start = rev
+        await log_.append(
+            lambda _f, raws=raws: raws,
+            now=now,
+            expected_head=start,
+            extra_ops=lambda _f, _l, records=records, checkpoint=checkpoint: [
+                *(idem(rec.rev) for rec in records),
+                *checkpoint,
+            ],
+        )
+        # the op_committed events and their ordered-publication records on the canvas stream
+        ev_head = await ev_stream.head()
+        ev_raws = [events._encode(CTX, "op_committed", rec.summary()) for rec in records]
+
+        def publication(
+            first_seq: int, _last: int, records: list[CommandRecord] = records, start: int = start
+        ) -> list[Op]:
+            ops: list[Op] = []
+            for i, rec in enumerate(records):
+                seq = first_seq + i
+                fp = fingerprint({"type": "op_committed", "data": rec.summary()})
+                res = msgspec.json.encode({"first_seq": seq, "last_seq": seq})
+                body = msgspec.json.encode(IdempotencyRecord(fp, msgspec.Raw(res), now))
+                ops.append(Put(f"i#op_committed.{rec.rev}", body, condition=Absent()))
+            ops.append(Put("m#op_committed", b"{}", version=records[-1].rev, condition=VersionIs(start)))
+            return ops
+
+        await ev_stream.append(
+            lambda _f, ev_raws=ev_raws: ev_raws, now=now, expected_head=ev_head, extra_ops=publication
+        )
+        rev = upto
+    canvas._cache.clear()
+
+
+async def measure(engines: Engines, thread: str, canvas_id: str, head: int) -> dict[str, Any]:
+    chat, canvas = engines.chat, engines.canvas
+    out: dict[str, Any] = {}
+    cursor = chat.cursor(CTX, thread, head // 2)
+    before = counted()
+    t = time.perf_counter()
+    page = await chat.list_messages(CTX, thread, cursor=cursor, limit=50)
+    out["page_s"] = time.perf_counter() - t
+    out["page_ops"] = {k: v - before[k] for k, v in counted().items()}
+    assert len(page.items) == 50
+    canvas._cache.clear()
+    before = counted()
+    t = time.perf_counter()
+    snap = await canvas.snapshot(CTX, canvas_id)
+    out["snapshot_s"] = time.perf_counter() - t
+    out["snapshot_ops"] = {k: v - before[k] for k, v in counted().items()}
+    assert snap.atoms["a1"].props["n"] in (0, snap.head_rev), snap.atoms["a1"]
+    before = counted()
+    t = time.perf_counter()
+    posted = await chat.post(CTX, thread, role="user", content="last", idempotency_key="replay-me")
+    out["replay_s"] = time.perf_counter() - t
+    out["replay_ops"] = {k: v - before[k] for k, v in counted().items()}
+    assert posted.replayed
+    return out
+
+
+def sqlite_routes(tmp: Path) -> tuple[list[Route], Route]:
+    from northstar_core.routing import RESOURCE_KINDS
+
+    params = {"path": str(tmp / "p3.db")}
+    routes = [Route(resource_kind=k, backend="sqlite", params=dict(params)) for k in RESOURCE_KINDS]
+    return routes, Route(resource_kind="routing_registry", backend="sqlite", params=dict(params))
+
+
+def dynamodb_routes(endpoint: str) -> tuple[list[Route], Route]:
+    from northstar_core.routing import RESOURCE_KINDS
+
+    prefix = f"p3{secrets.token_hex(4)}_"
+    params = {"endpoint_url": endpoint, "table_prefix": prefix}
+    routes = [Route(resource_kind=k, backend="dynamodb", params=dict(params)) for k in RESOURCE_KINDS]
+    return routes, Route(resource_kind="routing_registry", backend="dynamodb", params=dict(params))
+
+
+async def run_backend(
+    routes: list[Route], registry_route: Route, small: int, large: int, reps: int, provision: bool = False
+) -> dict[str, Any]:
+    if provision:
+        import importlib
+
+        from northstar_adapters import _MODULES
+
+        seen: set[bytes] = set()
+        for route in [registry_route, *routes]:
+            key = msgspec.json.encode(route.params) + route.backend.encode()
+            if key in seen:
+                continue
+            seen.add(key)
+            module = importlib.import_module(_MODULES[route.backend])
+            if hasattr(module, "provision"):
+                await module.provision(route, dry_run=False)
+    engines = await open_engines(routes, registry_route)
+    try:
+        built: dict[str, float] = {}
+        for name, n in (("small", small), ("large", large)):
+            t = time.perf_counter()
+            await build_chat(engines, f"th-{name}", n)
+            await build_canvas(engines, f"cv-{name}", n)
+            built[name] = round(time.perf_counter() - t, 1)
+        samples: dict[str, list[dict[str, Any]]] = {"small": [], "large": []}
+        for name, n in (("small", small), ("large", large)):  # warm-up (first-use paths)
+            await measure(engines, f"th-{name}", f"cv-{name}", n)
+        for i in range(reps):
+            order = [("small", small), ("large", large)]
+            if i % 2:
+                order.reverse()
+            for name, n in order:
+                samples[name].append(await measure(engines, f"th-{name}", f"cv-{name}", n))
+    finally:
+        await engines.close()
+    result: dict[str, Any] = {"history": {"small": small, "large": large}, "build_s": built}
+    for name, runs in samples.items():
+        result[name] = {
+            f"{op}_ms": round(statistics.median(r[f"{op}_s"] for r in runs) * 1000, 3)
+            for op in ("page", "snapshot", "replay")
+        } | {f"{op}_ops": runs[-1][f"{op}_ops"] for op in ("page", "snapshot", "replay")}
+        # counts must not vary between reps either
+        result[name]["ops_stable"] = all(
+            r[f"{op}_ops"] == runs[0][f"{op}_ops"] for r in runs for op in ("page", "snapshot", "replay")
+        )
+    return result
+
+
+def rows_for(backend: str, res: dict[str, Any]) -> list[dict[str, Any]]:
+    s, l_ = res["small"], res["large"]
+    hist = f"{res['history']['small']} vs {res['history']['large']}"
+    out = []
+    targets = {
+        "page": 1.2 if backend == "sqlite" else None,
+        "snapshot": 2.0 if backend == "sqlite" else None,
+        "replay": None,
+    }
+    for op, label in (
+        ("page", "chat page read"),
+        ("snapshot", "canvas snapshot (cold)"),
+        ("replay", "chat idempotent replay"),
+    ):
+        same = s[f"{op}_ops"] == l_[f"{op}_ops"]
+        ops = ",".join(f"{k[0]}{v}" for k, v in l_[f"{op}_ops"].items() if v)
+        out.append(
+            row(
+                f"P3 {backend}",
+                f"{label}: backend requests, history {hist}",
+                ops,
+                ",".join(f"{k[0]}{v}" for k, v in s[f"{op}_ops"].items() if v),
+                1.0 if same else 0.0,
+                "counts equal",
+                same,
+                "g=get q=query w=write",
+            )
+        )
+        value = ratio(l_[f"{op}_ms"], s[f"{op}_ms"])
+        limit = targets[op]
+        out.append(
+            row(
+                f"P3 {backend}",
+                f"{label}: time large/small (ms)",
+                l_[f"{op}_ms"],
+                s[f"{op}_ms"],
+                value,
+                f"<= {limit}" if limit else "(reported)",
+                value <= limit if limit else None,
+                "",
+            )
+        )
+    return out
+
+
+def run(
+    quick: bool = False, backends: Sequence[str] = ("sqlite",), large: int | None = None
+) -> dict[str, Any]:
+    reps = 5 if quick else 15
+    detail: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for backend in backends:
+        with tempfile.TemporaryDirectory(prefix="ns-bench-p3-") as tmp:
+            if backend == "sqlite":
+                routes, reg = sqlite_routes(Path(tmp))
+                n = large or (10_000 if quick else 100_000)
+                res = asyncio.run(run_backend(routes, reg, 100, n, reps))
+            elif backend == "dynamodb":
+                from tests.emulators.moto import TEST_ENV, MotoServer
+
+                os.environ.update(TEST_ENV)
+                server = MotoServer.start()
+                try:
+                    routes, reg = dynamodb_routes(server.endpoint)
+                    n = large or (1_000 if quick else 3_000)
+                    res = asyncio.run(run_backend(routes, reg, 100, n, reps, provision=True))
+                finally:
+                    server.stop()
+            else:
+                raise ValueError(f"P3 has no setup for backend {backend}")
+        detail[backend] = res
+        rows += rows_for(backend, res)
+    return {"name": "P3", "detail": detail, "rows": rows}
+
+
+if __name__ == "__main__":
+    import sys
+
+    out = run(
+        quick="--quick" in sys.argv,
+        backends=[a for a in sys.argv[1:] if not a.startswith("--")] or ["sqlite"],
+    )
+    print(json.dumps(out, indent=2))
