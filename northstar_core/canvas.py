@@ -430,7 +430,7 @@ class CanvasService:
         self.audit = audit
         self.toggles = toggles
         self.limits = limits or CanvasLimits()
-        self._cache: OrderedDict[tuple[str, str], CanvasState] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, int], CanvasState] = OrderedDict()
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -461,9 +461,12 @@ class CanvasService:
         """The canvas's event stream (SSE, replay, gestures, safety decisions)."""
         return subject_stream("canvas", canvas_id)
 
-    def _cache_key(self, log_: SequencedStream) -> tuple[str, str]:
+    def _cache_key(self, log_: SequencedStream) -> tuple[str, str, int]:
+        # The route and the store object are part of the key: a tenant re-routed elsewhere, or
+        # a store reopened empty (memory), never sees a state cached from another store.
         route = getattr(log_.store, "route", None)
-        return (log_.partition, msgspec.json.encode(route).decode() if route is not None else "")
+        inner = getattr(log_.store, "inner", log_.store)
+        return (log_.partition, msgspec.json.encode(route).decode() if route is not None else "", id(inner))
 
     async def _read_checkpoint(self, log_: SequencedStream) -> CanvasState:
         last = await log_.store.query(log_.partition, CHECKPOINT_PREFIX, descending=True, limit=1)
@@ -507,7 +510,7 @@ class CanvasService:
         self._remember(key, state)
         return state
 
-    def _remember(self, key: tuple[str, str], state: CanvasState) -> None:
+    def _remember(self, key: tuple[str, str, int], state: CanvasState) -> None:
         current = self._cache.get(key)
         if current is None or current.rev <= state.rev:
             self._cache[key] = state
