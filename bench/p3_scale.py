@@ -265,7 +265,7 @@ async def run_backend(
 
         seen: set[bytes] = set()
         for route in [registry_route, *routes]:
-            key = msgspec.json.encode(route.params) + route.backend.encode()
+            key = msgspec.json.encode(route)
             if key in seen:
                 continue
             seen.add(key)

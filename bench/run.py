@@ -1,0 +1,252 @@
+"""The benchmark harness: one entry point for P1-P5, one table, one JSON file.
+
+    python -m bench.run [--only P1,P3] [--quick] [--p3-backends sqlite,dynamodb]
+    northstar bench ...            # the same
+    ./scripts/bench ...            # venv setup, then the same
+
+Every figure is a ratio against a baseline measured in the same run, with the variants
+interleaved (the machine is shared and noisy); medians are reported. Timings live here only,
+never in the test suite. Writes ``bench/results/latest.json`` (and ``latest.md``, the table as
+Markdown for the README).
+
+* P1 HTTP shell cost — ``bench/p1_http.py``
+* P2 SQLite vs the ``eventsourcing`` recorder and the fsync limit — ``bench/p2_sqlite.py``
+* P3 scale (request counts and times at 100 vs 100k history) — ``bench/p3_scale.py``
+* P4 cloud adapter vs raw SDK on each emulator — ``bench/p4_<backend>.py``
+* P5 SSE fan-out and memory per idle subscriber — ``bench/p5_sse.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import PY, RESULTS, row  # noqa: E402
+
+ALL = ("P1", "P2", "P3", "P4", "P5")
+P4_BACKENDS = ("dynamodb", "firestore", "cosmos")
+P4_TARGET = 1.15
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = ""
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "commit": commit,
+        "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _script(name: str, args: list[str], out: Path, timeout: float) -> dict[str, Any]:
+    script = ROOT / "bench" / f"{name}.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"bench/{name}.py is not there")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [PY, str(script), *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"bench/{name}.py exited {proc.returncode}: " + " | ".join(tail))
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def p1(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p1_http
+
+    return p1_http.run(quick=args.quick)
+
+
+def p2(args: argparse.Namespace) -> dict[str, Any]:
+    data = _script("p2_sqlite", ["--quick"] if args.quick else [], RESULTS / "p2_sqlite.json", 1800)
+    return {"name": "P2", "detail": data, "rows": data.get("rows", [])}
+
+
+def p3(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p3_scale
+
+    return p3_scale.run(quick=args.quick, backends=args.p3_backends.split(","))
+
+
+def p4(args: argparse.Namespace) -> dict[str, Any]:
+    detail: dict[str, Any] = {}
+    rows = []
+    appends = "40" if args.quick else "200"
+    for backend in args.p4_backends.split(","):
+        try:
+            data = _script(f"p4_{backend}", ["--appends", appends], RESULTS / f"p4_{backend}.json", 1800)
+        except Exception as exc:  # one emulator failing must not hide the others
+            rows.append(
+                row(
+                    "P4",
+                    f"{backend}: adapter append / raw SDK",
+                    None,
+                    None,
+                    float("nan"),
+                    f"<= {P4_TARGET}",
+                    False,
+                    f"not measured: {exc}",
+                )
+            )
+            continue
+        detail[backend] = data
+        value = data["ratio_adapter_vs_raw_full"]
+        res = data["results"]
+        note = (
+            f"p50 {res['adapter']['p50_ms']} vs {res['raw_full']['p50_ms']} ms, {data['appends']} appends "
+            f"interleaved; adapter / raw batch only (no reads) = {data['ratio_adapter_vs_raw_batch']}"
+        )
+        rows.append(
+            row(
+                "P4",
+                f"{backend}: adapter append / raw SDK (same round trips), p50",
+                res["adapter"]["p50_ms"],
+                res["raw_full"]["p50_ms"],
+                value,
+                f"<= {P4_TARGET}",
+                value <= P4_TARGET,
+                note,
+            )
+        )
+    return {"name": "P4", "detail": detail, "rows": rows}
+
+
+def p5(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p5_sse
+
+    if args.quick:
+        return p5_sse.run(quick=True, subscribers=300, events=30)
+    return p5_sse.run()
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "P1": p1,
+    "P2": p2,
+    "P3": p3,
+    "P4": p4,
+    "P5": p5,
+}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    head = ["bench", "metric", "ours", "baseline", "ratio", "target", "met"]
+    body = [
+        [
+            r["bench"],
+            r["metric"],
+            _fmt(r["ours"]),
+            _fmt(r["baseline"]),
+            _fmt(r["ratio"]),
+            r["target"],
+            {True: "yes", False: "NO", None: "-"}[r["met"]],
+        ]
+        for r in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(str(c).replace("|", "/") for c in b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    widths[1] = min(widths[1], 70)
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(c)[:w].ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="northstar bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(ALL), help="comma-separated subset of P1,P2,P3,P4,P5")
+    parser.add_argument(
+        "--quick", action="store_true", help="short smoke run (smaller histories, fewer rounds)"
+    )
+    parser.add_argument("--p3-backends", default="sqlite", help="P3 backends: sqlite,dynamodb")
+    parser.add_argument("--p4-backends", default=",".join(P4_BACKENDS))
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args(argv)
+    chosen = [b.strip().upper() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "benches": {}, "rows": []}
+    for name in chosen:
+        print(f"==> {name}", flush=True)
+        began = time.perf_counter()
+        try:
+            result = BENCHES[name](args)
+        except Exception as exc:
+            traceback.print_exc()
+            result = {
+                "name": name,
+                "detail": {"error": repr(exc)},
+                "rows": [row(name, "(failed to run)", None, None, float("nan"), "-", False, repr(exc))],
+            }
+        result["seconds"] = round(time.perf_counter() - began, 1)
+        report["benches"][name] = result
+        report["rows"] += result["rows"]
+        print(table(result["rows"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    m = report["machine"]
+    md = (
+        f"Measured {m['at']} on {m['cpu'] or 'unknown CPU'}, {m['cores']} cores, {m['os']}, Python "
+        f"{m['python']}, commit {m['commit']}{' (--quick)' if args.quick else ''}; load average at start "
+        f"{', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.\n\n"
+        + table(report["rows"], markdown=True)
+        + "\n"
+    )
+    args.out.with_suffix(".md").write_text(md)
+    print()
+    print(table(report["rows"]))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0 if all(r["met"] is not False for r in report["rows"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
