@@ -499,18 +499,22 @@ class SqliteItemStore(ItemStore):
     ) -> list[Item]:
         if limit <= 0:
             return []
-        sql = ["SELECT sk, value, version, expires_at FROM items WHERE ns = ? AND pk = ? AND sk >= ?"]
-        args: list[Any] = [self.namespace, partition, prefix]
-        end = _prefix_end(prefix)
-        if end is not None:
+        # Exactly one lower and at most one upper bound on sk, so that SQLite seeks straight to
+        # the page (with two lower bounds it seeks on one and filters the other: reading page k
+        # of a stream would scan k pages).
+        lower, lower_op = prefix, ">="
+        if after is not None and after >= prefix:
+            lower, lower_op = after, ">"
+        upper = _prefix_end(prefix)
+        if before is not None and (upper is None or before <= upper):
+            upper = before
+        sql = [
+            f"SELECT sk, value, version, expires_at FROM items WHERE ns = ? AND pk = ? AND sk {lower_op} ?"
+        ]
+        args: list[Any] = [self.namespace, partition, lower]
+        if upper is not None:
             sql.append("AND sk < ?")
-            args.append(end)
-        if after is not None:
-            sql.append("AND sk > ?")
-            args.append(after)
-        if before is not None:
-            sql.append("AND sk < ?")
-            args.append(before)
+            args.append(upper)
         sql.append("AND (expires_at IS NULL OR expires_at > ?)")
         sql.append("ORDER BY sk DESC LIMIT ?" if descending else "ORDER BY sk ASC LIMIT ?")
         statement = " ".join(sql)

@@ -248,3 +248,31 @@ async def test_pool_only_reads_see_the_same_data(tmp_path: Path) -> None:
     assert len(await store.query("p", "k", limit=1000)) == 50
     assert await store.get("p", "k001") == Item("k001", b"v")
     await store.close()
+
+
+async def test_reading_a_page_costs_the_same_deep_in_a_long_partition(tmp_path: Path) -> None:
+    # SQLite VM steps (counted by a progress handler) are deterministic, unlike timings.
+    store = await _fresh(tmp_path, synchronous="NORMAL")
+    for first in range(0, 5000, 100):
+        await store.write("long", [Put(f"s#{n:08d}", b"v") for n in range(first, first + 100)])
+    await store.get("long", "s#00000000")  # opens the inline reader
+    conn = store._live_engine()._inline_local.conn
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(count, 10)
+
+    async def cost(descending: bool = False, **bounds: str) -> int:
+        steps[0] = 0
+        assert len(await store.query("long", "s#", limit=50, descending=descending, **bounds)) == 50
+        return steps[0]
+
+    shallow = await cost(after="s#00000010")
+    assert await cost(after="s#00004900") <= 2 * shallow
+    assert await cost(after="s#00004000", before="s#00004900") <= 2 * shallow
+    assert await cost(before="s#00000100", descending=True) <= 2 * shallow
+    conn.set_progress_handler(None, 0)
+    await store.close()
