@@ -34,6 +34,7 @@ backoff, bounded by ``max_attempts``, then raises :class:`BackendUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import time
@@ -252,6 +253,10 @@ def _condition(condition: Condition, now: float) -> dict[str, Any]:
     raise InvalidItem(f"unknown condition {condition!r}")
 
 
+async def _query(client: Any, *, params: dict[str, Any]) -> Any:
+    return await client.query(**params)
+
+
 def _validate_partition(partition: str) -> None:
     if not partition or len(partition.encode()) > PARTITION_MAX_BYTES:
         raise InvalidItem("partition is empty or too long")
@@ -442,7 +447,7 @@ class DynamoItemStore(ItemStore):
             }
             if start_key is not None:
                 params["ExclusiveStartKey"] = start_key
-            response = await self._read("Query", lambda client, p=params: client.query(**p))
+            response = await self._read("Query", functools.partial(_query, params=params))
             raw_items = response.get("Items", [])
             for raw in raw_items:
                 item = _item_from_dynamo(raw)

@@ -7,9 +7,11 @@ transactions stay fast.
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -17,7 +19,7 @@ from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.dynamodb import DynamoConfig, DynamoItemStore, drop, open_store, provision
 from northstar_core.routing import Route
-from northstar_core.storage import ItemStore
+from northstar_core.storage import BackendUnavailable, ItemStore, Put
 from tests.emulators.moto import dynamodb_endpoint, moto_server  # noqa: F401 - session fixtures
 
 
@@ -33,6 +35,10 @@ class DynamoHarness(BackendHarness):
             params={"endpoint_url": endpoint, "table_prefix": f"t{uuid.uuid4().hex[:12]}_"},
         )
         self._stores: list[ItemStore] = []
+
+    @property
+    def table(self) -> str:
+        return DynamoConfig.from_route(self.route).table
 
     async def setup(self) -> None:
         await provision(self.route, dry_run=False)
@@ -67,3 +73,98 @@ class TestDynamoDB(*ALL_CONTRACTS):  # type: ignore[misc]
             yield h
         finally:
             await h.cleanup()
+
+
+# --- DynamoDB-specific guarantees -----------------------------------------------------------
+
+
+@pytest.fixture
+async def dynamo(dynamodb_endpoint: str) -> AsyncIterator[DynamoHarness]:  # noqa: F811
+    h = DynamoHarness(dynamodb_endpoint)
+    await h.setup()
+    try:
+        yield h
+    finally:
+        await h.cleanup()
+
+
+async def _raw_item(h: DynamoHarness, partition: str, key: str) -> dict[str, Any]:
+    store = await h.open()
+    assert isinstance(store, DynamoItemStore)
+    client = await store._get_client()
+    response = await client.get_item(
+        TableName=store.table, Key={"pk": {"S": partition}, "sk": {"S": key}}, ConsistentRead=True
+    )
+    item: dict[str, Any] = response["Item"]
+    return item
+
+
+def test_route_params_name_the_table() -> None:
+    def route(**params: Any) -> Route:
+        return Route(resource_kind="chat_store", backend="dynamodb", params=params)
+
+    assert DynamoConfig.from_route(route()).table == "northstar_chat_store"
+    assert DynamoConfig.from_route(route(table_prefix="prod_")).table == "prod_chat_store"
+    assert DynamoConfig.from_route(route(table="explicit", region="eu-west-1")).table == "explicit"
+    with pytest.raises(ValueError, match="aws_secret_access_key"):
+        DynamoConfig.from_route(route(aws_secret_access_key="never-in-routes"))
+
+
+async def test_dry_run_provision_returns_the_plan_and_creates_nothing(dynamodb_endpoint: str) -> None:  # noqa: F811
+    h = DynamoHarness(dynamodb_endpoint)
+    lines = await provision(h.route, dry_run=True)
+    assert any("PAY_PER_REQUEST" in line for line in lines)
+    assert any("TTL" in line and "'ttl'" in line for line in lines)
+    store = await h.open()
+    try:
+        with pytest.raises(BackendUnavailable, match="northstar provision"):
+            await store.get("p", "k")
+    finally:
+        await h.cleanup()
+
+
+async def test_provision_is_idempotent_and_enables_native_ttl(dynamo: DynamoHarness) -> None:
+    again = await provision(dynamo.route, dry_run=False)
+    assert again == [
+        f"dynamodb: table {dynamo.table} exists",
+        f"dynamodb: TTL on 'ttl' of {dynamo.table} already enabled",
+    ]
+    store = await dynamo.open()
+    assert isinstance(store, DynamoItemStore)
+    client = await store._get_client()
+    ttl = (await client.describe_time_to_live(TableName=dynamo.table))["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "ttl")
+
+
+async def test_expiry_sets_the_native_ttl_attribute_and_keeps_full_precision(dynamo: DynamoHarness) -> None:
+    store = await dynamo.open()
+    expires = time.time() + 100.123456789
+    await store.write("p", [Put("k", b"v", expires_at=expires), Put("forever", b"v")])
+    raw = await _raw_item(dynamo, "p", "k")
+    assert int(raw["ttl"]["N"]) == math.ceil(expires)  # whole seconds, never early
+    item = await store.get("p", "k")
+    assert item is not None and item.expires_at == expires
+    assert "ttl" not in await _raw_item(dynamo, "p", "forever")
+
+
+async def test_paging_continues_when_a_page_fills_exactly_with_expired_items(dynamo: DynamoHarness) -> None:
+    # moto omits LastEvaluatedKey when a page fills exactly; expired items make the adapter
+    # ask for more pages, which must continue after the last key read.
+    store = await dynamo.open()
+    past = time.time() - 60
+    await store.write("p", [Put(f"k{i:02d}", b"x", expires_at=past if i < 6 else None) for i in range(10)])
+    assert [i.key for i in await store.query("p", "k", limit=3)] == ["k06", "k07", "k08"]
+    assert [i.key for i in await store.query("p", "k", limit=3, descending=True)] == ["k09", "k08", "k07"]
+    assert [i.key for i in await store.query("p", "", after="k00", before="k09", limit=10)] == [
+        "k06", "k07", "k08",
+    ]
+
+
+async def test_query_bounds_are_exact_for_extreme_characters(dynamo: DynamoHarness) -> None:
+    store = await dynamo.open()
+    top = "\U0010ffff"
+    keys = ["a", "a\x00", "a\x01", f"a{top}", f"a{top}{top}z", "b"]
+    await store.write("p", [Put(k, b"x") for k in keys])
+    assert [i.key for i in await store.query("p", "a", after="a")] == keys[1:5]
+    assert [i.key for i in await store.query("p", f"a{top}")] == keys[3:5]
+    assert [i.key for i in await store.query("p", "", before="a\x01", descending=True)] == ["a\x00", "a"]
