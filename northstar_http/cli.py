@@ -255,6 +255,21 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench -----------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark harness (``bench/run.py`` of a source checkout); options pass through."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "run.py").is_file():
+        return _fail("the benchmark harness (bench/run.py) ships with the source checkout only")
+    sys.path.insert(0, str(root))
+    from bench.run import main as bench_main
+
+    result: int = bench_main(args.bench_args)
+    return result
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -296,6 +311,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--kind")
     v.set_defaults(func=cmd_provision)
 
+    b = sub.add_parser("bench", help="run the benchmark harness (P1-P5); see `northstar bench --help`")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for bench/run.py")
+    b.set_defaults(func=cmd_bench)
+
     o = sub.add_parser("openapi", help="write the OpenAPI schema to contracts/openapi.json")
     o.add_argument("--output", default=str(OPENAPI_FILE))
     o.add_argument("--check", action="store_true", help="fail if the file is out of date")
@@ -304,6 +323,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every option after `bench` belongs to the harness
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser().parse_args(argv)
     if args.command == "routes" and args.action == "set" and not (args.kind and args.backend):
         return _fail("routes set needs --kind and --backend")
