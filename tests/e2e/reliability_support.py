@@ -72,8 +72,13 @@ class ServeProcess:
 
     def cli(self, *args: str) -> str:
         result = subprocess.run(
-            [*self._base(), *args], cwd=self.workdir, env=self.env, capture_output=True, text=True,
-            timeout=120, check=False,
+            [*self._base(), *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout.strip()
@@ -87,7 +92,10 @@ class ServeProcess:
         with open(self.workdir / f"serve-{self.starts}.log", "wb") as log:
             self.proc = subprocess.Popen(
                 [*self._base(), "serve", "--port", str(self.port), "--log-level", "warning"],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -138,8 +146,16 @@ class Workload:
     (two ``create`` ops each) on one shared thread and one shared canvas."""
 
     def __init__(
-        self, url: str, token: str, *, clients: int = 3, ops: int = 10, tag: str = "rel",
-        retry_deadline: float = 120.0, thread: str = CHAT_THREAD, canvas: str = CANVAS_ID,
+        self,
+        url: str,
+        token: str,
+        *,
+        clients: int = 3,
+        ops: int = 10,
+        tag: str = "rel",
+        retry_deadline: float = 120.0,
+        thread: str = CHAT_THREAD,
+        canvas: str = CANVAS_ID,
     ) -> None:
         self.url = url
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -275,8 +291,15 @@ class Verified:
     head_rev: int
 
 
-async def verify(url: str, token: str, ledger: Ledger, *, thread: str = CHAT_THREAD,
-                 canvas: str = CANVAS_ID, all_acked: bool = True) -> Verified:
+async def verify(
+    url: str,
+    token: str,
+    ledger: Ledger,
+    *,
+    thread: str = CHAT_THREAD,
+    canvas: str = CANVAS_ID,
+    all_acked: bool = True,
+) -> Verified:
     """Check the crash-safety guarantees (see module doc) against what the service now serves."""
     assert not ledger.unexpected, ledger.unexpected
     headers = {"Authorization": f"Bearer {token}"}
