@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,18 @@ def find_jar() -> Path:
     if shutil.which("java") is None:
         raise EmulatorMissing("java is not on PATH; the Firestore emulator needs a JRE (11+).")
     return jar
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGTERM java if the process that started it dies (even by
+    SIGKILL), so a crashed test run never leaves an emulator behind. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -111,7 +124,15 @@ def start(port: int = 0, timeout: float = 90.0) -> Emulator:
         "--host=127.0.0.1",
         f"--port={port}",
     ]
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # PDEATHSIG follows the starting *thread*: only use it from the main thread.
+    on_main = threading.current_thread() is threading.main_thread()
+    process = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if on_main else None,
+    )
     emulator = Emulator(process, port, Path(log_name), log)
     deadline = time.monotonic() + timeout
     try:
