@@ -36,11 +36,11 @@ def resume_cursor(request: Request[Any, Any, Any], cursor: str | None) -> str | 
 def sse_response(events: AsyncGenerator[SseEvent | None, None], http: HttpSettings) -> ServerSentEvent:
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         # An opening comment flushes headers at once, so clients see the stream is live.
-        yield ServerSentEventMessage(comment="open", retry=http.sse_retry_ms)
+        yield ServerSentEventMessage(comment="open", retry=http.sse_retry_ms, data=None)
         async with contextlib.aclosing(events):  # a disconnect unsubscribes the tail at once
             async for ev in events:
                 if ev is None:
-                    yield ServerSentEventMessage(comment="heartbeat")
+                    yield ServerSentEventMessage(comment="heartbeat", data=None)
                 else:
                     yield ServerSentEventMessage(
                         data=msgspec.json.encode(ev.data).decode(), event=ev.event, id=ev.id

@@ -97,9 +97,10 @@ async def test_stream_sends_retry_hint_heartbeats_and_no_store_headers(live_serv
             lines: list[str] = []
             async for line in r.aiter_lines():
                 lines.append(line)
-                if line.startswith(": heartbeat") or line == ":heartbeat":
+                if line.startswith(": heartbeat"):
                     break
     assert any(line.startswith("retry:") for line in lines)
+    assert not any(line.startswith("data:") for line in lines)  # comments carry no empty event
 
 
 async def test_client_raises_envelope_error_with_upstream(ns) -> None:
