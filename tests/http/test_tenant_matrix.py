@@ -495,3 +495,108 @@ async def test_sse_opened_by_b_on_a_ids_never_carries_a_events(
             await asyncio.wait_for(until_own_event(), 10)
     # everything B saw before its own write's event (e.g. its own safety decision) is B's
     assert not [line for line in seen if MARK in line or '"actor_id":"u_bob"' not in line], seen
+
+
+# --- forged tokens on every family -------------------------------------------------------------
+
+FAMILY_PROBES: list[tuple[str, str, Any]] = [
+    ("GET", "/chat/threads/th_a/messages", None),
+    ("POST", "/chat/threads/th_a/messages", {"role": "user", "content": "forged"}),
+    ("GET", "/canvas/cv_a/snapshot", None),
+    ("POST", "/canvas/cv_a/commands", {"base_rev": 2, "idempotency_key": "f", "ops": []}),
+    ("GET", "/canvas/cv_a/artifacts", None),
+    ("GET", "/sse/chat/th_a", None),
+    ("GET", "/sse/canvas/cv_a", None),
+    ("GET", "/realtime/timeline/tl_a/list", None),
+    ("GET", "/events/list", None),
+    ("GET", "/events/replay?run_id=run_a", None),
+    ("GET", "/memory?session_id=ses_a&key=k", None),
+    ("GET", "/blackboard/run_a/entries", None),
+    ("GET", "/config/tenant", None),
+    ("GET", "/notes", None),
+    ("GET", "/tabular/flows", None),
+    ("GET", "/analytics/events", None),
+    ("GET", "/kill-switches", None),
+    ("GET", "/firearms/licences", None),
+    ("GET", "/strategy-locks", None),
+    ("GET", "/budget/usage", None),
+    ("POST", "/actions/execute", {"action_name": "x", "subject_type": "agent", "subject_id": "a"}),
+]
+
+
+def _forged_tokens() -> dict[str, str]:
+    import base64
+    import json
+    import time
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.conftest import JWT_SECRET
+
+    now = int(time.time())
+    good = {
+        "sub": A_USER,
+        "tenant_id": A_TENANT,
+        "mode": "lab",
+        "roles": ["owner", "admin"],
+        "exp": now + 600,
+    }
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return {
+        "alg-none": ".".join(
+            (b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()), b64(json.dumps(good).encode()), "")
+        ),
+        "expired": pyjwt.encode({**good, "exp": now - 60}, JWT_SECRET, algorithm="HS256"),
+        "nbf-future": pyjwt.encode({**good, "nbf": now + 600}, JWT_SECRET, algorithm="HS256"),
+        "wrong-secret": pyjwt.encode(good, "not-the-secret-but-long-enough-123", algorithm="HS256"),
+        "hs512": pyjwt.encode(good, JWT_SECRET, algorithm="HS512"),
+        "rs256-unknown-key": pyjwt.encode(good, rsa_key, algorithm="RS256"),
+    }
+
+
+@pytest.mark.parametrize("attack", list(_forged_tokens()))
+async def test_forged_tokens_are_refused_on_every_family_and_change_nothing(
+    client, auth, alpha_world, attack: str
+) -> None:
+    token = _forged_tokens()[attack]
+    problems = []
+    for method, path, body in FAMILY_PROBES:
+        r = await client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+        err = (
+            r.json().get("error", {})
+            if r.headers.get("content-type", "").startswith("application/json")
+            else {}
+        )
+        if r.status_code != 401 or err.get("code") != "auth.invalid_token" or err.get("http_status") != 401:
+            problems.append(f"{attack} {method} {path} -> {r.status_code} {r.text[:150]}")
+    assert not problems, "\n".join(problems)
+    snap = (await client.get("/chat/threads/th_a/snapshot", headers=_admin(auth))).json()
+    assert snap["head_seq"] == 3
+
+
+async def test_writes_with_contradicting_tenant_header_are_refused_audited_and_write_nothing(
+    client, auth, engines, alpha_world
+) -> None:
+    b = auth(B_TENANT, "u_bob", headers={"X-Tenant-Id": A_TENANT})
+    problems = []
+    writes = [(m, p, body) for m, p, body in FAMILY_PROBES if m == "POST"]
+    for method, path, body in writes:
+        r = await client.request(method, path, json=body, headers=b)
+        if r.status_code != 403 or r.json()["error"]["code"] != "auth.identity_mismatch":
+            problems.append(f"{method} {path} -> {r.status_code} {r.text[:150]}")
+    assert not problems, problems
+    a = _admin(auth)
+    assert (await client.get("/chat/threads/th_a/snapshot", headers=a)).json()["head_seq"] == 3
+    assert (await client.get("/canvas/cv_a/snapshot", headers=a)).json()["head_rev"] == 2
+    bctx = RequestContext(tenant_id=B_TENANT, mode="lab", user_id="u_bob", roles=("member",))
+    audits = [
+        e
+        for e in (await engines.spine.list(bctx, event_type="audit")).items
+        if e.payload.get("action") == "identity_mismatch"
+    ]
+    assert len(audits) == len(writes)
