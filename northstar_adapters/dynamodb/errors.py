@@ -16,6 +16,7 @@ import asyncio
 import enum
 from typing import Final
 
+import aiohttp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -99,9 +100,14 @@ def classify(exc: BaseException) -> Outcome:
         return Outcome.FATAL
     if isinstance(exc, ParamValidationError):
         return Outcome.INVALID
-    if isinstance(exc, (HTTPClientError, BotoCoreError, asyncio.TimeoutError, OSError)):
+    if isinstance(exc, (HTTPClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)):
         return Outcome.AMBIGUOUS  # read timeout, connection dropped mid-request
     return Outcome.FATAL
+
+
+# Everything the SDK stack raises for a failed call (aiobotocore mostly wraps aiohttp's errors
+# into botocore's, but not all of them).
+TRANSPORT_ERRORS: Final = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 
 
 def describe(exc: BaseException) -> str:

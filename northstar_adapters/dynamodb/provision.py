@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from northstar_adapters.dynamodb.errors import describe, error_code
+from northstar_adapters.dynamodb.errors import TRANSPORT_ERRORS, describe, error_code
 from northstar_adapters.dynamodb.store import TTL_ATTRIBUTE, DynamoConfig, _Client
 from northstar_core.routing import Route
 from northstar_core.storage import BackendUnavailable
@@ -53,7 +53,7 @@ async def provision(route: Route, *, dry_run: bool) -> list[str]:
             ]
         finally:
             await holder.close()
-    except (ClientError, BotoCoreError, OSError) as exc:
+    except TRANSPORT_ERRORS as exc:
         raise BackendUnavailable(f"dynamodb provision of {config.table}: {describe(exc)}") from exc
 
 

@@ -46,9 +46,15 @@ from typing import Any, Final
 import aioboto3
 import msgspec
 from aiobotocore.config import AioConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from northstar_adapters.dynamodb.errors import Outcome, classify, condition_failure_index, describe
+from northstar_adapters.dynamodb.errors import (
+    TRANSPORT_ERRORS,
+    Outcome,
+    classify,
+    condition_failure_index,
+    describe,
+)
 from northstar_core.routing import Route
 from northstar_core.storage import (
     KEY_MAX_BYTES,
@@ -329,7 +335,7 @@ class DynamoItemStore(ItemStore):
                     else:
                         self._own = _Client(self.config)
                         client = await self._own.open()
-                except (BotoCoreError, ClientError, OSError) as exc:
+                except TRANSPORT_ERRORS as exc:
                     raise BackendUnavailable(f"dynamodb client: {describe(exc)}") from exc
                 self._client = self._wrap(client) if self._wrap else client
         return self._client
@@ -372,7 +378,7 @@ class DynamoItemStore(ItemStore):
             client = await self._get_client()
             try:
                 return await call(client)
-            except (ClientError, BotoCoreError, OSError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 outcome = classify(exc)
                 if outcome is Outcome.INVALID:
                     raise InvalidItem(describe(exc)) from exc
@@ -485,7 +491,7 @@ class DynamoItemStore(ItemStore):
             try:
                 await request(client)
                 return
-            except (ClientError, BotoCoreError, OSError) as exc:
+            except TRANSPORT_ERRORS as exc:
                 index = condition_failure_index(exc) if isinstance(exc, ClientError) else None
                 if index is not None:
                     if maybe_applied and await self._applied(partition, ops, token):
