@@ -7,6 +7,7 @@ transactions stay fast.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -224,3 +225,10 @@ async def test_query_bounds_are_exact_for_extreme_characters(dynamo: DynamoHarne
     assert [i.key for i in await store.query("p", "a", after="a")] == keys[1:5]
     assert [i.key for i in await store.query("p", f"a{top}")] == keys[3:5]
     assert [i.key for i in await store.query("p", "", before="a\x01", descending=True)] == ["a\x00", "a"]
+
+
+async def test_stores_sharing_a_client_can_be_first_used_concurrently(dynamo: DynamoHarness) -> None:
+    # Regression: the second store used to get the shared client before it finished opening.
+    stores = [await dynamo.open() for _ in range(4)]
+    await asyncio.gather(*(s.write("p", [Put(f"k{i}", b"v")]) for i, s in enumerate(stores)))
+    assert [i.key for i in await stores[0].query("p", "k")] == ["k0", "k1", "k2", "k3"]
