@@ -298,6 +298,16 @@ class _Engine:
                 break
         if conn is not None:
             conn.close()
+        # A write that raced close() (enqueued behind the stop mark) is answered, never lost.
+        late: list[_Request] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                late.append(item)
+        self._answer(late, [BackendUnavailable("sqlite: store is closed")] * len(late))
 
     @staticmethod
     def _answer(group: list[_Request], outcomes: Sequence[BaseException | None]) -> None:
@@ -526,6 +536,12 @@ class SqliteItemStore(ItemStore):
         return await self._live_engine().read(run, short=limit <= SHORT_READ_ROWS)
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` atomically; returns only after the transaction carrying them committed.
+
+        A caller cancelled while waiting does not cancel the batch: it may still commit, as a
+        request to any remote backend may (every write in the core is conditional or keyed,
+        so a retry finds the outcome).
+        """
         validate_ops(ops, self.capabilities.max_batch_ops)
         await self._live_engine().write(self.namespace, partition, list(ops))
 

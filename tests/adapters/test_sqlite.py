@@ -276,3 +276,15 @@ async def test_reading_a_page_costs_the_same_deep_in_a_long_partition(tmp_path: 
     assert await cost(before="s#00000100", descending=True) <= 2 * shallow
     conn.set_progress_handler(None, 0)
     await store.close()
+
+
+async def test_writes_racing_close_are_all_answered(tmp_path: Path) -> None:
+    store = await _fresh(tmp_path)
+    engine = store._live_engine()
+    writes = [asyncio.create_task(engine.write("default", "race", [Put(f"k{i}", b"v")])) for i in range(50)]
+    await asyncio.sleep(0)
+    await asyncio.to_thread(engine.close)
+    late = asyncio.create_task(engine.write("default", "race", [Put("late", b"v")]))
+    outcomes = await asyncio.wait_for(asyncio.gather(*writes, late, return_exceptions=True), timeout=30)
+    assert all(o is None or isinstance(o, BackendUnavailable) for o in outcomes)
+    assert isinstance(outcomes[-1], BackendUnavailable)
