@@ -447,7 +447,7 @@ class CapabilityContract:
     async def test_shared_stores_enforce_conditions_across_peers(self, harness: BackendHarness) -> None:
         store = await harness.open()
         if not store.capabilities.shared:
-            pytest.skip("backend declares shared=False (checked by test_shared_is_declared_honestly)")
+            pytest.skip(f"{harness.name}: declares shared=False (see test_shared_is_declared_honestly)")
         peer = await harness.open_peer()
         p = _partition()
         await store.write(p, [Put("k", b"v", version=1)])

@@ -168,7 +168,7 @@ class SafetyContract:
     ) -> None:
         store = await harness.open()
         if not store.capabilities.shared:
-            pytest.skip("backend is not shared between store objects")
+            pytest.skip(f"{harness.name}: declares shared=False (peers do not see each other's writes)")
         clock = ManualClock()
         rig = await safety_rig(store, clock)
         peer = await safety_rig(await harness.open_peer(), clock)
