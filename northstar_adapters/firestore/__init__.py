@@ -24,5 +24,7 @@ __all__ = ["CAPABILITIES", "FirestoreItemStore", "index_document", "open_store",
 
 
 def open_store(route: Route) -> FirestoreItemStore:
-    """A store for ``route``; the client (and its channel) is created lazily on first use."""
+    """A store for ``route``. Its ``AsyncClient`` (one gRPC channel) is created lazily on first
+    use and shared with every other store on the same project/database/emulator in the same
+    event loop; the last of them to close closes the channel."""
     return store_from_params(route.resource_kind, dict(route.params))

@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -108,6 +110,50 @@ _RETRYABLE: Final = (
 _BACKEND_ERRORS: Final = (gexc.GoogleAPIError, grpc.RpcError, auth_exc.GoogleAuthError, OSError, TimeoutError)
 
 
+class _SharedClients:
+    """One ``AsyncClient`` (one gRPC channel) per configuration and event loop, shared by the
+    stores of every resource kind routed to it and reference-counted: the last store to close
+    closes the channel."""
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], list[Any]]]
+        self._by_loop = weakref.WeakKeyDictionary()
+
+    def acquire(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[Any, ...], make: Callable[[], Any]
+    ) -> Any:
+        entries = self._by_loop.setdefault(loop, {})
+        entry = entries.get(key)
+        if entry is None:
+            entry = entries[key] = [make(), 0]
+        entry[1] += 1
+        return entry[0]
+
+    def release(self, loop: asyncio.AbstractEventLoop, key: tuple[Any, ...]) -> Any | None:
+        """Drop one user; the client to close if it was the last one, else ``None``."""
+        entries = self._by_loop.get(loop)
+        entry = entries.get(key) if entries else None
+        if entries is None or entry is None:
+            return None
+        entry[1] -= 1
+        if entry[1] > 0:
+            return None
+        del entries[key]
+        return entry[0]
+
+
+_CLIENTS = _SharedClients()
+
+
+async def _close_client(client: Any) -> None:
+    api = getattr(client, "_firestore_api_internal", None)
+    if api is not None:
+        try:
+            await api.transport.close()
+        except Exception:  # closing a dead channel must not fail shutdown
+            pass
+
+
 def _to_timestamp(expires_at: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(expires_at, tz=dt.UTC)
 
@@ -131,6 +177,7 @@ class FirestoreItemStore(ItemStore):
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         client_factory: Callable[[], firestore.AsyncClient] | None = None,
+        share_client: bool = True,
     ) -> None:
         self.collection = collection
         self.project = project
@@ -143,8 +190,12 @@ class FirestoreItemStore(ItemStore):
         self._clock = clock
         self._sleep = sleep
         self._client_factory = client_factory
+        # Stores on one configuration share a client unless told otherwise (a peer standing in
+        # for a second process) or given their own client factory.
+        self._shared = share_client and client_factory is None
         self._client_obj: firestore.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._key: tuple[Any, ...] = ()
 
     # --- client ----------------------------------------------------------------------------
 
@@ -165,11 +216,20 @@ class FirestoreItemStore(ItemStore):
         # env var, with which the SDK uses anonymous credentials by itself).
         return firestore.AsyncClient(project=self.project, database=self.database)
 
+    def _share_key(self) -> tuple[Any, ...]:
+        return (self.project, self.database, self.emulator_host, os.environ.get(EMULATOR_ENV))
+
     def _client(self) -> firestore.AsyncClient:
         # A gRPC aio channel belongs to the event loop it was created on.
         loop = asyncio.get_running_loop()
         if self._client_obj is None or self._loop is not loop:
-            self._client_obj = self._make_client()
+            if self._shared:
+                if self._client_obj is not None and self._loop is not None:
+                    _CLIENTS.release(self._loop, self._key)  # that loop is gone or elsewhere
+                self._key = self._share_key()
+                self._client_obj = _CLIENTS.acquire(loop, self._key, self._make_client)
+            else:
+                self._client_obj = self._make_client()
             self._loop = loop
         return self._client_obj
 
@@ -181,12 +241,13 @@ class FirestoreItemStore(ItemStore):
 
     async def close(self) -> None:
         client, self._client_obj = self._client_obj, None
-        api = getattr(client, "_firestore_api_internal", None) if client is not None else None
-        if api is not None:
-            try:
-                await api.transport.close()
-            except Exception:  # closing a dead channel must not fail shutdown
-                pass
+        if client is None:
+            return
+        if self._shared:
+            assert self._loop is not None
+            client = _CLIENTS.release(self._loop, self._key)
+        if client is not None:
+            await _close_client(client)
 
     # --- retries ---------------------------------------------------------------------------
 
@@ -436,7 +497,9 @@ def _number(params: dict[str, Any], name: str, default: float) -> float:
     return float(value)
 
 
-def store_from_params(resource_kind: str, params: dict[str, Any]) -> FirestoreItemStore:
+def store_from_params(
+    resource_kind: str, params: dict[str, Any], *, share_client: bool = True
+) -> FirestoreItemStore:
     """Build a store from route params (see ``northstar_adapters.firestore`` docs)."""
     prefix = str(params.get("collection_prefix", "northstar_"))
     emulator_host = params.get("emulator_host") or None
@@ -447,4 +510,5 @@ def store_from_params(resource_kind: str, params: dict[str, Any]) -> FirestoreIt
         emulator_host=str(emulator_host) if emulator_host else None,
         timeout=_number(params, "timeout_seconds", 10.0),
         max_attempts=int(_number(params, "max_attempts", 5)),
+        share_client=share_client,
     )

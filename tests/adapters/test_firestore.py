@@ -27,6 +27,7 @@ from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.firestore import FirestoreItemStore, index_document, open_store, provision
 from northstar_adapters.firestore.layout import doc_id, prefix_end, raw_id
 from northstar_adapters.firestore.provision import DEFAULT_INDEX_FILE, query_is_covered, render_index_file
+from northstar_adapters.firestore.store import store_from_params
 from northstar_core.routing import Route
 from northstar_core.storage import ItemStore, Put
 from tests.emulators.firestore import firestore_emulator, wipe  # noqa: F401 - session fixture
@@ -49,7 +50,10 @@ class FirestoreHarness(BackendHarness):
         return store
 
     async def open_peer(self) -> ItemStore:
-        return await self.open()  # a new store object = a new AsyncClient and channel
+        # Its own AsyncClient and gRPC channel, as a second server process would have.
+        store = store_from_params(self.route.resource_kind, dict(self.route.params), share_client=False)
+        self._stores.append(store)
+        return store
 
     async def cleanup(self) -> None:
         for store in self._stores:
@@ -103,7 +107,9 @@ class CloudFirestoreHarness(BackendHarness):
         return store
 
     async def open_peer(self) -> ItemStore:
-        return await self.open()
+        store = store_from_params(self.route.resource_kind, dict(self.route.params), share_client=False)
+        self._stores.append(store)
+        return store
 
     async def cleanup(self) -> None:
         for store in self._stores:
@@ -260,6 +266,25 @@ async def test_emulator_host_param_selects_the_emulator_without_the_env_var(
         assert store.collection == "x_chat_store"
     finally:
         await store.close()
+        await asyncio.to_thread(wipe, firestore_emulator, project)
+
+
+async def test_kinds_on_one_configuration_share_one_client_until_the_last_closes(
+    firestore_emulator: str,  # noqa: F811
+) -> None:
+    project = f"share-{uuid.uuid4().hex[:12]}"
+    chat = open_store(Route(resource_kind="chat_store", backend="firestore", params={"project": project}))
+    notes = open_store(Route(resource_kind="notes_store", backend="firestore", params={"project": project}))
+    try:
+        await chat.write("t_a|lab|p", [Put("k", b"chat")])
+        await notes.write("t_a|lab|p", [Put("k", b"notes")])
+        assert chat._client() is notes._client()
+        await chat.close()
+        item = await notes.get("t_a|lab|p", "k")  # still open: the channel outlives the first close
+        assert item is not None and item.value == b"notes"  # kinds live in separate collections
+    finally:
+        await chat.close()
+        await notes.close()
         await asyncio.to_thread(wipe, firestore_emulator, project)
 
 
