@@ -97,6 +97,7 @@ class CanvasLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_atoms: Positive = 10_000  # canvas.canvas_too_large (413)
     checkpoint_every: Positive = 64  # K: a snapshot reads < K commands after a checkpoint
     recovery_cap: Positive = 100  # recovery_ops beyond this: snapshot_required
+    max_recovery_bytes: Positive = 1_000_000  # ... or beyond this much JSON: snapshot_required
     max_gesture_bytes: Positive = 8_000  # canvas.gesture_too_large (413)
     max_inline_bytes: Positive = 64_000  # canvas.body_too_large (413), artifacts/audits
     max_metadata_bytes: Positive = 16_000  # canvas.metadata_too_large (413)
@@ -519,9 +520,15 @@ class CanvasService:
             self._cache.popitem(last=False)
 
     async def _conflict(self, log_: SequencedStream, base_rev: int, head: int) -> NorthstarError:
-        cap = self.limits_for(log_.store).recovery_cap
-        items = await log_.read(base_rev, cap) if cap > 0 else []
-        missed = [msgspec.json.decode(i.value, type=CommandRecord).summary() for i in items]
+        limits = self.limits_for(log_.store)
+        items = await log_.read(base_rev, limits.recovery_cap)
+        missed: list[dict[str, Any]] = []
+        budget = limits.max_recovery_bytes
+        for item in items:
+            budget -= len(item.value)
+            if budget < 0 and missed:  # a 409 body stays small; the client reloads instead
+                break
+            missed.append(msgspec.json.decode(item.value, type=CommandRecord).summary())
         return NorthstarError(
             f"{DOMAIN}.rev_conflict",
             f"base_rev {base_rev} is behind the head revision {head}; rebase on recovery_ops",

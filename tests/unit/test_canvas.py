@@ -551,3 +551,15 @@ async def test_command_size_limit_cannot_be_configured_beyond_one_stored_item() 
     with pytest.raises(NorthstarError) as err:
         await rig.canvas.commit(make_ctx(), cid(), command(0, create("a")))
     assert err.value.code == "canvas.route_misconfigured"
+
+
+async def test_recovery_ops_are_also_capped_by_size() -> None:
+    rig = await canvas_rig(MemoryItemStore(), limits=CanvasLimits(max_recovery_bytes=25_000))
+    ctx, c = make_ctx(), cid()
+    for rev in range(4):
+        await rig.canvas.commit(ctx, c, command(rev, create(f"a{rev}", blob="x" * 10_000)))
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.commit(ctx, c, command(0, create("late")))
+    details = err.value.details
+    assert [r["rev"] for r in details["recovery_ops"]] == [1, 2]
+    assert (details["expected_rev"], details["snapshot_required"]) == (4, True)
