@@ -285,14 +285,14 @@ class _Engine:
                         conn.execute(statement)
                 except (sqlite3.Error, OSError) as exc:
                     conn = None
-                    self._answer(group, [_unavailable(exc)] * len(group))
+                    self._answer(group, [_unavailable(exc) for _ in group])
                     if stop:
                         break
                     continue
             try:
                 outcomes = self._commit_group(conn, group)
             except Exception as exc:  # never let the writer die with callers waiting
-                outcomes = [_unavailable(exc)] * len(group)
+                outcomes = [_unavailable(exc) for _ in group]
             self._answer(group, outcomes)
             if stop:
                 break
@@ -307,7 +307,7 @@ class _Engine:
                 break
             if item is not _STOP:
                 late.append(item)
-        self._answer(late, [BackendUnavailable("sqlite: store is closed")] * len(late))
+        self._answer(late, [BackendUnavailable("sqlite: store is closed") for _ in late])
 
     @staticmethod
     def _answer(group: list[_Request], outcomes: Sequence[BaseException | None]) -> None:
@@ -323,7 +323,7 @@ class _Engine:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            return [_unavailable(exc)] * len(group)
+            return [_unavailable(exc) for _ in group]
         try:
             now = time.time()
             single = len(group) == 1
@@ -362,7 +362,7 @@ class _Engine:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            return [_unavailable(exc)] * len(group)
+            return [_unavailable(exc) for _ in group]
         return outcomes
 
     @staticmethod
