@@ -207,7 +207,16 @@ class RoutingRegistry:
         if self._monotonic() - self._loaded_at >= self._refresh_seconds:
             async with self._lock:
                 if self._monotonic() - self._loaded_at >= self._refresh_seconds:
-                    await self.load()
+                    try:
+                        await self.load()
+                    except NorthstarError:
+                        if self._loaded_at == float("-inf"):
+                            raise  # never loaded: nothing to serve from
+                        # The registry's store is unreachable but routes are known: keep
+                        # serving them (retrying the refresh next interval), so each kind
+                        # reports its own backend's state (`<kind>.backend_unavailable` when it
+                        # shares the outage) and kinds on healthy backends keep working.
+                        self._loaded_at = self._monotonic()
 
     def routes(self) -> list[tuple[Route, int]]:
         return sorted(self._routes.values(), key=lambda rv: (rv[0].resource_kind, rv[0].tenant_id or ""))

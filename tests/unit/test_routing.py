@@ -215,3 +215,22 @@ async def test_kinds_routed_to_one_configuration_share_one_opened_store() -> Non
     a = await reg.store_for("chat_store", "t_a")
     b = await reg.store_for("chat_store", "t_b")
     assert a.inner is b.inner and len(factory.opened) == 1
+
+
+async def test_an_unreachable_registry_store_keeps_serving_the_routes_it_loaded() -> None:
+    table = MemoryItemStore()
+    clock = [0.0]
+    reg = registry("lab", table, monotonic=lambda: clock[0], refresh_seconds=1.0)
+    await reg.set_route(Route(resource_kind="chat_store", backend="memory", params={"name": "chat"}))
+
+    async def down(*args: object, **kwargs: object) -> list[Item]:
+        raise BackendUnavailable("connection refused", retry_after=3)
+
+    table.query = down  # type: ignore[method-assign]
+    clock[0] += 5.0
+    # the refresh fails, the known route still resolves: the kind reports its own backend
+    assert (await reg.store_for("chat_store")).route.params == {"name": "chat"}
+    fresh = registry("lab", table)
+    with pytest.raises(NorthstarError) as info:  # never loaded: nothing to serve from
+        await fresh.store_for("chat_store")
+    assert info.value.code == "routing_registry.backend_unavailable"
