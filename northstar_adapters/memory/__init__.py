@@ -26,6 +26,20 @@ from northstar_core.storage import (
 CAPABILITIES = Capabilities(durable=False, shared=False, native_ttl=False, max_batch_ops=100)
 
 
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string above every string that starts with ``prefix`` (None: unbounded)."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
 class MemoryItemStore(ItemStore):
     """Items in sorted per-partition lists; one lock makes every batch atomic."""
 
@@ -64,7 +78,8 @@ class MemoryItemStore(ItemStore):
         lo = bisect.bisect_left(keys, prefix)
         if after is not None:
             lo = max(lo, bisect.bisect_right(keys, after))
-        hi = bisect.bisect_left(keys, prefix + "\U0010ffff")
+        end = _prefix_end(prefix)
+        hi = bisect.bisect_left(keys, end) if end is not None else len(keys)
         if before is not None:
             hi = min(hi, bisect.bisect_left(keys, before))
         out: list[Item] = []
