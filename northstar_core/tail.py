@@ -62,7 +62,7 @@ def _channel_key(stream: SequencedStream) -> tuple[str, str, Any]:
 class _Channel:
     """Shared state of one followed stream in this process."""
 
-    __slots__ = ("changed", "head", "key", "poller", "stream", "subscribers")
+    __slots__ = ("changed", "head", "key", "poller", "reads", "stream", "subscribers")
 
     def __init__(self, key: tuple[str, str, Any], stream: SequencedStream) -> None:
         self.key = key
@@ -71,13 +71,39 @@ class _Channel:
         self.subscribers = 0
         self.changed = asyncio.Event()
         self.poller: asyncio.Task[None] | None = None
+        # Store reads in flight since the last wake-up, by (after_seq, batch): subscribers at
+        # the same position share one read instead of each doing their own.
+        self.reads: dict[tuple[int, int], asyncio.Future[list[Item]]] = {}
 
     def advance(self, head: int) -> None:
         """Record a new head; wake every subscriber waiting on the old event."""
         if head > self.head:
             self.head = head
             old, self.changed = self.changed, asyncio.Event()
+            # A read started before this wake-up may miss the new entries: never share it
+            # with subscribers that wake up now.
+            self.reads = {}
             old.set()
+
+    async def read(self, stream: SequencedStream, after_seq: int, batch: int) -> list[Item]:
+        """``stream.read(after_seq, batch)``, shared with the subscribers reading the same
+        position since the last wake-up (a read they join started after the wake-up they
+        captured, so it sees every entry they were woken for)."""
+        reads, key = self.reads, (after_seq, batch)
+        shared = reads.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(stream.read(after_seq, batch))
+            reads[key] = shared
+
+            def done(fut: asyncio.Future[list[Item]]) -> None:
+                if reads.get(key) is fut:
+                    del reads[key]
+                if not fut.cancelled():
+                    fut.exception()  # retrieved here too: every reader may have left
+
+            shared.add_done_callback(done)
+        # shield: a subscriber leaving (cancelled) does not cancel the read for the others
+        return await asyncio.shield(shared)
 
 
 class TailHub:
@@ -150,7 +176,7 @@ class TailHub:
                 # Take the event before reading: a wake-up that happens during the read sets
                 # this event, so the wait below returns at once instead of missing it.
                 changed = channel.changed
-                items = await stream.read(position, batch)
+                items = await channel.read(stream, position, batch)
                 for item in items:
                     position = seq_of(item.key)
                     yield item
@@ -162,7 +188,9 @@ class TailHub:
                     if heartbeat is None:
                         await changed.wait()
                     else:
-                        await asyncio.wait_for(changed.wait(), heartbeat)
+                        # asyncio.timeout, not wait_for: no extra task per idle subscriber.
+                        async with asyncio.timeout(heartbeat):
+                            await changed.wait()
                 except TimeoutError:
                     yield None
         finally:
