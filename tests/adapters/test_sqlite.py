@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import northstar_adapters.sqlite as sqlite_adapter
 from contracts.suite import ALL_CONTRACTS
@@ -288,3 +290,22 @@ async def test_writes_racing_close_are_all_answered(tmp_path: Path) -> None:
     outcomes = await asyncio.wait_for(asyncio.gather(*writes, late, return_exceptions=True), timeout=30)
     assert all(o is None or isinstance(o, BackendUnavailable) for o in outcomes)
     assert isinstance(outcomes[-1], BackendUnavailable)
+
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
+
+
+@given(prefix=_text, suffix=_text, other=_text)
+def test_the_prefix_bound_covers_exactly_the_keys_with_the_prefix(
+    prefix: str, suffix: str, other: str
+) -> None:
+    end = sqlite_adapter._prefix_end(prefix)
+    assert end is None or prefix + suffix < end
+    if not other.startswith(prefix) and other >= prefix:
+        assert end is not None and other >= end
+
+
+@given(prefix=st.sampled_from(["\U0010ffff", "a\U0010ffff", "\ud7ff", ""]), suffix=_text)
+def test_the_prefix_bound_handles_the_top_code_point_and_surrogates(prefix: str, suffix: str) -> None:
+    end = sqlite_adapter._prefix_end(prefix)
+    assert end is None or (prefix + suffix < end and end.encode())
