@@ -104,7 +104,7 @@ async def open_engines(routes: list[Route], registry_route: Route) -> Engines:
 CTX = RequestContext(tenant_id="t_bench", mode="lab", user_id="u_bench", roles=("member", "admin"))
 
 
-async def build_chat(engines: Engines, thread: str, n: int) -> None:
+async def build_chat(engines: Engines, thread: str, n: int, batch: int = 99) -> None:
     """A thread of ``n`` messages: first and last through the service, the rest in bulk."""
     chat = engines.chat
     await chat.post(CTX, thread, role="user", content="first", idempotency_key="first")
@@ -112,7 +112,7 @@ async def build_chat(engines: Engines, thread: str, n: int) -> None:
     now = time.time()
     remaining = n - 2
     while remaining > 0:
-        size = min(99, remaining)
+        size = min(batch, remaining)
 
         def build(first: int, size: int = size) -> list[bytes]:
             return [
@@ -138,7 +138,7 @@ async def build_chat(engines: Engines, thread: str, n: int) -> None:
     await chat.post(CTX, thread, role="user", content="last", idempotency_key="replay-me")
 
 
-async def build_canvas(engines: Engines, canvas_id: str, n: int) -> None:
+async def build_canvas(engines: Engines, canvas_id: str, n: int, batch: int = 32) -> None:
     """A canvas of ``n`` revisions: rev 1 through the service, then bulk in the same layout."""
     canvas, events = engines.canvas, engines.streams
     first = await canvas.commit(
@@ -159,7 +159,7 @@ async def build_canvas(engines: Engines, canvas_id: str, n: int) -> None:
     now = time.time()
     rev = 1
     while rev < n:
-        upto = min(n, (rev // 32 + 1) * 32)  # batches end on checkpoint boundaries
+        upto = min(n, (rev // batch + 1) * batch)  # batches end on checkpoint boundaries
         records = []
         for r in range(rev + 1, upto + 1):
             op = UpdateOp(atom_id="a1", patch={"n": r})
@@ -256,7 +256,13 @@ def dynamodb_routes(endpoint: str) -> tuple[list[Route], Route]:
 
 
 async def run_backend(
-    routes: list[Route], registry_route: Route, small: int, large: int, reps: int, provision: bool = False
+    routes: list[Route],
+    registry_route: Route,
+    small: int,
+    large: int,
+    reps: int,
+    provision: bool = False,
+    batches: tuple[int, int] = (99, 32),
 ) -> dict[str, Any]:
     if provision:
         import importlib
@@ -277,8 +283,8 @@ async def run_backend(
         built: dict[str, float] = {}
         for name, n in (("small", small), ("large", large)):
             t = time.perf_counter()
-            await build_chat(engines, f"th-{name}", n)
-            await build_canvas(engines, f"cv-{name}", n)
+            await build_chat(engines, f"th-{name}", n, batches[0])
+            await build_canvas(engines, f"cv-{name}", n, batches[1])
             built[name] = round(time.perf_counter() - t, 1)
         samples: dict[str, list[dict[str, Any]]] = {"small": [], "large": []}
         for name, n in (("small", small), ("large", large)):  # warm-up (first-use paths)
@@ -291,7 +297,11 @@ async def run_backend(
                 samples[name].append(await measure(engines, f"th-{name}", f"cv-{name}", n))
     finally:
         await engines.close()
-    result: dict[str, Any] = {"history": {"small": small, "large": large}, "build_s": built}
+    result: dict[str, Any] = {
+        "history": {"small": small, "large": large},
+        "build_s": built,
+        "bulk_batches": {"chat": batches[0], "canvas": batches[1]},
+    }
     for name, runs in samples.items():
         result[name] = {
             f"{op}_ms": round(statistics.median(r[f"{op}_s"] for r in runs) * 1000, 3)
@@ -368,8 +378,11 @@ def run(
                 server = MotoServer.start()
                 try:
                     routes, reg = dynamodb_routes(server.endpoint)
-                    n = large or (1_000 if quick else 3_000)
-                    res = asyncio.run(run_backend(routes, reg, 100, n, reps, provision=True))
+                    # moto copies the table on every transaction: bulk loads stay small
+                    n = large or (600 if quick else 2_000)
+                    res = asyncio.run(
+                        run_backend(routes, reg, 100, n, reps, provision=True, batches=(20, 16))
+                    )
                 finally:
                     server.stop()
             else:
