@@ -2,14 +2,14 @@
 
 Each test gets a fresh table (a new table prefix, created by the adapter's own ``provision``)
 and drops it afterwards, so tests never see each other's data and moto's table-copying
-transactions stay fast.
+transactions stay fast. The same contracts run on real DynamoDB in ``tests/cloud_smoke``
+(opt-in: ``NORTHSTAR_SMOKE_DYNAMODB_REGION`` plus AWS credentials).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -77,60 +77,6 @@ class TestDynamoDB(*ALL_CONTRACTS):  # type: ignore[misc]
             await h.cleanup()
 
 
-
-# --- opt-in smoke run against real DynamoDB ---------------------------------------------------
-
-SMOKE_ENV = "NORTHSTAR_SMOKE_DYNAMODB_REGION"
-# The real AWS environment, captured at import: the moto fixture later swaps in test
-# credentials for the whole session, and the smoke run must use the real standard chain.
-_AWS_ENV_NAMES = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
-)
-_REAL_AWS_ENV = {name: os.environ.get(name) for name in _AWS_ENV_NAMES}
-
-
-class CloudDynamoHarness(DynamoHarness):
-    """A fresh table per test in a real account (credentials from the SDK chain), deleted after."""
-
-    def __init__(self, region: str) -> None:
-        self.route = Route(
-            resource_kind="chat_store",
-            backend="dynamodb",
-            params={"region": region, "table_prefix": f"northstar_smoke_{uuid.uuid4().hex[:10]}_"},
-        )
-        self._stores = []
-
-
-if os.environ.get(SMOKE_ENV):
-
-    @pytest.mark.cloud_smoke
-    class TestDynamoDBCloudSmoke(*ALL_CONTRACTS):  # type: ignore[misc]
-        model_max_examples: ClassVar[int] = 5
-        model_step_count: ClassVar[int] = 10
-
-        @pytest.fixture
-        async def harness(self, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[CloudDynamoHarness]:
-            for name, value in _REAL_AWS_ENV.items():
-                if value is None:
-                    monkeypatch.delenv(name, raising=False)
-                else:
-                    monkeypatch.setenv(name, value)
-            h = CloudDynamoHarness(os.environ[SMOKE_ENV])
-            await h.setup()
-            try:
-                yield h
-            finally:
-                await h.cleanup()
-
-else:
-
-    @pytest.mark.cloud_smoke
-    def test_dynamodb_cloud_smoke() -> None:
-        pytest.skip(
-            f"cloud smoke (real DynamoDB): set {SMOKE_ENV} and AWS credentials (standard chain) "
-            "to run the contracts"
-        )
 
 # --- DynamoDB-specific guarantees -----------------------------------------------------------
 
