@@ -94,6 +94,7 @@ async def test_stream_sends_retry_hint_heartbeats_and_no_store_headers(live_serv
             assert r.headers["cache-control"] == "no-store"
             assert r.headers["x-accel-buffering"] == "no"
             assert r.headers["x-request-id"]
+            assert r.headers["x-northstar-backend"] == "memory (lab)"
             lines: list[str] = []
             async for line in r.aiter_lines():
                 lines.append(line)
