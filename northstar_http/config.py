@@ -26,7 +26,7 @@ from typing import Any, Final
 import msgspec
 
 from northstar_core.identity import MODES
-from northstar_core.routing import Route
+from northstar_core.routing import RESOURCE_KINDS, Route
 
 DEFAULT_CONFIG_FILE: Final = "northstar.toml"
 ENV_PREFIX: Final = "NORTHSTAR_"
@@ -156,8 +156,6 @@ def finalize(settings: Settings) -> Settings:
         registry = settings.registry or RegistrySettings(backend="sqlite", params=lab_store_params(settings))
         routes = list(settings.routes)
         if settings.lab_route_all:
-            from northstar_core.routing import RESOURCE_KINDS
-
             have = {r.resource_kind for r in routes if r.tenant_id is None}
             routes += [
                 Route(resource_kind=k, backend=registry.backend, params=dict(registry.params))
@@ -184,14 +182,24 @@ def finalize(settings: Settings) -> Settings:
 
 
 def _lab_secrets(data_dir: Path) -> dict[str, str]:
+    """The lab's persisted secrets, generated on first use.
+
+    Created with a hard link from a private temp file, which fails if the file exists, so two
+    processes starting at once agree on one set of secrets.
+    """
     path = data_dir / "secrets.json"
-    if path.is_file():
-        stored: dict[str, str] = json.loads(path.read_text())
-        if {"jwt_hs256_secret", "cursor_secret"} <= stored.keys():
-            return stored
-    stored = {"jwt_hs256_secret": secrets.token_urlsafe(32), "cursor_secret": secrets.token_urlsafe(32)}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    if not path.is_file():
+        fresh = {"jwt_hs256_secret": secrets.token_urlsafe(32), "cursor_secret": secrets.token_urlsafe(32)}
+        tmp = data_dir / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp.write_text(json.dumps(fresh))
+        tmp.chmod(0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won; use its secrets
+        finally:
+            tmp.unlink()
+    stored: dict[str, str] = json.loads(path.read_text())
+    if not {"jwt_hs256_secret", "cursor_secret"} <= stored.keys():
+        raise ConfigError(f"{path} is incomplete; delete it to generate new lab secrets")
     return stored
