@@ -58,6 +58,7 @@ class Deployment:
         self.config.write_text(to_toml(target.settings_dict(mode="saas")))
         self.env = clean_env(**target.env)
         self.procs: list[subprocess.Popen[str]] = []
+        self.ports: list[tuple[subprocess.Popen[str], int]] = []
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -82,6 +83,7 @@ class Deployment:
                 text=True,
             )
         self.procs.append(proc)
+        self.ports.append((proc, port))
         return proc, port
 
     def wait_healthy(self, proc: subprocess.Popen[str], port: int) -> str:
@@ -177,6 +179,7 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
                     json={"role": "user", "content": f"m{i}", "idempotency_key": f"k{i}"},
                 )
                 assert r.status_code == 201, r.text
+                assert r.headers.get("x-northstar-backend") == backend  # served by the cloud, no "(lab)"
                 posted.append(r.json())
             # a retried post is a replay: nothing new may reach the stream
             replay = await b.post(
@@ -225,3 +228,6 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
         assert len({e.id for e in seen}) == N + 1
         snapshot = (await a.get("/canvas/xproc/snapshot")).json()
         assert snapshot["head_rev"] == N + 1 and len(snapshot["atoms"]) == N - 1
+    deployment.stop_all()
+    for _proc, port in deployment.ports:
+        assert "LAB MODE" not in deployment.log(port)
