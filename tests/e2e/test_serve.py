@@ -196,3 +196,31 @@ def test_saas_mode_without_configuration_refuses_to_start(tmp_path: Path) -> Non
     )
     assert result.returncode != 0
     assert "cursor_secret" in result.stderr and "registry" in result.stderr
+
+
+async def test_two_processes_on_one_lab_data_dir_deliver_each_others_messages_live(tmp_path: Path) -> None:
+    a, b = Served(tmp_path, free_port()), Served(tmp_path, free_port())
+    a.start()
+    b.start()
+    try:
+        token = a.token()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with NorthstarClient(b.url, token) as on_b, httpx.AsyncClient(base_url=a.url) as http:
+            async with http.stream("GET", "/sse/chat/shared", headers=headers, timeout=30) as live:
+                assert live.status_code == 200
+                posted = [await on_b.chat.post("shared", f"x{i}", idempotency_key=f"x{i}") for i in range(5)]
+                await on_b.chat.post("shared", "x0", idempotency_key="x0")  # a replay: no new event
+                seen: list[str] = []
+
+                async def collect() -> None:
+                    async for line in live.aiter_lines():
+                        if line.startswith("id:"):
+                            seen.append(line[3:].strip())
+                            if len(seen) == 5:
+                                return
+
+                await asyncio.wait_for(collect(), 30)
+        assert seen == [p["cursor"] for p in posted]
+    finally:
+        a.stop()
+        b.stop()
