@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,6 +82,8 @@ class CloudTarget:
             from tests.emulators.firestore import wipe
 
             await asyncio.to_thread(wipe, self.params["emulator_host"], self.params["project"])
+            if self.params.get("index_file"):
+                await asyncio.to_thread(Path(self.params["index_file"]).unlink, missing_ok=True)
         elif self.backend == "cosmos":
             from azure.cosmos import exceptions as cosmos_exc
             from azure.cosmos.aio import CosmosClient
@@ -112,7 +116,11 @@ def cloud_target(backend: str, request: pytest.FixtureRequest) -> CloudTarget:
             env=dict(TEST_ENV),
         )
     if backend == "firestore":
-        return CloudTarget(backend, {"project": f"e2e-{tag}", "emulator_host": endpoint})
+        # provision writes the deployable index file: into the temp dir, never over the repo's
+        index_file = str(Path(tempfile.gettempdir()) / f"northstar-e2e-{tag}.indexes.json")
+        return CloudTarget(
+            backend, {"project": f"e2e-{tag}", "emulator_host": endpoint, "index_file": index_file}
+        )
     if backend == "cosmos":
         from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV
 
