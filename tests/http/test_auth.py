@@ -147,6 +147,7 @@ async def test_public_endpoints_need_no_token(client) -> None:
     assert (await client.get("/healthz")).status_code == 200
     assert (await client.get("/readyz")).status_code == 200
     assert (await client.get("/schema/openapi.json")).status_code == 200
+    assert (await client.get("/schema")).status_code == 200
 
 
 async def test_lab_deployment_refuses_tokens_of_another_mode(client, auth) -> None:
