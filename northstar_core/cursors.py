@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from typing import Final
 
 from northstar_core.errors import cursor_invalid
@@ -35,13 +36,14 @@ class CursorCodec:
             raise ValueError("cursor secret must be at least 16 bytes")
         self._secret = secret
 
-    def _mac(self, binding: str, position: str) -> bytes:
-        msg = f"{_VERSION}\x1f{binding}\x1f{position}".encode()
+    def _mac(self, binding: bytes, position: str) -> bytes:
+        msg = binding + json.dumps([_VERSION, position]).encode()
         return hmac.new(self._secret, msg, hashlib.sha256).digest()[:18]
 
     @staticmethod
-    def _binding(domain: str, tenant_id: str, mode: str, stream: str) -> str:
-        return "\x1e".join((domain, tenant_id, mode, stream))
+    def _binding(domain: str, tenant_id: str, mode: str, stream: str) -> bytes:
+        # JSON, not a separator-joined string: no choice of ids can make two bindings collide.
+        return json.dumps([domain, tenant_id, mode, stream]).encode()
 
     def encode(self, domain: str, tenant_id: str, mode: str, stream: str, position: str) -> str:
         mac = self._mac(self._binding(domain, tenant_id, mode, stream), position)

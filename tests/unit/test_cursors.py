@@ -124,3 +124,11 @@ def test_changing_any_character_invalidates_the_cursor(position: str, index: int
 def test_a_short_secret_is_refused() -> None:
     with pytest.raises(ValueError):
         CursorCodec(b"short")
+
+
+def test_bindings_that_would_join_to_the_same_string_do_not_share_cursors() -> None:
+    codec = CursorCodec(b"0123456789abcdef0123456789abcdef")
+    cursor = codec.encode("chat", "t_a", "lab\x1ex", "s", "p")
+    with pytest.raises(NorthstarError) as info:
+        codec.decode("chat", "t_a", "lab", "x\x1es", cursor)
+    assert info.value.http_status == 410
