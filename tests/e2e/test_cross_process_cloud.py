@@ -202,6 +202,35 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
         assert [m.data["message_id"] for m in received[:N]] == [p["message_id"] for p in posted]
         assert [m.id for m in received[:N]] == [p["cursor"] for p in posted]
 
+        # --- concurrent writers on both processes, a subscriber on each: same order everywhere ---
+        async with a.stream("GET", "/sse/chat/both") as live_a, b.stream("GET", "/sse/chat/both") as live_b:
+            assert live_a.status_code == live_b.status_code == 200
+            on_a, on_b = sse_messages(live_a), sse_messages(live_b)
+
+            async def post(client: httpx.AsyncClient, name: str) -> None:
+                for i in range(N // 2):
+                    r = await client.post(
+                        "/chat/threads/both/messages",
+                        json={"role": "user", "content": f"{name}{i}", "idempotency_key": f"{name}{i}"},
+                    )
+                    assert r.status_code == 201, r.text
+
+            await asyncio.gather(post(a, "a"), post(b, "b"))
+            await b.post(
+                "/chat/threads/both/messages",
+                json={"role": "user", "content": "end", "idempotency_key": "end"},
+            )
+            seen_a = [await _next(on_a, want="message") for _ in range(N + 1)]
+            seen_b = [await _next(on_b, want="message") for _ in range(N + 1)]
+            await on_a.aclose()
+            await on_b.aclose()
+        for seen in (seen_a, seen_b):
+            assert [m.data["seq"] for m in seen] == list(range(1, N + 2))
+            assert seen[-1].data["content"] == "end"
+            expected = {f"a{i}" for i in range(N // 2)} | {f"b{i}" for i in range(N // 2)}
+            assert sorted(m.data["content"] for m in seen[:-1]) == sorted(expected)
+        assert [m.data["message_id"] for m in seen_a] == [m.data["message_id"] for m in seen_b]
+
         # --- canvas ---
         async with a.stream("GET", "/sse/canvas/xproc") as live:
             assert live.status_code == 200
