@@ -94,6 +94,9 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_delay: float = 1.0
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    # No new attempt starts once this many seconds have passed since the first: a caller gets
+    # its 503 within about retry_budget + read_timeout, however slow the failures are.
+    retry_budget: float = 20.0
 
     @classmethod
     def from_route(cls, route: Route) -> DynamoConfig:
@@ -360,6 +363,11 @@ class DynamoItemStore(ItemStore):
         """Full jitter: uniform in [0, min(max_delay, base * 2^attempt))."""
         return random.uniform(0, min(self.config.max_delay, self.config.base_delay * 2**attempt))
 
+    def _exhausted(self, attempt: int, attempts: int, started: float, delay: float) -> bool:
+        if attempt >= attempts - 1:
+            return True
+        return time.monotonic() - started + delay > self.config.retry_budget
+
     def _unavailable(
         self, what: str, exc: BaseException, attempts: int, note: str = ""
     ) -> BackendUnavailable:
@@ -374,6 +382,7 @@ class DynamoItemStore(ItemStore):
     async def _read(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run a read, retrying every transient failure."""
         attempts = max(1, self.config.max_attempts)
+        started = time.monotonic()
         for attempt in range(attempts):
             client = await self._get_client()
             try:
@@ -382,9 +391,10 @@ class DynamoItemStore(ItemStore):
                 outcome = classify(exc)
                 if outcome is Outcome.INVALID:
                     raise InvalidItem(describe(exc)) from exc
-                if outcome is Outcome.FATAL or attempt == attempts - 1:
+                delay = self._delay(attempt)
+                if outcome is Outcome.FATAL or self._exhausted(attempt, attempts, started, delay):
                     raise self._unavailable(what, exc, attempt + 1) from exc
-            await self._sleep(self._delay(attempt))
+            await self._sleep(delay)
         raise AssertionError("unreachable")
 
     # --- the port -----------------------------------------------------------------------------
@@ -485,6 +495,7 @@ class DynamoItemStore(ItemStore):
         now = self._clock()
         request = self._request(partition, ops, token, now)
         attempts = max(1, self.config.max_attempts)
+        started = time.monotonic()
         maybe_applied = False
         for attempt in range(attempts):
             client = await self._get_client()
@@ -502,10 +513,11 @@ class DynamoItemStore(ItemStore):
                     raise InvalidItem(describe(exc)) from exc
                 if outcome is Outcome.AMBIGUOUS:
                     maybe_applied = True
-                if outcome is Outcome.FATAL or attempt == attempts - 1:
+                delay = self._delay(attempt)
+                if outcome is Outcome.FATAL or self._exhausted(attempt, attempts, started, delay):
                     note = "; the write may have applied" if maybe_applied else ""
                     raise self._unavailable("write", exc, attempt + 1, note) from exc
-            await self._sleep(self._delay(attempt))
+            await self._sleep(delay)
         raise AssertionError("unreachable")
 
     def _request(

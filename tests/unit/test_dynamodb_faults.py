@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
@@ -145,8 +146,9 @@ class Setup:
         self.clients: list[FaultyClient] = []
         self.delays: list[float] = []
 
-    def faulty(self, **faults: Fault) -> DynamoItemStore:
-        """A store whose client injects ``faults`` (keyed by client method name)."""
+    def faulty(self, config: dict[str, Any] | None = None, **faults: Fault) -> DynamoItemStore:
+        """A store whose client injects ``faults`` (keyed by client method name); ``config``
+        overrides settings of the route's :class:`DynamoConfig`."""
 
         def wrap(inner: Any) -> FaultyClient:
             client = FaultyClient(inner, faults)
@@ -156,9 +158,8 @@ class Setup:
         async def sleep(delay: float) -> None:
             self.delays.append(delay)
 
-        store = DynamoItemStore(
-            DynamoConfig.from_route(self.route), share_client=False, client_wrapper=wrap, sleep=sleep
-        )
+        settings = msgspec.structs.replace(DynamoConfig.from_route(self.route), **(config or {}))
+        store = DynamoItemStore(settings, share_client=False, client_wrapper=wrap, sleep=sleep)
         self.stores.append(store)
         return store
 
@@ -263,6 +264,15 @@ async def test_always_throttled_transaction_writes_nothing(setup: Setup) -> None
         )
     assert setup.calls["transact_write_items"] == MAX_ATTEMPTS
     assert await clean.query(P, "") == [Item("keep", b"old", 1)]
+
+
+async def test_no_retry_starts_after_the_retry_budget_is_spent(setup: Setup) -> None:
+    store = setup.faulty(config={"retry_budget": 0.0}, query=Fault(throttled), put_item=Fault(read_timeout))
+    with pytest.raises(BackendUnavailable):
+        await store.query(P, "")
+    with pytest.raises(BackendUnavailable):
+        await store.write(P, [Put("k", b"v")])
+    assert setup.calls == Counter(query=1, put_item=1)
 
 
 async def test_unreachable_backend_exhaustion_is_backend_unavailable(setup: Setup) -> None:
