@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument(
+        "--exit-on-stdin-close",
+        action="store_true",
+        help="stop when stdin reaches EOF (the parent died, even by SIGKILL): no orphan servers",
+    )
     args = parser.parse_args(argv)
     if not args.verbose:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -71,6 +76,14 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if args.exit_on_stdin_close:
+
+        def _watch_stdin() -> None:
+            while sys.stdin.buffer.read(4096):
+                pass
+            server.shutdown()
+
+        threading.Thread(target=_watch_stdin, daemon=True).start()
     try:
         server.serve_forever()
     finally:

@@ -50,7 +50,9 @@ class MotoServer:
     @classmethod
     def start(cls, timeout: float = 30.0) -> MotoServer:
         process = subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", "0", "--exit-on-stdin-close"],
+            # The server stops when this pipe closes, so it never outlives a killed test run.
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -109,8 +111,9 @@ def _terminate(process: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-    if process.stdout is not None:
-        process.stdout.close()
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 @pytest.fixture(scope="session")
