@@ -68,12 +68,25 @@ class _EventStreamASGI(ASGIStreamingResponse):
             watcher.cancel()
 
 
+async def _encoded(messages: AsyncIterator[ServerSentEventMessage]) -> AsyncIterator[bytes]:
+    async for message in messages:
+        yield message.encode()
+
+
 class EventStream(ServerSentEvent):
-    """A :class:`ServerSentEvent` served by :class:`_EventStreamASGI`."""
+    """A :class:`ServerSentEvent` served by :class:`_EventStreamASGI`, its messages encoded
+    directly (Litestar's SSE iterator first hops to a worker thread and then keeps that
+    exception's traceback alive for the whole life of the stream)."""
+
+    def __init__(self, messages: AsyncIterator[ServerSentEventMessage], *, headers: dict[str, str]) -> None:
+        super().__init__(messages, headers=headers)
+        self._messages = messages
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
         response = super().to_asgi_response(*args, **kwargs)
         response.__class__ = _EventStreamASGI
+        assert isinstance(response, _EventStreamASGI)
+        response.iterator = _encoded(self._messages)
         return response
 
 
