@@ -97,7 +97,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"    curl -s {base}/chat/threads/demo/messages -H 'Authorization: Bearer {token}'")
     print(f"  docs: {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)")
     sys.stdout.flush()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level)
+    # Open SSE streams never finish by themselves: give them a few seconds on shutdown.
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5
+    )
     return 0
 
 
