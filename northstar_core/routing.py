@@ -321,12 +321,11 @@ class RoutingRegistry:
     async def diagnostics(self) -> dict[str, Any]:
         """Which kinds are routed, to what, and whether their backend answers."""
         await self._fresh()
-        kinds: dict[str, Any] = {}
-        for kind in self.required_kinds:
+
+        async def probe(kind: str) -> dict[str, Any]:
             route = self._resolve(kind, None)
             if route is None:
-                kinds[kind] = {"routed": False, "backend": None, "reachable": None}
-                continue
+                return {"routed": False, "backend": None, "reachable": None}
             entry: dict[str, Any] = {"routed": True, "backend": route.label, "reachable": True}
             try:
                 store = await self.store_for(kind)
@@ -335,7 +334,12 @@ class RoutingRegistry:
                 entry.update(reachable=False, error=exc.code)
             except (TimeoutError, OSError) as exc:
                 entry.update(reachable=False, error=f"{kind}.backend_unavailable: {exc!r}")
-            kinds[kind] = entry
+            return entry
+
+        # Concurrently: during an outage every ping may take its full timeout, and readiness
+        # must answer within one timeout, not one per kind.
+        entries = await asyncio.gather(*(probe(kind) for kind in self.required_kinds))
+        kinds: dict[str, Any] = dict(zip(self.required_kinds, entries, strict=True))
         return {
             "deployment_mode": self.deployment_mode,
             "kinds": kinds,
