@@ -367,6 +367,10 @@ class TcpGate:
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
 
+    @property
+    def is_cut(self) -> bool:
+        return self._server is None
+
     async def restore(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
