@@ -378,8 +378,8 @@ def run(
                 server = MotoServer.start()
                 try:
                     routes, reg = dynamodb_routes(server.endpoint)
-                    # moto copies the table on every transaction: bulk loads stay small
-                    n = large or (600 if quick else 2_000)
+                    # moto copies the table on every transaction (building 600 takes minutes)
+                    n = large or 600
                     res = asyncio.run(
                         run_backend(routes, reg, 100, n, reps, provision=True, batches=(20, 16))
                     )
