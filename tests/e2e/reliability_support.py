@@ -366,6 +366,7 @@ class TcpGate:
         self.port = port or free_port()
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def is_cut(self) -> bool:
@@ -385,8 +386,15 @@ class TcpGate:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 w.transport.abort()
         self._conns.clear()
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:  # let the forwarding tasks see their connections die
+            await asyncio.wait(pending, timeout=5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
