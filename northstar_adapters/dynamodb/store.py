@@ -81,6 +81,9 @@ TTL_ATTRIBUTE: Final = "ttl"
 PARTITION_MAX_BYTES: Final = 2048  # DynamoDB's partition key limit
 _MAX_CHAR: Final = "\U0010ffff"  # the largest code point: its UTF-8 (F4 8F BF BF) sorts last
 _QUERY_PAGE_MAX: Final = 1000
+_CREDENTIAL_PARAMS: Final = frozenset(
+    {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key"}
+)
 
 
 class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,16 +103,23 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_route(cls, route: Route) -> DynamoConfig:
+        """The settings in ``route.params``; other params (read by the core, e.g.
+        ``canvas_limits``) are ignored. ``ValueError`` for credentials or ill-typed values."""
         params = dict(route.params)
-        table = params.pop("table", None) or (
-            str(params.pop("table_prefix", None) or DEFAULT_TABLE_PREFIX) + route.resource_kind
+        credentials = sorted(name for name in params if name.lower() in _CREDENTIAL_PARAMS)
+        if credentials:
+            raise ValueError(
+                f"dynamodb route params {', '.join(credentials)}: credentials come only from the "
+                "AWS SDK's standard chain (environment, profile, instance role), never from routes"
+            )
+        table = params.get("table") or (
+            str(params.get("table_prefix") or DEFAULT_TABLE_PREFIX) + route.resource_kind
         )
-        params.pop("table_prefix", None)
-        known = {f for f in cls.__struct_fields__ if f != "table"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown dynamodb route params: {', '.join(unknown)}")
-        return msgspec.convert({"table": table, **params}, type=cls)
+        known = {name: params[name] for name in cls.__struct_fields__ if name in params and name != "table"}
+        try:
+            return msgspec.convert({**known, "table": table}, type=cls)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"dynamodb route params: {exc}") from None
 
     @property
     def client_key(self) -> tuple[Any, ...]:
@@ -557,6 +567,41 @@ class DynamoItemStore(ItemStore):
         return raw is not None and raw.get("wt", {}).get("S") == token
 
 
-def open_store(route: Route) -> DynamoItemStore:
+class UnusableStore(ItemStore):
+    """What ``open_store`` returns for a route it cannot use: every operation answers
+    :class:`BackendUnavailable` with the reason (a 503 envelope naming the problem, never a 500)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self) -> BackendUnavailable:
+        return BackendUnavailable(self.reason, retry_after=30)
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        raise self._fail()
+
+    async def query(
+        self,
+        partition: str,
+        prefix: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 100,
+        descending: bool = False,
+    ) -> list[Item]:
+        raise self._fail()
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        raise self._fail()
+
+
+def open_store(route: Route) -> ItemStore:
     """A store on the route's table; stores with the same endpoint and region share a client."""
-    return DynamoItemStore(DynamoConfig.from_route(route))
+    try:
+        config = DynamoConfig.from_route(route)
+    except ValueError as exc:
+        return UnusableStore(f"route for '{route.resource_kind}' is misconfigured: {exc}")
+    return DynamoItemStore(config)

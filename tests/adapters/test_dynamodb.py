@@ -20,7 +20,8 @@ import pytest
 from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.dynamodb import DynamoConfig, DynamoItemStore, drop, open_store, provision
-from northstar_core.routing import Route
+from northstar_core.errors import NorthstarError
+from northstar_core.routing import KindStore, Route
 from northstar_core.storage import BackendUnavailable, ItemStore, Put
 from tests.emulators.moto import dynamodb_endpoint, moto_server  # noqa: F401 - session fixtures
 
@@ -111,6 +112,18 @@ def test_route_params_name_the_table() -> None:
     assert DynamoConfig.from_route(route(table="explicit", region="eu-west-1")).table == "explicit"
     with pytest.raises(ValueError, match="aws_secret_access_key"):
         DynamoConfig.from_route(route(aws_secret_access_key="never-in-routes"))
+    # Params the core reads from routes are not the adapter's business.
+    with_core_params = route(canvas_limits={"checkpoint_every": 5})
+    assert DynamoConfig.from_route(with_core_params).table == "northstar_chat_store"
+
+
+async def test_a_misconfigured_route_answers_503_with_the_reason_not_500() -> None:
+    route = Route(resource_kind="chat_store", backend="dynamodb", params={"max_attempts": "many"})
+    kind_store = KindStore("chat_store", route, open_store(route))
+    with pytest.raises(NorthstarError) as info:
+        await kind_store.write("p", [Put("k", b"v")])
+    assert (info.value.code, info.value.http_status) == ("chat_store.backend_unavailable", 503)
+    assert "max_attempts" in info.value.message
 
 
 async def test_dry_run_provision_returns_the_plan_and_creates_nothing(dynamodb_endpoint: str) -> None:  # noqa: F811
