@@ -64,7 +64,12 @@ async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> dict[str
 
 @get("/routing/diagnostics", tags=["routing"], summary="Unrouted and unreachable kinds")
 async def diagnostics(ctx: Ctx, engines: Eng) -> dict[str, Any]:
-    return await engines.registry.diagnostics()
+    report = await engines.registry.diagnostics()
+    # Like the routes list: another tenant's overrides (its id, its backend) are not the
+    # caller's business unless the caller operates the deployment.
+    if not ctx.is_system:
+        report["overrides"] = [o for o in report["overrides"] if o["tenant_id"] in (None, ctx.tenant_id)]
+    return report
 
 
 @get("/healthz", tags=["health"], summary="Liveness", exclude_from_auth=True)
