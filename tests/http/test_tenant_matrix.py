@@ -600,3 +600,23 @@ async def test_writes_with_contradicting_tenant_header_are_refused_audited_and_w
         if e.payload.get("action") == "identity_mismatch"
     ]
     assert len(audits) == len(writes)
+
+
+async def test_routing_views_never_show_another_tenants_overrides(client, auth) -> None:
+    """A tenant's own route override (its tenant id, its backend params) is its business; only
+    the deployment operator (system flag) sees the whole table."""
+    h = _admin(auth)
+    override = {"resource_kind": "notes_store", "backend": "memory", "tenant_id": A_TENANT}
+    r = await client.post("/routing/routes", json={**override, "params": {"name": MARK}}, headers=h)
+    assert r.status_code == 200, r.text
+    assert A_TENANT in (await client.get("/routing/diagnostics", headers=h)).text
+    b = auth(B_TENANT, "u_bob", roles=("owner", "admin", "member"))
+    problems = []
+    for path in ("/routing/routes", "/routing/diagnostics"):
+        r = await client.get(path, headers=b)
+        assert r.status_code == 200, r.text
+        if A_TENANT in r.text or MARK in r.text:
+            problems.append(f"LEAK {path}: {r.text[:300]}")
+    assert not problems, "\n".join(problems)
+    operator = auth(B_TENANT, "u_ops", roles=("admin",), system=True)
+    assert A_TENANT in (await client.get("/routing/diagnostics", headers=operator)).text
