@@ -29,7 +29,8 @@ import pytest
 import requests
 import schemathesis
 import uvicorn
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from northstar_http.bootstrap import create_app
 from northstar_http.cli import openapi_document
@@ -113,3 +114,56 @@ def test_every_operation_answers_below_500_with_envelopes(case: Any, base_url: s
         assert err["http_status"] == status, (where, err)
         assert CODE.match(err["code"]), (where, err)
         assert err["request_id"] and err["request_id"] == response.headers["x-request-id"], (where, err)
+
+
+# --- the headers the schema does not describe ---------------------------------------------------
+
+IDENTITY_HEADERS = [
+    "X-Tenant-Id",
+    "X-Mode",
+    "X-User-Id",
+    "X-Project-Id",
+    "X-Surface-Id",
+    "X-App-Id",
+    "X-Run-Id",
+    "X-Step-Id",
+    "X-Trace-Id",
+    "X-Request-Id",
+    "Last-Event-ID",
+    "If-Match",
+]
+# header values must be latin-1 and free of CR/LF to be sendable at all
+header_values = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=40
+)
+PROBES = [
+    ("GET", "/chat/threads/th/messages", None),
+    ("POST", "/chat/threads/th/messages", {"role": "user", "content": "x"}),
+    ("GET", "/canvas/cv/replay", None),
+    ("PUT", "/blackboard/r1/entries/k", {"value": 1}),
+    (
+        "POST",
+        "/events/append",
+        {"event_type": "rl", "source": "agent", "run_id": "r", "step_id": "s", "payload": {}},
+    ),
+    ("GET", "/notes", None),
+]
+
+
+@given(
+    probe=st.sampled_from(PROBES),
+    headers=st.dictionaries(st.sampled_from(IDENTITY_HEADERS), header_values, min_size=1, max_size=4),
+)
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_arbitrary_identity_headers_never_cause_a_5xx(
+    base_url: str, probe: Any, headers: dict[str, str]
+) -> None:
+    method, path, body = probe
+    sent = {k: v.strip() for k, v in headers.items()}
+    r = requests.request(method, base_url + path, json=body, headers={**HEADERS, **sent}, timeout=20)
+    where = f"{method} {path} {sent}"
+    assert r.status_code < 500, f"{where} -> {r.status_code} {r.text[:300]}"
+    if r.status_code >= 400:
+        err = r.json()["error"]
+        assert err["http_status"] == r.status_code and CODE.match(err["code"]), (where, err)
+        assert err["request_id"] == r.headers["x-request-id"], (where, err)
