@@ -646,13 +646,21 @@ async def provision(route: Route, *, dry_run: bool) -> list[str]:
     client, credential = _new_client(config)
     lease = _Lease(client, credential)
     try:
-        database = await client.create_database_if_not_exists(id=config.database)
-        await database.create_container_if_not_exists(
-            id=config.container,
-            partition_key=PartitionKey(path=PARTITION_KEY_PATH),
-            default_ttl=-1,
-            indexing_policy=INDEXING_POLICY,
-        )
+        # create_*_if_not_exists reads then creates: a concurrent provisioner can create in
+        # between, so its 409 means "exists" and the step is retried as a read.
+        for attempt in range(3):
+            try:
+                database = await client.create_database_if_not_exists(id=config.database)
+                await database.create_container_if_not_exists(
+                    id=config.container,
+                    partition_key=PartitionKey(path=PARTITION_KEY_PATH),
+                    default_ttl=-1,
+                    indexing_policy=INDEXING_POLICY,
+                )
+                break
+            except cosmos_exc.CosmosResourceExistsError:
+                if attempt == 2:
+                    raise
     except (AzureError, OSError) as exc:
         raise BackendUnavailable(f"cosmos provisioning failed: {_describe(exc)}") from exc
     finally:

@@ -293,3 +293,20 @@ async def test_missing_credentials_are_backend_unavailable(
         pytest.skip("azure-identity is installed: the Entra ID chain is used instead")
     finally:
         await store.close()
+
+
+async def test_concurrent_provisioners_of_one_database_all_succeed(cosmos_endpoint: str) -> None:
+    database = f"prov{uuid.uuid4().hex[:8]}"
+    routes = [
+        Route(resource_kind=kind, backend="cosmos", params={"url": cosmos_endpoint, "database": database})
+        for kind in ("chat_store", "notes_store", "event_spine", "memory_store")
+    ]
+    try:
+        plans = await asyncio.gather(*(provision(r, dry_run=False) for r in routes))
+        assert all(plan[0].startswith("ensured") for plan in plans)
+        async with CosmosClient(cosmos_endpoint, credential=EMULATOR_KEY) as client:
+            names = {c["id"] async for c in client.get_database_client(database).list_containers()}
+        assert names == {f"northstar_{r.resource_kind}" for r in routes}
+    finally:
+        async with CosmosClient(cosmos_endpoint, credential=EMULATOR_KEY) as client:
+            await client.delete_database(database)
