@@ -114,6 +114,7 @@ async def reseed(target: CloudTarget) -> None:
     settings = load_settings(environ={}, overrides=target.settings_dict(mode="saas"), config_file=None)
     registry = await build_registry(finalize(settings))  # seeds the configured routes
     await registry.close()
+    await registry._store.close()  # the bootstrap store is the caller's to close
 
 
 @pytest.fixture(params=["dynamodb-restart", "cosmos-restart", "dynamodb-cut", "firestore-cut"])
