@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -416,3 +417,65 @@ class TcpGate:
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
         self._conns.discard(writer)
         self._conns.discard(up_writer)
+
+
+# --- an SSE follower that reconnects with Last-Event-ID ----------------------------------------
+
+
+class SseFollower:
+    """Follows ``path`` (an SSE endpoint) across server crashes: on any disconnect or non-200
+    answer it reconnects with ``Last-Event-ID`` = the last event it received, and records every
+    event of type ``want`` in order. Stops once :meth:`stop_after` set a count it has reached."""
+
+    def __init__(self, url: str, token: str, path: str, want: str) -> None:
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.path = path
+        self.want = want
+        self.seen: list[dict[str, Any]] = []
+        self.reconnects = 0
+        self._target: int | None = None
+        self._changed = asyncio.Event()
+
+    def stop_after(self, count: int) -> None:
+        self._target = count
+        self._changed.set()
+
+    def _done(self) -> bool:
+        return self._target is not None and len(self.seen) >= self._target
+
+    async def run(self, deadline: float = 180.0) -> list[dict[str, Any]]:
+        end = time.monotonic() + deadline
+        last_id: str | None = None
+        timeout = httpx.Timeout(30, read=5)  # heartbeats come every 0.5 s on a live stream
+        async with httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=timeout) as http:
+            while not self._done():
+                assert time.monotonic() < end, f"{self.path}: saw {len(self.seen)} of {self._target}"
+                headers = {"Last-Event-ID": last_id} if last_id else {}
+                try:
+                    async with http.stream("GET", self.path, headers=headers) as r:
+                        if r.status_code != 200:
+                            await r.aread()
+                            assert r.status_code >= 500, f"{self.path}: {r.status_code} {r.text[:300]}"
+                            raise httpx.TransportError("not ready")
+                        event, event_id, data = "message", "", []
+                        async for line in r.aiter_lines():
+                            if line.startswith("event:"):
+                                event = line[6:].strip()
+                            elif line.startswith("id:"):
+                                event_id = line[3:].strip()
+                            elif line.startswith("data:"):
+                                data.append(line[5:].lstrip())
+                            elif line == "":
+                                if data:
+                                    last_id = event_id or last_id
+                                    if event == self.want:
+                                        self.seen.append(json.loads("\n".join(data)))
+                                event, event_id, data = "message", "", []
+                            if self._done():
+                                return self.seen
+                except (httpx.TransportError, httpx.StreamError):
+                    pass
+                self.reconnects += 1
+                await asyncio.sleep(0.1)
+        return self.seen
