@@ -20,7 +20,9 @@ hanging — 503 ``<kind>.backend_unavailable`` with a ``Retry-After`` header, re
 too, and ``/readyz`` is 503. When it returns, ``/readyz`` is 200 again and writes succeed.
 "No partial writes": a canvas command tried during the outage is afterwards either entirely
 there or not at all (its retry with the same key then applies it exactly once), and the
-concurrent clients' run passes the same exactly-once verification as the crash test.
+concurrent clients' run passes the same exactly-once verification as the crash test; and (data
+kept) SSE followers of the chat thread and the canvas, reconnecting with ``Last-Event-ID``
+whenever their stream breaks, receive every message/revision exactly once, in order.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from northstar_http.bootstrap import build_registry
 from northstar_http.config import finalize, load_settings
 from northstar_http.tokens import mint_token
 from tests.e2e.cloud import JWT_SECRET, CloudTarget, to_toml
-from tests.e2e.reliability_support import ServeProcess, TcpGate, Workload, free_port, verify
+from tests.e2e.reliability_support import ServeProcess, SseFollower, TcpGate, Workload, free_port, verify
 from tests.emulators import cosmos as cosmos_emulator
 from tests.emulators import moto as moto_emulator
 from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
@@ -245,7 +247,13 @@ async def test_outage_is_503_with_retry_after_no_partial_writes_and_recovery(
                 await outage.up()
                 await wait_ready(http, 200)
 
+        followers: list[SseFollower] = []
         if outage.keeps_data:
+            followers = [
+                SseFollower(server.url, TOKEN, f"/sse/chat/{work.thread}", "message"),
+                SseFollower(server.url, TOKEN, f"/sse/canvas/{work.canvas}", "op_committed"),
+            ]
+            tasks = [asyncio.create_task(f.run()) for f in followers]
             ledger = await work.run(during=outage_window)
         else:
             await work.run()
@@ -273,6 +281,17 @@ async def test_outage_is_503_with_retry_after_no_partial_writes_and_recovery(
         # every acknowledged write exactly once (across the outage when the data was kept)
         result = await verify(server.url, TOKEN, ledger, thread=work.thread, canvas=work.canvas)
         assert result.messages == 2 * work.ops
+        if followers:
+            # live SSE followers (reconnecting with Last-Event-ID) saw everything once, in order
+            followers[0].stop_after(result.messages)
+            followers[1].stop_after(result.commands)
+            try:
+                await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            finally:
+                for t in tasks:
+                    t.cancel()
+            assert [m["seq"] for m in followers[0].seen] == list(range(1, result.messages + 1))
+            assert [e["data"]["rev"] for e in followers[1].seen] == list(range(1, result.commands + 1))
         print(f"retries={ledger.retries} statuses={ledger.statuses}")
     finally:
         server.stop()
