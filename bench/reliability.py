@@ -9,7 +9,9 @@ routed to one emulator; concurrent clients post chat messages and two-op canvas 
 idempotency keys, retrying connection errors/5xx with the same key; the server is ``kill -9``-ed
 ``--kills`` times at random moments and restarted on the same port and backend. Then every
 acknowledged write must be present exactly once, seqs and revisions gap-free, no 409-refused
-command committed, every command all-or-nothing (``reliability_support.verify``).
+command committed, every command all-or-nothing (``reliability_support.verify``); SSE followers
+of the chat thread and the canvas, reconnecting with ``Last-Event-ID`` after every crash, must
+have received every message/revision exactly once, in order.
 
 ``outage``: the emulator stays up but the service's path to it is cut ``--cycles`` times (a TCP
 gate: data kept) while clients write; during each cut a probe write must answer 503
@@ -43,7 +45,15 @@ import httpx
 from bench.common import RESULTS
 from northstar_http.tokens import mint_token
 from tests.e2e.cloud import JWT_SECRET, CloudTarget, to_toml
-from tests.e2e.reliability_support import ServeProcess, TcpGate, Workload, verify
+from tests.e2e.reliability_support import (
+    CANVAS_ID,
+    CHAT_THREAD,
+    ServeProcess,
+    SseFollower,
+    TcpGate,
+    Workload,
+    verify,
+)
 
 BACKENDS = ("sqlite", "dynamodb", "firestore", "cosmos")
 
@@ -111,7 +121,7 @@ async def run_crash(
 ) -> dict[str, Any]:
     target: CloudTarget | None = None
     if backend == "sqlite":
-        server = ServeProcess(workdir)
+        server = ServeProcess(workdir, env={"NORTHSTAR_HTTP_SSE_HEARTBEAT_SECONDS": "0.5"})
         await asyncio.to_thread(server.start)
         token = server.cli("token", "--tenant", "t_soak", "--user", "u_soak")
     else:
@@ -138,9 +148,24 @@ async def run_crash(
                 await asyncio.to_thread(server.start)
 
         started = time.monotonic()
-        ledger = await work.run(during=killer)
-        result = await verify(server.url, token, ledger)
+        chat_sse = SseFollower(server.url, token, f"/sse/chat/{CHAT_THREAD}", "message")
+        canvas_sse = SseFollower(server.url, token, f"/sse/canvas/{CANVAS_ID}", "op_committed")
+        followers = [asyncio.create_task(f.run(deadline=600)) for f in (chat_sse, canvas_sse)]
+        try:
+            ledger = await work.run(during=killer)
+            result = await verify(server.url, token, ledger)
+            chat_sse.stop_after(result.messages)
+            canvas_sse.stop_after(result.commands)
+            await asyncio.wait_for(asyncio.gather(*followers), 120)
+        finally:
+            for f in followers:
+                f.cancel()
+        assert [m["seq"] for m in chat_sse.seen] == list(range(1, result.messages + 1)), "chat SSE"
+        assert [e["data"]["rev"] for e in canvas_sse.seen] == list(range(1, result.commands + 1)), (
+            "canvas SSE"
+        )
         return {
+            "sse_reconnects": chat_sse.reconnects + canvas_sse.reconnects,
             "kills": kills,
             "messages": result.messages,
             "commands": result.commands,
