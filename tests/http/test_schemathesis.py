@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import threading
 from collections import Counter
@@ -37,7 +38,8 @@ from northstar_http.cli import openapi_document
 from northstar_http.tokens import mint_token
 from tests.conftest import JWT_SECRET, make_settings
 
-MAX_EXAMPLES = 6
+# per operation; a deeper hunt by hand: SCHEMATHESIS_EXAMPLES=50 pytest tests/http/test_schemathesis.py
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "6"))
 SEEN: Counter[int] = Counter()
 CODE = re.compile(r"^[a-z_]+(\.[a-z_]+)+$")
 
