@@ -20,7 +20,7 @@ to 200; at the end the same exactly-once verification runs. Backends: dynamodb, 
 (Cosmos cannot be gated: its SDK discovers the emulator's own address; the test suite stops and
 restarts the Cosmos emulator process instead).
 
-Prints one line per run and writes ``bench/results/reliability.json``. Exit status 1 if any
+Prints one line per run and writes ``bench/results/reliability-<scenario>.json``. Exit status 1 if any
 run failed. No timing is asserted; latencies of the 503 answers are reported for context.
 """
 
@@ -271,7 +271,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     runs.append(entry)
                     print(json.dumps(entry), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "reliability.json"
+    out = RESULTS / f"reliability-{args.scenario}.json"
     out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")
     print(f"{sum(r['ok'] for r in runs)}/{len(runs)} runs passed; wrote {out}")
     return 1 if failed else 0
