@@ -147,19 +147,26 @@ class ChatTail:
         self.stream = stream
         self.after_seq = after
 
+    def items(self, *, heartbeat: float | None = None) -> AsyncGenerator[Item | None, None]:
+        """The raw stored entries after the start position, then live ones (``None`` on idle
+        heartbeats); turn each into a message with :meth:`decode`. The leanest way to follow
+        a thread (one generator per subscriber; the SSE route uses it)."""
+        return self._service.tails.follow(self.stream, self.after_seq, heartbeat=heartbeat)
+
+    def decode(self, item: Item) -> tuple[ChatMessage, str]:
+        """A stored entry as ``(message, its cursor)``."""
+        message = _decode(item)
+        return message, self._service.cursor(self._ctx, message.thread_id, message.seq)
+
     async def events(
         self, *, heartbeat: float | None = None
     ) -> AsyncGenerator[tuple[ChatMessage, str] | None, None]:
         """Messages after the start position, then live ones; ``None`` on idle heartbeats."""
-        follow = self._service.tails.follow(self.stream, self.after_seq, heartbeat=heartbeat)
+        follow = self.items(heartbeat=heartbeat)
         # aclosing: closing this generator must unsubscribe the inner one at once, not at GC.
         async with contextlib.aclosing(follow):
             async for item in follow:
-                if item is None:
-                    yield None
-                    continue
-                message = _decode(item)
-                yield message, self._service.cursor(self._ctx, message.thread_id, message.seq)
+                yield None if item is None else self.decode(item)
 
 
 class ChatService:

@@ -7,8 +7,6 @@ and encode its result. No rule lives here.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
@@ -17,7 +15,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
-from northstar_core.chat import ChatTail, Role, message_to_dict
+from northstar_core.chat import ChatMessage, Role, message_to_dict
 from northstar_http.deps import Ctx, Eng
 from northstar_http.sse import SseEvent, resume_cursor, sse_response
 
@@ -92,15 +90,9 @@ async def list_threads(
     }
 
 
-async def _events(tail: ChatTail, heartbeat: float) -> AsyncIterator[SseEvent | None]:
-    events = tail.events(heartbeat=heartbeat)
-    async with contextlib.aclosing(events):
-        async for ev in events:
-            if ev is None:
-                yield None
-            else:
-                message, cursor = ev
-                yield SseEvent("message", message_to_dict(message, cursor), cursor)
+def _to_sse(item: tuple[ChatMessage, str]) -> SseEvent:
+    message, cursor = item
+    return SseEvent("message", message_to_dict(message, cursor), cursor)
 
 
 @get("/sse/chat/{thread_id:str}", tags=["chat"], summary="Live tail of a thread (SSE)")
@@ -115,7 +107,8 @@ async def chat_sse(
     # Opened (and the cursor checked) before the response starts: a bad cursor is a 410.
     tail = await engines.chat.open_tail(ctx, thread_id, resume_cursor(request, cursor))
     http = state.settings.http
-    return sse_response(_events(tail, http.sse_heartbeat_seconds), http)
+    items = tail.items(heartbeat=http.sse_heartbeat_seconds)
+    return sse_response(items, http, lambda item: _to_sse(tail.decode(item)))
 
 
 ROUTES: list[Any] = [post_message, list_messages, snapshot, list_threads, chat_sse]
