@@ -16,10 +16,13 @@ from typing import Any, Final
 
 import msgspec
 from litestar import Request
+from litestar.datastructures import MutableScopeHeaders
 from litestar.response import ServerSentEvent, Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Send
+from litestar.types import Receive, Scope, Send
+from litestar.utils.empty import Empty
+from litestar.utils.scope.state import ScopeState
 
 from northstar_http.config import HttpSettings
 
@@ -62,6 +65,18 @@ class _EventStreamASGI(ASGIStreamingResponse):
     chain, nothing else (benchmark P5: server memory per idle subscriber)."""
 
     __slots__ = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.start_response(send=send)
+        # The request is answered: what was kept to build the response (its headers, the
+        # parsed request headers, the dependency cache) is dead weight for the stream's life.
+        self.headers = MutableScopeHeaders()
+        state = ScopeState.from_scope(scope)
+        state.headers = Empty
+        state.dependency_cache = Empty
+        state.parsed_query = Empty
+        await self.send_body(send=send, receive=receive)
+        await self.after_response()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         iterator = self.iterator
