@@ -255,6 +255,13 @@ def dynamodb_routes(endpoint: str) -> tuple[list[Route], Route]:
     return routes, Route(resource_kind="routing_registry", backend="dynamodb", params=dict(params))
 
 
+def cloud_routes(backend: str, params: dict[str, Any]) -> tuple[list[Route], Route]:
+    from northstar_core.routing import RESOURCE_KINDS
+
+    routes = [Route(resource_kind=k, backend=backend, params=dict(params)) for k in RESOURCE_KINDS]
+    return routes, Route(resource_kind="routing_registry", backend=backend, params=dict(params))
+
+
 async def run_backend(
     routes: list[Route],
     registry_route: Route,
@@ -397,6 +404,30 @@ def run(
                     res = asyncio.run(
                         run_backend(routes, reg, 100, n, reps, provision=True, batches=(20, 16))
                     )
+                finally:
+                    server.stop()
+            elif backend == "firestore":
+                from tests.emulators.firestore import launcher
+
+                emulator = launcher().start()
+                os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+                try:
+                    routes, reg = cloud_routes("firestore", {"project": f"p3-{secrets.token_hex(4)}"})
+                    n = large or (2_000 if quick else 10_000)
+                    res = asyncio.run(run_backend(routes, reg, 100, n, reps))
+                finally:
+                    emulator.stop()
+            elif backend == "cosmos":
+                from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
+
+                os.environ.setdefault(KEY_ENV, EMULATOR_KEY)
+                server = CosmosServer.start()
+                try:
+                    params = {"url": server.endpoint, "database": f"p3{secrets.token_hex(4)}"}
+                    routes, reg = cloud_routes("cosmos", params)
+                    # the emulator re-scans a container on every query: the history stays small
+                    n = large or (1_000 if quick else 2_000)
+                    res = asyncio.run(run_backend(routes, reg, 100, n, reps, provision=True))
                 finally:
                     server.stop()
             else:
