@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="short smoke run (smaller histories, fewer rounds)"
     )
-    parser.add_argument("--p3-backends", default="sqlite", help="P3 backends: sqlite,dynamodb")
+    parser.add_argument(
+        "--p3-backends", default="sqlite,dynamodb,firestore,cosmos", help="P3 backends (comma-separated)"
+    )
     parser.add_argument("--p4-backends", default=",".join(P4_BACKENDS))
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
