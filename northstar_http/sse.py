@@ -24,6 +24,7 @@ from litestar.types import Receive, Scope, Send
 from litestar.utils.empty import Empty
 from litestar.utils.scope.state import ScopeState
 
+from northstar_core.errors import NorthstarError
 from northstar_http.config import HttpSettings
 
 SSE_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -110,15 +111,21 @@ async def _frames(
     # An opening comment flushes headers at once, so clients see the stream is live.
     yield b": open\r\nretry: " + str(http.sse_retry_ms).encode() + b"\r\n\r\n"
     async with contextlib.aclosing(events):  # closing the stream unsubscribes the tail at once
-        async for item in events:
-            if item is None:
-                yield HEARTBEAT + b"\r\n\r\n"
-                continue
-            ev: SseEvent = convert(item) if convert is not None else item
-            yield (
-                b"id: " + _field(ev.id) + b"\r\nevent: " + _field(ev.event)
-                + b"\r\ndata: " + msgspec.json.encode(ev.data) + b"\r\n\r\n"
-            )
+        try:
+            async for item in events:
+                if item is None:
+                    yield HEARTBEAT + b"\r\n\r\n"
+                    continue
+                ev: SseEvent = convert(item) if convert is not None else item
+                yield (
+                    b"id: " + _field(ev.id) + b"\r\nevent: " + _field(ev.event)
+                    + b"\r\ndata: " + msgspec.json.encode(ev.data) + b"\r\n\r\n"
+                )
+        except NorthstarError as exc:
+            # The store failed mid-stream (e.g. backend unavailable): say so in the envelope's
+            # shape and end the stream. The event has no id, so the client's Last-Event-ID
+            # stays on the last delivered event and its reconnect resumes exactly there.
+            yield b"event: error\r\ndata: " + msgspec.json.encode(exc.envelope()) + b"\r\n\r\n"
 
 
 class EventStream(ServerSentEvent):

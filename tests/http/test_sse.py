@@ -129,3 +129,26 @@ async def test_disconnect_unsubscribes(ns, app) -> None:
             break
         await asyncio.sleep(0.01)
     assert engines.tails.active_streams == 0
+
+
+async def test_backend_failure_mid_stream_ends_it_with_an_error_event_without_id(ns, app) -> None:
+    from northstar_core.errors import backend_unavailable
+
+    engines = app.state.engines
+    stream = ns.chat.follow("th_f")
+    pending = asyncio.ensure_future(next_event(stream))
+    await wait_subscribed(engines)
+    await ns.chat.post("th_f", "ok")
+    delivered = await pending
+    channel = next(iter(engines.tails._channels.values()))
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise backend_unavailable("chat_store", "connection refused", 3)
+
+    channel.stream.read = fail  # the subscriber's next store read fails
+    engines.tails.notify(channel.stream, 99)
+    error = await next_event(stream)
+    assert error.event == "error" and error.id == delivered.id  # Last-Event-ID unchanged
+    assert error.json()["error"]["code"] == "chat_store.backend_unavailable"
+    with pytest.raises(StopAsyncIteration):
+        await next_event(stream)  # the stream ended; the client reconnects with its Last-Event-ID
