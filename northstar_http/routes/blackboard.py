@@ -8,16 +8,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Response, delete, get, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from northstar_core.blackboard import BlackboardEntry, Page
-from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError, invalid
-from northstar_core.identity import RequestContext
+from northstar_http.deps import Ctx, Eng
 
 _ETAG: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
@@ -60,7 +59,10 @@ class BlackboardWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expected_version: int | None = None
 
 
-IF_MATCH = Parameter(header="If-Match", required=False, description="ETag of the version replaced")
+IfMatch = Annotated[
+    str | None, HeaderParameter(name="If-Match", required=False, description="ETag of the version replaced")
+]
+ExpectedVersion = Annotated[int | None, QueryParameter(name="expected_version", required=False)]
 
 
 @put(
@@ -69,12 +71,12 @@ IF_MATCH = Parameter(header="If-Match", required=False, description="ETag of the
     summary="Write a blackboard entry (create or CAS)",
 )
 async def put_entry(
-    ctx: RequestContext,
-    engines: Engines,
-    run_id: str,
-    key: str,
-    data: BlackboardWrite,
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    run_id: FromPath[str],
+    key: FromPath[str],
+    data: JSONBody[BlackboardWrite],
+    if_match: IfMatch = None,
 ) -> Response[BlackboardEntry]:
     version = expected_version("blackboard", data.expected_version, if_match)
     entry = await engines.blackboard.put(ctx, run_id, key, data.value, expected_version=version)
@@ -83,7 +85,7 @@ async def put_entry(
 
 @get("/blackboard/{run_id:str}/entries/{key:str}", tags=["blackboard"], summary="Read one blackboard entry")
 async def get_entry(
-    ctx: RequestContext, engines: Engines, run_id: str, key: str
+    ctx: Ctx, engines: Eng, run_id: FromPath[str], key: FromPath[str]
 ) -> Response[BlackboardEntry]:
     entry = await engines.blackboard.get(ctx, run_id, key)
     return with_etag(entry, entry.version)
@@ -93,12 +95,12 @@ async def get_entry(
     "/blackboard/{run_id:str}/entries/{key:str}", tags=["blackboard"], summary="Delete a blackboard entry"
 )
 async def delete_entry(
-    ctx: RequestContext,
-    engines: Engines,
-    run_id: str,
-    key: str,
-    expected_version_param: int | None = Parameter(query="expected_version", required=False),
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    run_id: FromPath[str],
+    key: FromPath[str],
+    expected_version_param: ExpectedVersion = None,
+    if_match: IfMatch = None,
 ) -> None:
     version = expected_version("blackboard", expected_version_param, if_match)
     await engines.blackboard.delete(ctx, run_id, key, expected_version=version)
@@ -108,11 +110,11 @@ async def delete_entry(
     "/blackboard/{run_id:str}/entries", tags=["blackboard"], summary="List a run's blackboard entries (paged)"
 )
 async def list_entries(
-    ctx: RequestContext,
-    engines: Engines,
-    run_id: str,
-    cursor: str | None = None,
-    limit: int = 50,
+    ctx: Ctx,
+    engines: Eng,
+    run_id: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 50,
 ) -> Page[BlackboardEntry]:
     return await engines.blackboard.list(ctx, run_id, cursor=cursor, limit=limit)
 

@@ -6,16 +6,15 @@ version they replace (``expected_version`` or ``If-Match``; absent or 0 = create
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Response, get, put
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from northstar_core.config import ConfigDocument
-from northstar_core.engines import Engines
-from northstar_core.identity import RequestContext
-from northstar_http.routes.blackboard import IF_MATCH, expected_version, with_etag
+from northstar_http.deps import Ctx, Eng
+from northstar_http.routes.blackboard import IfMatch, expected_version, with_etag
 
 
 class ConfigWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -23,12 +22,14 @@ class ConfigWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expected_version: int | None = None
 
 
-SURFACE_ID = Parameter(query="surface_id", required=False, description="needed by the surface scope")
+SurfaceId = Annotated[
+    str | None, QueryParameter(name="surface_id", required=False, description="needed by the surface scope")
+]
 
 
 @get("/config/{config_scope:str}", tags=["config"], summary="Read a config scope (system|tenant|surface)")
 async def get_config(
-    ctx: RequestContext, engines: Engines, config_scope: str, surface_id: str | None = SURFACE_ID
+    ctx: Ctx, engines: Eng, config_scope: FromPath[str], surface_id: SurfaceId = None
 ) -> Response[ConfigDocument]:
     doc = await engines.config.get(ctx, config_scope, surface_id=surface_id or ctx.surface_id)
     return with_etag(doc, doc.version)
@@ -36,12 +37,12 @@ async def get_config(
 
 @put("/config/{config_scope:str}", tags=["config"], summary="Replace a scope's values (versioned)")
 async def put_config(
-    ctx: RequestContext,
-    engines: Engines,
-    config_scope: str,
-    data: ConfigWrite,
-    surface_id: str | None = SURFACE_ID,
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    config_scope: FromPath[str],
+    data: JSONBody[ConfigWrite],
+    surface_id: SurfaceId = None,
+    if_match: IfMatch = None,
 ) -> Response[ConfigDocument]:
     version = expected_version("config", data.expected_version, if_match)
     doc = await engines.config.put(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import delete, get, post
-from litestar.params import Parameter
+from litestar.params import JSONBody, QueryParameter
 
-from northstar_core.engines import Engines
-from northstar_core.identity import RequestContext
 from northstar_core.memory import MemoryValue
+from northstar_http.deps import Ctx, Eng
+
+SessionId = Annotated[str, QueryParameter(name="session_id")]
+Key = Annotated[str | None, QueryParameter(name="key", required=False)]
 
 
 class MemorySet(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -34,16 +36,16 @@ class Deleted(msgspec.Struct, kw_only=True):
 
 
 @post("/memory", tags=["memory"], status_code=200, summary="Set a session-memory value")
-async def set_value(ctx: RequestContext, engines: Engines, data: MemorySet) -> MemoryValue:
+async def set_value(ctx: Ctx, engines: Eng, data: JSONBody[MemorySet]) -> MemoryValue:
     return await engines.memory.set(ctx, data.session_id, data.key, data.value, ttl_seconds=data.ttl_seconds)
 
 
 @get("/memory", tags=["memory"], summary="Get one value (key) or every value of a session")
 async def get_values(
-    ctx: RequestContext,
-    engines: Engines,
-    session_id: str = Parameter(query="session_id"),
-    key: str | None = Parameter(query="key", required=False),
+    ctx: Ctx,
+    engines: Eng,
+    session_id: SessionId,
+    key: Key = None,
 ) -> MemoryValue | SessionValues:
     if key is not None:
         return await engines.memory.get(ctx, session_id, key)
@@ -54,10 +56,10 @@ async def get_values(
     "/memory", tags=["memory"], status_code=200, summary="Delete one value (key) or every value of a session"
 )
 async def delete_values(
-    ctx: RequestContext,
-    engines: Engines,
-    session_id: str = Parameter(query="session_id"),
-    key: str | None = Parameter(query="key", required=False),
+    ctx: Ctx,
+    engines: Eng,
+    session_id: SessionId,
+    key: Key = None,
 ) -> Deleted:
     count = await engines.memory.delete(ctx, session_id, key)
     return Deleted(session_id=session_id, key=key, deleted=count)

@@ -5,34 +5,33 @@ from __future__ import annotations
 from typing import Any, Final
 
 from litestar import Response, delete, get, post, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from northstar_core.blackboard import Page
-from northstar_core.engines import Engines
-from northstar_core.identity import RequestContext
 from northstar_core.notes import Note, NoteIn, NoteUpdate
-from northstar_http.routes.blackboard import IF_MATCH, expected_version, with_etag
+from northstar_http.deps import Ctx, Eng
+from northstar_http.routes.blackboard import ExpectedVersion, IfMatch, expected_version, with_etag
 
 
 @post("/notes", tags=["notes"], summary="Create a note owned by the caller")
-async def create_note(ctx: RequestContext, engines: Engines, data: NoteIn) -> Response[Note]:
+async def create_note(ctx: Ctx, engines: Eng, data: JSONBody[NoteIn]) -> Response[Note]:
     note = await engines.notes.create(ctx, data)
     return with_etag(note, note.version, 201)
 
 
 @get("/notes/{note_id:str}", tags=["notes"], summary="Read one of the caller's notes")
-async def get_note(ctx: RequestContext, engines: Engines, note_id: str) -> Response[Note]:
+async def get_note(ctx: Ctx, engines: Eng, note_id: FromPath[str]) -> Response[Note]:
     note = await engines.notes.get(ctx, note_id)
     return with_etag(note, note.version)
 
 
 @put("/notes/{note_id:str}", tags=["notes"], summary="Replace a note at the expected version")
 async def update_note(
-    ctx: RequestContext,
-    engines: Engines,
-    note_id: str,
-    data: NoteUpdate,
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    note_id: FromPath[str],
+    data: JSONBody[NoteUpdate],
+    if_match: IfMatch = None,
 ) -> Response[Note]:
     data.expected_version = expected_version("notes", data.expected_version, if_match)
     note = await engines.notes.update(ctx, note_id, data)
@@ -41,11 +40,11 @@ async def update_note(
 
 @delete("/notes/{note_id:str}", tags=["notes"], summary="Delete one of the caller's notes")
 async def delete_note(
-    ctx: RequestContext,
-    engines: Engines,
-    note_id: str,
-    expected_version_param: int | None = Parameter(query="expected_version", required=False),
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    note_id: FromPath[str],
+    expected_version_param: ExpectedVersion = None,
+    if_match: IfMatch = None,
 ) -> None:
     version = expected_version("notes", expected_version_param, if_match)
     await engines.notes.delete(ctx, note_id, expected_version=version)
@@ -53,13 +52,13 @@ async def delete_note(
 
 @get("/notes", tags=["notes"], summary="List the caller's notes (filtered, paged)")
 async def list_notes(
-    ctx: RequestContext,
-    engines: Engines,
-    surface_id: str | None = None,
-    project_id: str | None = None,
-    tag: str | None = None,
-    cursor: str | None = None,
-    limit: int = 50,
+    ctx: Ctx,
+    engines: Eng,
+    surface_id: FromQuery[str | None] = None,
+    project_id: FromQuery[str | None] = None,
+    tag: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 50,
 ) -> Page[Note]:
     return await engines.notes.list(
         ctx, surface_id=surface_id, project_id=project_id, tag=tag, cursor=cursor, limit=limit

@@ -7,17 +7,18 @@ Each table is its own resource kind (``flow_store``, ``graph_store``, ``overlay_
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Response, delete, get, put
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from northstar_core.blackboard import Page
-from northstar_core.engines import Engines
-from northstar_core.identity import RequestContext
 from northstar_core.tabular import TabularRecord, VersionInfo
-from northstar_http.routes.blackboard import IF_MATCH, expected_version, with_etag
+from northstar_http.deps import Ctx, Eng
+from northstar_http.routes.blackboard import ExpectedVersion, IfMatch, expected_version, with_etag
+
+Version = Annotated[int | None, QueryParameter(name="version", required=False)]
 
 
 class TabularWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -29,12 +30,12 @@ class TabularWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     "/tabular/{table:str}/{record_id:str}", tags=["tabular"], summary="Create or replace a record (versioned)"
 )
 async def put_record(
-    ctx: RequestContext,
-    engines: Engines,
-    table: str,
-    record_id: str,
-    data: TabularWrite,
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    table: FromPath[str],
+    record_id: FromPath[str],
+    data: JSONBody[TabularWrite],
+    if_match: IfMatch = None,
 ) -> Response[TabularRecord]:
     version = expected_version("tabular", data.expected_version, if_match)
     record = await engines.tabular.put(ctx, table, record_id, data.json_blob, expected_version=version)
@@ -43,11 +44,11 @@ async def put_record(
 
 @get("/tabular/{table:str}/{record_id:str}", tags=["tabular"], summary="Read a record (latest, or ?version=)")
 async def get_record(
-    ctx: RequestContext,
-    engines: Engines,
-    table: str,
-    record_id: str,
-    version: int | None = Parameter(query="version", required=False),
+    ctx: Ctx,
+    engines: Eng,
+    table: FromPath[str],
+    record_id: FromPath[str],
+    version: Version = None,
 ) -> Response[TabularRecord]:
     record = await engines.tabular.get(ctx, table, record_id, version=version)
     return with_etag(record, record.version)
@@ -55,12 +56,12 @@ async def get_record(
 
 @delete("/tabular/{table:str}/{record_id:str}", tags=["tabular"], summary="Delete a record (history is kept)")
 async def delete_record(
-    ctx: RequestContext,
-    engines: Engines,
-    table: str,
-    record_id: str,
-    expected_version_param: int | None = Parameter(query="expected_version", required=False),
-    if_match: str | None = IF_MATCH,
+    ctx: Ctx,
+    engines: Eng,
+    table: FromPath[str],
+    record_id: FromPath[str],
+    expected_version_param: ExpectedVersion = None,
+    if_match: IfMatch = None,
 ) -> None:
     version = expected_version("tabular", expected_version_param, if_match)
     await engines.tabular.delete(ctx, table, record_id, expected_version=version)
@@ -72,23 +73,23 @@ async def delete_record(
     summary="List a record's versions (paged)",
 )
 async def list_versions(
-    ctx: RequestContext,
-    engines: Engines,
-    table: str,
-    record_id: str,
-    cursor: str | None = None,
-    limit: int = 50,
+    ctx: Ctx,
+    engines: Eng,
+    table: FromPath[str],
+    record_id: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 50,
 ) -> Page[VersionInfo]:
     return await engines.tabular.versions(ctx, table, record_id, cursor=cursor, limit=limit)
 
 
 @get("/tabular/{table:str}", tags=["tabular"], summary="List a table's records in the caller's scope (paged)")
 async def list_records(
-    ctx: RequestContext,
-    engines: Engines,
-    table: str,
-    cursor: str | None = None,
-    limit: int = 50,
+    ctx: Ctx,
+    engines: Eng,
+    table: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 50,
 ) -> Page[TabularRecord]:
     return await engines.tabular.list(ctx, table, cursor=cursor, limit=limit)
 
