@@ -21,7 +21,8 @@ from northstar_core.identity import RequestContext
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
-from northstar_core.storage import Absent, Put
+from northstar_core.storage import Absent, ConditionFailed, Put
+from northstar_core.streams import fingerprint
 
 KIND: Final = "analytics_store"
 DOMAIN: Final = "analytics"
@@ -42,6 +43,8 @@ class AnalyticsEventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     session_id: Id | None = None
     occurred_at: str | None = None
     properties: dict[str, Any] = {}
+    # a retry with the same key returns the first event and writes nothing
+    idempotency_key: Id | None = None
 
 
 class AnalyticsEvent(msgspec.Struct, kw_only=True):
@@ -134,7 +137,15 @@ class AnalyticsService:
             "occurred_at": body.occurred_at or now,
             "properties": body.properties,
         }
-        spine_event = await self.spine.record(ctx, "analytics", fields, source=source)
+        spine_event = await self.spine.record(
+            ctx,
+            "analytics",
+            fields,
+            source=source,
+            idempotency_key=body.idempotency_key,
+            # the client's event, not ``fields``: occurred_at defaults to the time of receipt
+            request_fingerprint=fingerprint(msgspec.to_builtins(body)),
+        )
         stored = AnalyticsEvent(
             event_id=spine_event.event_id,
             received_at=spine_event.timestamp,
@@ -147,10 +158,18 @@ class AnalyticsService:
             source=source,
             **fields,
         )
-        await store.write(
-            partition(ctx, "analytics"),
-            [Put(_KEY_PREFIX + stored.event_id, msgspec.json.encode(stored), condition=Absent())],
-        )
+        part = partition(ctx, "analytics")
+        try:
+            await store.write(
+                part, [Put(_KEY_PREFIX + stored.event_id, msgspec.json.encode(stored), condition=Absent())]
+            )
+        except ConditionFailed:
+            # A retry (same idempotency key) got the first spine event back, and that event was
+            # already stored: answer with what is stored rather than writing it again.
+            existing = await store.get(part, _KEY_PREFIX + stored.event_id)
+            if existing is None:
+                raise
+            return msgspec.json.decode(existing.value, type=AnalyticsEvent)
         return stored
 
     async def list(

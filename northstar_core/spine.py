@@ -35,11 +35,12 @@ import msgspec
 
 from northstar_core.clock import Clock, SystemClock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError
+from northstar_core.errors import NorthstarError, idempotency_mismatch
 from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Item, Put
+from northstar_core.streams import fingerprint
 
 KIND: Final = "event_spine"
 DOMAIN: Final = "event_spine"
@@ -50,6 +51,7 @@ EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
 _APPEND_ATTEMPTS: Final = 8
+_IDEM_PREFIX: Final = "k#"
 
 Source = Literal["ui", "agent", "connector", "tool", "system"]
 
@@ -118,6 +120,8 @@ class EventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     step_id: str | None = None
     parent_event_id: str | None = None
     causality: Causality | None = None
+    # a retry with the same key returns the first event and writes nothing (same tenant/mode)
+    idempotency_key: str | None = None
     # identity echoes (optional; checked against the context, never trusted)
     tenant_id: str | None = None
     mode: str | None = None
@@ -273,6 +277,8 @@ class EventSpine:
             _check_field_id("causality.trace_id", causality.trace_id)
         if causality.span_id is not None:
             _check_field_id("causality.span_id", causality.span_id)
+        if body.idempotency_key is not None:
+            _check_field_id("idempotency_key", body.idempotency_key)
         return await self._write(
             ctx,
             event_type=body.event_type,
@@ -282,6 +288,7 @@ class EventSpine:
             step_id=step_id,
             parent_event_id=parent,
             causality=causality,
+            idempotency_key=body.idempotency_key,
         )
 
     async def record(
@@ -292,11 +299,15 @@ class EventSpine:
         *,
         source: str = "system",
         parent_event_id: str | None = None,
+        idempotency_key: str | None = None,
+        request_fingerprint: str | None = None,
     ) -> Event:
         """Append a server-originated event (safety, budget, audit…); raises if not recorded.
 
         ``run_id``/``step_id`` come from the context; without a run the request id stands in
-        (``request:<id>``) so every event still has provenance.
+        (``request:<id>``) so every event still has provenance. With ``idempotency_key`` a
+        repeat returns the first event (see :meth:`_write`); ``request_fingerprint`` is then
+        what identifies "the same request" when the payload holds server-filled values (times).
         """
         run_id = ctx.run_id or f"request:{ctx.request_id or uuid.uuid4()}"
         if not ID_PATTERN.match(run_id):
@@ -311,6 +322,8 @@ class EventSpine:
             step_id=step_id,
             parent_event_id=parent_event_id,
             causality=Causality(trace_id=ctx.trace_id),
+            idempotency_key=idempotency_key,
+            request_fingerprint=request_fingerprint,
         )
 
     async def audit(self, ctx: RequestContext, action: str, payload: dict[str, Any]) -> None:
@@ -328,10 +341,25 @@ class EventSpine:
         step_id: str,
         parent_event_id: str | None,
         causality: Causality,
+        idempotency_key: str | None = None,
+        request_fingerprint: str | None = None,
     ) -> Event:
+        """Append atomically: the event, its index items and (with a key) its idempotency record.
+
+        The idempotency record ``k#<key>`` commits in the same batch as the event, so a retry
+        either finds it — and gets the first event back, writing nothing — or is the one append
+        that writes it; the same key with a different event is 422.
+        """
         store = await self._store(ctx)
         part = self._partition(ctx)
         route = f"{KIND}:{store.route.backend}"
+        fp = request_fingerprint or fingerprint(
+            [event_type, source, payload, run_id, step_id, parent_event_id, msgspec.to_builtins(causality)]
+        )
+        if idempotency_key is not None:
+            prior = await self._idempotent(store, part, idempotency_key, fp)
+            if prior is not None:
+                return prior
         for _ in range(_APPEND_ATTEMPTS):
             now = self.clock.now()
             event_id = self.ids.next(now)
@@ -370,15 +398,41 @@ class EventSpine:
                 f"s#{source}#{event_id}",
                 f"x#{event_type}#{source}#{event_id}",
             )
+            ops = [Put(k, data, condition=Absent()) for k in keys]
+            if idempotency_key is not None:
+                record = msgspec.json.encode({"fingerprint": fp, "event_id": event_id})
+                ops.append(Put(_IDEM_PREFIX + idempotency_key, record, condition=Absent()))
             try:
-                await store.write(part, [Put(k, data, condition=Absent()) for k in keys])
+                await store.write(part, ops)
             except ConditionFailed:
+                if idempotency_key is not None:
+                    prior = await self._idempotent(store, part, idempotency_key, fp)
+                    if prior is not None:  # a concurrent retry of the same request won
+                        return prior
                 # an id collision with another process (vanishingly rare): take a fresh id
                 continue
             return event
         raise NorthstarError(
             f"{DOMAIN}.contention", "could not allocate an event id; retry", 503, headers={"Retry-After": "1"}
         )
+
+    @staticmethod
+    async def _idempotent(store: KindStore, part: str, key: str, fp: str) -> Event | None:
+        item = await store.get(part, _IDEM_PREFIX + key)
+        if item is None:
+            return None
+        record = msgspec.json.decode(item.value, type=dict[str, str])
+        if record["fingerprint"] != fp:
+            raise idempotency_mismatch(DOMAIN, key)
+        event = await store.get(part, f"e#{record['event_id']}")
+        if event is None:  # written in one batch with the record: cannot be absent
+            raise NorthstarError(
+                f"{DOMAIN}.idempotency_record_orphaned",
+                "the idempotency record's event is missing; the backend lost data",
+                503,
+                details={"idempotency_key": key},
+            )
+        return _decode(event)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -84,3 +84,19 @@ async def test_a_foreign_tenant_never_sees_events(client: Client, auth: Auth) ->
         await client.get("/analytics/events", params={"cursor": page["next_cursor"]}, headers=auth())
     ).json()
     assert [e["page"] for e in rest["items"]] == ["/b"] and not rest["has_more"]
+
+
+async def test_a_retried_event_with_the_same_key_is_stored_and_on_the_spine_once(
+    client: Client, auth: Auth, engines: Engines
+) -> None:
+    body = {"kind": "click", "target": "button#buy", "idempotency_key": "click-1"}
+    first = await client.post("/analytics/events", json=body, headers=auth())
+    again = await client.post("/analytics/events", json=body, headers=auth())
+    assert first.status_code == 201, first.text
+    assert again.json()["event_id"] == first.json()["event_id"]
+    listed = (await client.get("/analytics/events", headers=auth())).json()
+    assert [e["event_id"] for e in listed["items"]] == [first.json()["event_id"]]
+    spine_events = (await engines.spine.list(ALICE, event_type="analytics")).items
+    assert [e.event_id for e in spine_events] == [first.json()["event_id"]]
+    mismatch = await client.post("/analytics/events", json={**body, "target": "other"}, headers=auth())
+    assert_envelope(mismatch, 422, "event_spine.idempotency_mismatch")

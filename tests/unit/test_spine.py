@@ -240,3 +240,38 @@ def test_replay_and_list_match_a_reference_log(ops: list[tuple[str, str, str, st
                     ]
 
     asyncio.run(scenario())
+
+
+async def test_a_retried_append_with_the_same_key_returns_the_first_event_and_writes_nothing(
+    spine: EventSpine,
+) -> None:
+    body = {"event_type": "rl", "source": "agent", "payload": {"reward": 1}, "idempotency_key": "k1"}
+    first = await spine.append(ctx(), body)
+    again = await spine.append(ctx(), body)
+    assert again == first
+    assert [e.event_id for e in (await spine.replay(ctx(), run_id="run1")).items] == [first.event_id]
+
+
+async def test_the_same_key_with_a_different_event_is_422_and_writes_nothing(spine: EventSpine) -> None:
+    body = {"event_type": "rl", "source": "agent", "payload": {"r": 1}, "idempotency_key": "k"}
+    await spine.append(ctx(), body)
+    with pytest.raises(NorthstarError) as info:
+        await spine.append(
+            ctx(), {"event_type": "rl", "source": "agent", "payload": {"r": 2}, "idempotency_key": "k"}
+        )
+    assert (info.value.code, info.value.http_status) == ("event_spine.idempotency_mismatch", 422)
+    assert len((await spine.replay(ctx(), run_id="run1")).items) == 1
+
+
+async def test_concurrent_retries_of_one_keyed_append_store_one_event(spine: EventSpine) -> None:
+    body = {"event_type": "tuning", "source": "agent", "payload": {"lr": 0.1}, "idempotency_key": "same"}
+    events = await asyncio.gather(*(spine.append(ctx(), body) for _ in range(8)))
+    assert len({e.event_id for e in events}) == 1
+    assert len((await spine.replay(ctx(), run_id="run1")).items) == 1
+
+
+async def test_idempotency_keys_are_scoped_to_the_tenant(spine: EventSpine) -> None:
+    body = {"event_type": "rl", "source": "agent", "payload": {"r": 1}, "idempotency_key": "shared"}
+    a = await spine.append(ctx("t_a"), body)
+    b = await spine.append(ctx("t_b"), {**body, "payload": {"r": 2}})
+    assert a.event_id != b.event_id and b.tenant_id == "t_b"
