@@ -166,6 +166,10 @@ class _Engine:
         self.inline_reads = inline_reads
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # Held only around one synchronous inline read, and by close() before it closes the
+        # connections: closing a connection while another thread runs a statement on it crashes
+        # the interpreter (seen: a segfault when a store was released during a read).
+        self._inline_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=READER_THREADS, thread_name_prefix="northstar-sqlite-read"
         )
@@ -183,9 +187,33 @@ class _Engine:
             timeout=self.busy_timeout_ms / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._ensure_wal(conn)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
+
+    def _ensure_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL, waiting out concurrent openers.
+
+        Changing the journal mode of a fresh file while another connection opens it fails at
+        once with "database is locked" — SQLite does not apply the busy timeout to it — so two
+        stores (or processes) opening one new file together would fail. Retry within the busy
+        timeout instead; a file already in WAL needs no change.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.002
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError("could not switch the database to WAL mode")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -217,12 +245,19 @@ class _Engine:
             if conn is None:
                 conn = await self._pooled(self._open_inline)
                 self._inline_local.conn = conn
-            try:
-                return fn(conn)
-            except sqlite3.OperationalError:
-                pass  # retried below, where waiting is allowed
-            except sqlite3.Error as exc:
-                raise _unavailable(exc) from exc
+            # Never wait for the lock on the event loop: if close() holds it, use the pool
+            # (which then reports the store closed).
+            if self._inline_lock.acquire(blocking=False):
+                try:
+                    if self._closed:
+                        raise BackendUnavailable("sqlite: store is closed")
+                    return fn(conn)
+                except sqlite3.OperationalError:
+                    pass  # retried below, where waiting is allowed
+                except sqlite3.Error as exc:
+                    raise _unavailable(exc) from exc
+                finally:
+                    self._inline_lock.release()
         return await self._pooled(lambda: fn(self._reader()))
 
     async def _pooled(self, fn: Callable[[], T]) -> T:
@@ -406,7 +441,7 @@ class _Engine:
         self._queue.put(_STOP)
         self._writer.join()
         self._pool.shutdown(wait=True)
-        with self._readers_lock:
+        with self._inline_lock, self._readers_lock:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()

@@ -309,3 +309,41 @@ def test_the_prefix_bound_covers_exactly_the_keys_with_the_prefix(
 def test_the_prefix_bound_handles_the_top_code_point_and_surrogates(prefix: str, suffix: str) -> None:
     end = sqlite_adapter._prefix_end(prefix)
     assert end is None or (prefix + suffix < end and end.encode())
+
+
+async def test_stores_opening_one_new_file_together_all_write(tmp_path: Path) -> None:
+    # Switching a fresh file to WAL fails at once for a concurrent opener unless retried.
+    stores = [SqliteItemStore(tmp_path / "fresh.db", namespace="n", private=True) for _ in range(4)]
+    try:
+        results = await asyncio.gather(
+            *(s.write("p", [Put(f"k{i}", b"v", condition=Absent())]) for i, s in enumerate(stores)),
+            return_exceptions=True,
+        )
+        assert results == [None] * 4
+        assert len(await stores[0].query("p", "k")) == 4
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_closing_a_store_during_inline_reads_answers_every_read(tmp_path: Path) -> None:
+    store = SqliteItemStore(tmp_path / "close.db", namespace="n", private=True)
+    for start in range(0, 200, 100):
+        await store.write("p", [Put(f"k{i:04d}", b"v" * 200) for i in range(start, start + 100)])
+
+    async def reader() -> str:
+        outcome = "read"
+        for _ in range(2000):
+            try:
+                await store.query("p", "k", limit=200)  # inline (short) reads on the loop thread
+            except BackendUnavailable:
+                outcome = "closed"
+                break
+            await asyncio.sleep(0)
+        return outcome
+
+    readers = [asyncio.create_task(reader()) for _ in range(8)]
+    await asyncio.sleep(0.005)
+    await asyncio.get_running_loop().run_in_executor(None, store._live_engine().close)
+    outcomes = await asyncio.gather(*readers)
+    assert set(outcomes) <= {"read", "closed"} and "closed" in outcomes
