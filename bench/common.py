@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import secrets
 import shutil
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,62 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+# --- P4: one atomic append, adapter vs hand-written raw SDK, interleaved ---------------------
+
+Append = Callable[[int], Awaitable[None]]
+
+
+def latency_summary(samples: Sequence[float]) -> dict[str, float]:
+    """n, total, mean, p50 and p95 (ms) of per-operation durations in seconds."""
+    ordered = sorted(samples)
+    return {
+        "n": len(samples),
+        "total_s": round(sum(samples), 4),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
+        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+        "p95_ms": round(ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000, 3),
+    }
+
+
+async def interleave(variants: dict[str, Append], n: int) -> dict[str, dict[str, float]]:
+    """Warm each variant once, then time ``n`` calls of each, rotating the order every round so
+    machine noise (shared cores) hits every variant alike; a latency summary per variant."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for one in variants.values():
+        await one(-1)  # warm clients, connections and caches
+    names = list(variants)
+    for i in range(n):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            await variants[name](i)
+            samples[name].append(time.perf_counter() - start)
+    return {name: latency_summary(values) for name, values in samples.items()}
+
+
+def p4_report(bench: str, results: dict[str, dict[str, float]], n: int, **context: str) -> dict[str, Any]:
+    """The P4 report: the adapter's p50 against the raw-SDK variants'."""
+    adapter = results["adapter"]["p50_ms"]
+    return {
+        "bench": bench,
+        **context,
+        "appends": n,
+        "ratio_basis": "p50 latency, variants interleaved per append",
+        "results": results,
+        "ratio_adapter_vs_raw_full": round(adapter / results["raw_full"]["p50_ms"], 3),
+        "ratio_adapter_vs_raw_batch": round(adapter / results["raw_batch"]["p50_ms"], 3),
+        "python": platform.python_version(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_p4_report(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, summary in report["results"].items():
+        print(f"{name:10s} p50 {summary['p50_ms']:8.3f} ms  p95 {summary['p95_ms']:8.3f} ms")
+    print(f"adapter / raw_full  = {report['ratio_adapter_vs_raw_full']}")
+    print(f"adapter / raw_batch = {report['ratio_adapter_vs_raw_batch']}")
+    print(f"wrote {out}")

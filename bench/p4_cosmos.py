@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from azure.cosmos import PartitionKey  # noqa: E402
 from azure.cosmos import exceptions as cosmos_exc  # noqa: E402
 from azure.cosmos.aio import CosmosClient  # noqa: E402
 
+from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.cosmos import open_store, provision  # noqa: E402
 from northstar_adapters.cosmos.layout import encode_id  # noqa: E402
 from northstar_core.routing import Route  # noqa: E402
@@ -65,7 +63,6 @@ def _doc(partition: str, key: str, value: bytes) -> dict[str, Any]:
     }
 
 
-Append = Callable[[int], Awaitable[None]]
 
 
 @asynccontextmanager
@@ -154,20 +151,8 @@ async def raw_batch_variant(endpoint: str, database: str) -> AsyncIterator[Appen
         yield one
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(samples),
-        "total_s": round(sum(samples), 4),
-        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
-        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
-        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 3),
-    }
-
-
 async def run(endpoint: str, n: int) -> dict[str, Any]:
     database = f"bench{uuid.uuid4().hex[:8]}"
-    samples: dict[str, list[float]] = {"raw_batch": [], "raw_full": [], "adapter": []}
     try:
         async with (
             raw_batch_variant(endpoint, database) as raw_batch,
@@ -175,35 +160,20 @@ async def run(endpoint: str, n: int) -> dict[str, Any]:
             adapter_variant(endpoint, database) as adapter_one,
         ):
             variants = {"raw_batch": raw_batch, "raw_full": raw_full, "adapter": adapter_one}
-            for one in variants.values():
-                await one(-1)  # warm clients and caches
-            # Interleaved, rotating order: machine noise (shared cores) hits every variant alike.
-            names = list(variants)
-            for i in range(n):
-                for name in names[i % 3 :] + names[: i % 3]:
-                    start = time.perf_counter()
-                    await variants[name](i)
-                    samples[name].append(time.perf_counter() - start)
-        results = {name: _summary(values) for name, values in samples.items()}
+            results = await interleave(variants, n)
     finally:
         async with CosmosClient(endpoint, credential=os.environ[KEY_ENV]) as client:
             try:
                 await client.delete_database(database)
             except cosmos_exc.CosmosResourceNotFoundError:
                 pass
-    adapter = results["adapter"]["p50_ms"]
-    return {
-        "bench": "p4_cosmos",
-        "what": "atomic append of one stream entry + its idempotency record (transactional batch)",
-        "backend": "@vercel/cosmosdb-server 1.0.1 via scripts/cosmos/launcher.js (loopback, HTTPS)",
-        "appends": n,
-        "ratio_basis": "p50 latency, variants interleaved per append",
-        "results": results,
-        "ratio_adapter_vs_raw_full": round(adapter / results["raw_full"]["p50_ms"], 3),
-        "ratio_adapter_vs_raw_batch": round(adapter / results["raw_batch"]["p50_ms"], 3),
-        "python": platform.python_version(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    return p4_report(
+        "p4_cosmos",
+        results,
+        n,
+        what="atomic append of one stream entry + its idempotency record (transactional batch)",
+        backend="@vercel/cosmosdb-server 1.0.1 via scripts/cosmos/launcher.js (loopback, HTTPS)",
+    )
 
 
 def main() -> None:
@@ -220,15 +190,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    for name, summary in report["results"].items():
-        mean, p50, p95 = summary["mean_ms"], summary["p50_ms"], summary["p95_ms"]
-        print(f"{name:10s} mean {mean:8.3f} ms  p50 {p50:8.3f}  p95 {p95:8.3f}")
-    print(f"adapter / raw_full  = {report['ratio_adapter_vs_raw_full']}x (same round trips)")
-    print(f"adapter / raw_batch = {report['ratio_adapter_vs_raw_batch']}x (batch only, seq known locally)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_p4_report(report, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -26,15 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import aioboto3  # noqa: E402
 import msgspec  # noqa: E402
 
+from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.dynamodb import drop, open_store, provision  # noqa: E402
 from northstar_core.routing import Route  # noqa: E402
 from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
@@ -52,7 +49,6 @@ from tests.emulators.moto import TEST_ENV, MotoServer  # noqa: E402
 
 PAYLOAD = b'{"text":"hello from the bench","author":"u1"}'
 
-Append = Callable[[int], Awaitable[None]]
 
 
 def _route(endpoint: str, tag: str) -> Route:
@@ -160,49 +156,22 @@ async def raw_batch_variant(endpoint: str) -> AsyncIterator[Append]:
         yield one
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(samples),
-        "total_s": round(sum(samples), 4),
-        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
-        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
-        "p95_ms": round(ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000, 3),
-    }
-
-
 async def run(endpoint: str, n: int) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {"raw_batch": [], "raw_full": [], "adapter": []}
     async with (
         raw_batch_variant(endpoint) as raw_batch,
         raw_full_variant(endpoint) as raw_full,
         adapter_variant(endpoint) as adapter_one,
     ):
-        variants = {"raw_batch": raw_batch, "raw_full": raw_full, "adapter": adapter_one}
-        for one in variants.values():
-            await one(-1)  # warm connections
-        names = list(variants)
-        for i in range(n):
-            for name in names[i % 3 :] + names[: i % 3]:
-                start = time.perf_counter()
-                await variants[name](i)
-                samples[name].append(time.perf_counter() - start)
-    results = {name: _summary(values) for name, values in samples.items()}
-    adapter = results["adapter"]["p50_ms"]
-    return {
-        "bench": "p4_dynamodb",
-        "what": "atomic append of one stream entry + its idempotency record "
+        results = await interleave({"raw_batch": raw_batch, "raw_full": raw_full, "adapter": adapter_one}, n)
+    return p4_report(
+        "p4_dynamodb",
+        results,
+        n,
+        what="atomic append of one stream entry + its idempotency record "
         "(TransactWriteItems of two Absent-conditioned puts)",
-        "backend": "moto server (serialised: one lock around moto's WSGI app), loopback HTTP",
-        "appends": n,
-        "ratio_basis": "p50 latency, variants interleaved per append",
-        "target": "adapter / raw_full <= 1.15",
-        "results": results,
-        "ratio_adapter_vs_raw_full": round(adapter / results["raw_full"]["p50_ms"], 3),
-        "ratio_adapter_vs_raw_batch": round(adapter / results["raw_batch"]["p50_ms"], 3),
-        "python": platform.python_version(),
-        "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+        backend="moto server (serialised: one lock around moto's WSGI app), loopback HTTP",
+        target="adapter / raw_full <= 1.15",
+    )
 
 
 def main() -> int:
@@ -223,14 +192,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    for name, summary in report["results"].items():
-        print(f"{name:10s} p50 {summary['p50_ms']:8.3f} ms  p95 {summary['p95_ms']:8.3f} ms")
-    print(f"adapter / raw_full  = {report['ratio_adapter_vs_raw_full']}")
-    print(f"adapter / raw_batch = {report['ratio_adapter_vs_raw_batch']}")
-    print(f"wrote {out}")
+    write_p4_report(report, Path(args.out))
     return 0
 
 

@@ -27,14 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
-import platform
-import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 import msgspec  # noqa: E402
 from google.cloud import firestore  # noqa: E402
 
+from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.firestore import open_store  # noqa: E402
 from northstar_adapters.firestore.layout import doc_id  # noqa: E402
 from northstar_core.routing import Route  # noqa: E402
@@ -54,7 +52,6 @@ from tests.emulators.firestore import launcher  # noqa: E402
 PAYLOAD = b'{"text":"hello from the bench","author":"u1"}'
 COLLECTION = "northstar_chat_store"
 
-Append = Callable[[int], Awaitable[None]]
 
 
 @asynccontextmanager
@@ -131,47 +128,20 @@ async def raw_batch_variant() -> AsyncIterator[Append]:
     yield one
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(samples),
-        "total_s": round(sum(samples), 4),
-        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
-        "p50_ms": round(ordered[len(ordered) // 2] * 1000, 3),
-        "p95_ms": round(ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000, 3),
-    }
-
-
 async def run(n: int) -> dict[str, Any]:
-    samples: dict[str, list[float]] = {"raw_batch": [], "raw_full": [], "adapter": []}
     async with (
         raw_batch_variant() as raw_batch,
         raw_full_variant() as raw_full,
         adapter_variant() as adapter_one,
     ):
-        variants = {"raw_batch": raw_batch, "raw_full": raw_full, "adapter": adapter_one}
-        for one in variants.values():
-            await one(-1)  # warm channels
-        names = list(variants)
-        for i in range(n):
-            for name in names[i % 3 :] + names[: i % 3]:
-                start = time.perf_counter()
-                await variants[name](i)
-                samples[name].append(time.perf_counter() - start)
-    results = {name: _summary(values) for name, values in samples.items()}
-    adapter = results["adapter"]["p50_ms"]
-    return {
-        "bench": "p4_firestore",
-        "what": "atomic append of one stream entry + its idempotency record (batch of two create())",
-        "backend": "Cloud Firestore emulator (gcloud cloud-firestore-emulator jar), loopback gRPC",
-        "appends": n,
-        "ratio_basis": "p50 latency, variants interleaved per append",
-        "results": results,
-        "ratio_adapter_vs_raw_full": round(adapter / results["raw_full"]["p50_ms"], 3),
-        "ratio_adapter_vs_raw_batch": round(adapter / results["raw_batch"]["p50_ms"], 3),
-        "python": platform.python_version(),
-        "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+        results = await interleave({"raw_batch": raw_batch, "raw_full": raw_full, "adapter": adapter_one}, n)
+    return p4_report(
+        "p4_firestore",
+        results,
+        n,
+        what="atomic append of one stream entry + its idempotency record (batch of two create())",
+        backend="Cloud Firestore emulator (gcloud cloud-firestore-emulator jar), loopback gRPC",
+    )
 
 
 def main() -> int:
@@ -191,14 +161,7 @@ def main() -> int:
     finally:
         if emulator is not None:
             emulator.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    for name, summary in report["results"].items():
-        print(f"{name:10s} p50 {summary['p50_ms']:8.3f} ms  p95 {summary['p95_ms']:8.3f} ms")
-    print(f"adapter / raw_full  = {report['ratio_adapter_vs_raw_full']}")
-    print(f"adapter / raw_batch = {report['ratio_adapter_vs_raw_batch']}")
-    print(f"wrote {out}")
+    write_p4_report(report, Path(args.out))
     return 0
 
 
