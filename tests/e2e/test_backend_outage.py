@@ -59,47 +59,6 @@ TOKEN = mint_token(JWT_SECRET, tenant_id="t_outage", sub="u_outage", mode="saas"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def start_moto(port: int) -> MotoServer:
-    process = subprocess.Popen(
-        [sys.executable, str(MOTO_LAUNCHER), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        endpoint = moto_emulator._read_endpoint(process, 30)
-        moto_emulator._wait_ready(endpoint, process, 30)
-    except BaseException:
-        moto_emulator._terminate(process)
-        raise
-    return MotoServer(process, endpoint)
-
-
-def start_cosmos(port: int) -> CosmosServer:
-    cosmos_emulator.ensure_installed()
-    process = subprocess.Popen(
-        [
-            "node",
-            str(cosmos_emulator.LAUNCHER),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--exit-on-stdin-close",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=cosmos_emulator.SCRIPT_DIR,
-    )
-    try:
-        got = cosmos_emulator._read_port(process, 30)
-        cosmos_emulator._wait_ready(got, process, 30)
-    except BaseException:
-        cosmos_emulator._terminate(process)
-        raise
-    return CosmosServer(process, got)
-
-
 @dataclass
 class Outage:
     """A deployment whose backend can be taken away (``down``) and given back (``up``)."""
@@ -132,8 +91,8 @@ async def outage(
     if how == "restart":
         # an emulator process of our own, on a fixed port, really stopped and restarted
         port = free_port()
-        start = start_moto if backend == "dynamodb" else start_cosmos
-        procs.append(await asyncio.to_thread(start, port))
+        start = MotoServer.start if backend == "dynamodb" else CosmosServer.start
+        procs.append(await asyncio.to_thread(start, port=port))
         if backend == "dynamodb":
             params = {
                 "endpoint_url": f"http://127.0.0.1:{port}",
@@ -149,7 +108,7 @@ async def outage(
             await asyncio.to_thread(procs[-1].stop)
 
         async def up() -> None:
-            procs.append(await asyncio.to_thread(start, port))
+            procs.append(await asyncio.to_thread(start, port=port))
             await reseed(target)  # it restarted empty
 
         keeps = False

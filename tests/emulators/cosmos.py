@@ -23,12 +23,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.emulators.process import first_line, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT_DIR = ROOT / "scripts" / "cosmos"
@@ -71,13 +72,14 @@ class CosmosServer:
         self.endpoint = f"https://127.0.0.1:{port}/"
 
     @classmethod
-    def start(cls, timeout: float = 30.0) -> CosmosServer:
+    def start(cls, timeout: float = 30.0, port: int = 0) -> CosmosServer:
+        """The patched emulator on 127.0.0.1 (``port`` 0: a free one)."""
         ensure_installed()
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not on PATH; the Cosmos DB test backend cannot start")
         process = subprocess.Popen(
-            [node, str(LAUNCHER), "--host", "127.0.0.1", "--port", "0", "--exit-on-stdin-close"],
+            [node, str(LAUNCHER), "--host", "127.0.0.1", "--port", str(port), "--exit-on-stdin-close"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -87,59 +89,38 @@ class CosmosServer:
             port = _read_port(process, timeout)
             _wait_ready(port, process, timeout)
         except BaseException:
-            _terminate(process)
+            terminate(process)  # this very PID: the launcher is node itself, no wrapper shell
             raise
         return cls(process, port)
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
 
 
 def _read_port(process: subprocess.Popen[str], timeout: float) -> int:
-    line: list[str] = []
-    assert process.stdout is not None
-    stdout = process.stdout
-    reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
+    line = first_line(process, timeout)
     prefix = "cosmosdb-server listening on "
-    if not line or not line[0].startswith(prefix):
+    if not line.startswith(prefix):
         raise RuntimeError(
             f"cosmos launcher did not report its port (exit code {process.poll()}, got {line!r})"
         )
-    return int(line[0][len(prefix) :].strip())
+    return int(line[len(prefix) :].strip())
 
 
-def _wait_ready(port: int, process: subprocess.Popen[str], timeout: float) -> None:
+def _answers_tls(port: int) -> bool:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"cosmos launcher exited with code {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
-                with context.wrap_socket(raw, server_hostname="127.0.0.1"):
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"cosmos launcher on port {port} not ready after {timeout}s")
-        time.sleep(0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                return True
+    except OSError:
+        return False
 
 
-def _terminate(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()  # this very PID: the launcher is node itself, no wrapper shell
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            stream.close()
+def _wait_ready(port: int, process: subprocess.Popen[str], timeout: float) -> None:
+    wait_until(lambda: _answers_tls(port), process, timeout, f"cosmos launcher on port {port}", 0.05)
 
 
 @pytest.fixture(scope="session")

@@ -19,14 +19,14 @@ import os
 import runpy
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.emulators.process import first_line, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "emulators" / "moto_server.py"
@@ -48,9 +48,13 @@ class MotoServer:
         self.endpoint = endpoint
 
     @classmethod
-    def start(cls, timeout: float = 30.0) -> MotoServer:
+    def start(cls, timeout: float = 30.0, port: int = 0) -> MotoServer:
+        """A serialised moto server on 127.0.0.1 (``port`` 0: a free one)."""
         process = subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", "0", "--exit-on-stdin-close"],
+            [
+                *(sys.executable, str(LAUNCHER), "--host", "127.0.0.1"),
+                *("--port", str(port), "--exit-on-stdin-close"),
+            ],
             # The server stops when this pipe closes, so it never outlives a killed test run.
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -61,7 +65,7 @@ class MotoServer:
             endpoint = _read_endpoint(process, timeout)
             _wait_ready(endpoint, process, timeout)
         except BaseException:
-            _terminate(process)
+            terminate(process)
             raise
         return cls(process, endpoint)
 
@@ -72,48 +76,28 @@ class MotoServer:
             pass
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
 
 
 def _read_endpoint(process: subprocess.Popen[str], timeout: float) -> str:
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout)
-    if not line or not line[0].startswith("MOTO_ENDPOINT="):
+    line = first_line(process, timeout)
+    if not line.startswith("MOTO_ENDPOINT="):
         raise RuntimeError(
             f"moto launcher did not report its endpoint (exit code {process.poll()}, got {line!r})"
         )
-    return line[0].strip().split("=", 1)[1]
+    return line.strip().split("=", 1)[1]
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _wait_ready(endpoint: str, process: subprocess.Popen[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"moto server at {endpoint} not ready after {timeout}s")
-        time.sleep(0.1)
-
-
-def _terminate(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    for pipe in (process.stdin, process.stdout):
-        if pipe is not None:
-            pipe.close()
+    wait_until(lambda: _answers(endpoint), process, timeout, f"moto server at {endpoint}", 0.1)
 
 
 @pytest.fixture(scope="session")
