@@ -101,6 +101,10 @@ class KindStore(ItemStore):
         self.inner = inner
         self.capabilities: Capabilities = inner.capabilities
 
+    @property
+    def backing(self) -> ItemStore:
+        return self.inner.backing
+
     def _mark(self) -> None:
         current = served_by.get()
         label = self.route.label

@@ -7,7 +7,9 @@ partition it offers exactly three things, and every domain store in the core is 
 * ``query`` items whose key starts with a prefix, ordered by key, from an exclusive bound;
 * ``write`` a batch of puts/deletes, each with an optional condition, **atomically**: either
   every condition holds and every operation applies, or :class:`ConditionFailed` is raised and
-  nothing changes.
+  nothing changes. Backends that declare ``atomic_checks`` also accept :class:`Check`
+  operations: a condition on an item the batch does not write (DynamoDB ``ConditionCheck``, a
+  read inside the SQLite transaction).
 
 That is the shape of DynamoDB (``TransactWriteItems`` over one partition key), Firestore
 (atomic batches with ``create``/update-time preconditions), Cosmos DB (transactional batch in
@@ -68,7 +70,18 @@ class Delete(msgspec.Struct, frozen=True, tag=True):
     condition: Condition | None = None
 
 
-Op = Put | Delete
+class Check(msgspec.Struct, frozen=True, tag=True):
+    """Writes nothing: the batch applies only if ``condition`` holds at ``key`` at commit.
+
+    Only for backends whose capabilities declare ``atomic_checks``; a batch needs at least one
+    :class:`Put` or :class:`Delete` besides its checks.
+    """
+
+    key: str
+    condition: Condition
+
+
+Op = Put | Delete | Check
 
 
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,12 +92,15 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
       server processes would) see each other's writes (memory: no).
     * ``native_ttl``: the backend deletes expired items by itself, eventually.
     * ``max_batch_ops``: the most operations one atomic ``write`` accepts.
+    * ``atomic_checks``: ``write`` accepts :class:`Check` operations, evaluated atomically with
+      the batch (no extra round trip). Backends without it reject them as :class:`InvalidItem`.
     """
 
     durable: bool
     shared: bool
     native_ttl: bool
     max_batch_ops: int
+    atomic_checks: bool
 
 
 class StorageError(Exception):
@@ -154,6 +170,14 @@ class ItemStore(abc.ABC):
         At most ``capabilities.max_batch_ops`` operations; each key at most once.
         """
 
+    @property
+    def backing(self) -> ItemStore:
+        """The object that holds the items: itself, or for a wrapper the store it wraps.
+
+        Process-local knowledge about stored data (stream head hints) is keyed by it.
+        """
+        return self
+
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` if the backend cannot be reached."""
         await self.get("__ping__", "__ping__")
@@ -162,20 +186,31 @@ class ItemStore(abc.ABC):
         """Release connections. The store must not be used afterwards."""
 
 
-def validate_ops(ops: Sequence[Op], max_ops: int) -> None:
+def validate_ops(ops: Sequence[Op], capabilities: Capabilities) -> None:
     """Backend-independent checks every adapter runs before writing."""
     if not ops:
         raise InvalidItem("empty batch")
+    max_ops = capabilities.max_batch_ops
     if len(ops) > max_ops:
         raise InvalidItem(f"batch of {len(ops)} operations exceeds {max_ops}")
     seen: set[str] = set()
+    writes = 0
     for op in ops:
         validate_key(op.key)
         if op.key in seen:
             raise InvalidItem(f"key {op.key!r} appears twice in one batch")
         seen.add(op.key)
+        if isinstance(op, Check):
+            if not capabilities.atomic_checks:
+                raise InvalidItem("this backend does not evaluate Check operations atomically")
+            if op.condition is None:
+                raise InvalidItem("a Check needs a condition")
+            continue
+        writes += 1
         if isinstance(op, Put) and len(op.value) > MAX_VALUE_BYTES:
             raise InvalidItem(f"value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}")
+    if not writes:
+        raise InvalidItem("a batch needs at least one put or delete")
 
 
 def validate_key(key: str) -> None:

@@ -11,6 +11,14 @@ The rules live here, once: an append at ``expected_head`` writes ``s#<expected_h
 own uniqueness check, never a read-then-check); the idempotency record is written in the same
 batch, so a retried request either finds it (and gets the first result back, writing nothing)
 or is the one that writes it.
+
+Gap-freeness needs ``s#<head>`` to exist when ``s#<head+1>`` is created. On backends with
+``atomic_checks`` the batch itself checks it (a :class:`Check` on ``s#<head>``), so an append
+costs ONE store round trip: at a caller's ``expected_head`` directly, otherwise at the head this
+process last saw for the stream (:class:`HeadHints`). A hint is only a guess — a wrong one fails
+the batch's conditions, the head is read, the append retried — so correctness never rests on
+it. Backends without atomic checks read the head before every append (entries are never
+deleted, so an entry once read exists at commit).
 """
 
 from __future__ import annotations
@@ -18,17 +26,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
 
 from northstar_core.errors import NorthstarError, idempotency_mismatch
-from northstar_core.storage import Absent, ConditionFailed, Item, ItemStore, Op, Put
+from northstar_core.storage import Absent, Check, ConditionFailed, Item, ItemStore, Op, Put, VersionIs
 
 SEQ_PREFIX: Final = "s#"
 IDEM_PREFIX: Final = "i#"
 MAX_APPEND_ATTEMPTS: Final = 64
+ENTRY_VERSION: Final = 1  # entries are written once, at this version, and never changed
+HINTED_STREAMS: Final = 65_536  # per backing store; least recently appended forgotten first
 
 
 def seq_key(seq: int) -> str:
@@ -68,6 +80,49 @@ class HeadMoved(Exception):
         self.head = head
 
 
+class HeadHints:
+    """The highest sequence this process has seen committed, per stream partition (bounded LRU).
+
+    Hints only ever rise. They are guesses that spare a head read, never trusted for
+    correctness: an append at a hinted head carries a :class:`Check` that ``s#<hint>`` exists
+    and an ``Absent`` on ``s#<hint+1>``, so a stale hint (another process appended, or the
+    data is not what this process saw) just fails that batch and the head is read.
+    """
+
+    def __init__(self, capacity: int = HINTED_STREAMS) -> None:
+        self.capacity = capacity
+        self._heads: OrderedDict[str, int] = OrderedDict()
+
+    def get(self, partition: str) -> int | None:
+        return self._heads.get(partition)
+
+    def saw(self, partition: str, seq: int) -> None:
+        heads = self._heads
+        known = heads.get(partition)
+        if known is None:
+            heads[partition] = seq
+            if len(heads) > self.capacity:
+                heads.popitem(last=False)
+        elif seq > known:
+            heads[partition] = seq
+            heads.move_to_end(partition)
+
+    def forget(self, partition: str) -> None:
+        self._heads.pop(partition, None)
+
+
+_HINTS: weakref.WeakKeyDictionary[ItemStore, HeadHints] = weakref.WeakKeyDictionary()
+
+
+def head_hints(store: ItemStore) -> HeadHints:
+    """The hints for the data behind ``store`` (shared by every wrapper of one backing store)."""
+    backing = store.backing
+    hints = _HINTS.get(backing)
+    if hints is None:
+        hints = _HINTS[backing] = HeadHints()
+    return hints
+
+
 class SequencedStream:
     """One stream in one partition of an item store (see module doc)."""
 
@@ -75,11 +130,16 @@ class SequencedStream:
         self.store = store
         self.partition = partition
         self.domain = domain
+        self.hints = head_hints(store)
 
     async def head(self) -> int:
         """The last committed sequence number, 0 for an empty stream."""
         last = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1)
-        return seq_of(last[0].key) if last else 0
+        if not last:
+            return 0
+        head = seq_of(last[0].key)
+        self.hints.saw(self.partition, head)
+        return head
 
     async def idempotent_result(self, key: str, fp: str) -> Appended | None:
         """The stored outcome for ``key``; 422 ``<domain>.idempotency_mismatch`` if ``fp`` differs."""
@@ -121,16 +181,29 @@ class SequencedStream:
             prior = await self.idempotent_result(idempotency_key, payload_fingerprint)
             if prior is not None:
                 return prior
+        checks = self.store.capabilities.atomic_checks
+        # With atomic checks the batch itself verifies the head it appends at, so the first
+        # attempt goes straight to the write: at the caller's expected head, else at the hint.
+        guess = expected_head if expected_head is not None else self.hints.get(self.partition)
         for attempt in range(MAX_APPEND_ATTEMPTS):
-            head = await self.head()
-            if expected_head is not None and head != expected_head:
-                raise HeadMoved(head)
+            guessed = checks and guess is not None
+            if guessed:
+                assert guess is not None
+                head = guess
+            else:
+                head = await self.head()
+                if expected_head is not None and head != expected_head:
+                    raise HeadMoved(head)
+            guess = None
             first = head + 1
             entries = list(build(first))
             last = first + len(entries) - 1
             ops: list[Op] = [
-                Put(seq_key(first + i), data, condition=Absent()) for i, data in enumerate(entries)
+                Put(seq_key(first + i), data, version=ENTRY_VERSION, condition=Absent())
+                for i, data in enumerate(entries)
             ]
+            if checks and head > 0:
+                ops.append(Check(seq_key(head), VersionIs(ENTRY_VERSION)))
             outcome = dict(result(first, last)) if result else {}
             outcome.setdefault("first_seq", first)
             outcome.setdefault("last_seq", last)
@@ -151,8 +224,10 @@ class SequencedStream:
                         return prior
                 if expected_head is not None:
                     raise HeadMoved(await self.head()) from None
-                await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
+                if not guessed:  # lost to a concurrent writer: back off before re-reading
+                    await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
                 continue
+            self.hints.saw(self.partition, last)
             return Appended(first_seq=first, last_seq=last, result=result_bytes, replayed=False)
         raise NorthstarError(
             f"{self.domain}.contention",
@@ -163,16 +238,21 @@ class SequencedStream:
 
     async def read(self, after_seq: int, limit: int, *, before_seq: int | None = None) -> list[Item]:
         """Entries with ``after_seq < seq (< before_seq)``, in order, at most ``limit``."""
-        return await self.store.query(
+        items = await self.store.query(
             self.partition,
             SEQ_PREFIX,
             after=seq_key(after_seq),
             before=seq_key(before_seq) if before_seq is not None else None,
             limit=limit,
         )
+        if items:
+            self.hints.saw(self.partition, seq_of(items[-1].key))
+        return items
 
     async def read_last(self, n: int) -> list[Item]:
         """The last ``n`` entries, in ascending order."""
         items = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=n)
+        if items:
+            self.hints.saw(self.partition, seq_of(items[0].key))
         items.reverse()
         return items

@@ -59,7 +59,9 @@ class _RouteTable(ItemStore):
     routing), and it is not a backend: the routes it holds all point at the harness store.
     """
 
-    capabilities = Capabilities(durable=False, shared=False, native_ttl=False, max_batch_ops=100)
+    capabilities = Capabilities(
+        durable=False, shared=False, native_ttl=False, max_batch_ops=100, atomic_checks=False
+    )
 
     def __init__(self) -> None:
         self._items: dict[tuple[str, str], Item] = {}
@@ -90,7 +92,7 @@ class _RouteTable(ItemStore):
         return [self._items[(partition, k)] for k in keys[: max(limit, 0)]]
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        validate_ops(ops, self.capabilities.max_batch_ops)
+        validate_ops(ops, self.capabilities)
         for index, op in enumerate(ops):
             current = self._items.get((partition, op.key))
             if isinstance(op.condition, Absent) and current is not None:

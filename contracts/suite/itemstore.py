@@ -23,6 +23,7 @@ from northstar_core.errors import NorthstarError
 from northstar_core.storage import (
     MAX_VALUE_BYTES,
     Absent,
+    Check,
     ConditionFailed,
     Delete,
     InvalidItem,
@@ -32,7 +33,7 @@ from northstar_core.storage import (
     Put,
     VersionIs,
 )
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint
+from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, head_hints, seq_of
 
 T = TypeVar("T")
 
@@ -456,6 +457,57 @@ class CapabilityContract:
         await peer.write(p, [Put("k", b"w", version=2, condition=VersionIs(1))])
         assert await store.get(p, "k") == Item("k", b"w", 2)
 
+    async def test_atomic_checks_are_declared_honestly(self, harness: BackendHarness) -> None:
+        store = await harness.open()
+        p = _partition()
+        await store.write(p, [Put("guard", b"g", version=3)])
+        guarded: list[Op] = [Check("guard", VersionIs(3)), Put("a", b"a", condition=Absent())]
+        if not store.capabilities.atomic_checks:
+            with pytest.raises(InvalidItem):
+                await store.write(p, guarded)
+            assert await store.get(p, "a") is None
+            return
+        await store.write(p, guarded)
+        assert await store.get(p, "a") == Item("a", b"a")
+        assert await store.get(p, "guard") == Item("guard", b"g", 3), "a Check must write nothing"
+        await store.write(p, [Check("missing", Absent()), Put("b", b"b")])
+        assert await store.get(p, "b") == Item("b", b"b")
+
+    async def test_a_failed_check_applies_nothing_of_the_batch(self, harness: BackendHarness) -> None:
+        store = await harness.open()
+        if not store.capabilities.atomic_checks:
+            pytest.skip(f"{harness.name}: declares atomic_checks=False (see the test above)")
+        p = _partition()
+        await store.write(p, [Put("guard", b"g", version=3), Put("old", b"o", version=1)])
+        failing: list[list[Op]] = [
+            [Put("x", b"x"), Check("guard", VersionIs(2)), Delete("old")],
+            [Check("guard", Absent()), Put("x", b"x"), Put("old", b"n", version=2, condition=VersionIs(1))],
+            [Put("x", b"x", condition=Absent()), Check("never-written", VersionIs(1))],
+        ]
+        for batch in failing:
+            with pytest.raises(ConditionFailed):
+                await store.write(p, batch)
+        assert await _all_keys(store, p) == ["guard", "old"]
+        assert await store.get(p, "old") == Item("old", b"o", 1)
+
+    async def test_a_check_sees_an_expired_item_as_absent(self, harness: BackendHarness) -> None:
+        store = await harness.open()
+        if not store.capabilities.atomic_checks:
+            pytest.skip(f"{harness.name}: declares atomic_checks=False")
+        p = _partition()
+        await store.write(p, [Put("gone", b"g", expires_at=time.time() - 5)])
+        with pytest.raises(ConditionFailed):
+            await store.write(p, [Check("gone", VersionIs(1)), Put("x", b"x")])
+        await store.write(p, [Check("gone", Absent()), Put("y", b"y")])
+        assert await _all_keys(store, p) == ["y"]
+
+    async def test_a_batch_of_checks_alone_is_invalid(self, harness: BackendHarness) -> None:
+        store = await harness.open()
+        p = _partition()
+        await store.write(p, [Put("guard", b"g")])
+        with pytest.raises(InvalidItem):
+            await store.write(p, [Check("guard", VersionIs(1))])
+
     async def test_ping_answers_on_a_reachable_backend(self, harness: BackendHarness) -> None:
         store = await harness.open()
         await store.ping()
@@ -539,6 +591,41 @@ class ConcurrencyContract:
         assert sorted(seqs) == list(range(1, self.writers + 1))
         entries = await SequencedStream(stores[0], p, "contract").read(0, 100)
         assert sorted(e.value for e in entries) == sorted(f"w{i}".encode() for i in range(self.writers))
+
+
+    async def test_peers_alternating_on_one_stream_with_stale_head_hints_stay_gap_free(
+        self, harness: BackendHarness
+    ) -> None:
+        # Each peer (a process, in production) remembers the head it last saw; the other
+        # peer's appends make that hint stale every time. Appends must still land at the
+        # true head, once each.
+        stores = await self._writers(harness)
+        first, second = stores[0], stores[1]
+        p = _partition("stream")
+        landed: list[int] = []
+        for i in range(6):
+            stream = SequencedStream(first if i % 2 == 0 else second, p, "contract")
+            done = await stream.append(lambda _f, i=i: [f"e{i}".encode()], now=time.time())  # type: ignore[misc]
+            landed.append(done.first_seq)
+        assert landed == [1, 2, 3, 4, 5, 6]
+        entries = await SequencedStream(first, p, "contract").read(0, 100)
+        assert [e.value for e in entries] == [f"e{i}".encode() for i in range(6)]
+
+    async def test_a_head_hint_ahead_of_the_data_never_opens_a_gap(self, harness: BackendHarness) -> None:
+        # A hint is a guess (e.g. from before the data was restored from a backup): an append
+        # guided by a hint beyond the real head must still land right after the real head.
+        store = await harness.open()
+        p = _partition("stream")
+        stream = SequencedStream(store, p, "contract")
+        await stream.append(lambda _f: [b"one"], now=time.time())
+        head_hints(store).saw(p, 40)
+        done = await stream.append(lambda _f: [b"two"], now=time.time())
+        assert (done.first_seq, done.last_seq) == (2, 2)
+        assert [seq_of(e.key) for e in await stream.read(0, 100)] == [1, 2]
+        with pytest.raises(HeadMoved) as moved:
+            await stream.append(lambda _f: [b"x"], now=time.time(), expected_head=7)
+        assert moved.value.head == 2
+        assert [seq_of(e.key) for e in await stream.read(0, 100)] == [1, 2]
 
 
 class StreamIdempotencyContract:

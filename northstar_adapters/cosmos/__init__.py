@@ -85,7 +85,10 @@ __all__ = ["CAPABILITIES", "CosmosConfig", "CosmosItemStore", "RetryPolicy", "op
 
 # The real backend's capabilities: Cosmos is durable and shared, deletes expired items itself
 # (eventually), and a transactional batch holds at most 100 operations.
-CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=True, max_batch_ops=100)
+# No atomic Check: a batch precondition exists only on a document the batch writes.
+CAPABILITIES: Final = Capabilities(
+    durable=True, shared=True, native_ttl=True, max_batch_ops=100, atomic_checks=False
+)
 
 DEFAULT_DATABASE: Final = "northstar"
 DEFAULT_PREFIX: Final = "northstar_"
@@ -397,7 +400,7 @@ class CosmosItemStore(ItemStore):
             raise self._unexpected("query", exc) from exc
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        validate_ops(ops, self.capabilities.max_batch_ops)
+        validate_ops(ops, self.capabilities)
         try:
             if len(ops) == 1:
                 await self._write_one(partition, ops[0])

@@ -75,7 +75,9 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=True, max_batch_ops=100)
+CAPABILITIES: Final = Capabilities(
+    durable=True, shared=True, native_ttl=True, max_batch_ops=100, atomic_checks=True
+)
 DEFAULT_TABLE_PREFIX: Final = "northstar_"
 TTL_ATTRIBUTE: Final = "ttl"
 PARTITION_MAX_BYTES: Final = 2048  # DynamoDB's partition key limit
@@ -498,7 +500,7 @@ class DynamoItemStore(ItemStore):
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         _validate_partition(partition)
-        validate_ops(ops, self.capabilities.max_batch_ops)
+        validate_ops(ops, self.capabilities)
         token = uuid.uuid4().hex
         # One timestamp for every attempt: a retried transaction must repeat its parameters
         # exactly to be recognised by its ClientRequestToken.
@@ -550,6 +552,9 @@ class DynamoItemStore(ItemStore):
                 )
             elif isinstance(op, Delete):
                 items.append({"Delete": {"TableName": self.table, "Key": _key(partition, op.key), **extra}})
+            else:  # Check: a ConditionCheck in the same transaction
+                check = {"TableName": self.table, "Key": _key(partition, op.key), **extra}
+                items.append({"ConditionCheck": check})
         return lambda client: client.transact_write_items(TransactItems=items, ClientRequestToken=token)
 
     async def _applied(self, partition: str, ops: Sequence[Op], token: str) -> bool:

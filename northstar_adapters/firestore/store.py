@@ -88,7 +88,10 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=True, max_batch_ops=100)
+# No atomic Check: a batch precondition exists only on a document the batch writes.
+CAPABILITIES: Final = Capabilities(
+    durable=True, shared=True, native_ttl=True, max_batch_ops=100, atomic_checks=False
+)
 EMULATOR_ENV: Final = "FIRESTORE_EMULATOR_HOST"
 
 # Errors after which the same request may succeed (and where a write's outcome is unknown).
@@ -474,7 +477,7 @@ class FirestoreItemStore(ItemStore):
         return all(doc is not None and doc["data"].get(F_WRITE) == token for doc in docs.values())
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        validate_ops(ops, self.capabilities.max_batch_ops)
+        validate_ops(ops, self.capabilities)
         token = uuid.uuid4().hex
         attempt = 0
         while True:

@@ -23,7 +23,9 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES = Capabilities(durable=False, shared=False, native_ttl=False, max_batch_ops=100)
+CAPABILITIES = Capabilities(
+    durable=False, shared=False, native_ttl=False, max_batch_ops=100, atomic_checks=True
+)
 
 
 def _prefix_end(prefix: str) -> str | None:
@@ -93,7 +95,7 @@ class MemoryItemStore(ItemStore):
         return out
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        validate_ops(ops, self.capabilities.max_batch_ops)
+        validate_ops(ops, self.capabilities)
         async with self._lock:
             keys, items = self._parts.setdefault(partition, ([], {}))
             for index, op in enumerate(ops):

@@ -46,6 +46,7 @@ from northstar_core.storage import (
     Absent,
     BackendUnavailable,
     Capabilities,
+    Check,
     ConditionFailed,
     Delete,
     Item,
@@ -57,7 +58,9 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES: Final = Capabilities(durable=True, shared=True, native_ttl=False, max_batch_ops=100)
+CAPABILITIES: Final = Capabilities(
+    durable=True, shared=True, native_ttl=False, max_batch_ops=100, atomic_checks=True
+)
 DEFAULT_PATH: Final = Path(".northstar") / "data" / "northstar.sqlite3"
 SYNCHRONOUS_LEVELS: Final = ("FULL", "NORMAL", "EXTRA")
 # Upper bound of batches folded into one transaction; keeps a single commit's latency bounded.
@@ -93,6 +96,9 @@ _DELETE_IF_VERSION = (
     " AND (expires_at IS NULL OR expires_at > ?)"
 )
 _LIVE = "SELECT 1 FROM items WHERE ns = ? AND pk = ? AND sk = ? AND (expires_at IS NULL OR expires_at > ?)"
+_LIVE_VERSION = (
+    "SELECT version FROM items WHERE ns = ? AND pk = ? AND sk = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
 
 T = TypeVar("T")
 
@@ -420,6 +426,15 @@ class _Engine:
                     )
                 if cur.rowcount != 1:
                     raise ConditionFailed(index)
+            elif isinstance(op, Check):
+                # Inside the write transaction (BEGIN IMMEDIATE): nobody can change it before commit.
+                row = conn.execute(_LIVE_VERSION, (ns, pk, op.key, now)).fetchone()
+                if isinstance(cond, Absent):
+                    holds = row is None
+                else:
+                    holds = row is not None and row[0] == cond.version
+                if not holds:
+                    raise ConditionFailed(index)
             elif isinstance(op, Delete):
                 if isinstance(cond, VersionIs):
                     cur = conn.execute(_DELETE_IF_VERSION, (ns, pk, op.key, cond.version, now))
@@ -577,7 +592,7 @@ class SqliteItemStore(ItemStore):
         request to any remote backend may (every write in the core is conditional or keyed,
         so a retry finds the outcome).
         """
-        validate_ops(ops, self.capabilities.max_batch_ops)
+        validate_ops(ops, self.capabilities)
         await self._live_engine().write(self.namespace, partition, list(ops))
 
     async def close(self) -> None:
