@@ -9,8 +9,8 @@ before the first round and after every round; per round the limit is the higher 
 rates (averaged over the probes around it).
 
 * (a) one writer, one event per transaction, optimistic concurrency:
-  - ``ours_stream``: ``SequencedStream.append(expected_head=h)`` — the product path (reads the
-    head, then one conditional batch);
+  - ``ours_stream``: ``SequencedStream.append(expected_head=h)`` — the product path (one
+    atomic batch: the new entry under ``Absent`` plus a ``Check`` that entry ``h`` exists);
   - ``ours_put``: ``ItemStore.write([Put(seq_key(h+1), Absent())])`` — the same primitive the
     peer uses (a uniqueness condition, version tracked by the caller);
   - ``peer``: ``SQLiteApplicationRecorder.insert_events([StoredEvent(id, h+1, …)])``.
@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import platform
+import queue
 import shutil
 import sqlite3
 import statistics
@@ -63,6 +64,30 @@ PAYLOAD = json.dumps({"role": "user", "content": "hello " * 12, "actor_id": "u_b
 TOPIC = "bench:Event"
 WRITERS = 32
 CHUNK = 20
+
+
+async def thread_hop_us(n: int = 20_000) -> float:
+    """Microseconds for the hand-off every lab SQLite write pays and the peer does not: the
+    event loop queues the batch for the writer thread, which answers through the loop (the
+    price of never blocking the event loop on a commit's fsync)."""
+    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def worker() -> None:
+        while (job := jobs.get()) is not None:
+            job[0].call_soon_threadsafe(job[1].set_result, None)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    for _ in range(n):
+        fut = loop.create_future()
+        jobs.put((loop, fut))
+        await fut
+    elapsed = time.perf_counter() - start
+    jobs.put(None)
+    thread.join()
+    return elapsed / n * 1e6
 
 
 def fsync_limit(directory: Path, seconds: float) -> dict[str, float]:
@@ -232,6 +257,7 @@ def med(values: list[float]) -> float:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     fsync_samples = [fsync_limit(workdir, 2.0)]
+    hop_us = await thread_hop_us()
     ours = Ours(workdir / "ours.sqlite3")
     peer = Peer(workdir / "peer.sqlite3")
     rates: dict[str, list[float]] = {
@@ -338,6 +364,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "fsync: max of append/overwrite fdatasync/s, same disk, around each round",
         ),
         (
+            "P2a",
+            "(context) peer insert_events vs fsync limit",
+            "peer",
+            "fsync",
+            None,
+            f"event loop -> writer thread -> loop hand-off: {hop_us:.0f} us per write (ours only)",
+        ),
+        (
             "P2b",
             f"{WRITERS} concurrent writers (group commit) vs peer single writer",
             "ours_32",
@@ -380,6 +414,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "platform": platform.platform(),
         },
         "durability": settings,
+        "thread_hop_us": round(hop_us, 1),
         "fsync_limit_per_s": {
             "limit": fsync,
             "median_by_mode": fsync_by_mode,

@@ -181,7 +181,8 @@ class SequencedStream:
             prior = await self.idempotent_result(idempotency_key, payload_fingerprint)
             if prior is not None:
                 return prior
-        checks = self.store.capabilities.atomic_checks
+        capabilities = self.store.capabilities
+        checks = capabilities.atomic_checks
         # With atomic checks the batch itself verifies the head it appends at, so the first
         # attempt goes straight to the write: at the caller's expected head, else at the hint.
         guess = expected_head if expected_head is not None else self.hints.get(self.partition)
@@ -202,8 +203,6 @@ class SequencedStream:
                 Put(seq_key(first + i), data, version=ENTRY_VERSION, condition=Absent())
                 for i, data in enumerate(entries)
             ]
-            if checks and head > 0:
-                ops.append(Check(seq_key(head), VersionIs(ENTRY_VERSION)))
             outcome = dict(result(first, last)) if result else {}
             outcome.setdefault("first_seq", first)
             outcome.setdefault("last_seq", last)
@@ -215,6 +214,12 @@ class SequencedStream:
                 )
             if extra_ops is not None:
                 ops.extend(extra_ops(first, last))
+            if checks and head > 0:
+                if len(ops) < capabilities.max_batch_ops:
+                    ops.append(Check(seq_key(head), VersionIs(ENTRY_VERSION)))
+                elif guessed:  # no room for the check in a full batch: read the head instead
+                    checks = False
+                    continue
             try:
                 await self.store.write(self.partition, ops)
             except ConditionFailed:

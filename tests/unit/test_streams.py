@@ -15,7 +15,7 @@ from northstar_adapters.memory import MemoryItemStore
 from northstar_adapters.sqlite import SqliteItemStore
 from northstar_core.errors import NorthstarError
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_key, seq_of
+from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, head_hints, seq_key, seq_of
 
 NOW = 1_800_000_000.0
 
@@ -200,3 +200,138 @@ async def test_concurrent_appends_on_sqlite_threads_are_gap_free(tmp_path: Path)
     assert sorted(s.first_seq for s in spans) == list(range(1, 33, 2))
     assert [seq_of(i.key) for i in await stream.read(0, 100)] == list(range(1, 33))
     await store.close()
+
+
+class Calls(ItemStore):
+    """Counts the store calls an append makes (round trips to a remote backend)."""
+
+    def __init__(self, inner: ItemStore) -> None:
+        self.inner = inner
+        self.capabilities = inner.capabilities
+        self.calls: list[str] = []
+
+    @property
+    def backing(self) -> ItemStore:
+        return self.inner.backing
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        self.calls.append("get")
+        return await self.inner.get(partition, key)
+
+    async def query(self, partition: str, prefix: str, **kwargs: object) -> list[Item]:  # type: ignore[override]
+        self.calls.append("query")
+        return await self.inner.query(partition, prefix, **kwargs)  # type: ignore[arg-type]
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        self.calls.append("write")
+        await self.inner.write(partition, ops)
+
+
+async def test_an_append_at_a_known_head_is_one_write_with_a_check_on_the_head() -> None:
+    store = Calls(MemoryItemStore())
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    assert store.calls == ["query", "write"]  # a stream this process has not seen: head read
+    store.calls.clear()
+    await stream.append(entries(b"b"), now=NOW)
+    await SequencedStream(store, "p", "chat").append(entries(b"c"), now=NOW, expected_head=2)
+    assert store.calls == ["write", "write"]
+    assert [i.value for i in await stream.read(0, 10)] == [b"a", b"b", b"c"]
+
+
+async def test_another_writer_makes_the_hint_stale_and_costs_one_failed_batch() -> None:
+    shared = MemoryItemStore()
+    ours, theirs = Calls(shared), Interleaving(shared)
+    await SequencedStream(ours, "p", "chat").append(entries(b"a"), now=NOW)
+    await SequencedStream(theirs, "p", "chat").append(entries(b"b", b"c"), now=NOW)
+    ours.calls.clear()
+    done = await SequencedStream(ours, "p", "chat").append(entries(b"d"), now=NOW)
+    assert (done.first_seq, ours.calls) == (4, ["write", "query", "write"])
+
+
+async def test_a_full_batch_at_a_hinted_head_reads_the_head_instead_of_checking() -> None:
+    store = MemoryItemStore()
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    head_hints(store).saw("p", 9)  # stale: the batch below has no room for the head check
+    n = store.capabilities.max_batch_ops
+    done = await stream.append(lambda first: [b"x"] * n, now=NOW)
+    assert (done.first_seq, done.last_seq) == (2, n + 1)
+    assert [seq_of(i.key) for i in await stream.read(0, 1000)] == list(range(1, n + 2))
+
+
+async def test_without_atomic_checks_every_append_reads_the_head_first() -> None:
+    inner = MemoryItemStore()
+    store = Calls(inner)
+    store.capabilities = msgspec.structs.replace(inner.capabilities, atomic_checks=False)
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    head_hints(store).saw("p", 5)  # ignored: only a batch check could catch a wrong guess
+    await stream.append(entries(b"b"), now=NOW)
+    assert store.calls == ["query", "write", "query", "write"]
+    assert [seq_of(i.key) for i in await stream.read(0, 10)] == [1, 2]
+
+
+Step = tuple[int, str, int]  # (process, kind, argument)
+STEP = st.tuples(
+    st.integers(0, 2), st.sampled_from(["append", "expect", "retry", "mislead"]), st.integers(0, 40)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=st.lists(st.lists(STEP, min_size=1, max_size=3), min_size=1, max_size=10))
+def test_processes_with_stale_or_wrong_head_hints_match_a_reference_log(groups: list[list[Step]]) -> None:
+    """Three 'processes' (separate store objects, so separate head hints) append concurrently
+    to one stream, some at an expected head, some retrying an earlier idempotency key, some
+    with hints pushed beyond the real head. The stored log must equal the reference built
+    from the acknowledged outcomes: gap-free, every acknowledged entry once, replays
+    returning the first outcome, losers at an expected head absent."""
+
+    async def run() -> None:
+        shared = MemoryItemStore()
+        processes = [Interleaving(shared) for _ in range(3)]
+        log: dict[int, bytes] = {}  # seq -> entry, from acknowledged appends
+        first_of: dict[str, int] = {}  # idempotency key -> first outcome
+        serial = 0
+
+        async def step(proc: int, kind: str, arg: int, value: bytes, head: int) -> None:
+            store = processes[proc]
+            stream = SequencedStream(store, "p", "chat")
+            if kind == "mislead":
+                head_hints(store).saw("p", head + 1 + arg)
+                kind = "append"
+            if kind == "retry" and first_of:
+                key = sorted(first_of)[arg % len(first_of)]
+                done = await stream.append(
+                    entries(b"ignored"), now=NOW, idempotency_key=key, payload_fingerprint=key
+                )
+                assert done.replayed and done.first_seq == first_of[key]
+                return
+            key = value.decode()
+            try:
+                done = await stream.append(
+                    entries(value),
+                    now=NOW,
+                    expected_head=head if kind == "expect" else None,
+                    idempotency_key=key,
+                    payload_fingerprint=key,
+                )
+            except HeadMoved as moved:
+                assert moved.head > head
+                return
+            assert not done.replayed and done.first_seq not in log
+            log[done.first_seq] = value
+            first_of[key] = done.first_seq
+
+        for group in groups:
+            head = len(log)
+            tasks = []
+            for proc, kind, arg in group:
+                serial += 1
+                tasks.append(step(proc, kind, arg, f"e{serial}".encode(), head))
+            await asyncio.gather(*tasks)
+            stored = await SequencedStream(shared, "p", "chat").read(0, 1000)
+            assert [seq_of(i.key) for i in stored] == list(range(1, len(log) + 1))
+            assert [i.value for i in stored] == [log[s] for s in sorted(log)]
+
+    asyncio.run(run())
