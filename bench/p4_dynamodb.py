@@ -2,14 +2,17 @@
 
 Each append writes entry ``s#<seq>`` and its idempotency record ``i#<key>`` in ONE
 ``TransactWriteItems`` (two ``Put`` with ``Absent`` conditions — the same expiry-aware condition
-the adapter uses: ``attribute_not_exists(pk) OR exp <= :now``). Three variants run against the
+the adapter uses: ``attribute_not_exists(pk) OR exp <= :now`` — and, at a known head, a
+``ConditionCheck`` that ``s#<seq-1>`` exists). Three variants run against the
 same serialised moto server, each on its own fresh table (moto's transactions copy the table,
 so the three tables grow alike), one request at a time (latency, not throughput), interleaved
 append by append in rotating order so that noise from the shared machine hits all three alike:
 
 * ``adapter``   — ``SequencedStream.append`` on the DynamoDB ``ItemStore`` (idempotency
-  ``GetItem``, head ``Query``, ``TransactWriteItems``: what the core really does per request);
-* ``raw_full``  — the same three round trips written by hand with an aioboto3 client;
+  ``GetItem``, then ONE ``TransactWriteItems`` at the head this process last saw, with a
+  ``ConditionCheck`` that entry ``s#<head>`` exists: what the core really does per request;
+  the head is queried only for a stream it has not seen or after a failed check);
+* ``raw_full``  — the same round trips written by hand with an aioboto3 client;
 * ``raw_batch`` — only the ``TransactWriteItems``, with the sequence number tracked locally (the
   floor: no read before writing).
 
@@ -100,16 +103,29 @@ def _absent_put(table: str, pk: str, sk: str, value: bytes, now: float) -> dict[
     }
 
 
-async def _transact(client: Any, table: str, pk: str, seq: int, i: int) -> None:
+def _entry_exists(table: str, pk: str, sk: str, now: float) -> dict[str, Any]:
+    return {
+        "ConditionCheck": {
+            "TableName": table,
+            "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+            "ConditionExpression": "#ver = :ver AND (attribute_not_exists(#exp) OR #exp > :now)",
+            "ExpressionAttributeNames": {"#ver": "ver", "#exp": "exp"},
+            "ExpressionAttributeValues": {":ver": {"N": "1"}, ":now": {"N": repr(now)}},
+        }
+    }
+
+
+async def _transact(client: Any, table: str, pk: str, seq: int, i: int, *, check: bool = False) -> None:
     now = time.time()
     result = msgspec.json.encode({"first_seq": seq, "last_seq": seq})
     record = msgspec.json.encode(IdempotencyRecord("fp", msgspec.Raw(result), now))
-    await client.transact_write_items(
-        TransactItems=[
-            _absent_put(table, pk, seq_key(seq), PAYLOAD, now),
-            _absent_put(table, pk, f"i#req-{i}", record, now),
-        ]
-    )
+    items = [
+        _absent_put(table, pk, seq_key(seq), PAYLOAD, now),
+        _absent_put(table, pk, f"i#req-{i}", record, now),
+    ]
+    if check and seq > 1:
+        items.append(_entry_exists(table, pk, seq_key(seq - 1), now))
+    await client.transact_write_items(TransactItems=items)
 
 
 @asynccontextmanager
@@ -118,6 +134,7 @@ async def raw_full_variant(endpoint: str) -> AsyncIterator[Append]:
         "dynamodb", endpoint_url=endpoint
     ) as client:
         pk = f"t_bench|lab|{uuid.uuid4().hex[:8]}"
+        known: dict[str, int] = {}  # the head this "process" last wrote
 
         async def one(i: int) -> None:
             idem = await client.get_item(
@@ -126,16 +143,19 @@ async def raw_full_variant(endpoint: str) -> AsyncIterator[Append]:
             item = idem.get("Item")
             if item is not None and ("exp" not in item or float(item["exp"]["N"]) > time.time()):
                 return
-            last = await client.query(
-                TableName=table,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
-                ExpressionAttributeValues={":pk": {"S": pk}, ":s": {"S": "s#"}},
-                ScanIndexForward=False,
-                Limit=1,
-                ConsistentRead=True,
-            )
-            head = int(last["Items"][0]["sk"]["S"][2:]) if last.get("Items") else 0
-            await _transact(client, table, pk, head + 1, i)
+            head = known.get(pk)
+            if head is None:
+                last = await client.query(
+                    TableName=table,
+                    KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
+                    ExpressionAttributeValues={":pk": {"S": pk}, ":s": {"S": "s#"}},
+                    ScanIndexForward=False,
+                    Limit=1,
+                    ConsistentRead=True,
+                )
+                head = int(last["Items"][0]["sk"]["S"][2:]) if last.get("Items") else 0
+            await _transact(client, table, pk, head + 1, i, check=True)
+            known[pk] = head + 1
 
         yield one
 
@@ -168,7 +188,7 @@ async def run(endpoint: str, n: int) -> dict[str, Any]:
         results,
         n,
         what="atomic append of one stream entry + its idempotency record "
-        "(TransactWriteItems of two Absent-conditioned puts)",
+        "(TransactWriteItems: two Absent-conditioned puts + a ConditionCheck on the previous entry)",
         backend="moto server (serialised: one lock around moto's WSGI app), loopback HTTP",
         target="adapter / raw_full <= 1.15",
     )
