@@ -56,7 +56,7 @@ from eventsourcing.persistence import StoredEvent  # noqa: E402
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore  # noqa: E402
 
 from bench.common import RESULTS, row  # noqa: E402
-from northstar_adapters.sqlite import SqliteItemStore  # noqa: E402
+from northstar_adapters.sqlite import _INSERT_IF_ABSENT, SCHEMA, SqliteItemStore  # noqa: E402
 from northstar_core.storage import Absent, Put  # noqa: E402
 from northstar_core.streams import SequencedStream, seq_key  # noqa: E402
 
@@ -64,30 +64,6 @@ PAYLOAD = json.dumps({"role": "user", "content": "hello " * 12, "actor_id": "u_b
 TOPIC = "bench:Event"
 WRITERS = 32
 CHUNK = 20
-
-
-async def thread_hop_us(n: int = 20_000) -> float:
-    """Microseconds for the hand-off every lab SQLite write pays and the peer does not: the
-    event loop queues the batch for the writer thread, which answers through the loop (the
-    price of never blocking the event loop on a commit's fsync)."""
-    jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def worker() -> None:
-        while (job := jobs.get()) is not None:
-            job[0].call_soon_threadsafe(job[1].set_result, None)
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
-    loop = asyncio.get_running_loop()
-    start = time.perf_counter()
-    for _ in range(n):
-        fut = loop.create_future()
-        jobs.put((loop, fut))
-        await fut
-    elapsed = time.perf_counter() - start
-    jobs.put(None)
-    thread.join()
-    return elapsed / n * 1e6
 
 
 def fsync_limit(directory: Path, seconds: float) -> dict[str, float]:
@@ -184,6 +160,58 @@ class Peer:
         self.datastore.close()
 
 
+class RawFloor:
+    """The floor for one event per transaction: plain ``sqlite3`` in the calling thread, the
+    lab schema and the same conditional insert, WAL + FULL, no Python layer around it. Its ratio
+    to the fsync limit bounds what any Python SQLite writer can reach on this disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        for statement in SCHEMA:
+            self.conn.execute(statement)
+
+    def inserts(self, partition: str, n: int, after: int) -> float:
+        conn = self.conn
+        start = time.perf_counter()
+        for seq in range(after + 1, after + n + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_INSERT_IF_ABSENT, ("bench", partition, seq_key(seq), PAYLOAD, 1, None, 0.0))
+            conn.execute("COMMIT")
+        return time.perf_counter() - start
+
+    async def inserts_via_thread(self, partition: str, n: int, after: int) -> float:
+        """The same transactions run by a writer thread and awaited from the event loop, one
+        at a time: the bare hand-off cost of never blocking the loop on a commit."""
+        jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        conn = self.conn
+
+        def writer() -> None:
+            while (job := jobs.get()) is not None:
+                loop, fut, seq = job
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_INSERT_IF_ABSENT, ("bench", partition, seq_key(seq), PAYLOAD, 1, None, 0.0))
+                conn.execute("COMMIT")
+                loop.call_soon_threadsafe(fut.set_result, None)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        for seq in range(after + 1, after + n + 1):
+            fut = loop.create_future()
+            jobs.put((loop, fut, seq))
+            await fut
+        elapsed = time.perf_counter() - start
+        jobs.put(None)
+        thread.join()
+        return elapsed
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class Ours:
     """The lab SQLite adapter (lab default: WAL, synchronous=FULL) on its own file."""
 
@@ -257,12 +285,16 @@ def med(values: list[float]) -> float:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     fsync_samples = [fsync_limit(workdir, 2.0)]
-    hop_us = await thread_hop_us()
     ours = Ours(workdir / "ours.sqlite3")
     peer = Peer(workdir / "peer.sqlite3")
     rates: dict[str, list[float]] = {
-        k: [] for k in ("ours_stream", "ours_put", "peer", "ours_32", "peer_32", "ours_read", "peer_read")
+        k: []
+        for k in (
+            *("ours_stream", "ours_put", "peer", "raw", "raw_thread"),
+            *("ours_32", "peer_32", "ours_read", "peer_read"),
+        )
     }
+    raw = RawFloor(workdir / "raw.sqlite3")
     group_sizes: list[float] = []
     await ours.store.write("warmup", [Put("k", b"v")])
     peer.append_one_by_one(5)
@@ -279,16 +311,21 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         stream = SequencedStream(ours.store, f"t_bench|lab|{uuid.uuid4().hex}", "bench")
         partition = f"t_bench|lab|{uuid.uuid4().hex}"
         originator = uuid.uuid4()
-        elapsed = {"ours_stream": 0.0, "ours_put": 0.0, "peer": 0.0}
+        elapsed = {"ours_stream": 0.0, "ours_put": 0.0, "peer": 0.0, "raw": 0.0, "raw_thread": 0.0}
+        raw_partition = f"t_bench|lab|{uuid.uuid4().hex}"
         for c, done in enumerate(range(0, args.appends, CHUNK)):
             n = min(CHUNK, args.appends - done)
-            order = ["ours_stream", "ours_put", "peer"]
-            order = order[c % 3 :] + order[: c % 3]
+            order = list(elapsed)
+            order = order[c % len(order) :] + order[: c % len(order)]
             for name in order:
                 if name == "ours_stream":
                     elapsed[name] += await ours.stream_appends(stream, n, done)
                 elif name == "ours_put":
                     elapsed[name] += await ours.conditional_puts(partition, n, done)
+                elif name == "raw":
+                    elapsed[name] += raw.inserts(partition, n, done)
+                elif name == "raw_thread":
+                    elapsed[name] += await raw.inserts_via_thread(raw_partition, n, done)
                 else:
                     elapsed[name] += peer.append_one_by_one(n, originator, done)
         for name, seconds in elapsed.items():
@@ -320,6 +357,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     await ours.store.close()
     peer.close()
+    raw.close()
 
     m = {k: med(v) for k, v in rates.items()}
     fsync_by_mode = {mode: med([f[mode] for f in fsync_samples]) for mode in ("append", "overwrite")}
@@ -369,7 +407,31 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "peer",
             "fsync",
             None,
-            f"event loop -> writer thread -> loop hand-off: {hop_us:.0f} us per write (ours only)",
+            "the peer commits in the caller's thread",
+        ),
+        (
+            "P2a",
+            "(context) raw sqlite3 via a writer thread, awaited from the loop, vs peer",
+            "raw_thread",
+            "peer",
+            None,
+            "no Python layer at all: the cost of never blocking the event loop on a commit",
+        ),
+        (
+            "P2a",
+            "(context) conditional put vs raw sqlite3 via a writer thread",
+            "ours_put",
+            "raw_thread",
+            None,
+            "what the adapter itself adds",
+        ),
+        (
+            "P2a",
+            "(context) raw sqlite3 one-insert transactions vs fsync limit",
+            "raw",
+            "fsync",
+            None,
+            "the ceiling for any Python writer committing each event: SQLite's own commit CPU",
         ),
         (
             "P2b",
@@ -414,7 +476,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "platform": platform.platform(),
         },
         "durability": settings,
-        "thread_hop_us": round(hop_us, 1),
         "fsync_limit_per_s": {
             "limit": fsync,
             "median_by_mode": fsync_by_mode,
