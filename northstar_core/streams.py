@@ -83,10 +83,12 @@ class HeadMoved(Exception):
 class HeadHints:
     """The highest sequence this process has seen committed, per stream partition (bounded LRU).
 
-    Hints only ever rise. They are guesses that spare a head read, never trusted for
-    correctness: an append at a hinted head carries a :class:`Check` that ``s#<hint>`` exists
-    and an ``Absent`` on ``s#<hint+1>``, so a stale hint (another process appended, or the
-    data is not what this process saw) just fails that batch and the head is read.
+    Entries seen in reads and appends only raise a hint; a head read from the store replaces
+    it (so a hint beyond the data, e.g. after a restore, is corrected by the first failed
+    append). Hints are guesses that spare a head read, never trusted for correctness: an append
+    at a hinted head carries a :class:`Check` that ``s#<hint>`` exists and an ``Absent`` on
+    ``s#<hint+1>``, so a stale hint (another process appended, or the data is not what this
+    process saw) just fails that batch and the head is read.
     """
 
     def __init__(self, capacity: int = HINTED_STREAMS) -> None:
@@ -107,8 +109,13 @@ class HeadHints:
             heads[partition] = seq
             heads.move_to_end(partition)
 
-    def forget(self, partition: str) -> None:
-        self._heads.pop(partition, None)
+    def read(self, partition: str, head: int) -> None:
+        """``head`` was just read from the store: it replaces the hint, higher or lower."""
+        heads = self._heads
+        heads[partition] = head
+        heads.move_to_end(partition)
+        if len(heads) > self.capacity:
+            heads.popitem(last=False)
 
 
 _HINTS: weakref.WeakKeyDictionary[ItemStore, HeadHints] = weakref.WeakKeyDictionary()
@@ -135,10 +142,8 @@ class SequencedStream:
     async def head(self) -> int:
         """The last committed sequence number, 0 for an empty stream."""
         last = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1)
-        if not last:
-            return 0
-        head = seq_of(last[0].key)
-        self.hints.saw(self.partition, head)
+        head = seq_of(last[0].key) if last else 0
+        self.hints.read(self.partition, head)
         return head
 
     async def idempotent_result(self, key: str, fp: str) -> Appended | None:

@@ -335,3 +335,15 @@ def test_processes_with_stale_or_wrong_head_hints_match_a_reference_log(groups: 
             assert [i.value for i in stored] == [log[s] for s in sorted(log)]
 
     asyncio.run(run())
+
+
+async def test_a_hint_beyond_the_data_is_corrected_by_the_head_read_it_causes() -> None:
+    store = Calls(MemoryItemStore())
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    head_hints(store).saw("p", 40)  # e.g. the data was restored from an older backup
+    store.calls.clear()
+    await stream.append(entries(b"b"), now=NOW)
+    await stream.append(entries(b"c"), now=NOW)
+    assert store.calls == ["write", "query", "write", "write"]
+    assert [seq_of(i.key) for i in await stream.read(0, 10)] == [1, 2, 3]
