@@ -172,27 +172,27 @@ class RawFloor:
         for statement in SCHEMA:
             self.conn.execute(statement)
 
-    def inserts(self, partition: str, n: int, after: int) -> float:
+    def commit_one(self, partition: str, seq: int) -> None:
         conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_INSERT_IF_ABSENT, ("bench", partition, seq_key(seq), PAYLOAD, 1, None, 0.0))
+        conn.execute("COMMIT")
+
+    def inserts(self, partition: str, n: int, after: int) -> float:
         start = time.perf_counter()
         for seq in range(after + 1, after + n + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_INSERT_IF_ABSENT, ("bench", partition, seq_key(seq), PAYLOAD, 1, None, 0.0))
-            conn.execute("COMMIT")
+            self.commit_one(partition, seq)
         return time.perf_counter() - start
 
     async def inserts_via_thread(self, partition: str, n: int, after: int) -> float:
         """The same transactions run by a writer thread and awaited from the event loop, one
         at a time: the bare hand-off cost of never blocking the loop on a commit."""
         jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        conn = self.conn
 
         def writer() -> None:
             while (job := jobs.get()) is not None:
                 loop, fut, seq = job
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(_INSERT_IF_ABSENT, ("bench", partition, seq_key(seq), PAYLOAD, 1, None, 0.0))
-                conn.execute("COMMIT")
+                self.commit_one(partition, seq)
                 loop.call_soon_threadsafe(fut.set_result, None)
 
         thread = threading.Thread(target=writer, daemon=True)

@@ -99,17 +99,12 @@ class HeadHints:
         return self._heads.get(partition)
 
     def saw(self, partition: str, seq: int) -> None:
-        heads = self._heads
-        known = heads.get(partition)
-        if known is None:
-            heads[partition] = seq
-            if len(heads) > self.capacity:
-                heads.popitem(last=False)
-        elif seq > known:
-            heads[partition] = seq
-            heads.move_to_end(partition)
+        """Entry ``seq`` was seen committed: the hint rises to it (never falls)."""
+        known = self._heads.get(partition)
+        if known is None or seq > known:
+            self.replace(partition, seq)
 
-    def read(self, partition: str, head: int) -> None:
+    def replace(self, partition: str, head: int) -> None:
         """``head`` was just read from the store: it replaces the hint, higher or lower."""
         heads = self._heads
         heads[partition] = head
@@ -143,7 +138,7 @@ class SequencedStream:
         """The last committed sequence number, 0 for an empty stream."""
         last = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1)
         head = seq_of(last[0].key) if last else 0
-        self.hints.read(self.partition, head)
+        self.hints.replace(self.partition, head)
         return head
 
     async def idempotent_result(self, key: str, fp: str) -> Appended | None:
