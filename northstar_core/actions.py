@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import msgspec
 
+from northstar_core.bounds import MAX_AMOUNT, check_float
 from northstar_core.budget import BudgetLedger, UsageIn
 from northstar_core.errors import NorthstarError
 from northstar_core.gates import GateChain
@@ -58,7 +59,7 @@ class ActionRegistry:
         self._handlers: dict[str, Handler] = {}
 
     def register(self, name: str, handler: Handler) -> None:
-        if not ID_PATTERN.match(name):
+        if not ID_PATTERN.fullmatch(name):
             raise ValueError(f"action name must match {ID_PATTERN.pattern}")
         self._handlers[name] = handler
 
@@ -87,21 +88,27 @@ def decode_request(body: Any) -> ActionRequest:
         ) from None
     for field in ("action_name", "subject_type", "subject_id", "surface_id", "app_id"):
         value = getattr(request, field)
-        if value is not None and not ID_PATTERN.match(value):
+        if value is not None and not ID_PATTERN.fullmatch(value):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request",
                 f"'{field}' must match {ID_PATTERN.pattern}",
                 422,
                 details={"field": field, "value": value[:200]},
             )
-    if not math.isfinite(request.estimated_cost) or request.estimated_cost < 0:
-        raise NorthstarError(
-            f"{DOMAIN}.invalid_request",
-            "'estimated_cost' must be a finite number, zero or more",
-            422,
-            details={"field": "estimated_cost"},
-        )
-    return request
+    # The cost reaches the budget gate and the ledger: bounded like any usage amount.
+    cost = check_float(DOMAIN, "estimated_cost", request.estimated_cost, lo=0.0, hi=MAX_AMOUNT)
+    return msgspec.structs.replace(request, estimated_cost=cost)
+
+
+def _reported_cost(cost: Any) -> float | None:
+    """A handler's reported cost if it is a finite number, zero or more (else the estimate)."""
+    if cost is None or isinstance(cost, bool):
+        return None
+    try:
+        number = float(cost)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 class ActionService:
@@ -166,8 +173,10 @@ class ActionService:
         result = returned
         if isinstance(returned, ActionOutcome):
             result = returned.result
-            if returned.cost is not None and math.isfinite(returned.cost) and returned.cost >= 0:
-                cost = returned.cost
+            reported = _reported_cost(returned.cost)
+            if reported is not None:
+                # The handler already ran: its cost must reach the ledger, at most one amount.
+                cost = min(reported, MAX_AMOUNT)
         usage = UsageIn(
             amount=cost,
             surface_id=request.surface_id or ctx.surface_id,

@@ -29,8 +29,8 @@ DOMAIN: Final = "analytics"
 MAX_PROPERTIES_BYTES: Final = 16 * 1024
 _KEY_PREFIX: Final = "e#"
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
-Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$(?!\n)")]
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$(?!\n)")]
 
 
 class AnalyticsEventIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -123,7 +123,8 @@ class AnalyticsService:
     async def record(
         self, ctx: RequestContext, event: bytes | Mapping[str, Any] | AnalyticsEventIn
     ) -> AnalyticsEvent:
-        """Validate, append to the spine, then store; returns the stored event."""
+        """Validate, append to the spine, then store; returns the stored event (member or above)."""
+        ctx.require_role("member")
         body = decode_event(event)
         store = await self.registry.store_for(KIND, ctx.tenant_id)  # 503 before the spine write
         now = iso(self.clock.now())

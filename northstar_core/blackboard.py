@@ -4,7 +4,7 @@ Scope: tenant / mode / project / run (the partition name). Every write names the
 replaces, or creates (409 ``blackboard.version_conflict`` if the key exists): there is no
 silent overwrite, ever. Versions of a key only grow, also across a delete and re-create, so a
 writer holding a version from before a delete cannot overwrite the new entry. Each value is
-limited in size by the route (``route.params["max_value_bytes"]``), answered with 413
+limited in size by the route (``route.options.max_value_bytes``), answered with 413
 ``blackboard.value_too_large``.
 """
 
@@ -14,6 +14,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
+from northstar_core.bounds import MAX_VERSION, check_int
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
@@ -42,9 +43,24 @@ class Page(msgspec.Struct, Generic[T]):
 
 
 def check_limit(domain: str, limit: int) -> int:
-    if not 1 <= limit <= MAX_PAGE:
-        raise invalid(domain, f"limit must be between 1 and {MAX_PAGE}", limit=limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise invalid(domain, f"limit must be between 1 and {MAX_PAGE}", field="limit", limit=limit)
     return limit
+
+
+def check_expected_version(domain: str, expected_version: int | None, *, delete: bool = False) -> int | None:
+    """``expected_version`` if absent or within range (422 naming it if not).
+
+    A write's must be a version a record can have: it is followed by ``expected_version + 1``,
+    which must stay storable. A delete's only has to be representable: one below 1 never
+    matches a record and answers as stale (409), as any other mismatch does.
+    """
+    if expected_version is not None:
+        if delete:
+            check_int(domain, "expected_version", expected_version, lo=-MAX_VERSION, hi=MAX_VERSION)
+        else:
+            check_int(domain, "expected_version", expected_version, lo=1, hi=MAX_VERSION - 1)
+    return expected_version
 
 
 async def records_page(
@@ -113,7 +129,8 @@ class Blackboard:
         check_id(DOMAIN, "run_id", run_id)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         part = partition(ctx, "blackboard", ctx.project_id or NO_PROJECT, run_id)
-        raw = store.route.params.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES)
+        configured = store.route.options.max_value_bytes
+        raw = DEFAULT_MAX_VALUE_BYTES if configured is None else configured
         if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
             # A bad route is an operator error: refuse loudly rather than guess a limit.
             raise route_misconfigured(DOMAIN, KIND, "max_value_bytes", raw)
@@ -141,6 +158,7 @@ class Blackboard:
         """
         ctx.require_role("member")
         check_id(DOMAIN, "key", key)
+        check_expected_version(DOMAIN, expected_version)
         records, limit = await self._records(ctx, run_id)
         encoded_value = json_bytes(DOMAIN, value)
         if len(encoded_value) > limit:
@@ -186,6 +204,7 @@ class Blackboard:
         """Delete the entry (at ``expected_version`` when given: 409 if stale; 404 if absent)."""
         ctx.require_role("member")
         check_id(DOMAIN, "key", key)
+        check_expected_version(DOMAIN, expected_version, delete=True)
         records, _ = await self._records(ctx, run_id)
         await records.delete(key, expected_version=expected_version)
 

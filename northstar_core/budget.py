@@ -13,12 +13,16 @@ its cost grows with the logarithm of the month's entries, never linearly.
 
 Nothing is updated or deleted: amounts are zero or more, and every recorded amount is also a
 ``budget`` event on the spine.
+
+Bounds: one amount is at most ``MAX_AMOUNT`` (1e12) and a running total at most ``MAX_TOTAL``
+(1e15); an entry that would take a total beyond it is refused (422 ``budget.invalid_request``,
+nothing written). Totals therefore stay finite and exact to well below a cent — a total that
+overflowed to infinity would be stored as JSON ``null`` and break every later read of the month.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import re
 from datetime import UTC, datetime
@@ -26,6 +30,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from northstar_core.bounds import MAX_AMOUNT, MAX_TOTAL, check_float
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
@@ -38,7 +43,7 @@ from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_
 KIND: Final = "budget_store"
 DOMAIN: Final = "budget"
 TOTAL: Final = "*"
-PERIOD_PATTERN: Final = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
+PERIOD_PATTERN: Final = re.compile(r"^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$")
 _ATTEMPTS: Final = 64
 MAX_PAGE: Final = 500
 
@@ -119,11 +124,11 @@ class BudgetLedger:
             usage = msgspec.convert(body, type=UsageIn) if not isinstance(body, UsageIn) else body
         except msgspec.ValidationError as exc:
             raise _invalid(f"invalid usage: {exc}", reason=str(exc)) from None
-        if not math.isfinite(usage.amount) or usage.amount < 0:
-            raise _invalid("'amount' must be a finite number, zero or more", field="amount")
+        amount = check_float(DOMAIN, "amount", usage.amount, lo=0.0, hi=MAX_AMOUNT)
+        usage = msgspec.structs.replace(usage, amount=amount)
         for field in ("surface_id", "action_name", "idempotency_key"):
             value = getattr(usage, field)
-            if value is not None and not ID_PATTERN.match(value):
+            if value is not None and not ID_PATTERN.fullmatch(value):
                 raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field)
         now = self.clock.now()
         month, day = month_of(now), day_of(now)
@@ -134,6 +139,22 @@ class BudgetLedger:
             head = last.seq if last else 0
             month_totals = dict(last.month_totals) if last else {}
             day_totals = dict(last.day_totals) if last and last.day == day else {}
+            spent = month_totals.get(TOTAL, 0.0)
+            # The month's tenant total bounds every other total (amounts are >= 0). Compared as
+            # headroom, which is exact near the bound, so even an amount too small to change a
+            # float total of ~1e15 cannot slip past it.
+            if usage.amount > MAX_TOTAL - spent:
+                if usage.idempotency_key is not None:
+                    prior = await stream.idempotent_result(usage.idempotency_key, fp)
+                    if prior is not None:  # recorded before the ledger filled up: a replay
+                        return self._entry_of(prior.result, prior.first_seq), True
+                raise _invalid(
+                    f"this amount would take the month's total beyond {MAX_TOTAL:g}",
+                    field="amount",
+                    amount=usage.amount,
+                    total=spent,
+                    max_total=MAX_TOTAL,
+                )
             for totals in (month_totals, day_totals):
                 totals[TOTAL] = totals.get(TOTAL, 0.0) + usage.amount
                 if usage.surface_id is not None:
@@ -171,9 +192,7 @@ class BudgetLedger:
             except HeadMoved:
                 await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.05)))
                 continue
-            result = msgspec.json.decode(appended.result)
-            stored = msgspec.convert(result["entry"], type=UsageEntry)
-            stored.seq = appended.first_seq
+            stored = self._entry_of(appended.result, appended.first_seq)
             if not appended.replayed:
                 await self.spine.record(ctx, "budget", {"usage": msgspec.to_builtins(stored), "month": month})
             return stored, appended.replayed
@@ -183,6 +202,13 @@ class BudgetLedger:
             503,
             headers={"Retry-After": "1"},
         )
+
+    @staticmethod
+    def _entry_of(result: bytes, first_seq: int) -> UsageEntry:
+        """The entry stored in an append's result (its idempotency record)."""
+        stored = msgspec.convert(msgspec.json.decode(result)["entry"], type=UsageEntry)
+        stored.seq = first_seq
+        return stored
 
     async def totals(self, ctx: RequestContext) -> tuple[dict[str, float], dict[str, float]]:
         """The current month's and day's running totals (``*`` = tenant, else per surface)."""
@@ -244,7 +270,7 @@ class BudgetLedger:
         """Entries of a month (``YYYY-MM``) or day (``YYYY-MM-DD``), oldest first, paged, with
         the period's totals (tenant ``total`` and ``by_surface``)."""
         period = period or month_of(self.clock.now())
-        if not PERIOD_PATTERN.match(period):
+        if not PERIOD_PATTERN.fullmatch(period):
             raise _invalid("'period' must be YYYY-MM or YYYY-MM-DD", field="period", value=period[:50])
         if not 1 <= limit <= MAX_PAGE:
             raise _invalid(f"'limit' must be between 1 and {MAX_PAGE}", field="limit")

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal, get_args
 
 import msgspec
 
+from northstar_core.bounds import MAX_VERSION, check_int
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, invalid
 from northstar_core.identity import RequestContext
@@ -58,7 +59,7 @@ def validate_values(values: dict[str, Any]) -> None:
     if len(values) > MAX_KEYS:
         raise invalid(DOMAIN, f"at most {MAX_KEYS} keys per scope", keys=len(values))
     for key, value in values.items():
-        if len(key) > 128 or not TOGGLE_KEY.match(key):
+        if len(key) > 128 or not TOGGLE_KEY.fullmatch(key):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_toggle",
                 "toggle keys are dotted lower-case names, e.g. 'canvas.gestures_enabled'",
@@ -138,8 +139,9 @@ class ConfigService:
             ctx.require_role("admin")
         records = await self._records(ctx, scope, surface_id)
         validate_values(values)
-        if expected_version is not None and expected_version < 0:
-            raise invalid(DOMAIN, "expected_version must be 0 or more", expected_version=expected_version)
+        if expected_version is not None:
+            # 0 creates; otherwise the new version is expected_version + 1 and must stay storable.
+            check_int(DOMAIN, "expected_version", expected_version, lo=0, hi=MAX_VERSION - 1)
         doc = ConfigDocument(
             scope=scope,
             surface_id=surface_id if scope == "surface" else None,

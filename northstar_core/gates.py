@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
+from northstar_core.bounds import MAX_AMOUNT
 from northstar_core.budget import TOTAL, BudgetLedger
 from northstar_core.clock import Clock
 from northstar_core.errors import GATES, Gate, NorthstarError, gate_blocked
@@ -112,17 +113,23 @@ class GateChain:
             ("subject_type", subject_type),
             ("subject_id", subject_id),
         ):
-            if not isinstance(value, str) or not ID_PATTERN.match(value):
+            if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
                 raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field)
         for field, opt in (("surface_id", surface_id), ("app_id", app_id)):
-            if opt is not None and not ID_PATTERN.match(opt):
+            if opt is not None and not ID_PATTERN.fullmatch(opt):
                 raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field)
+        if ":" in subject_type:
+            # The subject stream is "<type>:<id>": a colon in the type would let ("a:b", "c")
+            # and ("a", "b:c") share one stream.
+            raise _invalid("'subject_type' must not contain ':'", field="subject_type")
         stream_id = subject_stream_id(subject_type, subject_id)
         if len(stream_id) > 200:
             raise _invalid("subject_type and subject_id together are too long", field="subject_id")
         cost = _number(estimated_cost)
-        if cost is None or cost < 0:
-            raise _invalid("'estimated_cost' must be a finite number, zero or more", field="estimated_cost")
+        if cost is None or not 0 <= cost <= MAX_AMOUNT:
+            raise _invalid(
+                f"'estimated_cost' must be a finite number from 0 to {MAX_AMOUNT:g}", field="estimated_cost"
+            )
         params = params or {}
         surface = surface_id or ctx.surface_id
         app = app_id or ctx.app_id

@@ -24,9 +24,18 @@ from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
+from northstar_core.bounds import (
+    MAX_EXPIRES_AT,
+    MAX_MAGNITUDE,
+    MAX_TOTAL,
+    MAX_TTL_SECONDS,
+    MAX_VERSION,
+    check_float,
+    check_int,
+)
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, not_found, version_conflict
-from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.identity import ID_PATTERN, ROLE_RANK, RequestContext
 from northstar_core.records import VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
@@ -221,7 +230,7 @@ def convert(domain: str, data: Any, type_: type[T]) -> T:
 
 
 def _check_name(domain: str, field: str, value: str | None) -> None:
-    if value is not None and (not isinstance(value, str) or not ID_PATTERN.match(value)):
+    if value is not None and (not isinstance(value, str) or not ID_PATTERN.fullmatch(value)):
         raise _invalid(
             domain, f"'{field}' must match {ID_PATTERN.pattern}", field=field, value=str(value)[:200]
         )
@@ -231,10 +240,19 @@ def _expiry(domain: str, now: float, expires_at: float | None, ttl: float | None
     if expires_at is not None and ttl is not None:
         raise _invalid(domain, "give 'expires_at' or 'ttl_seconds', not both")
     if ttl is not None:
+        ttl = check_float(domain, "ttl_seconds", ttl, lo=0.0, hi=MAX_TTL_SECONDS)
         if ttl <= 0:
             raise _invalid(domain, "'ttl_seconds' must be positive", field="ttl_seconds")
         return now + ttl
+    if expires_at is not None:
+        return check_float(domain, "expires_at", expires_at, lo=0.0, hi=MAX_EXPIRES_AT)
     return expires_at
+
+
+def _check_expected_version(domain: str, expected_version: int | None, *, lo: int = 1) -> None:
+    if expected_version is not None:
+        # The write stores expected_version + 1, which must stay a storable version.
+        check_int(domain, "expected_version", expected_version, lo=lo, hi=MAX_VERSION - 1)
 
 
 def _validate_doc(name: str, doc: _Doc) -> None:
@@ -268,15 +286,21 @@ def _validate_doc(name: str, doc: _Doc) -> None:
             _check_name(domain, "action_name", r.action_name)
             _check_name(domain, "surface_id", r.surface_id)
     elif isinstance(doc, BudgetPolicy):
-        for lim in doc.limits:
-            if not lim.limit >= 0:
-                raise _invalid(domain, "a budget limit must be zero or more", limit=lim.limit)
+        for i, lim in enumerate(doc.limits):
+            # Spend is compared with the limit: both stay within the ledger's total bound.
+            check_float(domain, f"limits[{i}].limit", lim.limit, lo=0.0, hi=MAX_TOTAL)
             _check_name(domain, "surface_id", lim.surface_id)
     elif isinstance(doc, Corridors):
-        for c in doc.corridors:
+        for i, c in enumerate(doc.corridors):
             _check_name(domain, "parameter", c.parameter)
             _check_name(domain, "action_name", c.action_name)
             _check_name(domain, "surface_id", c.surface_id)
+            for bound in ("min", "max"):
+                value = getattr(c, bound)
+                if value is not None:
+                    check_float(
+                        domain, f"corridors[{i}].{bound}", value, lo=-MAX_MAGNITUDE, hi=MAX_MAGNITUDE
+                    )
             if c.min is None and c.max is None:
                 raise _invalid(domain, "a corridor needs 'min', 'max' or both", parameter=c.parameter)
             if c.min is not None and c.max is not None and c.min > c.max:
@@ -339,8 +363,7 @@ class PolicyStores:
                 "'expected_version' (an integer, 0 when creating) is required",
                 field="expected_version",
             )
-        if expected_version < 0:
-            raise _invalid(domain, "'expected_version' must be 0 or more", field="expected_version")
+        _check_expected_version(domain, expected_version, lo=0)
         doc = convert(domain, body, type_)
         _validate_doc(name, doc)
         stored = _Stored(
@@ -438,6 +461,7 @@ class PolicyStores:
     ) -> Licence:
         """Revoke (admin/owner); takes effect on the very next gate check anywhere."""
         ctx.require_role("admin")
+        _check_expected_version("firearms", expected_version)
         key, licence, version = await self._licence_by_id(ctx, licence_id)
         if expected_version is not None and expected_version != version:
             raise version_conflict("firearms", version, expected_version)
@@ -601,10 +625,21 @@ class PolicyStores:
         return lock
 
     async def patch_lock(self, ctx: RequestContext, lock_id: str, body: Any) -> StrategyLock:
-        """Change scope/expiry/note (member or above). A scope or expiry change restarts review."""
+        """Change scope/expiry/note (the requester, or an admin/owner). A scope or expiry change
+        restarts review."""
         ctx.require_role("member")
         patch = convert("strategy_lock", body, LockPatch)
+        _check_expected_version("strategy_lock", patch.expected_version)
         key, lock = await self._lock_by_id(ctx, lock_id)
+        # A change sends an approved lock back to review: another member must not be able to
+        # revoke someone else's approval that way.
+        if ctx.user_id != lock.created_by and ctx.role_rank < ROLE_RANK["admin"]:
+            raise NorthstarError(
+                "auth.forbidden",
+                "only the requester of a strategy lock or an admin may change it",
+                403,
+                details={"lock_id": lock_id, "reason": "not_requester"},
+            )
         raw = body if isinstance(body, dict) else msgspec.json.decode(body)
         fields = set(raw) - {"expected_version"}
         now = self.clock.now()
@@ -641,6 +676,7 @@ class PolicyStores:
         rejection rejects it.
         """
         ctx.require_role("admin")
+        _check_expected_version("strategy_lock", expected_version)
         key, lock = await self._lock_by_id(ctx, lock_id)
         if lock.status != "pending_review":
             raise NorthstarError(

@@ -18,6 +18,7 @@ from typing import Final
 
 import msgspec
 
+from northstar_core.bounds import MAX_VERSION, check_int
 from northstar_core.errors import NorthstarError, version_conflict
 from northstar_core.storage import (
     Absent,
@@ -53,9 +54,12 @@ class VersionedRecords:
 
     async def get_version(self, key: str, version: int) -> Item | None:
         """A past version (only when history is kept)."""
+        check_int(self.domain, "version", version, lo=1, hi=MAX_VERSION)
         return await self.store.get(self.partition, history_key(key, version))
 
     async def versions(self, key: str, *, after: int = 0, limit: int = 100) -> list[Item]:
+        check_int(self.domain, "after", after, lo=0, hi=MAX_VERSION)
+        check_int(self.domain, "limit", limit, lo=1, hi=1000)
         return await self.store.query(
             self.partition, f"{HISTORY_PREFIX}{key}#", after=history_key(key, after), limit=limit
         )
@@ -94,8 +98,10 @@ class VersionedRecords:
                     f"{self.domain}.invalid_request",
                     "expected_version must be 1 or more (omit it to create)",
                     422,
-                    details={"expected_version": expected_version},
+                    details={"field": "expected_version", "expected_version": expected_version},
                 )
+            # The new version is expected_version + 1, so it too must stay representable.
+            check_int(self.domain, "expected_version", expected_version, lo=1, hi=MAX_VERSION - 1)
             condition = VersionIs(expected_version)
             version = expected_version + 1
         ops: list[Op] = [
@@ -127,9 +133,13 @@ class VersionedRecords:
 
     async def delete(self, key: str, *, expected_version: int | None) -> None:
         """Delete the live record (history is kept). 404 if absent, 409 if the version is stale."""
+        if expected_version is not None:
+            check_int(self.domain, "expected_version", expected_version, lo=-MAX_VERSION, hi=MAX_VERSION)
         current = await self._current_version(key)
         if current is None:
             raise NorthstarError(f"{self.domain}.not_found", f"'{key}' not found", 404, details={"key": key})
+        if expected_version is not None and expected_version < 1:  # never a version: stale
+            raise version_conflict(self.domain, current, expected_version)
         condition = VersionIs(expected_version if expected_version is not None else current)
         try:
             await self.store.write(self.partition, [Delete(RECORD_PREFIX + key, condition=condition)])

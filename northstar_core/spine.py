@@ -45,8 +45,12 @@ from northstar_core.streams import fingerprint
 KIND: Final = "event_spine"
 DOMAIN: Final = "event_spine"
 SOURCES: Final[tuple[str, ...]] = ("ui", "agent", "connector", "tool", "system")
-# Event types only the server itself writes (a client may not forge a safety decision).
+# Event types only the server itself writes (a client may not forge a safety decision). Each
+# name also reserves its dotted sub-types (``audit.identity_mismatch``): readers filter and
+# trust events by these families, so a look-alike sub-type would be as good as a forgery.
 RESERVED_TYPES: Final = frozenset({"audit", "safety", "budget", "strategy_lock"})
+# The source only the server itself uses: a client's event never claims to be the system's.
+SYSTEM_SOURCE: Final = "system"
 EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
@@ -176,8 +180,13 @@ def decode_event_in(raw: bytes | Mapping[str, Any] | EventIn) -> EventIn:
         raise _invalid("the body must be a JSON object", reason=str(exc)) from None
 
 
+def is_reserved_type(event_type: str) -> bool:
+    """Whether ``event_type`` is a server-only type: a reserved name or one of its sub-types."""
+    return event_type in RESERVED_TYPES or event_type.split(".", 1)[0] in RESERVED_TYPES
+
+
 def _check_field_id(field: str, value: str) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field, value=str(value)[:200])
     return value
 
@@ -228,13 +237,14 @@ class EventSpine:
         """Validate and durably append one event; returns it as stored.
 
         ``client=True`` (the HTTP route) refuses the server-only event types
-        (``audit``, ``safety``, ``budget``, ``strategy_lock``) unless the caller is system.
+        (``audit``, ``safety``, ``budget``, ``strategy_lock`` and their ``<type>.…`` sub-types)
+        and the ``system`` source unless the caller is system.
         Identity comes from ``ctx``; identity fields in the body must match it (403 + audit).
         """
         if client:
             ctx.require_role("member")
         body = decode_event_in(event_in)
-        if not EVENT_TYPE_PATTERN.match(body.event_type):
+        if not EVENT_TYPE_PATTERN.fullmatch(body.event_type):
             raise _invalid(
                 f"'event_type' must match {EVENT_TYPE_PATTERN.pattern}",
                 field="event_type",
@@ -244,13 +254,26 @@ class EventSpine:
             raise _invalid(
                 f"'source' must be one of {list(SOURCES)}", field="source", value=body.source[:200]
             )
-        if client and body.event_type in RESERVED_TYPES and not ctx.is_system:
-            raise NorthstarError(
-                f"{DOMAIN}.reserved_event_type",
-                f"event type '{body.event_type}' is written by the server only",
-                403,
-                details={"event_type": body.event_type, "reserved": sorted(RESERVED_TYPES)},
-            )
+        if client and not ctx.is_system:
+            if is_reserved_type(body.event_type):
+                raise NorthstarError(
+                    f"{DOMAIN}.reserved_event_type",
+                    f"event type '{body.event_type}' is written by the server only",
+                    403,
+                    details={
+                        "field": "event_type",
+                        "event_type": body.event_type,
+                        "reserved": sorted(RESERVED_TYPES),
+                        "reserved_prefixes": sorted(f"{name}." for name in RESERVED_TYPES),
+                    },
+                )
+            if body.source == SYSTEM_SOURCE:
+                raise NorthstarError(
+                    f"{DOMAIN}.reserved_event_type",
+                    f"source '{SYSTEM_SOURCE}' is written by the server only",
+                    403,
+                    details={"field": "source", "source": body.source},
+                )
         for field, authoritative in (
             ("tenant_id", ctx.tenant_id),
             ("mode", ctx.mode),
@@ -310,7 +333,7 @@ class EventSpine:
         what identifies "the same request" when the payload holds server-filled values (times).
         """
         run_id = ctx.run_id or f"request:{ctx.request_id or uuid.uuid4()}"
-        if not ID_PATTERN.match(run_id):
+        if not ID_PATTERN.fullmatch(run_id):
             run_id = f"request:{uuid.uuid4()}"
         step_id = ctx.step_id or event_type
         return await self._write(
@@ -352,7 +375,7 @@ class EventSpine:
         """
         store = await self._store(ctx)
         part = self._partition(ctx)
-        route = f"{KIND}:{store.route.backend}"
+        route = f"{KIND}:{store.backend}"
         fp = request_fingerprint or fingerprint(
             [event_type, source, payload, run_id, step_id, parent_event_id, msgspec.to_builtins(causality)]
         )
@@ -504,7 +527,7 @@ class EventSpine:
     ) -> EventPage:
         """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
         oldest first. ``since``/``until`` are RFC 3339 timestamps."""
-        if event_type is not None and not EVENT_TYPE_PATTERN.match(event_type):
+        if event_type is not None and not EVENT_TYPE_PATTERN.fullmatch(event_type):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request",
                 "invalid 'event_type' filter",
@@ -588,6 +611,7 @@ __all__ = [
     "UUIDv7Generator",
     "decode_event_in",
     "event_to_dict",
+    "is_reserved_type",
     "uuid7_floor",
     "uuid7_ms",
 ]

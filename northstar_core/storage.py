@@ -33,6 +33,13 @@ import msgspec
 
 KEY_MAX_BYTES: Final = 512
 MAX_VALUE_BYTES: Final = 350_000  # below DynamoDB's 400 KB item limit, Cosmos' 2 MB
+# The largest version every backend stores exactly: SQLite and Firestore integers are signed
+# 64-bit, but Cosmos DB keeps JSON numbers as IEEE doubles (exact up to 2**53) and DynamoDB as
+# 38-digit decimals. A version beyond it would be refused, rounded or overflow in an adapter.
+MAX_VERSION: Final = 2**53 - 1
+# The last instant every backend's expiry field holds: 9999-12-31T23:59:59Z (Firestore
+# timestamps and Python datetimes end there).
+MAX_EXPIRES_AT: Final = 253_402_300_799.0
 
 
 class Item(msgspec.Struct, frozen=True):
@@ -205,12 +212,38 @@ def validate_ops(ops: Sequence[Op], capabilities: Capabilities) -> None:
                 raise InvalidItem("this backend does not evaluate Check operations atomically")
             if op.condition is None:
                 raise InvalidItem("a Check needs a condition")
+            if isinstance(op.condition, VersionIs):
+                _validate_version(op.key, op.condition.version)
             continue
         writes += 1
-        if isinstance(op, Put) and len(op.value) > MAX_VALUE_BYTES:
-            raise InvalidItem(f"value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}")
+        if isinstance(op, Put):
+            if len(op.value) > MAX_VALUE_BYTES:
+                raise InvalidItem(f"value of {len(op.value)} bytes exceeds {MAX_VALUE_BYTES}")
+            _validate_version(op.key, op.version)
+            _validate_expiry(op.key, op.expires_at)
+        if isinstance(op.condition, VersionIs):
+            _validate_version(op.key, op.condition.version)
     if not writes:
         raise InvalidItem("a batch needs at least one put or delete")
+
+
+def _validate_version(key: str, version: object) -> None:
+    # Refused here, before any backend sees it: an unrepresentable integer must never reach an
+    # adapter, where it would fail mid-transaction (SQLite: OverflowError) or be rounded.
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise InvalidItem(f"version of {key!r} must be an integer in [0, {MAX_VERSION}]")
+
+
+def _validate_expiry(key: str, expires_at: object) -> None:
+    if expires_at is None:
+        return
+    # NaN fails both comparisons and infinities the upper one: only finite times pass.
+    if (
+        isinstance(expires_at, bool)
+        or not isinstance(expires_at, int | float)
+        or not 0 <= expires_at <= MAX_EXPIRES_AT
+    ):
+        raise InvalidItem(f"expires_at of {key!r} must be a finite time in [0, {MAX_EXPIRES_AT:.0f}]")
 
 
 def validate_key(key: str) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import msgspec
 
+from northstar_core.bounds import MAX_SEQ, check_int
 from northstar_core.errors import NorthstarError, idempotency_mismatch
 from northstar_core.storage import Absent, Check, ConditionFailed, Item, ItemStore, Op, Put, VersionIs
 
@@ -177,6 +178,9 @@ class SequencedStream:
         is stored (JSON) with the idempotency record; ``extra_ops(first, last)`` are further
         operations committed in the same batch (e.g. checkpoints).
         """
+        if expected_head is not None:
+            # the entries go at expected_head + 1…: it must leave room for them
+            check_int(self.domain, "expected_head", expected_head, lo=0, hi=MAX_SEQ - 1)
         if idempotency_key is not None:
             prior = await self.idempotent_result(idempotency_key, payload_fingerprint)
             if prior is not None:
@@ -243,6 +247,9 @@ class SequencedStream:
 
     async def read(self, after_seq: int, limit: int, *, before_seq: int | None = None) -> list[Item]:
         """Entries with ``after_seq < seq (< before_seq)``, in order, at most ``limit``."""
+        check_int(self.domain, "after_seq", after_seq, lo=0, hi=MAX_SEQ)
+        if before_seq is not None:
+            check_int(self.domain, "before_seq", before_seq, lo=0, hi=MAX_SEQ + 1)
         items = await self.store.query(
             self.partition,
             SEQ_PREFIX,

@@ -15,7 +15,15 @@ from typing import Any, Final
 
 import msgspec
 
-from northstar_core.blackboard import NO_PROJECT, Page, check_limit, json_bytes, records_page
+from northstar_core.blackboard import (
+    NO_PROJECT,
+    Page,
+    check_expected_version,
+    check_limit,
+    json_bytes,
+    records_page,
+)
+from northstar_core.bounds import MAX_VERSION, check_int
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
@@ -106,6 +114,7 @@ class TabularStore:
         ctx.require_role("member")
         records = await self._records(ctx, table)
         check_id(DOMAIN, "id", record_id)
+        check_expected_version(DOMAIN, expected_version)
         now = iso(self.clock.now())
         created_at = now
         if expected_version is not None:
@@ -151,7 +160,8 @@ class TabularStore:
             item = await records.get(record_id)
         else:
             if version < 1:
-                raise invalid(DOMAIN, "version must be 1 or more", version=version)
+                raise invalid(DOMAIN, "version must be 1 or more", field="version", version=version)
+            check_int(DOMAIN, "version", version, lo=1, hi=MAX_VERSION)
             item = await records.get_version(record_id, version)
         if item is None:
             raise not_found(
@@ -165,6 +175,7 @@ class TabularStore:
         ctx.require_role("member")
         records = await self._records(ctx, table)
         check_id(DOMAIN, "id", record_id)
+        check_expected_version(DOMAIN, expected_version, delete=True)
         await records.delete(record_id, expected_version=expected_version)
 
     async def versions(
@@ -184,7 +195,7 @@ class TabularStore:
         after = 0
         if cursor:
             position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
-            after = int(position) if position.isdigit() else 0
+            after = int(position) if position.isdigit() and int(position) <= MAX_VERSION else 0
         items = await records.versions(record_id, after=after, limit=limit + 1)
         if not items and after == 0:
             raise not_found(DOMAIN, f"{table} record '{record_id}'", table=table, id=record_id)

@@ -174,7 +174,7 @@ class EventStreamService:
     def _encode(
         self, ctx: RequestContext, event_type: str, data: dict[str, Any], *, limit: int | None = None
     ) -> bytes:
-        if not EVENT_TYPE_PATTERN.match(event_type):
+        if not EVENT_TYPE_PATTERN.fullmatch(event_type):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_event_type",
                 f"event type must match {EVENT_TYPE_PATTERN.pattern}",
@@ -370,12 +370,12 @@ class EventStreamService:
         With ``types`` only those event types are returned; ``next_cursor`` still advances
         past every event read, so paging never rereads or skips.
         """
-        if not 1 <= limit <= MAX_PAGE:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             raise NorthstarError(
                 f"{error_domain}.invalid_request",
                 f"limit must be between 1 and {MAX_PAGE}",
                 422,
-                details={"limit": limit},
+                details={"field": "limit", "limit": limit},
             )
         after = 0
         if cursor is not None:

@@ -19,6 +19,7 @@ from litestar import Request, Response
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import (
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotAuthorizedException,
     NotFoundException,
@@ -56,7 +57,7 @@ def request_id(scope: Scope) -> str:
         # request (benchmark P1); the module is reseeded in every forked process.
         rid = (
             presented
-            if _REQUEST_ID_OK.match(presented)
+            if _REQUEST_ID_OK.fullmatch(presented)
             else str(uuid.UUID(bytes=random.randbytes(16), version=4))
         )
         state["northstar_request_id"] = rid
@@ -109,10 +110,45 @@ def _caused_by_decoding(exc: BaseException) -> bool:
     return False
 
 
+def _raised_reading_the_body(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) was raised by Litestar reading or decoding the body.
+
+    msgspec reports invalid UTF-8 inside a JSON string as ``UnicodeDecodeError``, which
+    Litestar does not wrap as a serialization error; it is still the client's malformed body.
+    Matching on where it was raised keeps a decoding bug in the server's own code a 500.
+    """
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        tb = seen.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+            if "/litestar/" in filename and any(
+                part in filename for part in ("/serialization/", "/_kwargs/", "/connection/")
+            ):
+                return True
+            tb = tb.tb_next
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def client_disconnected(exc: BaseException) -> bool:
+    """Whether Litestar gave up reading the body because the client went away."""
+    return isinstance(exc, InternalServerException) and "disconnected" in str(exc.detail).lower()
+
+
 def translate(exc: Exception) -> NorthstarError:
     """The envelope error for any exception raised while serving a request."""
     if isinstance(exc, NorthstarError):
         return exc
+    if isinstance(exc, UnicodeError) and _raised_reading_the_body(exc):
+        return NorthstarError("request.malformed_json", "the request body is not valid UTF-8 JSON", 400)
+    if client_disconnected(exc):
+        # Nobody will read this answer; it is not a server failure either.
+        return NorthstarError(
+            "request.invalid", "the client disconnected before the request body was received", 400
+        )
     if isinstance(exc, ValidationException):
         return NorthstarError(
             "request.validation_failed",
@@ -162,7 +198,14 @@ def translate(exc: Exception) -> NorthstarError:
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Litestar exception handler for every exception type."""
     err = translate(exc)
-    if err.http_status >= 500 and not isinstance(exc, NorthstarError):
+    if client_disconnected(exc):
+        log.info(
+            "client disconnected during %s %s (request %s)",
+            request.method,
+            request.url.path,
+            request_id(request.scope),
+        )
+    elif err.http_status >= 500 and not isinstance(exc, NorthstarError):
         log.error(
             "unhandled error serving %s %s (request %s)",
             request.method,

@@ -7,7 +7,8 @@ import bisect
 import time
 from collections.abc import Callable, Sequence
 
-from northstar_core.routing import Route
+from northstar_adapters.params import MemoryParams, parse
+from northstar_core.routing import Target
 from northstar_core.storage import (
     Absent,
     Capabilities,
@@ -96,6 +97,7 @@ class MemoryItemStore(ItemStore):
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         validate_ops(ops, self.capabilities)
+        # No await inside the lock: a cancelled caller can never leave a batch half applied.
         async with self._lock:
             keys, items = self._parts.setdefault(partition, ([], {}))
             for index, op in enumerate(ops):
@@ -106,14 +108,19 @@ class MemoryItemStore(ItemStore):
                     current is None or current.version != op.condition.version
                 ):
                     raise ConditionFailed(index)
-            for op in ops:
-                if isinstance(op, Put):
-                    if op.key not in items:
-                        bisect.insort(keys, op.key)
-                    items[op.key] = Item(op.key, op.value, op.version, op.expires_at)
-                elif isinstance(op, Delete) and op.key in items:
-                    del items[op.key]
-                    keys.pop(bisect.bisect_left(keys, op.key))
+            # The new items are built before the first change; what follows (dict and sorted
+            # list updates of validated string keys) cannot fail, so a batch is applied whole
+            # or, on any exception, not at all.
+            puts = [Item(op.key, op.value, op.version, op.expires_at) for op in ops if isinstance(op, Put)]
+            deletes = [op.key for op in ops if isinstance(op, Delete)]
+            for item in puts:
+                if item.key not in items:
+                    bisect.insort(keys, item.key)
+                items[item.key] = item
+            for key in deletes:
+                if key in items:
+                    del items[key]
+                    keys.pop(bisect.bisect_left(keys, key))
 
     async def close(self) -> None:
         """Forget the data: memory is not durable, so a store opened afterwards starts empty."""
@@ -123,13 +130,14 @@ class MemoryItemStore(ItemStore):
                 del _SHARED[name]
 
 
-_SHARED: dict[str, MemoryItemStore] = {}
+_SHARED: dict[tuple[str, str], MemoryItemStore] = {}
 
 
-def open_store(route: Route) -> MemoryItemStore:
-    """Stores are per process; open routes naming the same ``name`` param share one."""
-    name = str(route.params.get("name", route.resource_kind))
-    store = _SHARED.get(name)
+def open_store(target: Target) -> MemoryItemStore:
+    """Stores are per process; targets naming the same connection ``name`` and table share one."""
+    params = parse(MemoryParams, target.params)
+    key = (params.name, target.table_name)
+    store = _SHARED.get(key)
     if store is None:
-        store = _SHARED[name] = MemoryItemStore()
+        store = _SHARED[key] = MemoryItemStore()
     return store

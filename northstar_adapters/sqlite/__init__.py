@@ -2,13 +2,13 @@
 
 Durability: every acknowledged write has been committed with ``synchronous=FULL`` (the WAL is
 fsynced on each commit), the same setting the ``eventsourcing`` library's SQLite recorder uses,
-so benchmark P2 compares like with like. ``synchronous=NORMAL`` may be chosen per route
-(``params.synchronous``) and then a power loss — not a process crash — can lose the last
+so benchmark P2 compares like with like. ``synchronous=NORMAL`` may be chosen per connection
+(``synchronous``) and then a power loss — not a process crash — can lose the last
 commits.
 
 Layout: one table ``items(ns, pk, sk, value, version, expires_at)`` keyed by
-``(ns, pk, sk)`` ``WITHOUT ROWID``. ``ns`` is the route's namespace (``params.namespace``,
-default the resource kind), so routes of several kinds can share one file without their
+``(ns, pk, sk)`` ``WITHOUT ROWID``. ``ns`` is the route's table name (default the
+resource kind), so routes of several kinds can share one file without their
 partitions colliding.
 
 Concurrency: all writes of a process to one file go through one dedicated writer thread that
@@ -23,9 +23,9 @@ writer; a hot indexed read costs tens of microseconds, less than a thread hand-o
 operational error there (busy, I/O) retries the read on a small pool of reader threads, which
 may wait; longer reads always use the pool. ``inline_reads=False`` sends every read to the pool.
 
-Route params: ``path`` (default ``.northstar/data/northstar.sqlite3``), ``synchronous``
-(``FULL``|``NORMAL``|``EXTRA``, default ``FULL``), ``namespace``, ``busy_timeout_ms`` (default
-5000), ``inline_reads`` (default true).
+Connection params (:class:`northstar_adapters.params.SqliteParams`, operator configuration only):
+``path`` (required), ``synchronous`` (``FULL``|``NORMAL``|``EXTRA``, default ``FULL``),
+``busy_timeout_ms`` (default 5000), ``inline_reads`` (default true).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from northstar_core.routing import Route
+from northstar_adapters.params import SqliteParams, parse
+from northstar_core.routing import Target
 from northstar_core.storage import (
     Absent,
     BackendUnavailable,
@@ -49,6 +50,7 @@ from northstar_core.storage import (
     Check,
     ConditionFailed,
     Delete,
+    InvalidItem,
     Item,
     ItemStore,
     Op,
@@ -61,7 +63,7 @@ from northstar_core.storage import (
 CAPABILITIES: Final = Capabilities(
     durable=True, shared=True, native_ttl=False, max_batch_ops=100, atomic_checks=True
 )
-DEFAULT_PATH: Final = Path(".northstar") / "data" / "northstar.sqlite3"
+DEFAULT_PATH: Final = Path(".northstar") / "data" / "northstar.db"
 SYNCHRONOUS_LEVELS: Final = ("FULL", "NORMAL", "EXTRA")
 # Upper bound of batches folded into one transaction; keeps a single commit's latency bounded.
 MAX_GROUP: Final = 512
@@ -122,6 +124,26 @@ def _prefix_end(prefix: str) -> str | None:
 
 def _unavailable(exc: BaseException) -> BackendUnavailable:
     return BackendUnavailable(f"sqlite: {exc}")
+
+
+def _batch_failure(exc: Exception) -> BaseException:
+    """What the caller of a batch that failed on its own learns (the others still commit)."""
+    if isinstance(exc, ConditionFailed):
+        return exc
+    if isinstance(exc, OverflowError | ValueError | TypeError | sqlite3.InterfaceError):
+        # A value SQLite cannot bind (an integer beyond 64 bits…): the batch is at fault, a
+        # retry would fail the same way, so it is not reported as an outage.
+        return InvalidItem(f"sqlite cannot store this batch: {exc}")
+    return _unavailable(exc)  # e.g. a constraint this batch broke
+
+
+def _discard(conn: sqlite3.Connection | None) -> None:
+    """Close ``conn`` (abandoning any open transaction); the writer reconnects on next use."""
+    if conn is not None:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
 
 class _Request:
@@ -332,8 +354,12 @@ class _Engine:
                     continue
             try:
                 outcomes = self._commit_group(conn, group)
-            except Exception as exc:  # never let the writer die with callers waiting
+            except BaseException as exc:  # never let the writer die with callers waiting
                 outcomes = [_unavailable(exc) for _ in group]
+                # Whatever state the failure left the connection in (an open transaction would
+                # make every later BEGIN fail), start over: closing abandons the transaction.
+                _discard(conn)
+                conn = None
             self._answer(group, outcomes)
             if stop:
                 break
@@ -359,12 +385,22 @@ class _Engine:
                 pass
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Request]) -> list[BaseException | None]:
-        """Apply every batch of ``group`` in one transaction; per-batch outcomes."""
+        """Apply every batch of ``group`` in one transaction; per-batch outcomes.
+
+        Whatever happens, no transaction is left open on ``conn``: a batch that fails in any
+        way is rolled back to its savepoint alone, and a failure of the transaction itself —
+        any exception, not only SQLite's — rolls it back entirely before it propagates.
+        Otherwise the next ``BEGIN`` would fail ("cannot start a transaction within a
+        transaction") and every later write of every tenant on this file with it.
+        """
         outcomes: list[BaseException | None] = []
         try:
+            if conn.in_transaction:  # never build on a transaction an earlier failure left
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             return [_unavailable(exc) for _ in group]
+        committed = False
         try:
             now = time.time()
             single = len(group) == 1
@@ -373,37 +409,31 @@ class _Engine:
                     conn.execute("SAVEPOINT batch")
                 try:
                     self._apply(conn, req, now)
-                except ConditionFailed as exc:
-                    if single:
-                        conn.execute("ROLLBACK")
-                        return [exc]
-                    conn.execute("ROLLBACK TO batch")
-                    conn.execute("RELEASE batch")
-                    outcomes.append(exc)
-                    continue
                 except sqlite3.OperationalError:
-                    raise
-                except sqlite3.Error as exc:  # e.g. a constraint this batch broke: only it fails
+                    raise  # busy, I/O, full: the whole transaction is in doubt
+                except Exception as exc:  # this batch alone fails: a condition, a bad value
                     if single:
                         conn.execute("ROLLBACK")
-                        return [_unavailable(exc)]
+                        return [_batch_failure(exc)]
                     conn.execute("ROLLBACK TO batch")
                     conn.execute("RELEASE batch")
-                    outcomes.append(_unavailable(exc))
+                    outcomes.append(_batch_failure(exc))
                     continue
                 if not single:
                     conn.execute("RELEASE batch")
                 outcomes.append(None)
             conn.execute("COMMIT")
+            committed = True
             self.transactions += 1
             self.batches += len(group)
         except sqlite3.Error as exc:
-            try:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             return [_unavailable(exc) for _ in group]
+        finally:
+            if not committed and conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the caller discards a connection it cannot trust
         return outcomes
 
     @staticmethod
@@ -601,30 +631,31 @@ class SqliteItemStore(ItemStore):
             await asyncio.to_thread(_release, engine)
 
 
-def _params(route: Route) -> tuple[Path, str, str, int, bool]:
-    params = route.params
-    path = Path(str(params.get("path") or DEFAULT_PATH))
-    synchronous = str(params.get("synchronous", "FULL")).upper()
-    namespace = str(params.get("namespace") or route.resource_kind)
-    busy = int(params.get("busy_timeout_ms", 5000))
-    inline_reads = bool(params.get("inline_reads", True))
-    return path, synchronous, namespace, busy, inline_reads
+def _params(target: Target) -> tuple[Path, str, str, int, bool]:
+    params = parse(SqliteParams, target.params)
+    return (
+        Path(params.path),
+        params.synchronous,
+        target.table_name,
+        params.busy_timeout_ms,
+        params.inline_reads,
+    )
 
 
-def open_store(route: Route) -> SqliteItemStore:
-    """A store for ``route``; the schema is created on first use if missing."""
-    path, synchronous, namespace, busy, inline_reads = _params(route)
+def open_store(target: Target) -> SqliteItemStore:
+    """A store for ``target`` (its table is the namespace); the schema is created on first use."""
+    path, synchronous, namespace, busy, inline_reads = _params(target)
     return SqliteItemStore(
         path, namespace=namespace, synchronous=synchronous, busy_timeout_ms=busy, inline_reads=inline_reads
     )
 
 
-async def provision(route: Route, *, dry_run: bool) -> list[str]:
-    """Create the file and schema for ``route`` (idempotent); returns what was (or would be) done."""
-    path, synchronous, namespace, _, _ = _params(route)
+async def provision(target: Target, *, dry_run: bool) -> list[str]:
+    """Create the file and schema for ``target`` (idempotent); returns what was (or would be) done."""
+    path, synchronous, namespace, _, _ = _params(target)
     plan = [
         f"sqlite: file {path} (journal_mode=WAL, synchronous={synchronous})",
-        f"sqlite: table items (namespace '{namespace}' for {route.resource_kind})",
+        f"sqlite: table items (namespace '{namespace}' for {target.resource_kind})",
     ]
     if dry_run:
         return [f"would ensure {line}" for line in plan]

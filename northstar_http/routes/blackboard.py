@@ -29,7 +29,7 @@ def expected_version(domain: str, body_version: int | None, if_match: str | None
     """The expected version from the body and/or ``If-Match`` (422 if malformed or they differ)."""
     header_version: int | None = None
     if if_match is not None:
-        match = _ETAG.match(if_match)
+        match = _ETAG.fullmatch(if_match)
         if match is None:
             raise NorthstarError(
                 f"{domain}.invalid_request",

@@ -34,7 +34,7 @@ def _expected(domain: str, body: dict[str, Any], if_match: str | None) -> dict[s
     """Merge ``If-Match`` into the body's ``expected_version`` (422 if malformed or different)."""
     if if_match is None:
         return body
-    match = _ETAG.match(if_match.strip())
+    match = _ETAG.fullmatch(if_match.strip())
     if match is None:
         raise NorthstarError(
             f"{domain}.invalid_request",

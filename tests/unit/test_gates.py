@@ -269,7 +269,11 @@ async def test_no_decision_without_the_spine_recording_it(safety: Safety) -> Non
         {"subject_id": ""},
         {"estimated_cost": -1},
         {"estimated_cost": float("nan")},
+        {"estimated_cost": 1e308},
         {"surface_id": "bad/surface"},
+        {"subject_id": "a1\n"},
+        # ("agent:x", "a1") would share the subject stream "agent:x:a1" with ("agent", "x:a1")
+        {"subject_type": "agent:x"},
     ],
 )
 async def test_malformed_checks_are_422_and_record_nothing(safety: Safety, kw: dict[str, Any]) -> None:
