@@ -19,7 +19,6 @@ foreign, tampered or ahead of the thread's head is 410 ``chat.cursor_invalid``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 import uuid
 from collections import OrderedDict
@@ -31,9 +30,9 @@ import msgspec
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid, not_found
-from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.identity import RequestContext
 from northstar_core.routing import RoutingRegistry
-from northstar_core.scope import check_id, partition
+from northstar_core.scope import check_id, partition, subject_segment
 from northstar_core.storage import Absent, ConditionFailed, Item, Put
 from northstar_core.streams import SequencedStream, fingerprint
 from northstar_core.tail import TailHub
@@ -111,13 +110,6 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     messages: list[tuple[ChatMessage, str]]
     head_seq: int
     head_cursor: str
-
-
-def _user_part(user_id: str) -> str:
-    # Token subjects may hold characters partition names do not (e.g. "auth0|123").
-    if ID_PATTERN.match(user_id) and "|" not in user_id:
-        return user_id
-    return "h_" + hashlib.sha256(user_id.encode()).hexdigest()[:40]
 
 
 def _limit(limit: int | None, default: int = DEFAULT_PAGE) -> int:
@@ -306,7 +298,7 @@ class ChatService:
 
     async def _index_thread(self, ctx: RequestContext, thread_id: str, now: float) -> None:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        part = partition(ctx, "chat_threads", _user_part(ctx.user_id))
+        part = partition(ctx, "chat_threads", subject_segment(ctx.user_id))
         key = THREAD_INDEX_PREFIX + thread_id
         # Index entries are never deleted, so once seen (or written) here they need no re-read:
         # this saves a store read on every post to a known thread (benchmark P1).
@@ -364,7 +356,7 @@ class ChatService:
         """The threads the caller posted to, ordered by thread id."""
         size = _limit(limit)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        user = _user_part(ctx.user_id)
+        user = subject_segment(ctx.user_id)
         part = partition(ctx, "chat_threads", user)
         after: str | None = None
         if cursor:

@@ -12,6 +12,7 @@ import uuid
 from typing import Any, Final, Literal, get_args
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from northstar_core.errors import NorthstarError
 
@@ -19,8 +20,18 @@ Mode = Literal["saas", "enterprise", "system", "lab"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
 Role = Literal["owner", "admin", "member", "viewer"]
 ROLE_RANK: Final[dict[str, int]] = {"viewer": 0, "member": 1, "admin": 2, "owner": 3}
+# Validate with ``fullmatch``: ``match`` lets ``$`` stop before a trailing newline, so "t_a\n"
+# would pass as a tenant distinct from "t_a".
 TENANT_PATTERN: Final = re.compile(r"^t_[A-Za-z0-9_\-]{1,120}$")
 ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+# Token subjects come from identity providers and are wider than ids ("auth0|123", e-mail
+# addresses): any visible ASCII. Whatever a subject holds, it reaches a partition name only
+# through ``scope.subject_segment``.
+SUBJECT_PATTERN: Final = re.compile(r"[!-~]{1,255}")
+# Role names the service ranks are in ROLE_RANK; other names an identity provider adds are kept
+# (they rank below every known role) but must still be plain names.
+ROLE_PATTERN: Final = re.compile(r"[A-Za-z0-9_.:/\-]{1,100}")
+MAX_ROLES: Final = 64
 
 
 class Claims(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +44,91 @@ class Claims(msgspec.Struct, frozen=True, kw_only=True):
     system: bool = False
     agent_id: str | None = None
     project_id: str | None = None
+
+
+class TokenPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """A verified token's payload as the service reads it, decoded strictly.
+
+    No coercion: ``"system": "false"`` is refused rather than read as a truthy string, and
+    ``"roles": {"admin": false}`` is refused rather than read as its keys. The registered
+    claims (RFC 7519 §4.1) are typed so that a wrongly typed one is refused too; claims the
+    service does not read (``email``, ``scope``, ``azp``…) are ignored, since identity
+    providers add their own.
+    """
+
+    sub: str
+    tenant_id: str
+    mode: Mode
+    roles: tuple[str, ...] = ()
+    system: bool = False
+    agent_id: str | UnsetType = UNSET
+    project_id: str | UnsetType = UNSET
+    exp: int | float
+    nbf: int | float | UnsetType = UNSET
+    iat: int | float | UnsetType = UNSET
+    iss: str | UnsetType = UNSET
+    aud: str | list[str] | UnsetType = UNSET
+    jti: str | UnsetType = UNSET
+
+
+def invalid_token(reason: str, message: str, *, claim: str | None = None) -> NorthstarError:
+    """401 ``auth.invalid_token``; ``details.claim`` names the offending claim, if one."""
+    details: dict[str, Any] = {"reason": reason}
+    if claim is not None:
+        details["claim"] = claim
+    return NorthstarError("auth.invalid_token", message, 401, details=details)
+
+
+_MISSING_FIELD: Final = re.compile(r"missing required field `([^`]*)`")
+_AT_PATH: Final = re.compile(r" - at `\$\.([A-Za-z0-9_]+)")
+
+
+def _claim_error(exc: msgspec.ValidationError) -> NorthstarError:
+    text = str(exc)
+    missing = _MISSING_FIELD.search(text)
+    if missing:
+        claim = missing.group(1)
+        return invalid_token("missing_claim", f"the bearer token lacks the '{claim}' claim", claim=claim)
+    at = _AT_PATH.search(text)
+    claim = at.group(1) if at else "payload"
+    problem = text.split(" - at ", 1)[0][:120]
+    return invalid_token(
+        "invalid_claim", f"the bearer token's '{claim}' claim is not valid: {problem}", claim=claim
+    )
+
+
+def _bad_claim(claim: str, rule: str) -> NorthstarError:
+    return invalid_token("invalid_claim", f"the bearer token's '{claim}' claim {rule}", claim=claim)
+
+
+def claims_from_payload(payload: Any) -> Claims:
+    """The :class:`Claims` of a verified token's payload, or 401 ``auth.invalid_token``
+    (``details.reason`` ``missing_claim`` / ``invalid_claim``, ``details.claim`` the claim)."""
+    try:
+        token = msgspec.convert(payload, TokenPayload, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _claim_error(exc) from None
+    if not SUBJECT_PATTERN.fullmatch(token.sub):
+        raise _bad_claim("sub", "must be 1 to 255 visible ASCII characters")
+    if not TENANT_PATTERN.fullmatch(token.tenant_id):
+        raise _bad_claim("tenant_id", f"must match {TENANT_PATTERN.pattern}")
+    for name in ("agent_id", "project_id"):
+        value = getattr(token, name)
+        if value is not UNSET and not ID_PATTERN.fullmatch(value):
+            raise _bad_claim(name, f"must match {ID_PATTERN.pattern}")
+    if len(token.roles) > MAX_ROLES:
+        raise _bad_claim("roles", f"holds more than {MAX_ROLES} roles")
+    if not all(ROLE_PATTERN.fullmatch(role) for role in token.roles):
+        raise _bad_claim("roles", f"must be a list of names matching {ROLE_PATTERN.pattern}")
+    return Claims(
+        sub=token.sub,
+        tenant_id=token.tenant_id,
+        mode=token.mode,
+        roles=token.roles,
+        system=token.system,
+        agent_id=None if token.agent_id is UNSET else token.agent_id,
+        project_id=None if token.project_id is UNSET else token.project_id,
+    )
 
 
 class ServerBinding(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,14 +194,34 @@ class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
 class IdentityMismatch(NorthstarError):
     """A header or query value contradicted the token or server binding (audit-worthy)."""
 
-    def __init__(self, field: str, claimed: str, presented: str) -> None:
+    def __init__(
+        self,
+        field: str,
+        claimed: str,
+        presented: str,
+        *,
+        message: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(
             "auth.identity_mismatch",
-            f"the '{field}' presented does not match the authenticated identity",
+            message or f"the '{field}' presented does not match the authenticated identity",
             403,
-            details={"field": field, "authenticated": claimed, "presented": presented},
+            details=details or {"field": field, "authenticated": claimed, "presented": presented},
         )
         self.field = field
+
+    @classmethod
+    def conflicting(cls, field: str, first: str, other: str) -> IdentityMismatch:
+        """One identity field presented twice with different values. Which copy a proxy, a
+        framework or a log honours differs, so neither is trusted."""
+        return cls(
+            field,
+            "",
+            other,
+            message=f"the '{field}' was presented more than once with different values",
+            details={"field": field, "reason": "conflicting_values", "presented": [first, other]},
+        )
 
 
 # header name -> context field, for the fields headers may supply
@@ -164,14 +280,14 @@ def resolve_context(
             raise IdentityMismatch(field, authoritative, shown)
     tenant_id = str(strong["tenant_id"])
     mode = str(strong["mode"])
-    if not TENANT_PATTERN.match(tenant_id):
+    if not TENANT_PATTERN.fullmatch(tenant_id):
         raise _bad("tenant_id", tenant_id)
     if mode not in MODES:
         raise _bad("mode", mode)
     optional: dict[str, str | None] = {}
     for field in ("project_id", "surface_id", "app_id", "run_id", "step_id", "trace_id"):
         value: str | None = strong.get(field) or presented.get(field) or None
-        if value is not None and not ID_PATTERN.match(value):
+        if value is not None and not ID_PATTERN.fullmatch(value):
             raise _bad(field, value)
         optional[field] = value
     return RequestContext(

@@ -2,7 +2,7 @@
 
 Scope: tenant / mode / project / user / session — all of it is in the partition name, so a
 read in one scope cannot address another's keys. Values are durable unless a TTL is given,
-either per write or as the route's default (``route.params["default_ttl_seconds"]``); this is
+either per write or as the route's default (``route.options.default_ttl_seconds``); this is
 the one kind where a TTL may be configured (SPEC §2.1).
 
 Guarantee: a value past its expiry is never returned, whatever the backend's deletion lag —
@@ -12,19 +12,18 @@ the backend hides items by its own clock and this service hides them again by th
 
 from __future__ import annotations
 
-import hashlib
-import math
 from typing import Any, Final
 
 import msgspec
 
 from northstar_core.blackboard import route_misconfigured
+from northstar_core.bounds import check_float, out_of_range
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, invalid, not_found, version_conflict
-from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.identity import RequestContext
 from northstar_core.records import VersionedRecords, record_key
 from northstar_core.routing import KindStore, RoutingRegistry
-from northstar_core.scope import check_id, partition
+from northstar_core.scope import check_id, partition, subject_segment
 from northstar_core.storage import MAX_VALUE_BYTES, ConditionFailed, Delete, Item, VersionIs
 
 KIND: Final = "memory_store"
@@ -33,13 +32,6 @@ MAX_TTL_SECONDS: Final = 10 * 365 * 24 * 3600
 MAX_KEYS_PER_SESSION: Final = 1000
 _VALUE_LIMIT: Final = MAX_VALUE_BYTES - 4096  # room for the envelope fields around the value
 NO_PROJECT: Final = "~"  # not a valid id, so it can never collide with a real project
-
-
-def scope_part(value: str) -> str:
-    """A partition-safe rendering of a token-derived id (subjects may hold any characters)."""
-    if ID_PATTERN.match(value):
-        return value
-    return "~" + hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
 class MemoryValue(msgspec.Struct, kw_only=True):
@@ -68,7 +60,8 @@ class SessionMemory:
     async def _records(self, ctx: RequestContext, session_id: str) -> tuple[KindStore, VersionedRecords]:
         check_id(DOMAIN, "session_id", session_id)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        part = partition(ctx, "memory", ctx.project_id or NO_PROJECT, scope_part(ctx.user_id), session_id)
+        user = subject_segment(ctx.user_id)
+        part = partition(ctx, "memory", ctx.project_id or NO_PROJECT, user, session_id)
         return store, VersionedRecords(store, part, DOMAIN)
 
     def _live(self, item: Item | None) -> Item | None:
@@ -99,7 +92,7 @@ class SessionMemory:
         check_id(DOMAIN, "key", key)
         store, records = await self._records(ctx, session_id)
         if ttl_seconds is None:
-            default = store.route.params.get("default_ttl_seconds")
+            default = store.route.options.default_ttl_seconds
             if default is not None:
                 if (
                     isinstance(default, bool)
@@ -108,14 +101,10 @@ class SessionMemory:
                 ):
                     raise route_misconfigured(DOMAIN, KIND, "default_ttl_seconds", default)
                 ttl_seconds = float(default)
-        if ttl_seconds is not None and (
-            not math.isfinite(ttl_seconds) or ttl_seconds <= 0 or ttl_seconds > MAX_TTL_SECONDS
-        ):
-            raise invalid(
-                DOMAIN,
-                f"ttl_seconds must be greater than 0 and at most {MAX_TTL_SECONDS}",
-                ttl_seconds=ttl_seconds,
-            )
+        if ttl_seconds is not None:
+            ttl_seconds = check_float(DOMAIN, "ttl_seconds", ttl_seconds, lo=0.0, hi=MAX_TTL_SECONDS)
+            if ttl_seconds <= 0:  # an expiry now or in the past would hide the value at once
+                raise out_of_range(DOMAIN, "ttl_seconds", ttl_seconds, 0.0, MAX_TTL_SECONDS)
         try:
             encoded_value = msgspec.json.encode(value)
         except (TypeError, ValueError, OverflowError) as exc:

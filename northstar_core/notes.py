@@ -13,15 +13,14 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from northstar_core.blackboard import Page, check_limit
+from northstar_core.blackboard import Page, check_expected_version, check_limit
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
 from northstar_core.identity import RequestContext
-from northstar_core.memory import scope_part
 from northstar_core.records import VersionedRecords, record_key
 from northstar_core.routing import RoutingRegistry
-from northstar_core.scope import check_id, partition
+from northstar_core.scope import check_id, partition, subject_segment
 from northstar_core.spine import UUIDv7Generator
 from northstar_core.storage import MAX_VALUE_BYTES, Item
 
@@ -31,10 +30,10 @@ _NOTE_LIMIT: Final = MAX_VALUE_BYTES - 8192
 _SCAN_BUDGET: Final = 1000  # records examined per filtered list call, whatever the filters
 
 Title = Annotated[str, msgspec.Meta(max_length=500)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^\S+$")]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^\S+$(?!\n)")]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=50)]
 Content = str | dict[str, Any] | list[Any]
-OptionalId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$")] | None
+OptionalId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$(?!\n)")] | None
 
 
 class NoteIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,7 +105,7 @@ class NotesService:
 
     async def _records(self, ctx: RequestContext) -> VersionedRecords:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        return VersionedRecords(store, partition(ctx, "notes", scope_part(ctx.user_id)), DOMAIN)
+        return VersionedRecords(store, partition(ctx, "notes", subject_segment(ctx.user_id)), DOMAIN)
 
     @staticmethod
     def _decode(item: Item) -> Note:
@@ -184,6 +183,7 @@ class NotesService:
             raise invalid(
                 DOMAIN, "an update needs expected_version (body field or If-Match)", field="expected_version"
             )
+        check_expected_version(DOMAIN, update.expected_version)
         current = await self.get(ctx, note_id)
         surface_id, project_id = self._scope_ids(
             ctx, update.surface_id or current.surface_id, update.project_id or current.project_id
@@ -212,6 +212,7 @@ class NotesService:
     async def delete(self, ctx: RequestContext, note_id: str, *, expected_version: int | None = None) -> None:
         ctx.require_role("member")
         check_id(DOMAIN, "note_id", note_id)
+        check_expected_version(DOMAIN, expected_version, delete=True)
         records = await self._records(ctx)
         if await records.get(note_id) is None:
             raise not_found(DOMAIN, f"note '{note_id}'", note_id=note_id)
@@ -233,7 +234,7 @@ class NotesService:
         for field, value in (("surface_id", surface_id), ("project_id", project_id)):
             if value is not None:
                 check_id(DOMAIN, field, value)
-        stream = f"notes/{scope_part(ctx.user_id)}/{surface_id or ''}/{project_id or ''}/{tag or ''}"
+        stream = f"notes/{subject_segment(ctx.user_id)}/{surface_id or ''}/{project_id or ''}/{tag or ''}"
         after = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor) if cursor else None
         records = await self._records(ctx)
         matched: list[Note] = []

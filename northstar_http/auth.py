@@ -7,9 +7,13 @@
   with the secret, RS256 only with RSA keys, ES256 only with EC keys; ``oct`` keys in a JWKS
   are ignored), so ``alg: none`` and HS/RS confusion are refused before any signature check.
 * ``exp`` and ``sub`` are required; ``nbf``, ``aud`` and ``iss`` are checked (audience and
-  issuer are required when configured).
+  issuer are required when configured). Without a configured audience a token that names one
+  is refused: it was issued for some other service (RFC 7519 §4.1.3).
+* The payload is decoded strictly (:func:`northstar_core.identity.claims_from_payload`): a
+  claim of the wrong type or outside its grammar is a 401, never coerced.
 * Identity headers (SPEC §3) are resolved against the claims by the core's precedence rule; a
-  contradiction is 403 ``auth.identity_mismatch`` and an ``audit`` event on the spine.
+  contradiction, or one identity header repeated with different values, is 403
+  ``auth.identity_mismatch`` and an ``audit`` event on the spine.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Final
 
 import jwt
-import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -37,21 +41,41 @@ from northstar_core.identity import (
     IdentityMismatch,
     RequestContext,
     ServerBinding,
+    claims_from_payload,
+    invalid_token,
     resolve_context,
 )
 from northstar_http.errors import request_id
 
 log = logging.getLogger("northstar.auth")
 
-PUBLIC_PATHS: Final = [r"^/healthz$", r"^/readyz$", r"^/schema"]
+PUBLIC_PATHS: Final = [r"^/healthz\Z", r"^/readyz\Z", r"^/schema"]
 _ALG_KEY_TYPE: Final = {"RS256": "RSA", "ES256": "EC"}
 # Verified-token cache (see TokenVerifier.verify): entries, and the longest an entry is trusted.
 VERIFIED_CACHE_SIZE: Final = 4096
 CACHE_SECONDS: Final = 60.0
+# Claim-type errors pyjwt raises itself, before the strict decode sees the payload (the
+# sub/jti checks exist from pyjwt 2.10 on).
+_PYJWT_CLAIM_ERRORS: Final[dict[type[Exception], str]] = {
+    getattr(jwt.exceptions, name): claim
+    for name, claim in (
+        ("InvalidSubjectError", "sub"),
+        ("InvalidJTIError", "jti"),
+        ("InvalidIssuedAtError", "iat"),
+    )
+    if hasattr(jwt.exceptions, name)
+}
+_TIME_CLAIM: Final = re.compile(r"\((exp|nbf)\) must be")
 
 
-def _invalid(reason: str, message: str = "the bearer token is not valid") -> NorthstarError:
-    return NorthstarError("auth.invalid_token", message, 401, details={"reason": reason})
+def _invalid(
+    reason: str, message: str = "the bearer token is not valid", *, claim: str | None = None
+) -> NorthstarError:
+    return invalid_token(reason, message, claim=claim)
+
+
+def _bad_claim(claim: str) -> NorthstarError:
+    return _invalid("invalid_claim", f"the bearer token's '{claim}' claim is not valid", claim=claim)
 
 
 class TokenVerifier:
@@ -156,41 +180,40 @@ class TokenVerifier:
         except jwt.ImmatureSignatureError:
             raise _invalid("not_yet_valid", "the bearer token is not valid yet") from None
         except jwt.InvalidAudienceError:
-            raise _invalid("bad_audience") from None
+            raise _invalid("bad_audience", claim="aud") from None
         except jwt.InvalidIssuerError:
-            raise _invalid("bad_issuer") from None
+            raise _invalid("bad_issuer", claim="iss") from None
         except jwt.InvalidSignatureError:
             raise _invalid("bad_signature") from None
+        except tuple(_PYJWT_CLAIM_ERRORS) as exc:
+            raise _bad_claim(_PYJWT_CLAIM_ERRORS[type(exc)]) from None
         except jwt.MissingRequiredClaimError as exc:
-            raise _invalid("missing_claim", f"the bearer token lacks the '{exc.claim}' claim") from None
+            raise _invalid(
+                "missing_claim", f"the bearer token lacks the '{exc.claim}' claim", claim=exc.claim
+            ) from None
+        except jwt.DecodeError as exc:
+            # pyjwt reports a non-numeric exp/nbf as a decode error naming the claim
+            time_claim = _TIME_CLAIM.search(str(exc))
+            if time_claim is None:
+                raise _invalid("malformed") from None
+            claim = time_claim.group(1)
+            raise _bad_claim(claim) from None
         except jwt.InvalidTokenError:
             raise _invalid("malformed") from None
+        if self.audience is None and "aud" in payload:
+            # RFC 7519 §4.1.3: a recipient that does not identify itself with a value in "aud"
+            # must refuse the token; a service with no audience of its own matches none.
+            raise _invalid(
+                "unexpected_audience",
+                "the bearer token is addressed to an audience this service does not serve",
+                claim="aud",
+            )
+        claims = claims_from_payload(payload)  # exp/nbf are numbers from here on
         now = time.time()
         valid_until = min(float(payload["exp"]) + self.leeway, now + CACHE_SECONDS)
         nbf = payload.get("nbf")
-        not_before = float(nbf) - self.leeway if isinstance(nbf, int | float) else 0.0
-        return claims_from_payload(payload), valid_until, not_before
-
-
-def claims_from_payload(payload: dict[str, Any]) -> Claims:
-    roles = payload.get("roles", ())
-    if isinstance(roles, str):
-        roles = roles.split()
-    try:
-        return msgspec.convert(
-            {
-                "sub": payload.get("sub"),
-                "tenant_id": payload.get("tenant_id"),
-                "mode": payload.get("mode"),
-                "roles": tuple(roles),
-                "system": bool(payload.get("system", False)),
-                "agent_id": payload.get("agent_id"),
-                "project_id": payload.get("project_id"),
-            },
-            type=Claims,
-        )
-    except msgspec.ValidationError as exc:
-        raise _invalid("missing_claim", f"the bearer token's claims are incomplete: {exc}") from None
+        not_before = float(nbf) - self.leeway if nbf is not None else 0.0
+        return claims, valid_until, not_before
 
 
 class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
@@ -224,12 +247,24 @@ _IDENTITY_HEADERS: Final = {name.encode(): field for name, field in HEADER_FIELD
 
 
 def presented_identity(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """Identity values the caller presented in headers (field name -> first value)."""
+    """Identity values the caller presented in headers (field name -> value).
+
+    A header repeated with the same value counts once; repeated with different values it is
+    an :class:`IdentityMismatch`: comparing only the first copy would let a second one reach
+    whatever reads headers differently (a proxy, a log, another framework). A proxy may fold
+    repeated headers into one comma-separated line (RFC 9110 §5.3); no identity value may hold
+    a comma, so each element of such a line counts as one copy.
+    """
     found: dict[str, str] = {}
     for key, value in request.scope["headers"]:
         field = _IDENTITY_HEADERS.get(key.lower())
-        if field is not None and field not in found:
-            found[field] = value.decode("latin-1")
+        if field is None:
+            continue
+        for element in value.decode("latin-1").split(","):
+            shown = element.strip(" \t")
+            first = found.setdefault(field, shown)
+            if first != shown:
+                raise IdentityMismatch.conflicting(field, first, shown)
     return found
 
 
@@ -259,12 +294,11 @@ async def _audit_mismatch(
         agent_id=claims.agent_id,
         request_id=rid,
     )
+    payload: dict[str, Any] = {"field": exc.field, "presented": str(exc.details.get("presented"))[:200]}
+    if "reason" in exc.details:
+        payload["reason"] = exc.details["reason"]
     try:
-        await engines.audit.audit(
-            actor,
-            "identity_mismatch",
-            {"field": exc.field, "presented": str(exc.details.get("presented"))[:200]},
-        )
+        await engines.audit.audit(actor, "identity_mismatch", payload)
         exc.details["audited"] = True
     except Exception:  # the refusal stands even if the audit record could not be written
         log.exception("could not record identity_mismatch audit event (request %s)", rid)

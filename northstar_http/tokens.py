@@ -19,22 +19,28 @@ def mint_token(
     agent_id: str | None = None,
     project_id: str | None = None,
     ttl_seconds: int = 30 * 24 * 3600,
-    audience: str | None = None,
+    audience: str | list[str] | None = None,
     issuer: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
-    """An HS256 token carrying the identity claims the service reads."""
+    """An HS256 token carrying the identity claims the service reads.
+
+    ``audience`` (``aud``) must name the service's configured ``jwt.audience``; a service
+    configured without one refuses tokens that carry an ``aud``. ``system`` is written only
+    when set (the claim is either JSON ``true`` or absent).
+    """
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": sub,
         "tenant_id": tenant_id,
         "mode": mode,
         "roles": list(roles),
-        "system": system,
         "iat": now,
         "nbf": now,
         "exp": now + ttl_seconds,
     }
+    if system:
+        claims["system"] = True
     optional = {"agent_id": agent_id, "project_id": project_id, "aud": audience, "iss": issuer}
     for name, value in optional.items():
         if value is not None:

@@ -226,3 +226,45 @@ async def test_unreachable_jwks_url_is_503(tmp_path) -> None:
         r = await call(c, token)
     assert r.status_code == 503 and r.json()["error"]["code"] == "auth.jwks_unavailable"
     assert r.headers["retry-after"]
+
+
+@pytest.mark.parametrize(
+    "token_factory, reason, claim",
+    [
+        (lambda: hs(aud="someone-else"), "bad_audience", "aud"),
+        (lambda: hs(aud=None), "missing_claim", "aud"),
+        (lambda: hs(iss="https://evil.test"), "bad_issuer", "iss"),
+        (lambda: hs(exp=None), "missing_claim", "exp"),
+        (lambda: hs(tenant_id=None), "missing_claim", "tenant_id"),
+        (lambda: hs(tenant_id="t_alpha\n"), "invalid_claim", "tenant_id"),
+        (lambda: hs(system="false"), "invalid_claim", "system"),
+        (lambda: hs(roles=5), "invalid_claim", "roles"),
+        (lambda: hs(sub=""), "invalid_claim", "sub"),
+        (lambda: jwt.encode(claims(system="true"), RSA_KEY, algorithm="RS256", headers={"kid": "rsa1"}),
+         "invalid_claim", "system"),
+    ],
+    ids=["wrong-aud", "no-aud", "wrong-iss", "no-exp", "no-tenant", "tenant-newline", "system-string",
+         "roles-int", "empty-sub", "rs256-system-string"],
+)
+async def test_claim_errors_name_the_claim(jwks_client, token_factory, reason: str, claim: str) -> None:
+    r = await call(jwks_client, token_factory())
+    assert r.status_code == 401, r.text
+    details = r.json()["error"]["details"]
+    assert (details["reason"], details["claim"]) == (reason, claim)
+
+
+async def test_a_refused_claim_is_refused_again_not_cached(jwks_client) -> None:
+    token = hs(roles={"admin": True})
+    for _ in range(2):
+        r = await call(jwks_client, token)
+        assert r.status_code == 401 and r.json()["error"]["details"]["claim"] == "roles"
+
+
+def test_public_paths_are_matched_whole() -> None:
+    import re
+
+    from northstar_http.auth import PUBLIC_PATHS
+
+    public = re.compile("|".join(PUBLIC_PATHS))
+    assert public.search("/healthz") and public.search("/readyz") and public.search("/schema/openapi.json")
+    assert not public.search("/healthz\n") and not public.search("/readyz\n")
