@@ -35,6 +35,7 @@ from northstar_http.routes import (
     tabular,
     timeline,
 )
+from northstar_http.timeouts import BodyDeadlineMiddleware, body_timeout_seconds
 
 # Every route module of the service, in one place.
 ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
@@ -84,7 +85,11 @@ def build_app(
         route_handlers=handlers,
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS)],
+        middleware=[
+            # a drip-fed body gets 408 instead of holding a request task (the head: server.py)
+            DefineMiddleware(BodyDeadlineMiddleware, timeout=body_timeout_seconds(state.get("settings"))),
+            DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS),
+        ],
         before_send=[before_send],
         request_max_body_size=body_limit,
         openapi_config=openapi_config(),
