@@ -47,7 +47,7 @@ from northstar_core.clock import SystemClock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines
 from northstar_core.identity import RequestContext
-from northstar_core.routing import Route, RoutingRegistry
+from northstar_core.routing import Connection, Route, RoutingRegistry, Target
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put, VersionIs
 from northstar_core.streams import IdempotencyRecord, fingerprint
 
@@ -84,22 +84,25 @@ class CountingFactory:
     def __init__(self) -> None:
         self.inner = AdapterFactory()
 
-    def open(self, route: Route) -> ItemStore:
-        return CountingStore(self.inner.open(route))
+    def open(self, target: Target) -> ItemStore:
+        return CountingStore(self.inner.open(target))
 
 
 def counted() -> dict[str, int]:
     return {k: COUNTS[k] for k in ("get", "query", "write")}
 
 
-async def open_engines(routes: list[Route], registry_route: Route) -> Engines:
+async def open_engines(routes: list[Target], registry_route: Target) -> Engines:
     factory = CountingFactory()
     # The registry's own store is not counted: its periodic route refresh (every few seconds)
     # would land on whichever operation happens to run then.
-    registry = RoutingRegistry(factory.inner.open(registry_route), factory, deployment_mode="lab")
+    connection = Connection(name="bench", backend=registry_route.backend, params=dict(registry_route.params))
+    registry = RoutingRegistry(
+        factory.inner.open(registry_route), factory, connections={"bench": connection}, deployment_mode="lab"
+    )
     await registry.load()
-    for route in routes:
-        await registry.set_route(route)
+    for target in routes:
+        await registry.set_route(Route(resource_kind=target.resource_kind, connection="bench"), probe=False)
     return Engines(registry, CursorCodec(secrets.token_bytes(32)), SystemClock())
 
 
@@ -240,33 +243,33 @@ async def measure(engines: Engines, thread: str, canvas_id: str, head: int) -> d
     return out
 
 
-def sqlite_routes(tmp: Path) -> tuple[list[Route], Route]:
+def sqlite_routes(tmp: Path) -> tuple[list[Target], Target]:
     from northstar_core.routing import RESOURCE_KINDS
 
     params = {"path": str(tmp / "p3.db")}
-    routes = [Route(resource_kind=k, backend="sqlite", params=dict(params)) for k in RESOURCE_KINDS]
-    return routes, Route(resource_kind="routing_registry", backend="sqlite", params=dict(params))
+    routes = [Target(resource_kind=k, backend="sqlite", params=dict(params)) for k in RESOURCE_KINDS]
+    return routes, Target(resource_kind="routing_registry", backend="sqlite", params=dict(params))
 
 
-def dynamodb_routes(endpoint: str) -> tuple[list[Route], Route]:
+def dynamodb_routes(endpoint: str) -> tuple[list[Target], Target]:
     from northstar_core.routing import RESOURCE_KINDS
 
     prefix = f"p3{secrets.token_hex(4)}_"
     params = {"endpoint_url": endpoint, "table_prefix": prefix}
-    routes = [Route(resource_kind=k, backend="dynamodb", params=dict(params)) for k in RESOURCE_KINDS]
-    return routes, Route(resource_kind="routing_registry", backend="dynamodb", params=dict(params))
+    routes = [Target(resource_kind=k, backend="dynamodb", params=dict(params)) for k in RESOURCE_KINDS]
+    return routes, Target(resource_kind="routing_registry", backend="dynamodb", params=dict(params))
 
 
-def cloud_routes(backend: str, params: dict[str, Any]) -> tuple[list[Route], Route]:
+def cloud_routes(backend: str, params: dict[str, Any]) -> tuple[list[Target], Target]:
     from northstar_core.routing import RESOURCE_KINDS
 
-    routes = [Route(resource_kind=k, backend=backend, params=dict(params)) for k in RESOURCE_KINDS]
-    return routes, Route(resource_kind="routing_registry", backend=backend, params=dict(params))
+    routes = [Target(resource_kind=k, backend=backend, params=dict(params)) for k in RESOURCE_KINDS]
+    return routes, Target(resource_kind="routing_registry", backend=backend, params=dict(params))
 
 
 async def run_backend(
-    routes: list[Route],
-    registry_route: Route,
+    routes: list[Target],
+    registry_route: Target,
     small: int,
     large: int,
     reps: int,
@@ -274,17 +277,13 @@ async def run_backend(
     batches: tuple[int, int] = (99, 32),
 ) -> dict[str, Any]:
     if provision:
-        import importlib
-
-        from northstar_adapters import _MODULES
-
         seen: set[bytes] = set()
         for route in [registry_route, *routes]:
             key = msgspec.json.encode(route)
             if key in seen:
                 continue
             seen.add(key)
-            module = importlib.import_module(_MODULES[route.backend])
+            module = AdapterFactory().module(route.backend)
             if hasattr(module, "provision"):
                 await module.provision(route, dry_run=False)
     engines = await open_engines(routes, registry_route)

@@ -45,7 +45,7 @@ from azure.cosmos.aio import CosmosClient  # noqa: E402
 from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.cosmos import open_store, provision  # noqa: E402
 from northstar_adapters.cosmos.layout import encode_id  # noqa: E402
-from northstar_core.routing import Route  # noqa: E402
+from northstar_core.routing import Target  # noqa: E402
 from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
 from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer  # noqa: E402
 
@@ -67,7 +67,7 @@ def _doc(partition: str, key: str, value: bytes) -> dict[str, Any]:
 
 @asynccontextmanager
 async def adapter_variant(endpoint: str, database: str) -> AsyncIterator[Append]:
-    route = Route(
+    route = Target(
         resource_kind="chat_store",
         backend="cosmos",
         params={"url": endpoint, "database": database, "container_prefix": "adapter_"},

@@ -46,7 +46,7 @@ import msgspec  # noqa: E402
 
 from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.dynamodb import drop, open_store, provision  # noqa: E402
-from northstar_core.routing import Route  # noqa: E402
+from northstar_core.routing import Target  # noqa: E402
 from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
 from tests.emulators.moto import TEST_ENV, MotoServer  # noqa: E402
 
@@ -54,8 +54,8 @@ PAYLOAD = b'{"text":"hello from the bench","author":"u1"}'
 
 
 
-def _route(endpoint: str, tag: str) -> Route:
-    return Route(
+def _route(endpoint: str, tag: str) -> Target:
+    return Target(
         resource_kind="chat_store",
         backend="dynamodb",
         params={"endpoint_url": endpoint, "table_prefix": f"bench_{tag}_{uuid.uuid4().hex[:8]}_"},

@@ -45,7 +45,7 @@ from google.cloud import firestore  # noqa: E402
 from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.firestore import open_store  # noqa: E402
 from northstar_adapters.firestore.layout import doc_id  # noqa: E402
-from northstar_core.routing import Route  # noqa: E402
+from northstar_core.routing import Target  # noqa: E402
 from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
 from tests.emulators.firestore import launcher  # noqa: E402
 
@@ -56,7 +56,7 @@ COLLECTION = "northstar_chat_store"
 
 @asynccontextmanager
 async def adapter_variant() -> AsyncIterator[Append]:
-    route = Route(
+    route = Target(
         resource_kind="chat_store", backend="firestore", params={"project": f"bench-a-{uuid.uuid4().hex[:8]}"}
     )
     store = open_store(route)

@@ -44,7 +44,7 @@ import httpx
 
 from bench.common import RESULTS
 from northstar_http.tokens import mint_token
-from tests.e2e.cloud import JWT_SECRET, CloudTarget, to_toml
+from tests.e2e.cloud import AUDIENCE, JWT_SECRET, CloudTarget, to_toml
 from tests.e2e.reliability_support import (
     CANVAS_ID,
     CHAT_THREAD,
@@ -131,7 +131,9 @@ async def run_crash(
         await target.provision()
         server = ServeProcess(workdir, config=config, env=target.env)
         await asyncio.to_thread(server.start)
-        token = mint_token(JWT_SECRET, tenant_id="t_soak", sub="u_soak", mode="saas", roles=("member",))
+        token = mint_token(
+            JWT_SECRET, audience=AUDIENCE, tenant_id="t_soak", sub="u_soak", mode="saas", roles=("member",)
+        )
     try:
         work = Workload(server.url, token, clients=args.clients, ops=args.ops, tag="soak", retry_deadline=300)
         total = args.clients * (args.ops + (args.ops + 1) // 2)
@@ -196,7 +198,9 @@ async def run_outage(
     await target.provision()
     server = ServeProcess(workdir, config=config, env=target.env)
     await asyncio.to_thread(server.start)
-    token = mint_token(JWT_SECRET, tenant_id="t_soak", sub="u_soak", mode="saas", roles=("member",))
+    token = mint_token(
+        JWT_SECRET, audience=AUDIENCE, tenant_id="t_soak", sub="u_soak", mode="saas", roles=("member",)
+    )
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     try:

@@ -1,15 +1,17 @@
 """Backend adapters: one package per backend, each implementing the core's ItemStore port.
 
-``open_store(route)`` is the factory the composition root hands to the routing registry. It
-imports a backend's package only when a route names it, so a library user installs only the
-SDKs of the backends they route to (``pip install northstar[dynamodb]`` …).
+``AdapterFactory`` is what the composition root hands to the routing registry. Each backend
+declares its connection params as a strict Struct (:mod:`northstar_adapters.params`, checkable
+without the SDK); ``open`` imports a backend's package only when a route names it, so a library
+user installs only the SDKs of the backends they route to (``pip install northstar[dynamodb]``).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 from northstar_core.storage import ItemStore
 
 _MODULES = {
@@ -24,10 +26,17 @@ _MODULES = {
 class AdapterFactory:
     """Opens stores for routes; shares one connection per backend configuration."""
 
-    def open(self, route: Route) -> ItemStore:
+    def open(self, target: Target) -> ItemStore:
         try:
-            module = importlib.import_module(_MODULES[route.backend])
+            module = importlib.import_module(_MODULES[target.backend])
         except KeyError:
-            raise ValueError(f"unknown backend {route.backend!r}") from None
-        store: ItemStore = module.open_store(route)
+            raise ValueError(f"unknown backend {target.backend!r}") from None
+        store: ItemStore = module.open_store(target)
         return store
+
+    def module(self, backend: str) -> Any:
+        """The backend's package (for ``provision``), imported on demand."""
+        try:
+            return importlib.import_module(_MODULES[backend])
+        except KeyError:
+            raise ValueError(f"unknown backend {backend!r}") from None

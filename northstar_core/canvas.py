@@ -48,6 +48,7 @@ from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
 
+from northstar_core.bounds import MAX_SEQ, check_int
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid
@@ -85,7 +86,7 @@ class CanvasLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """Configurable limits; each has its own error code (see ``contracts/error_codes.json``).
 
     The service's defaults come from its constructor; a deployment overrides any of them per
-    route (so per tenant too) with the ``canvas_limits`` object in the params of the
+    route (so per tenant too) with the ``canvas_limits`` object in the options of the
     ``canvas_command_store`` route. An unusable override is 503 ``canvas.route_misconfigured``.
     """
 
@@ -343,10 +344,10 @@ def parse_ops(raw_ops: list[Any], limits: CanvasLimits) -> list[CanvasOp]:
             op = msgspec.convert(raw, CanvasOp, strict=True)
         except msgspec.ValidationError as exc:
             raise op_invalid(index, str(exc)) from None
-        if not ID_PATTERN.match(op.atom_id):
+        if not ID_PATTERN.fullmatch(op.atom_id):
             raise op_invalid(index, f"atom_id must match {ID_PATTERN.pattern}")
         if isinstance(op, CreateOp):
-            if not _KIND_PATTERN.match(op.kind):
+            if not _KIND_PATTERN.fullmatch(op.kind):
                 raise op_invalid(index, f"kind must match {_KIND_PATTERN.pattern}")
             size = _size(op.props)
             if size > limits.max_props_bytes:
@@ -443,7 +444,7 @@ class CanvasService:
     def limits_for(self, store: ItemStore) -> CanvasLimits:
         """The limits in force on ``store``'s route: the defaults with its ``canvas_limits``."""
         route = getattr(store, "route", None)
-        raw = route.params.get("canvas_limits") if route is not None else None
+        raw = route.options.canvas_limits if route is not None else None
         if raw is None:
             return self.limits
         try:
@@ -610,6 +611,8 @@ class CanvasService:
                 f"{DOMAIN}.rev_invalid", "base_rev must be 0 or more", 422,
                 details={"base_rev": command.base_rev},
             )
+        # A revision beyond what a store can number never existed (and base_rev + 1 is written).
+        check_int(DOMAIN, "base_rev", command.base_rev, lo=0, hi=MAX_SEQ - 1, code=f"{DOMAIN}.rev_invalid")
         log_ = await self._log(ctx, canvas_id)
         limits = self.limits_for(log_.store)
         ops = parse_ops(command.ops, limits)
@@ -778,7 +781,7 @@ class CanvasService:
         ctx.require_role("member")
         if idempotency_key is not None:
             check_id(DOMAIN, "idempotency_key", idempotency_key)
-        if not _KIND_PATTERN.match(gesture):
+        if not _KIND_PATTERN.fullmatch(gesture):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request", f"gesture must match {_KIND_PATTERN.pattern}", 422,
                 details={"field": "gesture"},
@@ -912,7 +915,7 @@ class CanvasService:
         def bad(message: str, field: str) -> NorthstarError:
             return NorthstarError(f"{DOMAIN}.invalid_request", message, 422, details={"field": field})
 
-        if not _KIND_PATTERN.match(record.kind):
+        if not _KIND_PATTERN.fullmatch(record.kind):
             raise bad(f"kind must match {_KIND_PATTERN.pattern}", "kind")
         if (record.uri is None) == (record.body is None):
             raise bad("give exactly one of uri or body", "uri")
@@ -922,7 +925,7 @@ class CanvasService:
             check_id(DOMAIN, "idempotency_key", record.idempotency_key)
         if record.media_type is not None and len(record.media_type) > 200:
             raise bad("media_type is too long", "media_type")
-        if record.content_hash is not None and not _HASH_PATTERN.match(record.content_hash):
+        if record.content_hash is not None and not _HASH_PATTERN.fullmatch(record.content_hash):
             raise bad("content_hash must be sha256:<64 hex>", "content_hash")
         meta_size = _size(record.metadata)
         if meta_size > limits.max_metadata_bytes:

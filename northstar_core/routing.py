@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Annotated, Any, Final, Protocol
 
 import msgspec
 
 from northstar_core.errors import NorthstarError, backend_unavailable, missing_route
+from northstar_core.identity import TENANT_PATTERN
 from northstar_core.storage import (
     Absent,
     BackendUnavailable,
@@ -62,23 +64,94 @@ served_by: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVa
 )
 
 
-class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where one resource kind lives, optionally for one tenant only."""
+# A table / container / collection / namespace name inside a connection. One grammar that every
+# backend accepts as part of a physical name (DynamoDB tables, Cosmos containers, Firestore
+# collection ids, SQLite namespaces), so a route can never smuggle a path or a separator.
+TABLE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{1,62}")
+CONNECTION_PATTERN: Final = re.compile(r"[a-z][a-z0-9_\-]{0,62}")
 
-    resource_kind: str
+# Kinds a tenant admin may never re-route for its own tenant: the audit trail and everything
+# the gate chain reads (kill switches and corridors live in config_store). Moving them to an
+# empty table would silence the tenant's audit or lift the operator's safety settings.
+PROTECTED_KINDS: Final = frozenset(
+    {
+        "event_spine",
+        "config_store",
+        "firearms_policy_store",
+        "strategy_policy_store",
+        "budget_store",
+        "strategy_lock_store",
+    }
+)
+
+MAX_ROUTE_VALUE_BYTES: Final = 4 * 1024 * 1024
+MAX_ROUTE_TTL_SECONDS: Final = 10 * 365 * 86_400
+
+
+class Connection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A backend connection the operator defined in configuration, referred to by name.
+
+    Only configuration creates connections: endpoints, regions, credential sources and file
+    paths (``params``, validated by the backend's adapter) never come from a request.
+    ``tenant_overrides`` says whether tenant admins may route their own tenant's kinds here.
+    """
+
+    name: str
     backend: str
     params: dict[str, Any] = {}
-    tenant_id: str | None = None
+    tenant_overrides: bool = False
 
     @property
     def label(self) -> str:
         return f"{self.backend} (lab)" if self.backend in LAB_ONLY_BACKENDS else self.backend
 
 
-class BackendFactory(Protocol):
-    """Opens an :class:`ItemStore` for a route (implemented outside the core)."""
+class RouteOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-route settings read by the core's services (not by adapters)."""
 
-    def open(self, route: Route) -> ItemStore: ...
+    max_value_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUTE_VALUE_BYTES)] | None = None
+    default_ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUTE_TTL_SECONDS)] | None = None
+    canvas_limits: dict[str, Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]] | None = None
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Where one resource kind lives, optionally for one tenant only: a named connection and a
+    table name inside it (default: the kind's own name)."""
+
+    resource_kind: str
+    connection: str
+    table: str | None = None
+    tenant_id: str | None = None
+    options: RouteOptions = RouteOptions()
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.resource_kind
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    """What an adapter opens: a backend, the operator's connection params, and a table name.
+
+    Built by the registry from a :class:`Route` and its :class:`Connection` (or by code that
+    opens a backend directly, such as tests and benchmarks); never decoded from a request.
+    """
+
+    resource_kind: str
+    backend: str
+    params: dict[str, Any] = {}
+    table: str | None = None
+
+    @property
+    def table_name(self) -> str:
+        return self.table or self.resource_kind
+
+
+class BackendFactory(Protocol):
+    """Opens :class:`ItemStore` objects (implemented outside the core). ``open`` validates the
+    target's params against the backend's declared settings and raises :class:`ValueError`
+    naming the offending field."""
+
+    def open(self, target: Target) -> ItemStore: ...
 
 
 class RoutingError(Exception):
@@ -90,14 +163,50 @@ def _route_key(kind: str, tenant_id: str | None) -> str:
 
 
 _PARTITION: Final = "routing_registry"
+# A store no route uses any more is closed this long after it was replaced, so requests that
+# resolved it just before the change finish on it.
+RETIRE_GRACE_SECONDS: Final = 30.0
+
+
+def route_misconfigured(kind: str, reason: str, **details: Any) -> NorthstarError:
+    """503 ``<kind>.route_misconfigured``: the stored route cannot be served as it stands."""
+    return NorthstarError(
+        f"{kind}.route_misconfigured",
+        f"the route of '{kind}' cannot be served: {reason}",
+        503,
+        details={"resource_kind": kind, "reason": reason, **details},
+        headers={"Retry-After": "30"},
+    )
+
+
+def invalid_params(reason: str, field: str, **details: Any) -> NorthstarError:
+    return NorthstarError(
+        "routing.invalid_params",
+        f"the route is not valid: {reason}",
+        422,
+        details={"field": field, "reason": reason, **details},
+    )
+
+
+def _field_of(exc: Exception) -> str:
+    """The field a msgspec validation message names (``... - at `$.synchronous` ``)."""
+    text = str(exc)
+    if "unknown field `" in text:
+        return text.split("unknown field `", 1)[1].split("`", 1)[0]
+    marker = "at `$."
+    if marker in text:
+        return text.split(marker, 1)[1].split("`", 1)[0].split("[", 1)[0]
+    return "params"
 
 
 class KindStore(ItemStore):
     """An :class:`ItemStore` bound to one resource kind: adapter errors become envelopes."""
 
-    def __init__(self, kind: str, route: Route, inner: ItemStore) -> None:
+    def __init__(self, kind: str, route: Route, connection: Connection, inner: ItemStore) -> None:
         self.kind = kind
         self.route = route
+        self.backend = connection.backend
+        self.label = connection.label
         self.inner = inner
         self.capabilities: Capabilities = inner.capabilities
 
@@ -105,9 +214,13 @@ class KindStore(ItemStore):
     def backing(self) -> ItemStore:
         return self.inner.backing
 
+    @property
+    def options(self) -> RouteOptions:
+        return self.route.options
+
     def _mark(self) -> None:
         current = served_by.get()
-        label = self.route.label
+        label = self.label
         if current is None or label not in current:
             served_by.set((current or frozenset()) | {label})
 
@@ -157,9 +270,18 @@ class KindStore(ItemStore):
             raise self._wrap(exc) from exc
 
 
-class RoutingRegistry:
-    """Resolves resource kinds to stores through durable routes.
+class _Broken(msgspec.Struct, frozen=True):
+    """A stored route that no longer decodes (written by another version): reported, not served."""
 
+    resource_kind: str
+    tenant_id: str | None
+    reason: str
+
+
+class RoutingRegistry:
+    """Resolves resource kinds to stores through durable routes over named connections.
+
+    ``connections`` are the operator's (configuration only); a route names one of them.
     ``deployment_mode`` is the service's mode; lab-only backends are refused unless it is
     ``lab``. Routes are cached and re-read from the registry store every ``refresh_seconds``
     so that several processes sharing one registry converge.
@@ -170,6 +292,7 @@ class RoutingRegistry:
         registry_store: ItemStore,
         factory: BackendFactory,
         *,
+        connections: Mapping[str, Connection],
         deployment_mode: str,
         required_kinds: Sequence[str] = RESOURCE_KINDS,
         refresh_seconds: float = 5.0,
@@ -177,11 +300,14 @@ class RoutingRegistry:
     ) -> None:
         self._store = registry_store
         self._factory = factory
+        self.connections: dict[str, Connection] = dict(connections)
         self.deployment_mode = deployment_mode
         self.required_kinds = tuple(required_kinds)
         self._routes: dict[tuple[str, str | None], tuple[Route, int]] = {}
-        # keyed by the route's canonical JSON: Route holds a dict (params), so it is unhashable
-        self._stores: dict[bytes, ItemStore] = {}
+        self._broken: dict[tuple[str, str | None], _Broken] = {}
+        # One store per (connection, table): stores on one connection share its client.
+        self._stores: dict[tuple[str, str], ItemStore] = {}
+        self._retired: dict[tuple[str, str], float] = {}
         self._refresh_seconds = refresh_seconds
         self._loaded_at = float("-inf")
         self._monotonic = monotonic or time.monotonic
@@ -192,6 +318,7 @@ class RoutingRegistry:
     async def load(self) -> None:
         """Re-read every route from the registry store."""
         routes: dict[tuple[str, str | None], tuple[Route, int]] = {}
+        broken: dict[tuple[str, str | None], _Broken] = {}
         after: str | None = None
         while True:
             try:
@@ -199,13 +326,21 @@ class RoutingRegistry:
             except BackendUnavailable as exc:
                 raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
             for item in page:
-                route = msgspec.json.decode(item.value, type=Route)
+                try:
+                    route = msgspec.json.decode(item.value, type=Route)
+                except msgspec.DecodeError as exc:
+                    _, kind, tenant = [*item.key.split("#", 2), "", ""][:3]
+                    tenant_id = None if tenant in ("", "*") else tenant
+                    broken[(kind, tenant_id)] = _Broken(kind, tenant_id, f"stored route unreadable: {exc}")
+                    continue
                 routes[(route.resource_kind, route.tenant_id)] = (route, item.version)
             if len(page) < 200:
                 break
             after = page[-1].key
         self._routes = routes
+        self._broken = broken
         self._loaded_at = self._monotonic()
+        await self._retire_unused()
 
     async def _fresh(self) -> None:
         if self._monotonic() - self._loaded_at >= self._refresh_seconds:
@@ -225,8 +360,25 @@ class RoutingRegistry:
     def routes(self) -> list[tuple[Route, int]]:
         return sorted(self._routes.values(), key=lambda rv: (rv[0].resource_kind, rv[0].tenant_id or ""))
 
-    def validate(self, route: Route) -> None:
-        """Reject a route the deployment may not use (400/422 envelopes)."""
+    def label_of(self, route: Route) -> str:
+        connection = self.connections.get(route.connection)
+        return connection.label if connection is not None else f"{route.connection} (unknown connection)"
+
+    def backend_of(self, route: Route) -> str | None:
+        connection = self.connections.get(route.connection)
+        return connection.backend if connection is not None else None
+
+    def validate(self, route: Route, *, by_system: bool = True) -> Connection:
+        """Reject a route the deployment (or this caller) may not use; returns its connection.
+
+        ``by_system=False`` is a tenant admin overriding its own tenant: only connections the
+        operator opened to tenant overrides, never a protected kind, no options.
+        """
+        try:
+            # A Route built in code skips its declared constraints; the stored form must pass them.
+            msgspec.convert(msgspec.to_builtins(route), type=Route, strict=True)
+        except msgspec.ValidationError as exc:
+            raise invalid_params(str(exc), _field_of(exc)) from None
         if route.resource_kind not in RESOURCE_KINDS:
             raise NorthstarError(
                 "routing.unknown_resource_kind",
@@ -234,24 +386,76 @@ class RoutingRegistry:
                 422,
                 details={"resource_kind": route.resource_kind, "known": list(RESOURCE_KINDS)},
             )
-        if route.backend not in BACKENDS:
+        connection = self.connections.get(route.connection)
+        if connection is None:
             raise NorthstarError(
-                "routing.unknown_backend",
-                f"unknown backend '{route.backend}'",
+                "routing.unknown_connection",
+                f"no connection named '{route.connection[:80]}' is configured",
                 422,
-                details={"backend": route.backend, "known": sorted(BACKENDS)},
+                details={"field": "connection", "known": sorted(self.connections) if by_system else
+                         sorted(n for n, c in self.connections.items() if c.tenant_overrides)},
             )
-        if route.backend in LAB_ONLY_BACKENDS and self.deployment_mode != "lab":
+        if route.tenant_id is not None and not TENANT_PATTERN.fullmatch(route.tenant_id):
+            raise invalid_params(f"tenant_id must match {TENANT_PATTERN.pattern}", "tenant_id")
+        if route.table is not None and not TABLE_PATTERN.fullmatch(route.table):
+            raise invalid_params(
+                f"table must match {TABLE_PATTERN.pattern}", "table", pattern=TABLE_PATTERN.pattern
+            )
+        if connection.backend in LAB_ONLY_BACKENDS and self.deployment_mode != "lab":
             raise NorthstarError(
                 "routing.lab_backend_forbidden",
-                f"backend '{route.backend}' is allowed only in lab mode",
+                f"backend '{connection.backend}' is allowed only in lab mode",
                 422,
-                details={"backend": route.backend, "deployment_mode": self.deployment_mode},
+                details={"backend": connection.backend, "deployment_mode": self.deployment_mode},
             )
+        if not by_system:
+            reason = None
+            if route.tenant_id is None:
+                reason = "only the system operator may change a deployment-wide route"
+            elif route.resource_kind in PROTECTED_KINDS:
+                reason = f"'{route.resource_kind}' is routed by the operator only"
+            elif not connection.tenant_overrides:
+                reason = f"connection '{route.connection}' is not open to tenant overrides"
+            elif route.options != RouteOptions():
+                reason = "route options are set by the operator only"
+            if reason is not None:
+                raise NorthstarError(
+                    "routing.override_forbidden",
+                    reason,
+                    403,
+                    details={"resource_kind": route.resource_kind, "connection": route.connection},
+                )
+        return connection
 
-    async def set_route(self, route: Route, expected_version: int | None = None) -> int:
-        """Store ``route`` durably; returns its new version. 409 if ``expected_version`` is stale."""
-        self.validate(route)
+    def target(self, route: Route, connection: Connection | None = None) -> Target:
+        connection = connection or self.connections[route.connection]
+        return Target(
+            resource_kind=route.resource_kind,
+            backend=connection.backend,
+            params=dict(connection.params),
+            table=route.table_name,
+        )
+
+    async def set_route(
+        self,
+        route: Route,
+        expected_version: int | None = None,
+        *,
+        by_system: bool = True,
+        probe: bool = True,
+    ) -> int:
+        """Validate, test-open and store ``route`` durably; returns its new version.
+
+        422 ``routing.invalid_params`` when the adapter refuses it, 503
+        ``routing.backend_unavailable`` when its backend does not answer (``probe``; the
+        operator's own configured routes are seeded before ``provision`` may have run, so they
+        are opened but not pinged), 409 when ``expected_version`` is stale. Nothing is stored
+        unless the route opens (and answers).
+        """
+        connection = self.validate(route, by_system=by_system)
+        if expected_version is not None and not 0 <= expected_version < 2**63:
+            raise invalid_params("expected_version must be between 0 and 2**63-1", "expected_version")
+        await self._test_open(route, connection, probe=probe)
         key = _route_key(route.resource_kind, route.tenant_id)
         current = await self._store.get(_PARTITION, key)
         if expected_version is not None and (current.version if current else 0) != expected_version:
@@ -279,6 +483,58 @@ class RoutingRegistry:
         await self.load()
         return version
 
+    async def _test_open(self, route: Route, connection: Connection, *, probe: bool) -> None:
+        try:
+            store = self._open(route, connection)
+        except (ValueError, TypeError, msgspec.ValidationError) as exc:
+            raise invalid_params(str(exc), _field_of(exc), connection=route.connection) from None
+        try:
+            if probe:
+                await asyncio.wait_for(store.ping(), timeout=10)
+        except (BackendUnavailable, TimeoutError, OSError) as exc:
+            reason = exc.reason if isinstance(exc, BackendUnavailable) else repr(exc)
+            raise NorthstarError(
+                "routing.backend_unavailable",
+                f"the route's backend did not answer: {reason}",
+                503,
+                details={"connection": route.connection, "table": route.table_name, "reason": reason},
+                headers={"Retry-After": "5"},
+            ) from None
+        finally:
+            # Not in use by any route yet: closed with the next sweep unless a route adopts it.
+            key = (route.connection, route.table_name)
+            if not self._in_use(key):
+                self._retired.setdefault(key, self._monotonic())
+
+    def _in_use(self, key: tuple[str, str]) -> bool:
+        return any((r.connection, r.table_name) == key for r, _ in self._routes.values())
+
+    def _open(self, route: Route, connection: Connection) -> ItemStore:
+        key = (route.connection, route.table_name)
+        inner = self._stores.get(key)
+        if inner is None:
+            inner = self._factory.open(self.target(route, connection))
+            self._stores[key] = inner
+        return inner
+
+    async def _retire_unused(self) -> None:
+        """Close stores no route has used for ``RETIRE_GRACE_SECONDS``."""
+        now = self._monotonic()
+        for key in [k for k in self._retired if k not in self._stores]:
+            del self._retired[key]
+        for key in list(self._stores):
+            if self._in_use(key):
+                self._retired.pop(key, None)
+                continue
+            since = self._retired.setdefault(key, now)
+            if now - since >= RETIRE_GRACE_SECONDS:
+                store = self._stores.pop(key)
+                self._retired.pop(key, None)
+                try:
+                    await store.close()
+                except Exception:  # a failing close must not break routing
+                    pass
+
     # --- resolution ------------------------------------------------------------------------
 
     def _resolve(self, kind: str, tenant_id: str | None) -> Route | None:
@@ -287,50 +543,81 @@ class RoutingRegistry:
         hit = self._routes.get((kind, None))
         return hit[0] if hit else None
 
+    def _broken_for(self, kind: str, tenant_id: str | None) -> _Broken | None:
+        if tenant_id is not None and (kind, tenant_id) in self._broken:
+            return self._broken[(kind, tenant_id)]
+        return self._broken.get((kind, None))
+
     async def store_for(self, kind: str, tenant_id: str | None = None) -> KindStore:
-        """The store serving ``kind`` (for ``tenant_id``), or 503 ``<kind>.missing_route``."""
+        """The store serving ``kind`` (for ``tenant_id``): 503 ``<kind>.missing_route`` if none,
+        503 ``<kind>.route_misconfigured`` if its route cannot be served as stored."""
         await self._fresh()
         route = self._resolve(kind, tenant_id)
         if route is None:
+            broken = self._broken_for(kind, tenant_id)
+            if broken is not None:
+                raise route_misconfigured(kind, broken.reason)
             raise missing_route(kind)
-        if route.backend in LAB_ONLY_BACKENDS and self.deployment_mode != "lab":
+        connection = self.connections.get(route.connection)
+        if connection is None:
+            raise route_misconfigured(kind, f"connection '{route.connection}' is not configured")
+        if connection.backend in LAB_ONLY_BACKENDS and self.deployment_mode != "lab":
             # A route written by a lab deployment is never honoured by a sellable one.
             raise missing_route(kind)
-        store_key = msgspec.json.encode(route, order="sorted")
-        inner = self._stores.get(store_key)
-        if inner is None:
-            inner = self._factory.open(route)
-            self._stores[store_key] = inner
-        return KindStore(kind, route, inner)
+        try:
+            inner = self._open(route, connection)
+        except Exception as exc:  # any adapter refusal is a misconfiguration
+            raise route_misconfigured(kind, f"{type(exc).__name__}: {exc}"[:300]) from None
+        return KindStore(kind, route, connection, inner)
 
     def check_startup(self) -> None:
         """Raise :class:`RoutingError` if this deployment may not start (SPEC §2.3)."""
-        if self.deployment_mode == "lab":
-            return
         problems: list[str] = []
+        def order(kv: tuple[tuple[str, str | None], Any]) -> tuple[str, str]:
+            return (kv[0][0], kv[0][1] or "")
+
+        for (kind, tenant), broken in sorted(self._broken.items(), key=order):
+            problems.append(f"{kind}{f' (tenant {tenant})' if tenant else ''}: {broken.reason}")
+        for (kind, tenant), (route, _) in sorted(self._routes.items(), key=order):
+            if route.connection not in self.connections:
+                where = f" (tenant {tenant})" if tenant else ""
+                problems.append(f"{kind}{where}: connection '{route.connection}' is not configured")
+        if self.deployment_mode == "lab":
+            return  # lab serves what it can; a broken route answers 503 route_misconfigured
         for kind in self.required_kinds:
-            route = self._resolve(kind, None)
-            if route is None:
-                problems.append(f"{kind}: no route")
-            elif route.backend in LAB_ONLY_BACKENDS:
-                problems.append(f"{kind}: routed to lab-only backend '{route.backend}'")
+            default = self._resolve(kind, None)
+            if default is None:
+                if (kind, None) not in self._broken:
+                    problems.append(f"{kind}: no route")
+            elif self.backend_of(default) in LAB_ONLY_BACKENDS:
+                problems.append(f"{kind}: routed to lab-only backend '{self.backend_of(default)}'")
         for (kind, tenant), (route, _) in self._routes.items():
-            if tenant is not None and route.backend in LAB_ONLY_BACKENDS:
-                problems.append(f"{kind} (tenant {tenant}): routed to lab-only backend '{route.backend}'")
+            if tenant is not None and self.backend_of(route) in LAB_ONLY_BACKENDS:
+                problems.append(
+                    f"{kind} (tenant {tenant}): routed to lab-only backend '{self.backend_of(route)}'"
+                )
         if problems:
             raise RoutingError(
                 f"refusing to start in mode '{self.deployment_mode}': " + "; ".join(problems)
             )
 
     async def diagnostics(self) -> dict[str, Any]:
-        """Which kinds are routed, to what, and whether their backend answers."""
+        """Which kinds are routed, to what, and whether their backend answers. Never raises
+        for a route's sake: a broken route is reported in its kind's entry."""
         await self._fresh()
 
         async def probe(kind: str) -> dict[str, Any]:
             route = self._resolve(kind, None)
             if route is None:
+                broken = self._broken_for(kind, None)
+                if broken is not None:
+                    return {"routed": True, "backend": None, "reachable": False,
+                            "error": f"{kind}.route_misconfigured"}
                 return {"routed": False, "backend": None, "reachable": None}
-            entry: dict[str, Any] = {"routed": True, "backend": route.label, "reachable": True}
+            entry: dict[str, Any] = {
+                "routed": True, "backend": self.label_of(route), "connection": route.connection,
+                "reachable": True,
+            }
             try:
                 store = await self.store_for(kind)
                 await asyncio.wait_for(store.ping(), timeout=5)
@@ -338,6 +625,8 @@ class RoutingRegistry:
                 entry.update(reachable=False, error=exc.code)
             except (TimeoutError, OSError) as exc:
                 entry.update(reachable=False, error=f"{kind}.backend_unavailable: {exc!r}")
+            except Exception as exc:  # diagnostics report, they never fail
+                entry.update(reachable=False, error=f"{kind}.route_misconfigured: {type(exc).__name__}")
             return entry
 
         # Concurrently: during an outage every ping may take its full timeout, and readiness
@@ -350,7 +639,8 @@ class RoutingRegistry:
             "unrouted": [k for k, v in kinds.items() if not v["routed"]],
             "unreachable": [k for k, v in kinds.items() if v["routed"] and not v["reachable"]],
             "overrides": [
-                {"resource_kind": r.resource_kind, "tenant_id": r.tenant_id, "backend": r.label}
+                {"resource_kind": r.resource_kind, "tenant_id": r.tenant_id, "backend": self.label_of(r),
+                 "connection": r.connection}
                 for (_, t), (r, _) in sorted(self._routes.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
                 if t is not None
             ],
@@ -360,8 +650,4 @@ class RoutingRegistry:
         for store in self._stores.values():
             await store.close()
         self._stores.clear()
-
-
-def routes_from_mapping(data: Mapping[str, Any]) -> list[Route]:
-    """Parse ``{"routes": [...]}`` (a bootstrap/config file) into routes."""
-    return msgspec.convert(list(data.get("routes", [])), type=list[Route])
+        self._retired.clear()

@@ -18,20 +18,25 @@ from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines, EngineSettings
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import ServerBinding
-from northstar_core.routing import LAB_ONLY_BACKENDS, Route, RoutingError, RoutingRegistry
+from northstar_core.routing import LAB_ONLY_BACKENDS, RoutingError, RoutingRegistry, Target
 from northstar_http.app import build_app
 from northstar_http.auth import TokenVerifier
-from northstar_http.config import Settings, finalize
+from northstar_http.config import Settings, connections, finalize
 
 log = logging.getLogger("northstar")
 
 REGISTRY_KIND = "routing_registry"
 
 
-def registry_route(settings: Settings) -> Route:
+def registry_target(settings: Settings) -> Target:
+    """Where the routing table itself lives: the registry's connection and table."""
     assert settings.registry is not None
-    return Route(
-        resource_kind=REGISTRY_KIND, backend=settings.registry.backend, params=settings.registry.params
+    connection = connections(settings)[settings.registry.connection]
+    return Target(
+        resource_kind=REGISTRY_KIND,
+        backend=connection.backend,
+        params=dict(connection.params),
+        table=settings.registry.table,
     )
 
 
@@ -40,13 +45,17 @@ async def build_registry(settings: Settings) -> RoutingRegistry:
     and refuse (``RoutingError``, listing every problem) what this deployment may not run."""
     assert settings.registry is not None
     problems: list[str] = []
-    if settings.registry.backend in LAB_ONLY_BACKENDS and not settings.is_lab:
-        backend = settings.registry.backend
-        problems.append(f"the routing registry's own store is on lab-only backend '{backend}'")
+    target = registry_target(settings)
+    if target.backend in LAB_ONLY_BACKENDS and not settings.is_lab:
+        problems.append(f"the routing registry's own store is on lab-only backend '{target.backend}'")
     factory = AdapterFactory()
-    store = factory.open(registry_route(settings))
+    store = factory.open(target)
     registry = RoutingRegistry(
-        store, factory, deployment_mode=settings.mode, refresh_seconds=settings.registry.refresh_seconds
+        store,
+        factory,
+        connections=connections(settings),
+        deployment_mode=settings.mode,
+        refresh_seconds=settings.registry.refresh_seconds,
     )
     await registry.load()
     present = {(r.resource_kind, r.tenant_id) for r, _ in registry.routes()}
@@ -54,7 +63,7 @@ async def build_registry(settings: Settings) -> RoutingRegistry:
     for route in settings.routes:
         if (route.resource_kind, route.tenant_id) not in present:
             try:
-                await registry.set_route(route)
+                await registry.set_route(route, probe=False)
             except NorthstarError as exc:
                 if exc.code == "routing.version_conflict":
                     # Another replica booting at the same time seeded it first: the durable
@@ -106,7 +115,10 @@ def server_binding(settings: Settings) -> ServerBinding:
 
 
 def lab_banner(engines: Engines) -> str | None:
-    labs = sorted({r.label for r, _ in engines.registry.routes() if r.backend in LAB_ONLY_BACKENDS})
+    registry = engines.registry
+    labs = sorted(
+        {registry.label_of(r) for r, _ in registry.routes() if registry.backend_of(r) in LAB_ONLY_BACKENDS}
+    )
     if not labs:
         return None
     return (

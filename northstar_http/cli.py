@@ -2,7 +2,7 @@
 
     northstar serve                 # lab: SQLite under .northstar/data, every kind routed there
     northstar token --tenant t_acme --roles admin
-    northstar routes show | northstar routes set --kind chat_store --backend dynamodb --params '{...}'
+    northstar routes show | northstar routes set --kind chat_store --connection main [--table chat]
     northstar provision --dry-run   # tables/containers/indexes for every routed cloud backend
     northstar openapi               # write contracts/openapi.json
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import shlex
 import sys
@@ -24,8 +23,8 @@ from typing import Any
 import msgspec
 
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import Route, RoutingError, RoutingRegistry
-from northstar_http.config import ConfigError, Settings, finalize, load_settings
+from northstar_core.routing import Route, RoutingError, RoutingRegistry, Target
+from northstar_http.config import ConfigError, Settings, connections, finalize, load_settings
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "contracts" / "openapi.json"
 
@@ -44,9 +43,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from northstar_http.bootstrap import build_registry, create_app
+    from northstar_http.server import run_server
     from northstar_http.tokens import mint_token
 
     http_over: dict[str, Any] = {}
@@ -56,15 +54,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http_over["port"] = args.port
     settings = _settings(args, data_dir=args.data_dir, mode=args.mode, http=http_over or None)
 
-    async def preflight() -> list[tuple[Route, int]]:
+    async def preflight() -> list[str]:
         registry = await build_registry(settings)
         try:
-            return registry.routes()
+            return [registry.label_of(r) for r, _ in registry.routes()]
         finally:
             await registry.close()
 
     try:
-        routes = asyncio.run(preflight())
+        route_labels = asyncio.run(preflight())
     except RoutingError as exc:
         return _fail(str(exc))
     except NorthstarError as exc:
@@ -72,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = settings.http.host, settings.http.port
     base = f"http://{host}:{port}"
-    labs = sorted({r.label for r, _ in routes if r.label.endswith("(lab)")})
+    labs = sorted({label for label in route_labels if label.endswith("(lab)")})
     if labs:
         print("=" * 78)
         print(f"  NORTHSTAR LAB MODE — data served by {', '.join(labs)}; not for production.")
@@ -98,10 +96,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"  docs: {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)")
     sys.stdout.flush()
     # Open SSE streams never finish by themselves: give them a few seconds on shutdown.
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5
+    # run_server bounds the time to send a request head and body (northstar_http/server.py).
+    app = create_app(settings)
+    return run_server(
+        app, settings, host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5
     )
-    return 0
 
 
 # --- token -----------------------------------------------------------------------------------
@@ -135,11 +134,14 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 async def _open_registry(settings: Settings) -> RoutingRegistry:
     from northstar_adapters import AdapterFactory
-    from northstar_http.bootstrap import registry_route
+    from northstar_http.bootstrap import registry_target
 
     factory = AdapterFactory()
     registry = RoutingRegistry(
-        factory.open(registry_route(settings)), factory, deployment_mode=settings.mode
+        factory.open(registry_target(settings)),
+        factory,
+        connections=connections(settings),
+        deployment_mode=settings.mode,
     )
     await registry.load()
     return registry
@@ -153,17 +155,26 @@ def cmd_routes(args: argparse.Namespace) -> int:
         try:
             if args.action == "set":
                 try:
-                    params = json.loads(args.params) if args.params else {}
-                except json.JSONDecodeError as exc:
-                    return _fail(f"--params must be JSON: {exc}")
-                route = Route(
-                    resource_kind=args.kind, backend=args.backend, params=params, tenant_id=args.tenant
-                )
+                    options = json.loads(args.options) if args.options else {}
+                    route = msgspec.convert(
+                        {
+                            "resource_kind": args.kind,
+                            "connection": args.connection,
+                            "table": args.table,
+                            "tenant_id": args.tenant,
+                            "options": options,
+                        },
+                        type=Route,
+                        strict=True,
+                    )
+                except (json.JSONDecodeError, msgspec.ValidationError) as exc:
+                    return _fail(f"invalid route: {exc}")
                 version = await registry.set_route(route, args.expected_version)
                 print(json.dumps({**msgspec.to_builtins(route), "version": version}))
                 return 0
             for route, version in registry.routes():
-                print(json.dumps({**msgspec.to_builtins(route), "version": version, "label": route.label}))
+                out = {**msgspec.to_builtins(route), "version": version, "label": registry.label_of(route)}
+                print(json.dumps(out))
             stored = {(r.resource_kind, r.tenant_id) for r, _ in registry.routes()}
             pending = [r for r in settings.routes if (r.resource_kind, r.tenant_id) not in stored]
             if pending:
@@ -186,31 +197,47 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
-    from northstar_adapters import _MODULES
-    from northstar_http.bootstrap import registry_route
+    from northstar_adapters import AdapterFactory
+    from northstar_http.bootstrap import registry_target
 
     settings = _settings(args)
+    known = connections(settings)
+    factory = AdapterFactory()
 
-    async def provision_route(route: Route) -> bool:
-        module = importlib.import_module(_MODULES[route.backend])
-        provision = getattr(module, "provision", None)
+    async def provision_target(target: Target) -> bool:
+        provision = getattr(factory.module(target.backend), "provision", None)
         if provision is None:
-            print(f"{route.resource_kind}: {route.backend} needs no provisioning")
+            print(f"{target.resource_kind}: {target.backend} needs no provisioning")
             return True
         try:
-            for line in await provision(route, dry_run=args.dry_run):
-                print(f"{route.resource_kind}: {line}")
+            for line in await provision(target, dry_run=args.dry_run):
+                print(f"{target.resource_kind}: {line}")
         except Exception as exc:  # report every route, then fail
-            print(f"{route.resource_kind}: FAILED {exc}", file=sys.stderr)
+            print(f"{target.resource_kind}: FAILED {exc}", file=sys.stderr)
             return False
         return True
+
+    async def provision_route(route: Route) -> bool:
+        connection = known.get(route.connection)
+        if connection is None:
+            print(f"{route.resource_kind}: FAILED connection {route.connection!r} is not configured",
+                  file=sys.stderr)
+            return False
+        return await provision_target(
+            Target(
+                resource_kind=route.resource_kind,
+                backend=connection.backend,
+                params=dict(connection.params),
+                table=route.table_name,
+            )
+        )
 
     async def run() -> int:
         # The registry's own store first: on a fresh deployment it does not exist yet, and the
         # durable routes it holds can be read only once it does.
-        first = registry_route(settings)
-        done = {msgspec.json.encode(first)}
-        ok = True if args.kind and first.resource_kind != args.kind else await provision_route(first)
+        first = registry_target(settings)
+        done = {msgspec.json.encode((settings.registry.connection if settings.registry else "", first.table))}
+        ok = True if args.kind and first.resource_kind != args.kind else await provision_target(first)
         try:
             registry = await _open_registry(settings)
         except NorthstarError as exc:
@@ -221,7 +248,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             stored = [r for r, _ in registry.routes()]
         try:
             for route in [*stored, *settings.routes]:
-                key = msgspec.json.encode(route)
+                key = msgspec.json.encode((route.connection, route.table_name))
                 if key in done or (args.kind and route.resource_kind != args.kind):
                     continue
                 done.add(key)
@@ -303,8 +330,9 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("routes", help="show or set routes in the durable registry")
     r.add_argument("action", choices=["show", "set"], nargs="?", default="show")
     r.add_argument("--kind")
-    r.add_argument("--backend")
-    r.add_argument("--params", help="JSON object")
+    r.add_argument("--connection", help="a connection named in the configuration")
+    r.add_argument("--table", help="table / container / collection name in it (default: the kind)")
+    r.add_argument("--options", help="JSON object: max_value_bytes, default_ttl_seconds, canvas_limits")
     r.add_argument("--tenant")
     r.add_argument("--expected-version", type=int)
     r.set_defaults(func=cmd_routes)
@@ -330,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # every option after `bench` belongs to the harness
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser().parse_args(argv)
-    if args.command == "routes" and args.action == "set" and not (args.kind and args.backend):
-        return _fail("routes set needs --kind and --backend")
+    if args.command == "routes" and args.action == "set" and not (args.kind and args.connection):
+        return _fail("routes set needs --kind and --connection")
     try:
         result: int = args.func(args)
     except ConfigError as exc:

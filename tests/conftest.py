@@ -37,7 +37,8 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
         "tail_poll_seconds": 0.05,
         "jwt": {"hs256_secret": JWT_SECRET},
         "http": {"sse_heartbeat_seconds": 0.5, "sse_retry_ms": 500},
-        "registry": {"backend": "memory", "params": {"name": name}, "refresh_seconds": 0.0},
+        "connections": {"mem": {"backend": "memory", "name": name}},
+        "registry": {"connection": "mem", "refresh_seconds": 0.0},
     }
     base.update(overrides)
     return load_settings(environ={}, overrides=base, config_file=None)

@@ -35,7 +35,7 @@ from contracts.suite.itemstore import (
     ItemStoreModelContract,
     StreamIdempotencyContract,
 )
-from northstar_core.routing import BACKENDS, RESOURCE_KINDS, Route, RoutingRegistry
+from northstar_core.routing import BACKENDS, RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
 from northstar_core.storage import (
     Absent,
     Capabilities,
@@ -114,7 +114,7 @@ class _SingleStoreFactory:
     def __init__(self, store: ItemStore) -> None:
         self.store = store
 
-    def open(self, route: Route) -> ItemStore:
+    def open(self, target: Target) -> ItemStore:
         return self.store
 
 
@@ -138,10 +138,14 @@ async def make_registry(
         name = "memory"
     backend = name if name in BACKENDS else "memory"
     registry = RoutingRegistry(
-        _RouteTable(), _SingleStoreFactory(store), deployment_mode="lab", refresh_seconds=3600.0
+        _RouteTable(),
+        _SingleStoreFactory(store),
+        connections={"under_test": Connection(name="under_test", backend=backend)},
+        deployment_mode="lab",
+        refresh_seconds=3600.0,
     )
     for kind in kinds:
-        await registry.set_route(Route(resource_kind=kind, backend=backend))
+        await registry.set_route(Route(resource_kind=kind, connection="under_test"), probe=False)
     return registry
 
 

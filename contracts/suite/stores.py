@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 import pytest
 
 from contracts.harness import BackendHarness
@@ -22,7 +23,7 @@ from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.memory import SessionMemory
 from northstar_core.notes import NoteIn, NotesService, NoteUpdate
-from northstar_core.routing import Route, RoutingRegistry
+from northstar_core.routing import RouteOptions, RoutingRegistry
 from northstar_core.spine import EventSpine
 from northstar_core.storage import ItemStore
 from northstar_core.tabular import TABLES, TabularStore
@@ -34,7 +35,7 @@ async def stores_registry(
     harness_or_store: BackendHarness | ItemStore,
     params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> RoutingRegistry:
-    """:func:`make_registry`, then route params (``max_value_bytes``…) set per kind."""
+    """:func:`make_registry`, then route options (``max_value_bytes``…) set per kind."""
     from contracts.suite import make_registry  # the package imports this module: no cycle
 
     registry = await make_registry(harness_or_store)
@@ -42,8 +43,7 @@ async def stores_registry(
         extra = (params or {}).get(route.resource_kind)
         if extra:
             await registry.set_route(
-                Route(resource_kind=route.resource_kind, backend=route.backend, params=dict(extra)),
-                expected_version=version,
+                msgspec.structs.replace(route, options=RouteOptions(**extra)), expected_version=version
             )
     return registry
 

@@ -27,8 +27,10 @@ partition, ``id`` = the encoded key, ``sk`` = the raw key for ordering. Guarante
   request payload; a batch over the payload limit is rejected whole (413 → :class:`InvalidItem`).
   The core's batches (an entry or a few plus an idempotency record) are far below it.
 
-Route params: ``url`` (account endpoint, required), ``database`` (default ``northstar``),
-``container_prefix`` (default ``northstar_``), ``key_env`` (name of the environment variable
+Connection params (:class:`northstar_adapters.params.CosmosParams`, operator configuration only):
+``url`` (account endpoint, required), ``database`` (default ``northstar``),
+``container_prefix`` (default ``northstar_``; a route's table ``T`` is container ``<prefix>T``),
+``key_env`` (name of the environment variable
 holding the account key, default ``COSMOS_KEY``). Without that variable the SDK's standard
 Entra ID chain is used (``azure.identity.aio.DefaultAzureCredential``, if installed). Keys are
 never read from routes or code. One ``CosmosClient`` is shared per (event loop, url,
@@ -64,7 +66,8 @@ from northstar_adapters.cosmos.layout import (
     range_query,
     to_document,
 )
-from northstar_core.routing import Route
+from northstar_adapters.params import CosmosParams, parse
+from northstar_core.routing import Target
 from northstar_core.storage import (
     Absent,
     BackendUnavailable,
@@ -123,19 +126,17 @@ class CosmosConfig:
     database: str
     container: str
     key_env: str = DEFAULT_KEY_ENV
-    route_key: bool = False  # a key was put in the route's params: refused
 
     @classmethod
-    def from_route(cls, route: Route) -> CosmosConfig:
-        params = route.params
-        url = str(params.get("url") or "")
-        prefix = str(params.get("container_prefix", DEFAULT_PREFIX))
+    def from_target(cls, target: Target) -> CosmosConfig:
+        """The connection's params (:class:`CosmosParams`, strict: a key can never be a param)
+        on container ``<container_prefix><table>``; ``ValueError`` naming the field."""
+        params = parse(CosmosParams, target.params)
         return cls(
-            url=url,
-            database=str(params.get("database") or DEFAULT_DATABASE),
-            container=f"{prefix}{route.resource_kind}",
-            key_env=str(params.get("key_env") or DEFAULT_KEY_ENV),
-            route_key=any(k in params for k in ("key", "account_key", "credential", "master_key")),
+            url=params.url,
+            database=params.database,
+            container=f"{params.container_prefix}{target.table_name}",
+            key_env=params.key_env,
         )
 
 
@@ -177,10 +178,6 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _credential(config: CosmosConfig) -> tuple[Any, str]:
     """The SDK credential (a key from the environment, else the Entra ID chain) and its kind."""
-    if config.route_key:
-        raise BackendUnavailable(
-            "cosmos route params must not carry a key; name an environment variable in 'key_env'"
-        )
     key = os.environ.get(config.key_env)
     if key:
         return key, "key"
@@ -627,21 +624,21 @@ def _describe(exc: BaseException | None) -> str:
 # --- factory and provisioning ---------------------------------------------------------------
 
 
-def open_store(route: Route) -> CosmosItemStore:
-    """A store for ``route``; its client is opened on first use and shared (see module doc)."""
-    return CosmosItemStore(CosmosConfig.from_route(route))
+def open_store(target: Target) -> CosmosItemStore:
+    """A store for ``target``; its client is opened on first use and shared (see module doc)."""
+    return CosmosItemStore(CosmosConfig.from_target(target))
 
 
-async def provision(route: Route, *, dry_run: bool) -> list[str]:
-    """Ensure the database and the route's container exist (idempotent); returns the plan.
+async def provision(target: Target, *, dry_run: bool) -> list[str]:
+    """Ensure the database and the target's container exist (idempotent); returns the plan.
 
     The container is partitioned on ``/pk`` with ``default_ttl = -1`` (TTL on, items expire only
     when they carry ``ttl``) and an indexing policy that leaves the value blob unindexed.
     """
-    config = CosmosConfig.from_route(route)
+    config = CosmosConfig.from_target(target)
     plan = [
         f"cosmos: database '{config.database}' at {config.url or '<no url>'}",
-        f"cosmos: container '{config.container}' in '{config.database}' for {route.resource_kind} "
+        f"cosmos: container '{config.container}' in '{config.database}' for {target.resource_kind} "
         f"(partition key {PARTITION_KEY_PATH}, default_ttl=-1)",
     ]
     if dry_run:

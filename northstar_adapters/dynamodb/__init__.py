@@ -1,9 +1,10 @@
 """DynamoDB backend (aioboto3): the core's :class:`~northstar_core.storage.ItemStore` port.
 
-``open_store(route)`` opens a store on the route's table; ``provision(route, dry_run=...)``
-creates the table and its TTL setting. Route params: ``endpoint_url`` (moto/local only),
-``region`` (default: the SDK chain), ``table_prefix`` (default ``northstar_``; table name =
-prefix + resource kind) or ``table``, and the retry/timeouts knobs of :class:`DynamoConfig`.
+``open_store(target)`` opens a store on the target's table; ``provision(target, dry_run=...)``
+creates the table and its TTL setting. Connection params (:class:`~northstar_adapters.params.
+DynamoParams`): ``endpoint_url`` (moto/local only), ``region`` (default: the SDK chain),
+``table_prefix`` (default ``northstar_``; table name = prefix + the route's table, which defaults
+to the resource kind), and the retry/timeout knobs of :class:`DynamoConfig`.
 Credentials come only from the SDK's standard chain (environment, profile, instance role).
 """
 

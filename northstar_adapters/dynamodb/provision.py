@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from northstar_adapters.dynamodb.errors import TRANSPORT_ERRORS, describe, error_code
 from northstar_adapters.dynamodb.store import TTL_ATTRIBUTE, DynamoConfig, _Client
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 from northstar_core.storage import BackendUnavailable
 
 KEY_SCHEMA = [
@@ -30,19 +30,19 @@ class ProvisionError(RuntimeError):
     """The backend holds something incompatible with what the adapter needs."""
 
 
-def plan(route: Route) -> list[str]:
-    table = DynamoConfig.from_route(route).table
+def plan(target: Target) -> list[str]:
+    table = DynamoConfig.from_target(target).table
     return [
         f"dynamodb: ensure table {table} (pk S HASH, sk S RANGE, PAY_PER_REQUEST)",
         f"dynamodb: ensure TTL enabled on attribute '{TTL_ATTRIBUTE}' of {table}",
     ]
 
 
-async def provision(route: Route, *, dry_run: bool) -> list[str]:
-    """Create the route's table and enable TTL if needed; returns what was (or would be) done."""
+async def provision(target: Target, *, dry_run: bool) -> list[str]:
+    """Create the target's table and enable TTL if needed; returns what was (or would be) done."""
     if dry_run:
-        return plan(route)
-    config = DynamoConfig.from_route(route)
+        return plan(target)
+    config = DynamoConfig.from_target(target)
     holder = _Client(config)
     try:
         client = await holder.open()
@@ -98,9 +98,9 @@ async def _ensure_ttl(client: Any, table: str) -> str:
     return f"dynamodb: enabled TTL on '{TTL_ATTRIBUTE}' of {table}"
 
 
-async def drop(route: Route) -> None:
-    """Delete the route's table if it exists (tests and teardown only)."""
-    config = DynamoConfig.from_route(route)
+async def drop(target: Target) -> None:
+    """Delete the target's table if it exists (tests and teardown only)."""
+    config = DynamoConfig.from_target(target)
     holder = _Client(config)
     client = await holder.open()
     try:

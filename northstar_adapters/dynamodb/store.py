@@ -1,7 +1,7 @@
 """The :class:`ItemStore` port on DynamoDB (aioboto3, low-level client).
 
-Layout: one table per resource kind (``<table_prefix><resource_kind>``, or the route's
-``table``), partition key ``pk`` (S) = the core's partition, sort key ``sk`` (S) = the item key.
+Layout: one table per route table name (``<table_prefix><table>``, the table defaulting to
+the resource kind), partition key ``pk`` (S) = the core's partition, sort key ``sk`` (S) = the item key.
 A stream's entries and its idempotency records therefore share one partition key and commit in
 one ``TransactWriteItems``; pages are ``Query`` range reads on ``sk``; tenants are spread over
 partition keys (the core prefixes every partition with the tenant), so no single item
@@ -55,7 +55,8 @@ from northstar_adapters.dynamodb.errors import (
     condition_failure_index,
     describe,
 )
-from northstar_core.routing import Route
+from northstar_adapters.params import DynamoParams, parse
+from northstar_core.routing import Target
 from northstar_core.storage import (
     KEY_MAX_BYTES,
     Absent,
@@ -83,13 +84,10 @@ TTL_ATTRIBUTE: Final = "ttl"
 PARTITION_MAX_BYTES: Final = 2048  # DynamoDB's partition key limit
 _MAX_CHAR: Final = "\U0010ffff"  # the largest code point: its UTF-8 (F4 8F BF BF) sorts last
 _QUERY_PAGE_MAX: Final = 1000
-_CREDENTIAL_PARAMS: Final = frozenset(
-    {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key"}
-)
 
 
 class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Connection and retry settings, read from a route's params."""
+    """Connection and retry settings: a connection's params and the route's table."""
 
     table: str
     endpoint_url: str | None = None
@@ -104,24 +102,15 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_budget: float = 20.0
 
     @classmethod
-    def from_route(cls, route: Route) -> DynamoConfig:
-        """The settings in ``route.params``; other params (read by the core, e.g.
-        ``canvas_limits``) are ignored. ``ValueError`` for credentials or ill-typed values."""
-        params = dict(route.params)
-        credentials = sorted(name for name in params if name.lower() in _CREDENTIAL_PARAMS)
-        if credentials:
-            raise ValueError(
-                f"dynamodb route params {', '.join(credentials)}: credentials come only from the "
-                "AWS SDK's standard chain (environment, profile, instance role), never from routes"
-            )
-        table = params.get("table") or (
-            str(params.get("table_prefix") or DEFAULT_TABLE_PREFIX) + route.resource_kind
+    def from_target(cls, target: Target) -> DynamoConfig:
+        """The settings of ``target``'s connection params (:class:`DynamoParams`, strict) on
+        table ``<table_prefix><table>``. ``ValueError`` naming the field for anything else —
+        credentials included: they come only from the SDK's standard chain."""
+        params = parse(DynamoParams, target.params)
+        return cls(
+            table=params.table_prefix + target.table_name,
+            **{name: getattr(params, name) for name in cls.__struct_fields__ if name != "table"},
         )
-        known = {name: params[name] for name in cls.__struct_fields__ if name in params and name != "table"}
-        try:
-            return msgspec.convert({**known, "table": table}, type=cls)
-        except msgspec.ValidationError as exc:
-            raise ValueError(f"dynamodb route params: {exc}") from None
 
     @property
     def client_key(self) -> tuple[Any, ...]:
@@ -572,41 +561,7 @@ class DynamoItemStore(ItemStore):
         return raw is not None and raw.get("wt", {}).get("S") == token
 
 
-class UnusableStore(ItemStore):
-    """What ``open_store`` returns for a route it cannot use: every operation answers
-    :class:`BackendUnavailable` with the reason (a 503 envelope naming the problem, never a 500)."""
-
-    capabilities = CAPABILITIES
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def _fail(self) -> BackendUnavailable:
-        return BackendUnavailable(self.reason, retry_after=30)
-
-    async def get(self, partition: str, key: str) -> Item | None:
-        raise self._fail()
-
-    async def query(
-        self,
-        partition: str,
-        prefix: str,
-        *,
-        after: str | None = None,
-        before: str | None = None,
-        limit: int = 100,
-        descending: bool = False,
-    ) -> list[Item]:
-        raise self._fail()
-
-    async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        raise self._fail()
-
-
-def open_store(route: Route) -> ItemStore:
-    """A store on the route's table; stores with the same endpoint and region share a client."""
-    try:
-        config = DynamoConfig.from_route(route)
-    except ValueError as exc:
-        return UnusableStore(f"route for '{route.resource_kind}' is misconfigured: {exc}")
-    return DynamoItemStore(config)
+def open_store(target: Target) -> ItemStore:
+    """A store on the target's table; stores with the same endpoint and region share a client.
+    ``ValueError`` (naming the field) for params the connection may not have."""
+    return DynamoItemStore(DynamoConfig.from_target(target))

@@ -1,10 +1,11 @@
 """Firestore backend: the core's ItemStore port on google-cloud-firestore's async client.
 
-Route params (``backend: firestore``):
+Connection params (:class:`northstar_adapters.params.FirestoreParams`, operator configuration):
 
 * ``project`` — GCP project (default: the SDK's inference from the environment);
 * ``database`` — database id, default ``(default)``;
-* ``collection_prefix`` — default ``northstar_``; kind ``K`` lives in collection ``<prefix>K``;
+* ``collection_prefix`` — default ``northstar_``; a route's table ``T`` (default: its resource
+  kind) lives in collection ``<prefix>T``;
 * ``emulator_host`` — optional ``host:port`` of an emulator for this client only (otherwise the
   SDK's standard ``FIRESTORE_EMULATOR_HOST`` environment variable selects the emulator);
 * ``timeout_seconds`` (10), ``max_attempts`` (5) — per-call timeout and bounded retries;
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 from northstar_adapters.firestore.provision import index_document, provision
 from northstar_adapters.firestore.store import CAPABILITIES, FirestoreItemStore, store_from_params
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 
 __all__ = ["CAPABILITIES", "FirestoreItemStore", "index_document", "open_store", "provision"]
 
 
-def open_store(route: Route) -> FirestoreItemStore:
-    """A store for ``route``. Its ``AsyncClient`` (one gRPC channel) is created lazily on first
+def open_store(target: Target) -> FirestoreItemStore:
+    """A store for ``target``. Its ``AsyncClient`` (one gRPC channel) is created lazily on first
     use and shared with every other store on the same project/database/emulator in the same
     event loop; the last of them to close closes the channel."""
-    return store_from_params(route.resource_kind, dict(route.params))
+    return store_from_params(target.table_name, target.params)

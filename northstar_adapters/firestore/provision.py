@@ -11,7 +11,7 @@ Firestore needs no tables; what it needs is configuration the emulator never che
   issues against this file, since the emulator cannot.
 * **TTL.** A TTL policy on collection group ``items``, field ``expires_at``.
 
-``provision(route, dry_run=...)`` writes the deployable index file (``index_file`` route param,
+``provision(target, dry_run=...)`` writes the deployable index file (``index_file`` connection param,
 default ``contracts/firestore.indexes.json`` relative to the working directory, the copy
 committed in this repository), deployable with ``firebase deploy --only firestore:indexes``.
 Against a real project it also enables the TTL policy through the Firestore Admin API that
@@ -40,7 +40,8 @@ from northstar_adapters.firestore.layout import (
     F_WRITE,
     ITEMS,
 )
-from northstar_core.routing import Route
+from northstar_adapters.params import FirestoreParams, parse
+from northstar_core.routing import Target
 
 DEFAULT_INDEX_FILE: Final = Path("contracts/firestore.indexes.json")
 
@@ -78,8 +79,8 @@ def write_index_file(path: Path, *, dry_run: bool) -> str:
     return f"index file {path}: {'create' if current is None else 'update'}"
 
 
-def _uses_emulator(route: Route) -> bool:
-    return bool(route.params.get("emulator_host") or os.environ.get("FIRESTORE_EMULATOR_HOST"))
+def _uses_emulator(params: FirestoreParams) -> bool:
+    return bool(params.emulator_host or os.environ.get("FIRESTORE_EMULATOR_HOST"))
 
 
 async def _ttl_state(project: str, database: str) -> tuple[Any, str, str]:
@@ -93,19 +94,19 @@ async def _ttl_state(project: str, database: str) -> tuple[Any, str, str]:
     return admin, name, state
 
 
-async def provision(route: Route, *, dry_run: bool) -> list[str]:
+async def provision(target: Target, *, dry_run: bool) -> list[str]:
     """Write the index file and (real projects) enable the TTL policy; returns the plan.
 
     With ``dry_run`` nothing is written or called (beyond reading the current TTL state) and
     every plan line starts with ``[dry-run]``.
     """
-    params = route.params
-    prefix = str(params.get("collection_prefix", "northstar_"))
-    database = str(params.get("database", "(default)"))
-    project = params.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT")
-    path = Path(str(params.get("index_file", DEFAULT_INDEX_FILE)))
+    params = parse(FirestoreParams, target.params)
+    prefix = params.collection_prefix
+    database = params.database
+    project = params.project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+    path = Path(params.index_file or DEFAULT_INDEX_FILE)
     plan: list[str] = [
-        f"firestore {route.resource_kind}: collection {prefix}{route.resource_kind}/*/{ITEMS} "
+        f"firestore {target.resource_kind}: collection {prefix}{target.table_name}/*/{ITEMS} "
         f"(project {project or '<default>'}, database {database})"
     ]
 
@@ -116,7 +117,7 @@ async def provision(route: Route, *, dry_run: bool) -> list[str]:
         f"gcloud firestore fields ttls update {F_TTL} --collection-group={ITEMS} --enable-ttl "
         f"--project={project or 'PROJECT'} --database={database}"
     )
-    if _uses_emulator(route):
+    if _uses_emulator(params):
         plan.append(f"TTL policy: skipped (the emulator enforces neither TTL nor indexes); in GCP: {ttl_cmd}")
     elif not project:
         plan.append(f"TTL policy: no project configured; run: {ttl_cmd}")

@@ -48,7 +48,7 @@ import random
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import grpc
@@ -70,6 +70,7 @@ from northstar_adapters.firestore.layout import (
     prefix_end,
     raw_id,
 )
+from northstar_adapters.params import FirestoreParams, parse
 from northstar_core.storage import (
     Absent,
     BackendUnavailable,
@@ -495,23 +496,18 @@ class FirestoreItemStore(ItemStore):
                 attempt += 1
 
 
-def _number(params: dict[str, Any], name: str, default: float) -> float:
-    value = params.get(name, default)
-    return float(value)
-
-
 def store_from_params(
-    resource_kind: str, params: dict[str, Any], *, share_client: bool = True
+    table: str, params: Mapping[str, Any], *, share_client: bool = True
 ) -> FirestoreItemStore:
-    """Build a store from route params (see ``northstar_adapters.firestore`` docs)."""
-    prefix = str(params.get("collection_prefix", "northstar_"))
-    emulator_host = params.get("emulator_host") or None
+    """A store on collection ``<collection_prefix><table>`` from a connection's params
+    (:class:`FirestoreParams`, strict; ``ValueError`` naming the field)."""
+    p = parse(FirestoreParams, params)
     return FirestoreItemStore(
-        collection=f"{prefix}{resource_kind}",
-        project=params.get("project") or None,  # None: the SDK infers it (env, ADC)
-        database=str(params.get("database", "(default)")),
-        emulator_host=str(emulator_host) if emulator_host else None,
-        timeout=_number(params, "timeout_seconds", 10.0),
-        max_attempts=int(_number(params, "max_attempts", 5)),
+        collection=f"{p.collection_prefix}{table}",
+        project=p.project,  # None: the SDK infers it (env, ADC)
+        database=p.database,
+        emulator_host=p.emulator_host,
+        timeout=p.timeout_seconds,
+        max_attempts=p.max_attempts,
         share_client=share_client,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, get, post
@@ -11,33 +11,42 @@ from litestar.params import JSONBody
 
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
-from northstar_core.identity import RequestContext
-from northstar_core.routing import Route
+from northstar_core.identity import TENANT_PATTERN, RequestContext
+from northstar_core.routing import TABLE_PATTERN, Route, RouteOptions
 from northstar_http.deps import Ctx, Eng
+
+# Full match: `$` alone would accept a trailing newline (the registry re-checks with fullmatch).
+TABLE_SCHEMA_PATTERN = "^" + TABLE_PATTERN.pattern + r"$(?!\n)"
 
 
 class RouteIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``POST /routing/routes`` body: a route, and the version it replaces (optional)."""
+    """``POST /routing/routes`` body: a route (a configured connection and a table name in it,
+    never an endpoint, path or credential), and the version it replaces (optional)."""
 
-    resource_kind: str
-    backend: str
-    params: dict[str, Any] = {}
-    tenant_id: str | None = None
-    expected_version: int | None = None
+    resource_kind: Annotated[str, msgspec.Meta(max_length=100)]
+    connection: Annotated[str, msgspec.Meta(max_length=100)]
+    table: Annotated[str, msgspec.Meta(pattern=TABLE_SCHEMA_PATTERN, max_length=63)] | None = None
+    tenant_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    options: RouteOptions | None = None
+    expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
-def _route_out(route: Route, version: int) -> dict[str, Any]:
+def _route_out(engines: Engines, route: Route, version: int) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(route)
-    out.update(version=version, label=route.label)
+    out.update(version=version, label=engines.registry.label_of(route))
     return out
 
 
 def _require_route_admin(ctx: RequestContext, tenant_id: str | None) -> None:
-    # A tenant admin may route its own tenant; the deployment-wide table (and other tenants)
-    # needs the system flag too.
+    # A tenant admin may override routes of its own tenant (within what the registry allows
+    # tenant overrides); the deployment-wide table and other tenants need the system flag.
     ctx.require_role("admin")
     if tenant_id != ctx.tenant_id:
         ctx.require_system()
+    if tenant_id is not None and not TENANT_PATTERN.fullmatch(tenant_id):
+        raise NorthstarError(
+            "routing.invalid_params", "tenant_id is not a tenant id", 422, details={"field": "tenant_id"}
+        )
 
 
 @get("/routing/routes", tags=["routing"], summary="List the routing table")
@@ -45,7 +54,7 @@ async def list_routes(ctx: Ctx, engines: Eng) -> dict[str, Any]:
     ctx.require_role("admin")
     await engines.registry.load()
     routes = [
-        _route_out(r, v)
+        _route_out(engines, r, v)
         for r, v in engines.registry.routes()
         if ctx.is_system or r.tenant_id in (None, ctx.tenant_id)
     ]
@@ -56,10 +65,14 @@ async def list_routes(ctx: Ctx, engines: Eng) -> dict[str, Any]:
 async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> dict[str, Any]:
     _require_route_admin(ctx, data.tenant_id)
     route = Route(
-        resource_kind=data.resource_kind, backend=data.backend, params=data.params, tenant_id=data.tenant_id
+        resource_kind=data.resource_kind,
+        connection=data.connection,
+        table=data.table,
+        tenant_id=data.tenant_id,
+        options=data.options or RouteOptions(),
     )
-    version = await engines.registry.set_route(route, data.expected_version)
-    return _route_out(route, version)
+    version = await engines.registry.set_route(route, data.expected_version, by_system=ctx.is_system)
+    return _route_out(engines, route, version)
 
 
 @get("/routing/diagnostics", tags=["routing"], summary="Unrouted and unreachable kinds")

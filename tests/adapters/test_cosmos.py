@@ -30,7 +30,7 @@ from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, open_store, provision
 from northstar_adapters.cosmos.layout import decode_id, encode_id
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 from northstar_core.storage import KEY_MAX_BYTES, BackendUnavailable, Item, ItemStore, Put
 from tests.emulators.cosmos import EMULATOR_KEY, cosmos_endpoint, cosmos_server  # noqa: F401
 
@@ -42,7 +42,7 @@ class CosmosHarness(BackendHarness):
 
     def __init__(self, endpoint: str, kind: str = "chat_store") -> None:
         self.endpoint = endpoint
-        self.route = Route(
+        self.route = Target(
             resource_kind=kind,
             backend="cosmos",
             params={"url": endpoint, "database": f"t{uuid.uuid4().hex[:12]}"},
@@ -58,7 +58,7 @@ class CosmosHarness(BackendHarness):
         return store
 
     async def open_peer(self) -> ItemStore:
-        store = CosmosItemStore(CosmosConfig.from_route(self.route), share_client=False)
+        store = CosmosItemStore(CosmosConfig.from_target(self.route), share_client=False)
         self._stores.append(store)
         return store
 
@@ -239,7 +239,7 @@ async def test_expiring_items_carry_native_ttl(cosmos_harness: CosmosHarness) ->
 
 
 async def test_provision_is_idempotent_and_dry_run_changes_nothing(cosmos_endpoint: str) -> None:
-    route = Route(
+    route = Target(
         resource_kind="event_spine",
         backend="cosmos",
         params={"url": cosmos_endpoint, "database": f"prov{uuid.uuid4().hex[:8]}", "container_prefix": "x_"},
@@ -265,19 +265,17 @@ async def test_provision_is_idempotent_and_dry_run_changes_nothing(cosmos_endpoi
             await client.delete_database(route.params["database"])
 
 
-async def test_a_key_in_route_params_is_refused(cosmos_endpoint: str) -> None:
-    route = Route(resource_kind="chat_store", backend="cosmos", params={"url": cosmos_endpoint, "key": "x"})
-    store = open_store(route)
-    with pytest.raises(BackendUnavailable, match="key_env"):
-        await store.get("p", "k")
-    await store.close()
+async def test_a_key_in_connection_params_is_refused(cosmos_endpoint: str) -> None:
+    target = Target(resource_kind="chat_store", backend="cosmos", params={"url": cosmos_endpoint, "key": "x"})
+    with pytest.raises(ValueError, match="unknown field `key`"):
+        open_store(target)
 
 
 async def test_missing_credentials_are_backend_unavailable(
     cosmos_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    route = Route(
+    route = Target(
         resource_kind="chat_store",
         backend="cosmos",
         params={"url": cosmos_endpoint, "key_env": "NO_SUCH_KEY"},
@@ -298,7 +296,7 @@ async def test_missing_credentials_are_backend_unavailable(
 async def test_concurrent_provisioners_of_one_database_all_succeed(cosmos_endpoint: str) -> None:
     database = f"prov{uuid.uuid4().hex[:8]}"
     routes = [
-        Route(resource_kind=kind, backend="cosmos", params={"url": cosmos_endpoint, "database": database})
+        Target(resource_kind=kind, backend="cosmos", params={"url": cosmos_endpoint, "database": database})
         for kind in ("chat_store", "notes_store", "event_spine", "memory_store")
     ]
     try:

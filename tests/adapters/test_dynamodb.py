@@ -19,9 +19,11 @@ import pytest
 
 from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
+from northstar_adapters import AdapterFactory
 from northstar_adapters.dynamodb import DynamoConfig, DynamoItemStore, drop, open_store, provision
+from northstar_adapters.memory import MemoryItemStore
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import KindStore, Route
+from northstar_core.routing import Connection, RoutingRegistry, Target
 from northstar_core.storage import BackendUnavailable, ItemStore, Put
 from tests.emulators.moto import dynamodb_endpoint, moto_server  # noqa: F401 - session fixtures
 
@@ -32,7 +34,7 @@ class DynamoHarness(BackendHarness):
     name = "dynamodb"
 
     def __init__(self, endpoint: str) -> None:
-        self.route = Route(
+        self.route = Target(
             resource_kind="chat_store",
             backend="dynamodb",
             params={"endpoint_url": endpoint, "table_prefix": f"t{uuid.uuid4().hex[:12]}_"},
@@ -41,7 +43,7 @@ class DynamoHarness(BackendHarness):
 
     @property
     def table(self) -> str:
-        return DynamoConfig.from_route(self.route).table
+        return DynamoConfig.from_target(self.route).table
 
     async def setup(self) -> None:
         await provision(self.route, dry_run=False)
@@ -52,7 +54,7 @@ class DynamoHarness(BackendHarness):
         return store
 
     async def open_peer(self) -> ItemStore:
-        store = DynamoItemStore(DynamoConfig.from_route(self.route), share_client=False)
+        store = DynamoItemStore(DynamoConfig.from_target(self.route), share_client=False)
         self._stores.append(store)
         return store
 
@@ -103,26 +105,39 @@ async def _raw_item(h: DynamoHarness, partition: str, key: str) -> dict[str, Any
     return item
 
 
-def test_route_params_name_the_table() -> None:
-    def route(**params: Any) -> Route:
-        return Route(resource_kind="chat_store", backend="dynamodb", params=params)
+def test_connection_params_and_the_route_table_name_the_table() -> None:
+    def target(table: str | None = None, **params: Any) -> Target:
+        return Target(resource_kind="chat_store", backend="dynamodb", params=params, table=table)
 
-    assert DynamoConfig.from_route(route()).table == "northstar_chat_store"
-    assert DynamoConfig.from_route(route(table_prefix="prod_")).table == "prod_chat_store"
-    assert DynamoConfig.from_route(route(table="explicit", region="eu-west-1")).table == "explicit"
+    assert DynamoConfig.from_target(target()).table == "northstar_chat_store"
+    assert DynamoConfig.from_target(target(table_prefix="prod_")).table == "prod_chat_store"
+    assert DynamoConfig.from_target(target("explicit", region="eu-west-1")).table == "northstar_explicit"
+    # Only declared settings: credentials, unknown or ill-typed params are refused by name.
     with pytest.raises(ValueError, match="aws_secret_access_key"):
-        DynamoConfig.from_route(route(aws_secret_access_key="never-in-routes"))
-    # Params the core reads from routes are not the adapter's business.
-    with_core_params = route(canvas_limits={"checkpoint_every": 5})
-    assert DynamoConfig.from_route(with_core_params).table == "northstar_chat_store"
+        DynamoConfig.from_target(target(aws_secret_access_key="never-in-routes"))
+    with pytest.raises(ValueError, match="canvas_limits"):
+        DynamoConfig.from_target(target(canvas_limits={"checkpoint_every": 5}))
+    with pytest.raises(ValueError, match="max_attempts"):
+        DynamoConfig.from_target(target(max_attempts="many"))
+    with pytest.raises(ValueError, match="region"):
+        DynamoConfig.from_target(target(region="eu-west-1\nx"))
 
 
-async def test_a_misconfigured_route_answers_503_with_the_reason_not_500() -> None:
-    route = Route(resource_kind="chat_store", backend="dynamodb", params={"max_attempts": "many"})
-    kind_store = KindStore("chat_store", route, open_store(route))
+async def test_a_connection_the_adapter_refuses_is_503_route_misconfigured_not_500() -> None:
+    table = MemoryItemStore()
+    # a route stored before the operator broke the connection's params
+    await table.write(
+        "routing_registry", [Put("route#chat_store#*", b'{"resource_kind":"chat_store","connection":"d"}')]
+    )
+    registry = RoutingRegistry(
+        table,
+        AdapterFactory(),
+        connections={"d": Connection(name="d", backend="dynamodb", params={"max_attempts": "many"})},
+        deployment_mode="saas",
+    )
     with pytest.raises(NorthstarError) as info:
-        await kind_store.write("p", [Put("k", b"v")])
-    assert (info.value.code, info.value.http_status) == ("chat_store.backend_unavailable", 503)
+        await registry.store_for("chat_store", "t_a")
+    assert (info.value.code, info.value.http_status) == ("chat_store.route_misconfigured", 503)
     assert "max_attempts" in info.value.message
 
 

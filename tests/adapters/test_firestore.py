@@ -28,7 +28,7 @@ from northstar_adapters.firestore import FirestoreItemStore, index_document, ope
 from northstar_adapters.firestore.layout import doc_id, prefix_end, raw_id
 from northstar_adapters.firestore.provision import DEFAULT_INDEX_FILE, query_is_covered, render_index_file
 from northstar_adapters.firestore.store import store_from_params
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 from northstar_core.storage import ItemStore, Put
 from tests.emulators.firestore import firestore_emulator, wipe  # noqa: F401 - session fixture
 
@@ -41,7 +41,7 @@ class FirestoreHarness(BackendHarness):
     def __init__(self, host: str) -> None:
         self.host = host
         self.project = f"contract-{uuid.uuid4().hex[:12]}"
-        self.route = Route(resource_kind="chat_store", backend="firestore", params={"project": self.project})
+        self.route = Target(resource_kind="chat_store", backend="firestore", params={"project": self.project})
         self._stores: list[FirestoreItemStore] = []
 
     async def open(self) -> ItemStore:
@@ -90,7 +90,7 @@ class CloudFirestoreHarness(BackendHarness):
     def __init__(self, project: str) -> None:
         self.project = project
         self.prefix = f"northstar_smoke_{uuid.uuid4().hex[:10]}_"
-        self.route = Route(
+        self.route = Target(
             resource_kind="chat_store",
             backend="firestore",
             params={
@@ -219,7 +219,7 @@ def test_index_check_rejects_queries_the_index_file_does_not_serve() -> None:
 
 async def test_provision_dry_run_returns_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     target = tmp_path / "firestore.indexes.json"
-    route = Route(
+    route = Target(
         resource_kind="chat_store",
         backend="firestore",
         params={"project": "p", "emulator_host": "127.0.0.1:1", "index_file": str(target)},
@@ -232,7 +232,7 @@ async def test_provision_dry_run_returns_the_plan_and_writes_nothing(tmp_path: P
 
 async def test_provision_is_idempotent(tmp_path: Path) -> None:
     target = tmp_path / "firestore.indexes.json"
-    route = Route(
+    route = Target(
         resource_kind="chat_store",
         backend="firestore",
         params={"project": "p", "emulator_host": "127.0.0.1:1", "index_file": str(target)},
@@ -253,7 +253,7 @@ async def test_emulator_host_param_selects_the_emulator_without_the_env_var(
 ) -> None:
     monkeypatch.delenv("FIRESTORE_EMULATOR_HOST")
     project = f"param-{uuid.uuid4().hex[:12]}"
-    route = Route(
+    route = Target(
         resource_kind="chat_store",
         backend="firestore",
         params={"project": project, "emulator_host": firestore_emulator, "collection_prefix": "x_"},
@@ -273,8 +273,8 @@ async def test_kinds_on_one_configuration_share_one_client_until_the_last_closes
     firestore_emulator: str,  # noqa: F811
 ) -> None:
     project = f"share-{uuid.uuid4().hex[:12]}"
-    chat = open_store(Route(resource_kind="chat_store", backend="firestore", params={"project": project}))
-    notes = open_store(Route(resource_kind="notes_store", backend="firestore", params={"project": project}))
+    chat = open_store(Target(resource_kind="chat_store", backend="firestore", params={"project": project}))
+    notes = open_store(Target(resource_kind="notes_store", backend="firestore", params={"project": project}))
     try:
         await chat.write("t_a|lab|p", [Put("k", b"chat")])
         await notes.write("t_a|lab|p", [Put("k", b"notes")])

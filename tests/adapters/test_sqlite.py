@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 import northstar_adapters.sqlite as sqlite_adapter
 from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.sqlite import SqliteItemStore, open_store
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, Item, Put
 from tests.adapters.harnesses import SqliteHarness
 
@@ -138,8 +139,8 @@ async def test_a_closed_store_refuses_operations(tmp_path: Path) -> None:
 
 async def test_kinds_sharing_one_file_do_not_see_each_other(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.sqlite3")
-    chat = open_store(Route(resource_kind="chat_store", backend="sqlite", params={"path": path}))
-    notes = open_store(Route(resource_kind="notes_store", backend="sqlite", params={"path": path}))
+    chat = open_store(Target(resource_kind="chat_store", backend="sqlite", params={"path": path}))
+    notes = open_store(Target(resource_kind="notes_store", backend="sqlite", params={"path": path}))
     await chat.write("t_a|lab|x", [Put("k", b"chat")])
     await notes.write("t_a|lab|x", [Put("k", b"notes")])
     assert (await chat.get("t_a|lab|x", "k")) == Item("k", b"chat")
@@ -148,9 +149,27 @@ async def test_kinds_sharing_one_file_do_not_see_each_other(tmp_path: Path) -> N
     await notes.close()
 
 
-def test_route_defaults_to_full_synchronous_under_the_local_data_folder() -> None:
-    route = Route(resource_kind="chat_store", backend="sqlite")
-    assert sqlite_adapter._params(route)[:3] == (sqlite_adapter.DEFAULT_PATH, "FULL", "chat_store")
+def test_connection_defaults_to_full_synchronous_and_the_route_table_is_the_namespace() -> None:
+    target = Target(resource_kind="chat_store", backend="sqlite", params={"path": "/data/n.db"})
+    assert sqlite_adapter._params(target)[:3] == (Path("/data/n.db"), "FULL", "chat_store")
+    named = Target(resource_kind="chat_store", backend="sqlite", params={"path": "/d.db"}, table="chats")
+    assert sqlite_adapter._params(named)[2] == "chats"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({}, "path"),  # only the operator's configuration names a file
+        ({"path": 123}, "path"),
+        ({"path": "x.db", "synchronous": "bogus"}, "synchronous"),
+        ({"path": "x.db", "busy_timeout_ms": 2**63}, "busy_timeout_ms"),
+        ({"path": "x.db", "namespace": "other"}, "namespace"),
+    ],
+)
+def test_connection_params_are_strict_and_named(tmp_path: Path, params: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        open_store(Target(resource_kind="chat_store", backend="sqlite", params=params))
+    assert not (Path.cwd() / "123").exists() and not (Path.cwd() / "x.db").exists()
 
 
 async def test_connections_use_wal_and_full_synchronous(tmp_path: Path) -> None:
@@ -166,7 +185,7 @@ async def test_connections_use_wal_and_full_synchronous(tmp_path: Path) -> None:
 
 async def test_provision_is_idempotent_and_dry_run_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "p.sqlite3"
-    route = Route(resource_kind="chat_store", backend="sqlite", params={"path": str(path)})
+    route = Target(resource_kind="chat_store", backend="sqlite", params={"path": str(path)})
     plan = await sqlite_adapter.provision(route, dry_run=True)
     assert plan and all(line.startswith("would ") for line in plan)
     assert not path.exists()

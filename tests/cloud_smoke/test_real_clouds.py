@@ -38,7 +38,7 @@ import pytest
 
 from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
-from northstar_core.routing import Route
+from northstar_core.routing import Target
 from northstar_core.storage import Item, ItemStore, Op
 
 pytestmark = pytest.mark.cloud_smoke
@@ -129,7 +129,7 @@ class Namespaced(ItemStore):
 class CloudHarness(BackendHarness):
     """Stores on the run's namespace; ``open_peer`` builds a store with its own client."""
 
-    def __init__(self, name: str, route: Route) -> None:
+    def __init__(self, name: str, route: Target) -> None:
         self.name = name
         self.route = route
         self.namespace = f"smoke-{uuid.uuid4().hex[:12]}"
@@ -140,13 +140,13 @@ class CloudHarness(BackendHarness):
             from northstar_adapters.dynamodb import DynamoConfig, DynamoItemStore, open_store
 
             if peer:
-                return DynamoItemStore(DynamoConfig.from_route(self.route), share_client=False)
+                return DynamoItemStore(DynamoConfig.from_target(self.route), share_client=False)
             return open_store(self.route)
         if self.name == "cosmos":
             from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, open_store
 
             if peer:
-                return CosmosItemStore(CosmosConfig.from_route(self.route), share_client=False)
+                return CosmosItemStore(CosmosConfig.from_target(self.route), share_client=False)
             return open_store(self.route)
         from northstar_adapters.firestore import open_store
 
@@ -168,7 +168,7 @@ class CloudHarness(BackendHarness):
         self._stores.clear()
 
 
-def route_for(backend: str) -> Route:
+def route_for(backend: str) -> Target:
     env = ENV_AT_IMPORT
     if backend == "dynamodb":
         params: dict[str, Any] = {
@@ -183,10 +183,10 @@ def route_for(backend: str) -> Route:
         }
     else:
         params = {"url": env["NORTHSTAR_SMOKE_COSMOS_URL"], "database": f"nsmoke{RUN}"}
-    return Route(resource_kind=KIND, backend=backend, params=params)
+    return Target(resource_kind=KIND, backend=backend, params=params)
 
 
-async def _provision(route: Route) -> None:
+async def _provision(route: Target) -> None:
     import importlib
 
     module = importlib.import_module(f"northstar_adapters.{route.backend}")
@@ -194,7 +194,7 @@ async def _provision(route: Route) -> None:
         print(f"cloud smoke provision: {line}")
 
 
-async def _teardown(route: Route) -> None:
+async def _teardown(route: Target) -> None:
     if route.backend == "dynamodb":
         from northstar_adapters.dynamodb import drop
 
@@ -227,7 +227,7 @@ def _run(coro: Any) -> None:
         pool.submit(asyncio.run, coro).result()
 
 
-def _namespace(backend: str) -> Iterator[Route]:
+def _namespace(backend: str) -> Iterator[Target]:
     """Provision the run's namespace on ``backend`` once; delete it at the end of the session."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in ENV_AT_IMPORT.items():
@@ -245,17 +245,17 @@ def _namespace(backend: str) -> Iterator[Route]:
 
 
 @pytest.fixture(scope="session")
-def dynamodb_smoke_route() -> Iterator[Route]:
+def dynamodb_smoke_route() -> Iterator[Target]:
     yield from _namespace("dynamodb")
 
 
 @pytest.fixture(scope="session")
-def firestore_smoke_route() -> Iterator[Route]:
+def firestore_smoke_route() -> Iterator[Target]:
     yield from _namespace("firestore")
 
 
 @pytest.fixture(scope="session")
-def cosmos_smoke_route() -> Iterator[Route]:
+def cosmos_smoke_route() -> Iterator[Target]:
     yield from _namespace("cosmos")
 
 
@@ -269,7 +269,7 @@ class _Smoke:
     async def harness(
         self, request: pytest.FixtureRequest, real_cloud_env: None
     ) -> AsyncIterator[CloudHarness]:
-        route: Route = request.getfixturevalue(f"{self.backend}_smoke_route")
+        route: Target = request.getfixturevalue(f"{self.backend}_smoke_route")
         h = CloudHarness(self.backend, route)
         try:
             yield h

@@ -22,12 +22,13 @@ from typing import Any
 import httpx
 import pytest
 
-from northstar_core.routing import RESOURCE_KINDS, Route
+from northstar_core.routing import RESOURCE_KINDS, Route, Target
 from northstar_http.bootstrap import REGISTRY_KIND
 
 CLOUD_BACKENDS = ("dynamodb", "firestore", "cosmos")
 JWT_SECRET = "e2e-cloud-hs256-secret-0123456789abcdef"
 CURSOR_SECRET = "e2e-cloud-cursor-secret-0123456789abcdef"
+AUDIENCE = "northstar-e2e"  # required outside lab; tokens carry it
 
 # The emulator fixtures, by backend: (module, fixture name). Imported by the test modules.
 EMULATOR_FIXTURES = {
@@ -44,24 +45,20 @@ class CloudTarget:
     env: dict[str, str] = field(default_factory=dict)
 
     def routes(self) -> list[Route]:
-        return [
-            Route(resource_kind=k, backend=self.backend, params=dict(self.params)) for k in RESOURCE_KINDS
-        ]
+        return [Route(resource_kind=k, connection="cloud") for k in RESOURCE_KINDS]
 
     def settings_dict(self, *, mode: str = "saas", tail_poll_seconds: float = 0.1) -> dict[str, Any]:
-        """A complete non-lab configuration: every kind (and the registry) on this target."""
+        """A complete non-lab configuration: one connection, every kind (and the registry) on it."""
         return {
             "mode": mode,
             "cursor_secret": CURSOR_SECRET,
             "tail_poll_seconds": tail_poll_seconds,
             "lab_route_all": False,
-            "jwt": {"hs256_secret": JWT_SECRET},
+            "jwt": {"hs256_secret": JWT_SECRET, "audience": AUDIENCE},
             "http": {"sse_heartbeat_seconds": 0.5, "sse_retry_ms": 500},
-            "registry": {"backend": self.backend, "params": dict(self.params), "refresh_seconds": 1.0},
-            "routes": [
-                {"resource_kind": r.resource_kind, "backend": r.backend, "params": dict(r.params)}
-                for r in self.routes()
-            ],
+            "connections": {"cloud": {"backend": self.backend, **self.params}},
+            "registry": {"connection": "cloud", "refresh_seconds": 1.0},
+            "routes": [{"resource_kind": r.resource_kind, "connection": r.connection} for r in self.routes()],
         }
 
     async def provision(self) -> None:
@@ -69,7 +66,7 @@ class CloudTarget:
         module = _adapter(self.backend)
         for kind in (*RESOURCE_KINDS, REGISTRY_KIND):
             await module.provision(
-                Route(resource_kind=kind, backend=self.backend, params=self.params), dry_run=False
+                Target(resource_kind=kind, backend=self.backend, params=self.params), dry_run=False
             )
 
     async def cleanup(self) -> None:
@@ -77,7 +74,7 @@ class CloudTarget:
             from northstar_adapters.dynamodb import drop
 
             for kind in (*RESOURCE_KINDS, REGISTRY_KIND):
-                await drop(Route(resource_kind=kind, backend="dynamodb", params=self.params))
+                await drop(Target(resource_kind=kind, backend="dynamodb", params=self.params))
         elif self.backend == "firestore":
             from tests.emulators.firestore import wipe
 

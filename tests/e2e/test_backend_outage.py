@@ -44,7 +44,7 @@ import pytest
 from northstar_http.bootstrap import build_registry
 from northstar_http.config import finalize, load_settings
 from northstar_http.tokens import mint_token
-from tests.e2e.cloud import JWT_SECRET, CloudTarget, to_toml
+from tests.e2e.cloud import AUDIENCE, JWT_SECRET, CloudTarget, to_toml
 from tests.e2e.reliability_support import ServeProcess, SseFollower, TcpGate, Workload, free_port, verify
 from tests.emulators import cosmos as cosmos_emulator
 from tests.emulators import moto as moto_emulator
@@ -55,7 +55,9 @@ from tests.emulators.moto import TEST_ENV, MotoServer, dynamodb_endpoint, moto_s
 
 REQUEST_TIMEOUT = 45.0  # an outage must be answered (503) within this, never hang
 RECOVERY_TIMEOUT = 90.0
-TOKEN = mint_token(JWT_SECRET, tenant_id="t_outage", sub="u_outage", mode="saas", roles=("member",))
+TOKEN = mint_token(
+    JWT_SECRET, audience=AUDIENCE, tenant_id="t_outage", sub="u_outage", mode="saas", roles=("member",)
+)
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 

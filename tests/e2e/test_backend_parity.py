@@ -34,7 +34,7 @@ from northstar_http.bootstrap import create_app
 from northstar_http.config import load_settings
 from northstar_http.tokens import mint_token
 from tests.conftest import LiveServer
-from tests.e2e.cloud import CLOUD_BACKENDS, CURSOR_SECRET, JWT_SECRET, cloud_target, sse_messages
+from tests.e2e.cloud import AUDIENCE, CLOUD_BACKENDS, CURSOR_SECRET, JWT_SECRET, cloud_target, sse_messages
 from tests.emulators.cosmos import cosmos_endpoint, cosmos_server
 from tests.emulators.firestore import firestore_emulator
 from tests.emulators.moto import dynamodb_endpoint, moto_server
@@ -87,6 +87,8 @@ class Normaliser:
             return [self(v, key) for v in value]
         if key in _MODE_KEYS and isinstance(value, str):
             return "<mode>"
+        if key == "connection" and isinstance(value, str):
+            return "<connection>"  # each deployment names its own connections
         if value is not None and (key in _TIME_KEYS or key.endswith("_at")):
             return "<time>"
         volatile = key in _VOLATILE_KEYS or key.endswith(("_cursor", "_event_id"))
@@ -341,7 +343,9 @@ async def _run(settings_overrides: dict[str, Any], mode: str) -> list[tuple[str,
         server.app.state.engines.actions.register(ACTION, echo)
 
         def bearer(*roles: str) -> dict[str, str]:
-            token = mint_token(JWT_SECRET, tenant_id=TENANT, sub="u_parity", mode=mode, roles=roles)
+            token = mint_token(
+                JWT_SECRET, audience=AUDIENCE, tenant_id=TENANT, sub="u_parity", mode=mode, roles=roles
+            )
             return {"Authorization": f"Bearer {token}"}
 
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
@@ -363,9 +367,8 @@ async def _sqlite_baseline(tmp_path: Path) -> list[tuple[str, int, Any]]:
                 "data_dir": str(tmp_path / "lab"),
                 "cursor_secret": CURSOR_SECRET,
                 "tail_poll_seconds": 0.1,
-                "jwt": {"hs256_secret": JWT_SECRET},
+                "jwt": {"hs256_secret": JWT_SECRET, "audience": AUDIENCE},
                 "http": {"sse_heartbeat_seconds": 0.5, "sse_retry_ms": 500},
-                "registry": {"backend": "sqlite", "params": {"path": str(tmp_path / "lab" / "northstar.db")}},
             },
             "lab",
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from northstar_http.tokens import mint_token
-from tests.e2e.cloud import CLOUD_BACKENDS, JWT_SECRET, cloud_target, to_toml
+from tests.e2e.cloud import AUDIENCE, CLOUD_BACKENDS, JWT_SECRET, cloud_target, to_toml
 from tests.e2e.reliability_support import CANVAS_ID, CHAT_THREAD, ServeProcess, SseFollower, Workload, verify
 from tests.emulators.cosmos import cosmos_endpoint, cosmos_server
 from tests.emulators.firestore import firestore_emulator
@@ -49,7 +49,9 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
         asyncio.run(target.provision())
         server = ServeProcess(tmp_path, config=config, env=target.env)
         server.start()
-        token = mint_token(JWT_SECRET, tenant_id="t_crash", sub="u_crash", mode="saas", roles=("member",))
+        token = mint_token(
+            JWT_SECRET, audience=AUDIENCE, tenant_id="t_crash", sub="u_crash", mode="saas", roles=("member",)
+        )
     try:
         yield server, token
     finally:

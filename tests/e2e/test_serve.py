@@ -178,9 +178,10 @@ def test_saas_mode_with_sqlite_routes_refuses_to_start(tmp_path: Path) -> None:
             NORTHSTAR_MODE="saas",
             NORTHSTAR_CURSOR_SECRET="x" * 32,
             NORTHSTAR_JWT_HS256_SECRET="y" * 32,
-            NORTHSTAR_REGISTRY_BACKEND="sqlite",
-            NORTHSTAR_REGISTRY_PARAMS='{"path": "reg.db"}',
-            NORTHSTAR_ROUTES='[{"resource_kind": "chat_store", "backend": "sqlite"}]',
+            NORTHSTAR_JWT_AUDIENCE="northstar",
+            NORTHSTAR_CONNECTIONS='{"local": {"backend": "sqlite", "path": "reg.db"}}',
+            NORTHSTAR_REGISTRY_CONNECTION="local",
+            NORTHSTAR_ROUTES='[{"resource_kind": "chat_store", "connection": "local"}]',
         ),
         capture_output=True, text=True, timeout=60,
     )

@@ -36,7 +36,8 @@ def chat_backend_down(engines, monkeypatch):
         store = await original(kind, tenant_id)
         if kind != "chat_store":
             return store
-        return KindStore(kind, store.route, Unreachable(store.inner))
+        connection = engines.registry.connections[store.route.connection]
+        return KindStore(kind, store.route, connection, Unreachable(store.inner))
 
     monkeypatch.setattr(engines.registry, "store_for", store_for)
 

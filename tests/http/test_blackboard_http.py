@@ -20,12 +20,7 @@ URL = "/blackboard/run1/entries"
 
 @pytest.fixture
 def app(tmp_path: Any) -> Litestar:
-    name = f"bb-{tmp_path.name}"
-    route = {
-        "resource_kind": "blackboard_store",
-        "backend": "memory",
-        "params": {"name": name, "max_value_bytes": 256},
-    }
+    route = {"resource_kind": "blackboard_store", "connection": "mem", "options": {"max_value_bytes": 256}}
     return create_app(make_settings(tmp_path, routes=[route]))
 
 

@@ -31,17 +31,31 @@ def test_token_is_signed_with_the_persisted_lab_secret(lab_dir, capsys) -> None:
 
 
 def test_routes_set_then_show(lab_dir, capsys) -> None:
-    params = json.dumps({"path": str(lab_dir / "chat.db")})
-    assert main(["routes", "set", "--kind", "chat_store", "--backend", "sqlite", "--params", params]) == 0
+    options = json.dumps({"max_value_bytes": 1024})
+    args = ["--connection", "lab", "--table", "chats", "--options", options]
+    assert main(["routes", "set", "--kind", "chat_store", *args]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 1
     assert main(["routes", "show"]) == 0
     shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["resource_kind"] for r in shown] == ["chat_store"] and shown[0]["label"] == "sqlite (lab)"
+    assert (shown[0]["connection"], shown[0]["table"]) == ("lab", "chats")
+    assert shown[0]["options"] == {"max_value_bytes": 1024}
 
 
-def test_routes_set_refuses_unknown_backend(lab_dir, capsys) -> None:
-    assert main(["routes", "set", "--kind", "chat_store", "--backend", "oracle"]) == 2
-    assert "routing.unknown_backend" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--connection", "oracle"], "routing.unknown_connection"),
+        (["--connection", "lab", "--table", "../x"], "routing.invalid_params"),
+        (["--connection", "lab", "--options", '{"max_value_bytes": "big"}'], "invalid route"),
+    ],
+)
+def test_routes_set_refuses_what_the_registry_refuses(
+    lab_dir, capsys, args: list[str], fragment: str
+) -> None:
+    assert main(["routes", "set", "--kind", "chat_store", *args]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not (lab_dir / "x").exists()
 
 
 def test_provision_dry_run_prints_the_plan_and_creates_nothing(lab_dir, capsys) -> None:

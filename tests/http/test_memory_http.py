@@ -128,15 +128,12 @@ async def test_a_viewer_cannot_set(client: Client, auth: Auth) -> None:
 
 @pytest.fixture
 def sqlite_app(tmp_path: Any) -> Litestar:
-    db = str(tmp_path / "ttl.db")
+    settings = make_settings(tmp_path)
+    connections = {**settings.connections, "sq": {"backend": "sqlite", "path": str(tmp_path / "ttl.db")}}
     routes = [
-        {
-            "resource_kind": "memory_store",
-            "backend": "sqlite",
-            "params": {"path": db, "default_ttl_seconds": 3600},
-        },
+        {"resource_kind": "memory_store", "connection": "sq", "options": {"default_ttl_seconds": 3600}},
     ]
-    return create_app(make_settings(tmp_path, routes=routes))
+    return create_app(make_settings(tmp_path, connections=connections, routes=routes))
 
 
 @pytest.fixture

@@ -8,21 +8,37 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from northstar_adapters import AdapterFactory, memory
-from northstar_core.routing import Route, RoutingError, RoutingRegistry
+from northstar_core.routing import Connection, Route, RoutingError, RoutingRegistry, Target
 from northstar_http.bootstrap import build_registry, create_app
 from northstar_http.config import ConfigError, finalize
 from tests.conftest import make_settings
 
 
+def _saas(tmp_path, name: str, **overrides):
+    """saas settings whose registry is the memory store ``name`` (no cloud needed to refuse)."""
+    connections = {
+        "reg": {"backend": "memory", "name": name},
+        "main": {"backend": "dynamodb", "region": "eu-west-1"},
+        **overrides.pop("connections", {}),
+    }
+    return make_settings(
+        tmp_path, mode="saas", connections=connections, registry={"connection": "reg"},
+        jwt={"hs256_secret": "x" * 32, "audience": "northstar"}, **overrides,
+    )
+
+
 async def test_saas_with_a_kind_routed_to_sqlite_refuses_to_start(tmp_path) -> None:
     name = f"reg-{uuid.uuid4().hex}"
     # a lab run left a sqlite route in the shared registry store
-    lab_store = memory.open_store(Route(resource_kind="x", backend="memory", params={"name": name}))
-    lab = RoutingRegistry(lab_store, AdapterFactory(), deployment_mode="lab")
-    await lab.set_route(Route(resource_kind="chat_store", backend="sqlite", params={"path": "x.db"}))
-    settings = make_settings(
-        tmp_path, mode="saas", registry={"backend": "memory", "params": {"name": name}}
+    lab_store = memory.open_store(
+        Target(resource_kind="routing_registry", backend="memory", params={"name": name},
+               table="routing_registry")
     )
+    lab_conns = {"sq": Connection(name="sq", backend="sqlite", params={"path": str(tmp_path / "x.db")})}
+    lab = RoutingRegistry(lab_store, AdapterFactory(), connections=lab_conns, deployment_mode="lab")
+    await lab.set_route(Route(resource_kind="chat_store", connection="sq"))
+    sq = {"backend": "sqlite", "path": str(tmp_path / "x.db")}
+    settings = _saas(tmp_path, name, connections={"sq": sq})
     with pytest.raises(RoutingError) as err:
         await build_registry(finalize(settings))
     message = str(err.value)
@@ -31,8 +47,10 @@ async def test_saas_with_a_kind_routed_to_sqlite_refuses_to_start(tmp_path) -> N
 
 
 async def test_saas_configured_with_a_sqlite_route_refuses_to_start(tmp_path) -> None:
-    settings = make_settings(
-        tmp_path, mode="saas", routes=[{"resource_kind": "chat_store", "backend": "sqlite", "params": {}}]
+    settings = _saas(
+        tmp_path, uuid.uuid4().hex,
+        connections={"sq": {"backend": "sqlite", "path": str(tmp_path / "x.db")}},
+        routes=[{"resource_kind": "chat_store", "connection": "sq"}],
     )
     with pytest.raises(RoutingError) as err:
         await build_registry(finalize(settings))
@@ -41,7 +59,7 @@ async def test_saas_configured_with_a_sqlite_route_refuses_to_start(tmp_path) ->
 
 
 async def test_saas_with_a_required_kind_unrouted_refuses_to_start(tmp_path) -> None:
-    settings = make_settings(tmp_path, mode="saas")
+    settings = _saas(tmp_path, uuid.uuid4().hex)
     with pytest.raises(RoutingError) as err:
         await build_registry(finalize(settings))
     assert "chat_store: no route" in str(err.value)
@@ -61,7 +79,7 @@ async def partial_lab(tmp_path):
     settings = make_settings(
         tmp_path,
         lab_route_all=False,
-        routes=[{"resource_kind": "event_spine", "backend": "memory", "params": {"name": uuid.uuid4().hex}}],
+        routes=[{"resource_kind": "event_spine", "connection": "mem"}],
     )
     async with AsyncTestClient(app=create_app(settings)) as c:
         yield c
@@ -89,23 +107,33 @@ async def test_diagnostics_lists_unrouted_kinds(partial_lab, auth) -> None:
     assert report["kinds"]["event_spine"]["routed"] is True
 
 
+@pytest.fixture
+def app(tmp_path):
+    # one memory connection open to tenant overrides besides the deployment's own
+    settings = make_settings(tmp_path)
+    connections = {
+        **settings.connections,
+        "tenant_mem": {"backend": "memory", "name": uuid.uuid4().hex, "tenant_overrides": True},
+    }
+    return create_app(make_settings(tmp_path, connections=connections))
+
+
 async def test_routes_need_admin_to_read_and_write(client, auth) -> None:
     assert (await client.get("/routing/routes", headers=auth())).status_code == 403
     r = await client.get("/routing/routes", headers=auth(roles=("admin",)))
     assert r.status_code == 200
     assert {x["resource_kind"] for x in r.json()["routes"]} >= {"chat_store", "event_spine"}
-    route = {"resource_kind": "chat_store", "backend": "memory", "params": {"name": "x"}}
+    route = {"resource_kind": "chat_store", "connection": "tenant_mem", "tenant_id": "t_alpha"}
     assert (await client.post("/routing/routes", json=route, headers=auth())).status_code == 403
 
 
 async def test_tenant_admin_may_override_own_tenant_but_not_the_global_table(client, auth) -> None:
     admin = auth(roles=("admin",))
-    own = {
-        "resource_kind": "chat_store", "backend": "memory", "params": {"name": "x"}, "tenant_id": "t_alpha"
-    }
+    own = {"resource_kind": "chat_store", "connection": "tenant_mem", "tenant_id": "t_alpha"}
     r = await client.post("/routing/routes", json=own, headers=admin)
     assert r.status_code == 200 and r.json()["version"] == 1
-    glob = {"resource_kind": "chat_store", "backend": "memory", "params": {"name": "y"}}
+    assert r.json()["label"] == "memory (lab)"
+    glob = {"resource_kind": "chat_store", "connection": "tenant_mem", "table": "shared"}
     r = await client.post("/routing/routes", json=glob, headers=admin)
     assert r.status_code == 403 and r.json()["error"]["code"] == "auth.system_required"
     r = await client.post("/routing/routes", json=glob, headers=auth(roles=("admin",), system=True))
@@ -114,7 +142,7 @@ async def test_tenant_admin_may_override_own_tenant_but_not_the_global_table(cli
 
 async def test_per_tenant_override_moves_only_that_tenants_data(client, auth) -> None:
     admin = auth(roles=("admin",))
-    own = {"resource_kind": "chat_store", "backend": "memory", "params": {"name": uuid.uuid4().hex},
+    own = {"resource_kind": "chat_store", "connection": "tenant_mem", "table": "dedicated",
            "tenant_id": "t_alpha"}
     before = {"role": "user", "content": "before"}
     await client.post("/chat/threads/th/messages", json=before, headers=auth())
@@ -127,14 +155,12 @@ async def test_per_tenant_override_moves_only_that_tenants_data(client, auth) ->
 
 async def test_route_writes_are_validated_and_versioned(client, auth) -> None:
     sysadmin = auth(roles=("admin",), system=True)
-    bad = {"resource_kind": "chat_store", "backend": "oracle"}
+    bad = {"resource_kind": "chat_store", "connection": "oracle"}
     r = await client.post("/routing/routes", json=bad, headers=sysadmin)
-    assert r.status_code == 422 and r.json()["error"]["code"] == "routing.unknown_backend"
-    bad_kind = {"resource_kind": "nonsense", "backend": "memory"}
+    assert r.status_code == 422 and r.json()["error"]["code"] == "routing.unknown_connection"
+    bad_kind = {"resource_kind": "nonsense", "connection": "mem"}
     r = await client.post("/routing/routes", json=bad_kind, headers=sysadmin)
     assert r.json()["error"]["code"] == "routing.unknown_resource_kind"
-    stale = {
-        "resource_kind": "chat_store", "backend": "memory", "params": {"name": "z"}, "expected_version": 99
-    }
+    stale = {"resource_kind": "chat_store", "connection": "mem", "expected_version": 99}
     r = await client.post("/routing/routes", json=stale, headers=sysadmin)
     assert r.status_code == 409 and r.json()["error"]["code"] == "routing.version_conflict"

@@ -155,10 +155,13 @@ async def test_bad_input_is_an_envelope_and_writes_nothing(
 @pytest.fixture
 async def split_client(tmp_path: Any) -> AsyncIterator[Client]:
     # flows on sqlite, everything else on memory: the two tables must not share storage
-    routes = [
-        {"resource_kind": "flow_store", "backend": "sqlite", "params": {"path": str(tmp_path / "flows.db")}}
-    ]
-    async with AsyncTestClient(app=create_app(make_settings(tmp_path, routes=routes))) as c:
+    connections = {
+        **make_settings(tmp_path).connections,
+        "sq": {"backend": "sqlite", "path": str(tmp_path / "flows.db")},
+    }
+    routes = [{"resource_kind": "flow_store", "connection": "sq"}]
+    settings = make_settings(tmp_path, connections=connections, routes=routes)
+    async with AsyncTestClient(app=create_app(settings)) as c:
         yield c
 
 

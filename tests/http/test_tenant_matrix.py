@@ -24,8 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar.testing import AsyncTestClient
 
 from northstar_core.identity import RequestContext
+from northstar_http.bootstrap import create_app
+from tests.conftest import make_settings
 
 MARK = "zqxalphasecret"
 BUDGET_MARK = "12345.5"  # A's budget limit: a number, so the text marker cannot be in it
@@ -602,12 +605,21 @@ async def test_writes_with_contradicting_tenant_header_are_refused_audited_and_w
     assert len(audits) == len(writes)
 
 
-async def test_routing_views_never_show_another_tenants_overrides(client, auth) -> None:
-    """A tenant's own route override (its tenant id, its backend params) is its business; only
-    the deployment operator (system flag) sees the whole table."""
+async def test_routing_views_never_show_another_tenants_overrides(tmp_path, auth) -> None:
+    """A tenant's own route override (its tenant id, its table) is its business; only the
+    deployment operator (system flag) sees the whole table."""
+    connections = {
+        **make_settings(tmp_path).connections,
+        "tenant_mem": {"backend": "memory", "name": "matrix", "tenant_overrides": True},
+    }
+    async with AsyncTestClient(app=create_app(make_settings(tmp_path, connections=connections))) as client:
+        await _routing_views(client, auth)
+
+
+async def _routing_views(client: Any, auth: Any) -> None:
     h = _admin(auth)
-    override = {"resource_kind": "notes_store", "backend": "memory", "tenant_id": A_TENANT}
-    r = await client.post("/routing/routes", json={**override, "params": {"name": MARK}}, headers=h)
+    override = {"resource_kind": "notes_store", "connection": "tenant_mem", "tenant_id": A_TENANT}
+    r = await client.post("/routing/routes", json={**override, "table": MARK}, headers=h)
     assert r.status_code == 200, r.text
     assert A_TENANT in (await client.get("/routing/diagnostics", headers=h)).text
     b = auth(B_TENANT, "u_bob", roles=("owner", "admin", "member"))

@@ -268,12 +268,11 @@ SqliteBlackboardModel.TestCase.settings = settings(max_examples=15, stateful_ste
 TestBlackboardAgreesWithModelOnSqlite = SqliteBlackboardModel.TestCase
 
 
-@pytest.mark.parametrize("bad", ["64k", 0, -5, True, 1.5])
-async def test_an_unusable_size_limit_in_the_route_is_a_loud_503(bad: object) -> None:
-    svc = await build_services(MemoryItemStore(), params={"blackboard_store": {"max_value_bytes": bad}})
-    err = await _err(svc.blackboard.put(make_ctx(), "run1", "k", 1, expected_version=None))
-    assert (err.code, err.http_status, err.details["param"]) == (
-        "blackboard.route_misconfigured",
-        503,
-        "max_value_bytes",
+@pytest.mark.parametrize("bad", ["64k", 0, -5, True, 1.5, 2**63])
+async def test_an_unusable_size_limit_is_refused_when_the_route_is_set(bad: object) -> None:
+    err = await _err(build_services(MemoryItemStore(), params={"blackboard_store": {"max_value_bytes": bad}}))
+    assert (err.code, err.http_status, err.details["field"]) == (
+        "routing.invalid_params",
+        422,
+        "options.max_value_bytes",
     )

@@ -28,7 +28,7 @@ from northstar_core.canvas import (
     rebase,
 )
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import RESOURCE_KINDS, Route, RoutingRegistry
+from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RouteOptions, RoutingRegistry, Target
 from northstar_core.storage import BackendUnavailable, Item, ItemStore, Op
 
 
@@ -84,15 +84,18 @@ class _ByKind:
     def __init__(self, default: ItemStore, stores: dict[str, ItemStore]) -> None:
         self.default, self.stores = default, stores
 
-    def open(self, route: Route) -> ItemStore:
-        return self.stores.get(route.resource_kind, self.default)
+    def open(self, target: Target) -> ItemStore:
+        return self.stores.get(target.resource_kind, self.default)
 
 
 async def registry_by_kind(default: ItemStore, **stores: ItemStore) -> RoutingRegistry:
     """A lab registry routing the named kinds to their own stores (another backend)."""
-    registry = RoutingRegistry(MemoryItemStore(), _ByKind(default, stores), deployment_mode="lab")
+    connections = {"mem": Connection(name="mem", backend="memory")}
+    registry = RoutingRegistry(
+        MemoryItemStore(), _ByKind(default, stores), connections=connections, deployment_mode="lab"
+    )
     for kind in RESOURCE_KINDS:
-        await registry.set_route(Route(resource_kind=kind, backend="memory"))
+        await registry.set_route(Route(resource_kind=kind, connection="mem"))
     return registry
 
 
@@ -515,8 +518,7 @@ async def _route_canvas_limits(value: Any) -> Any:
     registry = await make_registry(MemoryItemStore())
     route, version = next((r, v) for r, v in registry.routes() if r.resource_kind == "canvas_command_store")
     await registry.set_route(
-        Route(resource_kind=route.resource_kind, backend=route.backend, params={"canvas_limits": value}),
-        expected_version=version,
+        msgspec.structs.replace(route, options=RouteOptions(canvas_limits=value)), expected_version=version
     )
     return await canvas_rig(registry)
 
@@ -528,12 +530,20 @@ async def test_limits_are_configurable_per_route() -> None:
     assert (err.value.code, err.value.details["limit"]) == ("canvas.too_many_ops", 2)
 
 
-@pytest.mark.parametrize("value", [{"max_ops_per_command": 0}, {"nonsense": 1}, [1], {"max_atoms": "many"}])
+@pytest.mark.parametrize("value", [{"max_ops_per_command": 0}, {"nonsense": 1}])
 async def test_unusable_route_limits_are_503_route_misconfigured(value: Any) -> None:
     rig = await _route_canvas_limits(value)
     with pytest.raises(NorthstarError) as err:
         await rig.canvas.commit(make_ctx(), cid(), command(0, create("a")))
     assert (err.value.code, err.value.http_status) == ("canvas.route_misconfigured", 503)
+
+
+@pytest.mark.parametrize("value", [[1], {"max_atoms": "many"}, {"max_atoms": 2**64}])
+async def test_ill_typed_route_limits_are_refused_when_the_route_is_set(value: Any) -> None:
+    with pytest.raises(NorthstarError) as err:
+        await _route_canvas_limits(value)
+    assert (err.value.code, err.value.http_status) == ("routing.invalid_params", 422)
+    assert err.value.details["field"].startswith("options.canvas_limits")
 
 
 async def test_a_large_command_is_published_whole_on_the_canvas_stream() -> None:

@@ -19,7 +19,7 @@ from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines, EngineSettings
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
-from northstar_core.routing import Route, RoutingRegistry
+from northstar_core.routing import Connection, Route, RoutingRegistry
 
 SECRET = b"unit-test-cursor-secret-0123456789"
 
@@ -28,8 +28,11 @@ async def make_engines(name: str | None = None, poll: float = 0.02) -> Engines:
     """Engines whose chat_store is the memory store ``name`` (shared by name, like one backend
     shared by two processes)."""
     name = name or f"chat-{uuid.uuid4().hex}"
-    registry = RoutingRegistry(MemoryItemStore(), AdapterFactory(), deployment_mode="lab")
-    await registry.set_route(Route(resource_kind="chat_store", backend="memory", params={"name": name}))
+    connections = {"mem": Connection(name="mem", backend="memory", params={"name": name})}
+    registry = RoutingRegistry(
+        MemoryItemStore(), AdapterFactory(), connections=connections, deployment_mode="lab"
+    )
+    await registry.set_route(Route(resource_kind="chat_store", connection="mem"))
     return Engines(registry, CursorCodec(SECRET), ManualClock(), EngineSettings(tail_poll_interval=poll))
 
 

@@ -24,10 +24,12 @@ from azure.cosmos.aio import CosmosClient
 
 from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, RetryPolicy, provision
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import KindStore, Route
+from northstar_core.routing import Connection, KindStore, Route, Target
 from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, InvalidItem, Item, Put
 from northstar_core.streams import SequencedStream
 from tests.emulators.cosmos import EMULATOR_KEY, cosmos_endpoint, cosmos_server  # noqa: F401
+
+CHAT_ROUTE = Route(resource_kind="chat_store", connection="c")
 
 FAST = RetryPolicy(attempts=3, base_delay=0.001, max_delay=0.01)
 
@@ -92,7 +94,7 @@ class FaultyContainer:
 class Setup:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.route = Route(
+        self.route = Target(
             resource_kind="chat_store",
             backend="cosmos",
             params={"url": endpoint, "database": f"f{uuid.uuid4().hex[:12]}"},
@@ -101,10 +103,10 @@ class Setup:
 
     def store(self) -> tuple[CosmosItemStore, FaultyContainer, CosmosItemStore]:
         """A store whose container is wrapped, and a clean peer to observe the backend."""
-        faulty_store = CosmosItemStore(CosmosConfig.from_route(self.route), retry=FAST)
+        faulty_store = CosmosItemStore(CosmosConfig.from_target(self.route), retry=FAST)
         faults = FaultyContainer(faulty_store.container)
         faulty_store.container = faults
-        observer = CosmosItemStore(CosmosConfig.from_route(self.route), share_client=False)
+        observer = CosmosItemStore(CosmosConfig.from_target(self.route), share_client=False)
         self.stores += [faulty_store, observer]
         return faulty_store, faults, observer
 
@@ -163,7 +165,7 @@ async def test_unreachable_backend_through_kindstore_is_503_with_retry_after_and
 ) -> None:
     store, faults, observer = setup.store()
     faults.fail_always("execute_item_batch", lambda: ServiceRequestError("connection refused"))
-    kind_store = KindStore("chat_store", setup.route, store)
+    kind_store = KindStore("chat_store", CHAT_ROUTE, Connection(name="c", backend="cosmos"), store)
     with pytest.raises(NorthstarError) as info:
         await kind_store.write("p", [Put("a", b"1", condition=Absent()), Put("b", b"2")])
     error = info.value

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from northstar_adapters.dynamodb import DynamoConfig, DynamoItemStore, drop, open_store, provision
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import KindStore, Route
+from northstar_core.routing import Connection, KindStore, Route, Target
 from northstar_core.storage import (
     Absent,
     BackendUnavailable,
@@ -31,6 +31,8 @@ from northstar_core.storage import (
 )
 from northstar_core.streams import SequencedStream
 from tests.emulators.moto import dynamodb_endpoint, moto_server  # noqa: F401 - session fixtures
+
+CHAT_ROUTE = Route(resource_kind="chat_store", connection="c")
 
 P = "t_faults|lab|p"
 MAX_ATTEMPTS = 4
@@ -131,7 +133,7 @@ class FaultyClient:
 
 class Setup:
     def __init__(self, endpoint: str) -> None:
-        self.route = Route(
+        self.route = Target(
             resource_kind="chat_store",
             backend="dynamodb",
             params={
@@ -158,7 +160,7 @@ class Setup:
         async def sleep(delay: float) -> None:
             self.delays.append(delay)
 
-        settings = msgspec.structs.replace(DynamoConfig.from_route(self.route), **(config or {}))
+        settings = msgspec.structs.replace(DynamoConfig.from_target(self.route), **(config or {}))
         store = DynamoItemStore(settings, share_client=False, client_wrapper=wrap, sleep=sleep)
         self.stores.append(store)
         return store
@@ -286,7 +288,7 @@ async def test_unreachable_backend_exhaustion_is_backend_unavailable(setup: Setu
 
 async def test_kind_store_maps_exhaustion_to_503_backend_unavailable_with_retry_after(setup: Setup) -> None:
     store = setup.faulty(transact_write_items=Fault(throttled), get_item=Fault(read_timeout))
-    kind_store = KindStore("chat_store", setup.route, store)
+    kind_store = KindStore("chat_store", CHAT_ROUTE, Connection(name="c", backend="dynamodb"), store)
     with pytest.raises(NorthstarError) as info:
         await kind_store.write(P, [Put("a", b"1"), Put("b", b"2")])
     assert (info.value.code, info.value.http_status) == ("chat_store.backend_unavailable", 503)
@@ -298,7 +300,7 @@ async def test_kind_store_maps_exhaustion_to_503_backend_unavailable_with_retry_
 
 
 async def test_a_really_unreachable_endpoint_is_backend_unavailable() -> None:
-    route = Route(
+    route = Target(
         resource_kind="chat_store",
         backend="dynamodb",
         # Port 9 (discard) is closed on loopback: connections are refused at once.
@@ -314,9 +316,10 @@ async def test_a_really_unreachable_endpoint_is_backend_unavailable() -> None:
 
 
 async def test_a_missing_table_fails_at_once_and_says_to_provision(dynamodb_endpoint: str) -> None:  # noqa: F811
-    route = Route(
+    route = Target(
         resource_kind="chat_store", backend="dynamodb",
-        params={"endpoint_url": dynamodb_endpoint, "table": f"missing_{uuid.uuid4().hex[:8]}"},
+        params={"endpoint_url": dynamodb_endpoint, "table_prefix": ""},
+        table=f"missing_{uuid.uuid4().hex[:8]}",
     )
     store = open_store(route)
     try:

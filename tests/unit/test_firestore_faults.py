@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 from northstar_adapters.firestore import FirestoreItemStore
 from northstar_adapters.firestore.store import CAPABILITIES
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import KindStore, Route
+from northstar_core.routing import Connection, KindStore, Route
 from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, Item, Put, VersionIs
 from northstar_core.streams import SequencedStream, fingerprint
 from tests.emulators.firestore import firestore_emulator, free_port  # noqa: F401 - session fixture
+
+CHAT_ROUTE = Route(resource_kind="chat_store", connection="c")
 
 
 @dataclass
@@ -217,7 +219,7 @@ async def test_exhaustion_through_kind_store_is_a_503_with_retry_after(
 ) -> None:
     plan = FaultPlan({"commit": [Fault(gexc.ResourceExhausted("injected: quota")) for _ in range(10)]})
     inner = faulty_store(project, plan, max_attempts=3)
-    kind = KindStore("chat_store", Route(resource_kind="chat_store", backend="firestore"), inner)
+    kind = KindStore("chat_store", CHAT_ROUTE, Connection(name="c", backend="firestore"), inner)
     with pytest.raises(NorthstarError) as raised:
         await kind.write(P, [Put("k", b"v", condition=Absent())])
     err = raised.value

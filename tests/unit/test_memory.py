@@ -122,10 +122,10 @@ async def test_a_too_large_value_is_413(svc: StoreServices) -> None:
 
 
 @pytest.mark.parametrize("bad", ["1h", 0, -1, True, 10 * 365 * 24 * 3600 + 1])
-async def test_an_unusable_default_ttl_in_the_route_is_a_loud_503(clock: ManualClock, bad: object) -> None:
-    svc = await build_services(
-        MemoryItemStore(), clock, params={"memory_store": {"default_ttl_seconds": bad}}
-    )
-    err = await _err(svc.memory.set(make_ctx(), "s1", "k", 1))
-    assert (err.code, err.http_status) == ("memory.route_misconfigured", 503)
-    assert await svc.memory.get_all(make_ctx(), "s1") == []
+async def test_an_unusable_default_ttl_is_refused_when_the_route_is_set(
+    clock: ManualClock, bad: object
+) -> None:
+    params = {"memory_store": {"default_ttl_seconds": bad}}
+    err = await _err(build_services(MemoryItemStore(), clock, params=params))
+    assert (err.code, err.http_status) == ("routing.invalid_params", 422)
+    assert err.details["field"] == "options.default_ttl_seconds"

@@ -15,7 +15,7 @@ from northstar_core.clock import ManualClock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
-from northstar_core.routing import RESOURCE_KINDS, Route, RoutingRegistry
+from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
 from northstar_core.spine import EventSpine, UUIDv7Generator, uuid7_ms
 from northstar_core.storage import ItemStore
 
@@ -26,14 +26,17 @@ class _OneStore:
     def __init__(self, store: ItemStore) -> None:
         self.store = store
 
-    def open(self, route: Route) -> ItemStore:
+    def open(self, target: Target) -> ItemStore:
         return self.store
 
 
 async def make_registry(store: ItemStore) -> RoutingRegistry:
-    registry = RoutingRegistry(MemoryItemStore(), _OneStore(store), deployment_mode="lab")
+    connections = {"mem": Connection(name="mem", backend="memory")}
+    registry = RoutingRegistry(
+        MemoryItemStore(), _OneStore(store), connections=connections, deployment_mode="lab"
+    )
     for kind in RESOURCE_KINDS:
-        await registry.set_route(Route(resource_kind=kind, backend="memory"))
+        await registry.set_route(Route(resource_kind=kind, connection="mem"))
     return registry
 
 
