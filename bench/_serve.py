@@ -50,8 +50,8 @@ def bare_app(data_dir: Path) -> Litestar:
 
 
 def full_app(data_dir: Path) -> Litestar:
+    from northstar_adapters.config import finalize, load_settings
     from northstar_http.bootstrap import create_app
-    from northstar_http.config import finalize, load_settings
 
     settings = finalize(load_settings(overrides={"data_dir": str(data_dir), "mode": "lab"}))
     return create_app(settings)

@@ -22,9 +22,9 @@ from typing import Any
 
 import msgspec
 
+from northstar_adapters.config import ConfigError, Settings, connections, finalize, load_settings
 from northstar_core.errors import NorthstarError
 from northstar_core.routing import Route, RoutingError, RoutingRegistry, Target
-from northstar_http.config import ConfigError, Settings, connections, finalize, load_settings
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "contracts" / "openapi.json"
 
@@ -43,7 +43,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from northstar_http.bootstrap import build_registry, create_app
+    from northstar_adapters.compose import build_registry
+    from northstar_http.bootstrap import create_app
     from northstar_http.server import run_server
     from northstar_http.tokens import mint_token
 
@@ -134,7 +135,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 async def _open_registry(settings: Settings) -> RoutingRegistry:
     from northstar_adapters import AdapterFactory
-    from northstar_http.bootstrap import registry_target
+    from northstar_adapters.compose import registry_target
 
     factory = AdapterFactory()
     registry = RoutingRegistry(
@@ -198,7 +199,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     from northstar_adapters import AdapterFactory
-    from northstar_http.bootstrap import registry_target
+    from northstar_adapters.compose import registry_target
 
     settings = _settings(args)
     known = connections(settings)

@@ -24,8 +24,8 @@ from litestar.types import Receive, Scope, Send
 from litestar.utils.empty import Empty
 from litestar.utils.scope.state import ScopeState
 
+from northstar_adapters.config import HttpSettings
 from northstar_core.errors import NorthstarError
-from northstar_http.config import HttpSettings
 
 SSE_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 

@@ -18,9 +18,9 @@ import uvicorn
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from northstar_adapters.config import Settings, load_settings
 from northstar_core.engines import Engines
 from northstar_http.bootstrap import create_app
-from northstar_http.config import Settings, load_settings
 from northstar_http.tokens import mint_token
 
 JWT_SECRET = "test-hs256-secret-0123456789abcdef"

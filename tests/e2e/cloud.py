@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from northstar_adapters.compose import REGISTRY_KIND
 from northstar_core.routing import RESOURCE_KINDS, Route, Target
-from northstar_http.bootstrap import REGISTRY_KIND
 
 CLOUD_BACKENDS = ("dynamodb", "firestore", "cosmos")
 JWT_SECRET = "e2e-cloud-hs256-secret-0123456789abcdef"

@@ -41,8 +41,8 @@ from typing import Any
 import httpx
 import pytest
 
-from northstar_http.bootstrap import build_registry
-from northstar_http.config import finalize, load_settings
+from northstar_adapters.compose import build_registry
+from northstar_adapters.config import finalize, load_settings
 from northstar_http.tokens import mint_token
 from tests.e2e.cloud import AUDIENCE, JWT_SECRET, CloudTarget, to_toml
 from tests.e2e.reliability_support import ServeProcess, SseFollower, TcpGate, Workload, free_port, verify

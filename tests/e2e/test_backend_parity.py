@@ -27,11 +27,11 @@ from typing import Any
 import httpx
 import pytest
 
+from northstar_adapters.config import load_settings
 from northstar_core.actions import ActionOutcome, ActionRequest
 from northstar_core.identity import RequestContext
 from northstar_core.routing import RESOURCE_KINDS
 from northstar_http.bootstrap import create_app
-from northstar_http.config import load_settings
 from northstar_http.tokens import mint_token
 from tests.conftest import LiveServer
 from tests.e2e.cloud import AUDIENCE, CLOUD_BACKENDS, CURSOR_SECRET, JWT_SECRET, cloud_target, sse_messages

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from northstar_adapters.config import HttpSettings
 from northstar_http import timeouts
 from northstar_http.bootstrap import create_app
-from northstar_http.config import HttpSettings
 from northstar_http.server import HttpToolsHeadTimeoutProtocol, build_server
 from tests import conftest as root
 

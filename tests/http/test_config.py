@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from northstar_adapters.config import ConfigError, connections, finalize, load_settings
 from northstar_core.routing import RESOURCE_KINDS
-from northstar_http.config import ConfigError, connections, finalize, load_settings
 
 
 def test_file_then_environment_precedence(tmp_path) -> None:

@@ -25,7 +25,7 @@ LAUNCHER = textwrap.dedent(
     """
     import sys, uvicorn
     from northstar_http.bootstrap import create_app
-    from northstar_http.config import load_settings
+    from northstar_adapters.config import load_settings
 
     async def handler(ctx, request):
         return {"fired": request.subject_id}

@@ -8,9 +8,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from northstar_adapters import AdapterFactory, memory
+from northstar_adapters.compose import build_registry
+from northstar_adapters.config import ConfigError, finalize
 from northstar_core.routing import Connection, Route, RoutingError, RoutingRegistry, Target
-from northstar_http.bootstrap import build_registry, create_app
-from northstar_http.config import ConfigError, finalize
+from northstar_http.bootstrap import create_app
 from tests.conftest import make_settings
 
 
