@@ -53,7 +53,9 @@ def full_app(data_dir: Path) -> Litestar:
     from northstar_adapters.config import finalize, load_settings
     from northstar_http.bootstrap import create_app
 
-    settings = finalize(load_settings(overrides={"data_dir": str(data_dir), "mode": "lab"}))
+    # Access log off, as the bare baseline runs uvicorn with access_log=False.
+    overrides = {"data_dir": str(data_dir), "mode": "lab", "log": {"access": False}}
+    settings = finalize(load_settings(overrides=overrides))
     return create_app(settings)
 
 

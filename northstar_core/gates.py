@@ -25,6 +25,7 @@ from northstar_core.budget import TOTAL, BudgetLedger
 from northstar_core.clock import Clock
 from northstar_core.errors import GATES, Gate, NorthstarError, gate_blocked
 from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.observe import current as observer
 from northstar_core.policies import (
     BudgetPolicy,
     Corridors,
@@ -106,8 +107,14 @@ class GateChain:
         estimated_cost: float = 0.0,
         surface_id: str | None = None,
         app_id: str | None = None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
-        """Run the chain; return the recorded allow decision or raise the 403 gate envelope."""
+        """Run the chain; return the recorded allow decision or raise the 403 gate envelope.
+
+        ``dry_run`` (``POST /actions/check``): the decision is recorded on the spine marked
+        ``dry_run`` and returned, deny included; it is not published on the subject's stream,
+        whose readers act on decisions (a UI blocks on a ``safety_decision``).
+        """
         for field, value in (
             ("action_name", action_name),
             ("subject_type", subject_type),
@@ -154,10 +161,13 @@ class GateChain:
             "estimated_cost": cost,
             "policy_versions": versions,
             "details": block.details if block else {},
+            "dry_run": dry_run,
         }
+        gate_label = block.gate if block else "none"
         try:
             event = await self.spine.record(ctx, "safety", decision, source="system")
         except NorthstarError as exc:
+            observer().gate_decision(gate_label, "unrecorded")
             raise NorthstarError(
                 f"{DOMAIN}.decision_unrecorded",
                 "the gate decision could not be recorded on the event spine; the action did not run",
@@ -166,6 +176,8 @@ class GateChain:
                 headers={"Retry-After": "1", **exc.headers},
             ) from exc
         decision["event_id"] = event.event_id
+        if dry_run:
+            return decision
         if self.streams is not None:
             try:
                 decision["stream_cursor"] = await self.streams.publish(
@@ -173,6 +185,7 @@ class GateChain:
                 )
             except NorthstarError as exc:
                 if block is None:
+                    observer().gate_decision(gate_label, "unrecorded")
                     raise NorthstarError(
                         f"{DOMAIN}.decision_unrecorded",
                         "the gate decision could not be published on the subject's stream; "
@@ -182,6 +195,7 @@ class GateChain:
                         headers={"Retry-After": "1", **exc.headers},
                     ) from exc
                 # a deny stays a deny (and is on the spine) even if the stream is down
+        observer().gate_decision(gate_label, "deny" if block is not None else "allow")
         if block is not None:
             raise gate_blocked(
                 block.gate,

@@ -20,6 +20,7 @@ import msgspec
 
 from northstar_core.errors import NorthstarError, backend_unavailable, missing_route
 from northstar_core.identity import TENANT_PATTERN
+from northstar_core.observe import current as observer
 from northstar_core.storage import (
     Absent,
     BackendUnavailable,
@@ -231,12 +232,16 @@ class KindStore(ItemStore):
             f"{self.kind}.invalid_item", str(exc), 422, details={"resource_kind": self.kind}
         )
 
+    # Every call is timed and traced through the process's observer (a no-op unless the shell
+    # installed one), labelled by kind and backend: that is what an operator compares.
+
     async def get(self, partition: str, key: str) -> Item | None:
         self._mark()
-        try:
-            return await self.inner.get(partition, key)
-        except (BackendUnavailable, InvalidItem) as exc:
-            raise self._wrap(exc) from exc
+        with observer().store_call(self.kind, self.backend, "get"):
+            try:
+                return await self.inner.get(partition, key)
+            except (BackendUnavailable, InvalidItem) as exc:
+                raise self._wrap(exc) from exc
 
     async def query(
         self,
@@ -249,25 +254,28 @@ class KindStore(ItemStore):
         descending: bool = False,
     ) -> list[Item]:
         self._mark()
-        try:
-            return await self.inner.query(
-                partition, prefix, after=after, before=before, limit=limit, descending=descending
-            )
-        except (BackendUnavailable, InvalidItem) as exc:
-            raise self._wrap(exc) from exc
+        with observer().store_call(self.kind, self.backend, "query"):
+            try:
+                return await self.inner.query(
+                    partition, prefix, after=after, before=before, limit=limit, descending=descending
+                )
+            except (BackendUnavailable, InvalidItem) as exc:
+                raise self._wrap(exc) from exc
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         self._mark()
-        try:
-            await self.inner.write(partition, ops)
-        except (BackendUnavailable, InvalidItem) as exc:
-            raise self._wrap(exc) from exc
+        with observer().store_call(self.kind, self.backend, "write"):
+            try:
+                await self.inner.write(partition, ops)
+            except (BackendUnavailable, InvalidItem) as exc:
+                raise self._wrap(exc) from exc
 
     async def ping(self) -> None:
-        try:
-            await self.inner.ping()
-        except BackendUnavailable as exc:
-            raise self._wrap(exc) from exc
+        with observer().store_call(self.kind, self.backend, "ping"):
+            try:
+                await self.inner.ping()
+            except BackendUnavailable as exc:
+                raise self._wrap(exc) from exc
 
 
 class _Broken(msgspec.Struct, frozen=True):

@@ -39,12 +39,14 @@ and after every successful append on such a stream call
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncGenerator
 from typing import Any, Final
 
 import msgspec
 
 from northstar_core.errors import NorthstarError
+from northstar_core.observe import current as observer
 from northstar_core.storage import Item
 from northstar_core.streams import SequencedStream, seq_of
 
@@ -128,14 +130,18 @@ class TailHub:
             channel.advance(head)
 
     async def _poll(self, channel: _Channel) -> None:
-        while channel.subscribers > 0:
-            try:
-                channel.advance(await channel.stream.head())
-            except NorthstarError:
-                # The backend is briefly unavailable: subscribers keep waiting and the next
-                # poll retries; their own reads surface persistent failures.
-                pass
-            await asyncio.sleep(self.poll_interval)
+        observer().tail_pollers(1)
+        try:
+            while channel.subscribers > 0:
+                try:
+                    channel.advance(await channel.stream.head())
+                except NorthstarError:
+                    # The backend is briefly unavailable: subscribers keep waiting and the next
+                    # poll retries; their own reads surface persistent failures.
+                    pass
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            observer().tail_pollers(-1)
 
     def _join(self, stream: SequencedStream) -> _Channel:
         key = _channel_key(stream)
@@ -144,7 +150,11 @@ class TailHub:
             channel = self._channels[key] = _Channel(key, stream)
         channel.subscribers += 1
         if channel.poller is None or channel.poller.done():
-            channel.poller = asyncio.get_running_loop().create_task(self._poll(channel))
+            # A fresh context: the poller serves every subscriber of the stream, not the request
+            # that happened to start it (its reads are not part of that request's trace).
+            channel.poller = asyncio.get_running_loop().create_task(
+                self._poll(channel), context=contextvars.Context()
+            )
         return channel
 
     def _leave(self, channel: _Channel) -> None:

@@ -20,6 +20,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
 from northstar_http.deps import DEPENDENCIES
 from northstar_http.errors import EXCEPTION_HANDLERS, before_send
+from northstar_http.observability import Observability
 from northstar_http.routes import (
     actions,
     analytics,
@@ -79,10 +80,13 @@ def build_app(
     on_shutdown: Sequence[Callable[..., Any]] = (),
 ) -> Litestar:
     """The app; ``state`` must hold ``settings``, ``verifier``, ``binding`` and ``engines``
-    (``engines`` may be filled by an ``on_startup`` hook)."""
+    (``engines`` may be filled by an ``on_startup`` hook). Logs, metrics and traces are set up
+    from ``settings`` (or taken from ``state["observability"]``, e.g. a test's exporter)."""
     handlers = [handler for module in ROUTE_MODULES for handler in module.ROUTES]
-    return Litestar(
-        route_handlers=handlers,
+    observability: Observability = state.get("observability") or Observability(state.get("settings"))
+    state["observability"] = observability
+    app = Litestar(
+        route_handlers=handlers + observability.route_handlers(),
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
@@ -93,8 +97,13 @@ def build_app(
         before_send=[before_send],
         request_max_body_size=body_limit,
         openapi_config=openapi_config(),
-        on_startup=list(on_startup),
-        on_shutdown=list(on_shutdown),
+        logging_config=observability.logging_config(),
+        # metrics and tracing first up and last down, so startup and shutdown work is seen
+        on_startup=[observability.start, *on_startup],
+        on_shutdown=[*on_shutdown, observability.stop],
         state=State(state),
         debug=False,
     )
+    # Outermost: every request, routed or not, gets its access line, metrics and span.
+    app.asgi_handler = observability.middleware(app.asgi_handler)
+    return app

@@ -46,6 +46,7 @@ from northstar_core.identity import (
     resolve_context,
 )
 from northstar_http.errors import request_id
+from northstar_http.observability import note_tenant, trace_id_of
 
 log = logging.getLogger("northstar.auth")
 
@@ -230,6 +231,7 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
             )
         verifier: TokenVerifier = connection.app.state.verifier
         claims = await verifier.verify(token.strip())
+        note_tenant(connection.scope, claims.tenant_id)  # verified: the request's log lines carry it
         return AuthenticationResult(user=claims, auth=token)
 
 
@@ -274,14 +276,27 @@ async def provide_ctx(request: Request[Any, Any, Any], state: State) -> RequestC
     binding: ServerBinding = state.binding
     rid = request_id(request.scope)
     try:
-        return resolve_context(claims, presented_identity(request), binding=binding, request_id=rid)
+        presented = presented_identity(request)
+        trace_id = trace_id_of(request.scope)
+        if trace_id and not presented.get("trace_id"):
+            # The W3C trace (traceparent, or this request's own span) becomes the context's
+            # trace id, so spine events join the trace; an explicit X-Trace-Id still wins.
+            presented["trace_id"] = trace_id
+        ctx = resolve_context(claims, presented, binding=binding, request_id=rid)
     except IdentityMismatch as exc:
-        await _audit_mismatch(state.engines, claims, binding, rid, exc)
+        await _audit_mismatch(state.engines, claims, binding, rid, exc, trace_id_of(request.scope))
         raise
+    note_tenant(request.scope, ctx.tenant_id)
+    return ctx
 
 
 async def _audit_mismatch(
-    engines: Engines, claims: Claims, binding: ServerBinding, rid: str, exc: IdentityMismatch
+    engines: Engines,
+    claims: Claims,
+    binding: ServerBinding,
+    rid: str,
+    exc: IdentityMismatch,
+    trace_id: str | None = None,
 ) -> None:
     # The audit event is written in the *authenticated* identity (server binding and token),
     # never in the one the headers claimed.
@@ -292,6 +307,7 @@ async def _audit_mismatch(
         roles=tuple(claims.roles),
         is_system=claims.system,
         agent_id=claims.agent_id,
+        trace_id=trace_id,
         request_id=rid,
     )
     payload: dict[str, Any] = {"field": exc.field, "presented": str(exc.details.get("presented"))[:200]}

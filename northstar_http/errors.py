@@ -195,6 +195,42 @@ def translate(exc: Exception) -> NorthstarError:
     return NorthstarError("internal.error", "the server could not complete the request", 500)
 
 
+def describe_cause(exc: BaseException, limit: int = 4) -> str | None:
+    """What caused ``exc``: its chain of causes as ``Type: message`` (outermost first), or
+    ``None`` if it has none. For the server log only (messages are cut at 300 characters)."""
+    parts: list[str] = []
+    seen: BaseException | None = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    while seen is not None and len(parts) < limit:
+        parts.append(f"{type(seen).__name__}: {seen}"[:300])
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return " <- ".join(parts) or None
+
+
+def log_failure(err: NorthstarError, exc: BaseException, method: str, path: str, scope: Scope) -> None:
+    """The one server-log record of a 5xx answer (a backend down, a route that cannot be served,
+    a bug): its code and cause. The access line says only that it happened."""
+    unexpected = not isinstance(exc, NorthstarError)
+    cause = describe_cause(exc) if not unexpected else f"{type(exc).__name__}: {exc}"[:300]
+    # a readiness probe answering "not ready" is a state report, polled; the fault behind it
+    # is logged by the requests it fails
+    level = logging.WARNING if err.code.endswith(".not_ready") else logging.ERROR
+    log.log(
+        level,
+        "%s %s failed: %s (%s)",
+        method,
+        path,
+        err.code,
+        cause or err.message,
+        exc_info=exc if unexpected else None,
+        extra={
+            "request_id": request_id(scope),
+            "error_code": err.code,
+            "status": err.http_status,
+            "cause": cause or err.message,
+        },
+    )
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Litestar exception handler for every exception type."""
     err = translate(exc)
@@ -205,14 +241,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             request.url.path,
             request_id(request.scope),
         )
-    elif err.http_status >= 500 and not isinstance(exc, NorthstarError):
-        log.error(
-            "unhandled error serving %s %s (request %s)",
-            request.method,
-            request.url.path,
-            request_id(request.scope),
-            exc_info=exc,
-        )
+    elif err.http_status >= 500:
+        log_failure(err, exc, request.method, request.url.path, request.scope)
     return envelope_response(err, request.scope)
 
 

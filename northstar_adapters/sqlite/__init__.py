@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from northstar_adapters.params import SqliteParams, parse
+from northstar_core.observe import current as observer
 from northstar_core.routing import Target
 from northstar_core.storage import (
     Absent,
@@ -434,6 +435,10 @@ class _Engine:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # the caller discards a connection it cannot trust
+        try:
+            observer().group_commit("sqlite", len(group))
+        except Exception:  # a metrics failure must never turn a committed group into an error
+            pass
         return outcomes
 
     @staticmethod
