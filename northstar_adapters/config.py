@@ -1,10 +1,13 @@
 """Configuration: one TOML file plus ``NORTHSTAR_*`` environment overrides.
 
 Sources, weakest first: built-in defaults < the TOML file (``--config``, else
-``./northstar.toml`` if present) < environment variables. Every key of the file can be set
-from the environment as ``NORTHSTAR_<KEY>`` (top level) or ``NORTHSTAR_<SECTION>_<KEY>``
-(sections ``jwt``, ``http``, ``registry``); ``NORTHSTAR_CONNECTIONS`` and ``NORTHSTAR_ROUTES``
-take JSON. See the README's "Configuration" section for every key.
+``$NORTHSTAR_CONFIG``, else ``./northstar.toml`` if present) < environment variables. Every
+key of the file can be set from the environment as ``NORTHSTAR_<KEY>`` (top level) or
+``NORTHSTAR_<SECTION>_<KEY>`` (sections ``jwt``, ``http``, ``registry``, ``log``, ``metrics``, ``tracing``);
+``NORTHSTAR_CONNECTIONS``, ``NORTHSTAR_ROUTES`` and ``NORTHSTAR_ACTIONS`` take JSON. See the
+README's "Configuration" section for every key. Any other ``NORTHSTAR_*`` name is refused (a
+misspelt variable must not be ignored silently), except the reserved ones
+(:data:`RESERVED_ENV_NAMES`, ``NORTHSTAR_SMOKE_*``).
 
 Backends are reached only through **connections** named here (``[connections.<name>]``: a
 backend, its params — endpoint, region, file path, credential source — and whether tenant
@@ -21,13 +24,15 @@ connections and the registry must be configured.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import secrets
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -44,9 +49,17 @@ from northstar_core.routing import (
 
 DEFAULT_CONFIG_FILE: Final = "northstar.toml"
 ENV_PREFIX: Final = "NORTHSTAR_"
-_SECTIONS: Final = ("jwt", "http", "registry")
-_JSON_KEYS: Final = {"connections", "routes"}
+# The configuration file's path, when no file is passed explicitly (``--config`` wins): how a
+# server that imports the app factory (uvicorn --factory, worker processes) is told which file.
+CONFIG_FILE_ENV: Final = "NORTHSTAR_CONFIG"
+# NORTHSTAR_* names that are not configuration keys but belong to other tools of this
+# repository: the cloud smoke tests' NORTHSTAR_SMOKE_* and the emulator launcher's jar path.
+RESERVED_ENV_PREFIXES: Final = ("NORTHSTAR_SMOKE_",)
+RESERVED_ENV_NAMES: Final = frozenset({CONFIG_FILE_ENV, "NORTHSTAR_FIRESTORE_EMULATOR_JAR"})
+_SECTIONS: Final = ("jwt", "http", "registry", "log", "metrics", "tracing")
+_JSON_KEYS: Final = {"connections", "routes", "actions"}
 LAB_CONNECTION: Final = "lab"
+LAB_SECRETS_FILE: Final = "secrets.json"
 
 
 class ConfigError(Exception):
@@ -72,6 +85,57 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the second: a drip-fed connection cannot hold a worker slot indefinitely.
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
+    # /readyz answers from a result this young instead of pinging every backend on each probe
+    # (0 = ping on every call): probes from many load balancers must not load the backends.
+    ready_cache_seconds: float = 2.0
+
+
+LOG_FORMATS: Final = ("auto", "json", "human")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class LogSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # auto: JSON lines unless stderr is a terminal (then the human format)
+    format: str = "auto"
+    level: str = "INFO"
+    # one access line per request (off for benchmarks that measure request handling only)
+    access: bool = True
+
+    def __post_init__(self) -> None:
+        self.format = self.format.lower()
+        self.level = self.level.upper()
+        if self.format not in LOG_FORMATS:
+            raise ValueError(f"log.format must be one of {', '.join(LOG_FORMATS)}")
+        if self.level not in LOG_LEVELS:
+            raise ValueError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
+
+
+class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Off by default. When on: a Prometheus listener of its own on `bind` (loopback by default:
+    # no token, so keep it off public interfaces; "" = none) and GET /metrics on the service's
+    # port for system tokens.
+    enabled: bool = False
+    bind: str = "127.0.0.1:9464"
+
+    def __post_init__(self) -> None:
+        if self.bind:
+            host, sep, port = self.bind.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError("metrics.bind must be HOST:PORT (e.g. 127.0.0.1:9464), or empty")
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the separate listener, or ``None``."""
+        if not self.bind:
+            return None
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class TracingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # OpenTelemetry spans over OTLP/HTTP; the exporter, sampler and resource are configured by
+    # the standard OTEL_* environment variables (OTEL_EXPORTER_OTLP_ENDPOINT, ...).
+    enabled: bool = False
 
 
 class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -80,28 +144,100 @@ class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     refresh_seconds: float = 5.0
 
 
+class ActionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One ``[[actions]]`` entry: the handler behind an action name of ``/actions/execute``.
+
+    Exactly one of ``handler`` (an import string ``package.module:function`` naming an async
+    ``function(ctx, request)``) or ``webhook`` (an http(s) URL the operator chose, POSTed with an
+    HMAC-SHA256 signature made with the secret in the environment variable ``secret_env``).
+    Checked, imported and wired by the composition root (``northstar_adapters.compose``): a
+    service whose actions cannot be loaded refuses to start.
+    """
+
+    name: str
+    handler: str | None = None
+    webhook: str | None = None
+    secret_env: str | None = None
+    # the whole webhook exchange (connect, send, answer) must finish within this
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # a larger webhook answer is a failure (502); kept small enough to store for replays
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1, le=262_144)] = 65_536
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     mode: str = "lab"
     data_dir: str = ".northstar/data"
     cursor_secret: str | None = None
     bind_tenant_id: str | None = None
     lab_route_all: bool = True
+    # Every resource kind without a configured deployment-wide route is routed to this
+    # connection (an explicit operator choice, so not a silent fallback).
+    default_connection: str | None = None
     tail_poll_seconds: float = 0.5
     jwt: JwtSettings = msgspec.field(default_factory=JwtSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     connections: dict[str, dict[str, Any]] = {}
     registry: RegistrySettings | None = None
     routes: list[Route] = []
+    actions: list[ActionSettings] = []
 
     @property
     def is_lab(self) -> bool:
         return self.mode == "lab"
 
 
+def _section_type(section: str) -> type[msgspec.Struct]:
+    hint = typing.get_type_hints(Settings)[section]
+    candidates = (hint, *typing.get_args(hint))  # `RegistrySettings | None` too
+    return next(t for t in candidates if isinstance(t, type) and issubclass(t, msgspec.Struct))
+
+
+def env_names() -> list[str]:
+    """Every ``NORTHSTAR_*`` variable the configuration reads, sorted."""
+    names = [CONFIG_FILE_ENV]
+    for field in Settings.__struct_fields__:
+        if field in _SECTIONS:
+            keys = _section_type(field).__struct_fields__
+            names += [f"{ENV_PREFIX}{field}_{key}".upper() for key in keys]
+        else:
+            names.append(f"{ENV_PREFIX}{field}".upper())
+    return sorted(names)
+
+
+def check_env_names(environ: Mapping[str, str]) -> None:
+    """Refuse ``NORTHSTAR_*`` variables that configure nothing: a misspelt or invented name
+    (``NORTHSTAR_PORT``) would otherwise be ignored without a word."""
+    known = set(env_names())
+    unknown = sorted(
+        name for name in environ
+        if name.startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and name.upper() not in RESERVED_ENV_NAMES
+        and not name.upper().startswith(RESERVED_ENV_PREFIXES)
+    )
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: "
+        f"the configuration reads {', '.join(sorted(known))} "
+        f"({', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)} is reserved for the tests)"
+    )
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    check_env_names(environ)
     out: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or not raw:
+        if not name.startswith(ENV_PREFIX) or not raw or name in RESERVED_ENV_NAMES:
+            continue
+        if name.startswith(RESERVED_ENV_PREFIXES):
             continue
         key = name[len(ENV_PREFIX) :].lower()
         value: Any = raw
@@ -134,9 +270,13 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read the file and the environment into :class:`Settings` (no side effects)."""
+    """Read the file and the environment into :class:`Settings` (no side effects).
+
+    The file: ``config_file``, else ``$NORTHSTAR_CONFIG``, else ``./northstar.toml`` if present.
+    """
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
+    config_file = config_file or environ.get(CONFIG_FILE_ENV) or None
     path = Path(config_file) if config_file else Path(DEFAULT_CONFIG_FILE)
     if config_file and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -186,18 +326,40 @@ def lab_data_file(settings: Settings) -> str:
     return str((Path(settings.data_dir) / "northstar.db").resolve())
 
 
-def finalize(settings: Settings) -> Settings:
-    """Fill lab defaults (creating the data dir and persisted secrets) and check completeness.
+def _route_unrouted(routes: list[Route], connection: str) -> list[Route]:
+    """``routes`` plus a route to ``connection`` for every kind without a deployment-wide one."""
+    have = {r.resource_kind for r in routes if r.tenant_id is None}
+    added = [Route(resource_kind=k, connection=connection) for k in RESOURCE_KINDS if k not in have]
+    return [*routes, *added]
 
-    Raises :class:`ConfigError` when a non-lab deployment lacks something it needs.
+
+def finalize(settings: Settings, *, create: bool = True) -> Settings:
+    """Fill defaults and check completeness. Lab: the lab connection and registry, the
+    persisted secrets (the data dir and ``secrets.json`` are created unless ``create`` is
+    false; then secrets that do not exist yet stay unset and nothing is written).
+    ``default_connection`` (any mode) routes every kind without a configured route there.
+
+    Raises :class:`ConfigError` when a deployment lacks something it needs.
     """
+    if settings.default_connection is not None:
+        name = settings.default_connection
+        known = set(settings.connections) | ({LAB_CONNECTION} if settings.is_lab else set())
+        if name not in known:
+            raise ConfigError(
+                f"default_connection {name!r} is not a configured connection"
+                f" (configured: {', '.join(sorted(known)) or 'none'})"
+            )
+        settings = msgspec.structs.replace(settings, routes=_route_unrouted(list(settings.routes), name))
     if settings.is_lab:
         data_dir = Path(settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        stored = _lab_secrets(data_dir)
+        if create:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            stored: dict[str, str] = _lab_secrets(data_dir)
+        else:
+            stored = read_lab_secrets(data_dir) or {}
         jwt_settings = settings.jwt
         if not (jwt_settings.hs256_secret or jwt_settings.jwks_file or jwt_settings.jwks_url):
-            jwt_settings = msgspec.structs.replace(jwt_settings, hs256_secret=stored["jwt_hs256_secret"])
+            jwt_settings = msgspec.structs.replace(jwt_settings, hs256_secret=stored.get("jwt_hs256_secret"))
         conns = dict(settings.connections)
         registry = settings.registry
         if registry is None:
@@ -206,16 +368,11 @@ def finalize(settings: Settings) -> Settings:
             registry = RegistrySettings(connection=LAB_CONNECTION)
         routes = list(settings.routes)
         if settings.lab_route_all:
-            have = {r.resource_kind for r in routes if r.tenant_id is None}
-            routes += [
-                Route(resource_kind=k, connection=registry.connection)
-                for k in RESOURCE_KINDS
-                if k not in have
-            ]
+            routes = _route_unrouted(routes, registry.connection)
         settings = msgspec.structs.replace(
             settings,
             jwt=jwt_settings,
-            cursor_secret=settings.cursor_secret or stored["cursor_secret"],
+            cursor_secret=settings.cursor_secret or stored.get("cursor_secret"),
             connections=conns,
             registry=registry,
             routes=routes,
@@ -256,13 +413,32 @@ def _check_references(settings: Settings) -> None:
         raise ConfigError("; ".join(problems))
 
 
+def lab_secrets_file(settings: Settings) -> Path:
+    """Where a lab deployment keeps its generated JWT and cursor secrets."""
+    return Path(settings.data_dir) / LAB_SECRETS_FILE
+
+
+def read_lab_secrets(data_dir: Path) -> dict[str, str] | None:
+    """The lab's persisted secrets, or ``None`` if none were generated yet (nothing written)."""
+    path = data_dir / LAB_SECRETS_FILE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); delete it to generate new lab secrets") from None
+    if not isinstance(stored, dict) or not {"jwt_hs256_secret", "cursor_secret"} <= stored.keys():
+        raise ConfigError(f"{path} is incomplete; delete it to generate new lab secrets")
+    return stored
+
+
 def _lab_secrets(data_dir: Path) -> dict[str, str]:
     """The lab's persisted secrets, generated on first use.
 
     Created with a hard link from a private temp file, which fails if the file exists, so two
     processes starting at once agree on one set of secrets.
     """
-    path = data_dir / "secrets.json"
+    path = data_dir / LAB_SECRETS_FILE
     if not path.is_file():
         fresh = {"jwt_hs256_secret": secrets.token_urlsafe(32), "cursor_secret": secrets.token_urlsafe(32)}
         tmp = data_dir / f".secrets.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -274,7 +450,6 @@ def _lab_secrets(data_dir: Path) -> dict[str, str]:
             pass  # another process won; use its secrets
         finally:
             tmp.unlink()
-    stored: dict[str, str] = json.loads(path.read_text())
-    if not {"jwt_hs256_secret", "cursor_secret"} <= stored.keys():
-        raise ConfigError(f"{path} is incomplete; delete it to generate new lab secrets")
+    stored = read_lab_secrets(data_dir)
+    assert stored is not None
     return stored

@@ -21,6 +21,7 @@ from northstar_core.identity import ServerBinding
 from northstar_core.routing import LAB_ONLY_BACKENDS
 from northstar_http.app import build_app
 from northstar_http.auth import TokenVerifier
+from northstar_http.sse import STREAMS_STATE_KEY, EventStreams, close_event_streams
 
 log = logging.getLogger("northstar")
 
@@ -65,6 +66,8 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> Litesta
         "binding": server_binding(settings),
         "engines": engines,
         "owns_engines": engines is None,
+        # open SSE responses, ended together when the server shuts down (northstar_http/sse.py)
+        STREAMS_STATE_KEY: EventStreams(),
     }
 
     async def start(app: Litestar) -> None:
@@ -75,6 +78,9 @@ def create_app(settings: Settings, *, engines: Engines | None = None) -> Litesta
             log.warning(banner)
 
     async def stop(app: Litestar) -> None:
+        # Servers that do not end the streams when their shutdown begins reach this only after
+        # their own timeout: end whatever is still open before the stores close under it.
+        close_event_streams(app)
         if app.state.owns_engines and app.state.engines is not None:
             await app.state.engines.close()
 

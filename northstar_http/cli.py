@@ -1,13 +1,16 @@
-"""The ``northstar`` command: serve, token, routes, provision, openapi.
+"""The ``northstar`` command: serve, token, routes, provision, doctor, openapi, bench.
 
-    northstar serve                 # lab: SQLite under .northstar/data, every kind routed there
+    northstar serve [--workers N]   # lab: SQLite under .northstar/data, every kind routed there
     northstar token --tenant t_acme --roles admin
     northstar routes show | northstar routes set --kind chat_store --connection main [--table chat]
     northstar provision --dry-run   # tables/containers/indexes for every routed cloud backend
+    northstar doctor                # configuration, secrets, routes, backends, clock: what to fix
     northstar openapi               # write contracts/openapi.json
 
-Every command reads the same configuration (``--config`` file, else ``./northstar.toml``, plus
-``NORTHSTAR_*`` environment variables; see the README).
+Every command reads the same configuration (``--config`` file, else ``$NORTHSTAR_CONFIG``, else
+``./northstar.toml``, plus ``NORTHSTAR_*`` environment variables; see the README) and accepts
+``--config`` and ``--data-dir`` before or after its name. Only ``serve``, ``provision`` (without
+``--dry-run``) and ``routes set`` create anything (the lab data dir, its secrets, tables).
 """
 
 from __future__ import annotations
@@ -15,23 +18,44 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import sys
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
-from northstar_adapters.config import ConfigError, Settings, connections, finalize, load_settings
+from northstar_adapters.compose import REGISTRY_KIND
+from northstar_adapters.config import (
+    CONFIG_FILE_ENV,
+    ConfigError,
+    Settings,
+    connections,
+    finalize,
+    lab_secrets_file,
+    load_settings,
+)
 from northstar_core.errors import NorthstarError
-from northstar_core.routing import Route, RoutingError, RoutingRegistry, Target
+from northstar_core.identity import MODES, ROLE_RANK
+from northstar_core.routing import RESOURCE_KINDS, Route, RoutingError, RoutingRegistry, Target
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "contracts" / "openapi.json"
+# The app factory `serve --workers` hands to each worker process (northstar_http/asgi.py).
+APP_FACTORY: Final = "northstar_http.asgi:create_app"
+LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug", "trace")
+# Exit status of a command whose output pipe was closed (`northstar routes | head`): what a
+# shell reports for a command killed by SIGPIPE.
+EXIT_BROKEN_PIPE: Final = 141
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+def _settings(args: argparse.Namespace, *, create: bool, **overrides: Any) -> Settings:
     over = {k: v for k, v in overrides.items() if v is not None}
-    return finalize(load_settings(args.config, overrides=over or None))
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:
+        over["data_dir"] = data_dir
+    return finalize(load_settings(getattr(args, "config", None), overrides=over or None), create=create)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -39,23 +63,52 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _registry_file_missing(settings: Settings) -> Path | None:
+    """The routing registry's SQLite file if it does not exist yet (nothing served there):
+    read-only commands must not create it by opening it."""
+    from northstar_adapters.compose import registry_target
+
+    target = registry_target(settings)
+    path = target.params.get("path")
+    if target.backend == "sqlite" and isinstance(path, str) and not Path(path).exists():
+        return Path(path)
+    return None
+
+
+async def open_registry(settings: Settings) -> RoutingRegistry:
+    """The durable routing table, loaded (nothing seeded, nothing checked)."""
+    from northstar_adapters import AdapterFactory
+    from northstar_adapters.compose import registry_target
+
+    factory = AdapterFactory()
+    registry = RoutingRegistry(
+        factory.open(registry_target(settings)),
+        factory,
+        connections=connections(settings),
+        deployment_mode=settings.mode,
+    )
+    await registry.load()
+    return registry
+
+
 # --- serve -----------------------------------------------------------------------------------
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from northstar_adapters.compose import build_registry
-    from northstar_http.bootstrap import create_app
-    from northstar_http.server import run_server
+    from northstar_adapters.compose import action_handlers, build_registry
     from northstar_http.tokens import mint_token
 
+    if args.workers < 1:
+        return _fail("--workers must be at least 1")
     http_over: dict[str, Any] = {}
     if args.host:
         http_over["host"] = args.host
     if args.port is not None:
         http_over["port"] = args.port
-    settings = _settings(args, data_dir=args.data_dir, mode=args.mode, http=http_over or None)
+    settings = _settings(args, create=True, mode=args.mode, http=http_over or None)
 
     async def preflight() -> list[str]:
+        action_handlers(settings)  # ConfigError (exit 2) if a configured action cannot be loaded
         registry = await build_registry(settings)
         try:
             return [registry.label_of(r) for r, _ in registry.routes()]
@@ -94,31 +147,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
         )
         print(f"    curl -s {base}/chat/threads/demo/messages -H 'Authorization: Bearer {token}'")
+        data_dir = shlex.quote(str(Path(settings.data_dir).resolve()))
+        print(f"  more tokens: northstar token --data-dir {data_dir} --tenant t_acme --roles admin")
     print(f"  docs: {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)")
     sys.stdout.flush()
-    # Open SSE streams never finish by themselves: give them a few seconds on shutdown.
-    # run_server bounds the time to send a request head and body (northstar_http/server.py).
-    app = create_app(settings)
-    return run_server(
-        app, settings, host=host, port=port, log_level=args.log_level, timeout_graceful_shutdown=5
-    )
+    # Open SSE streams are ended as shutdown begins (northstar_http/sse.py); the grace period
+    # bounds what is left (slow requests). run_server/run_workers bound the time to send a
+    # request head; the app bounds the body (northstar_http/server.py, timeouts.py).
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_level": args.log_level, "timeout_graceful_shutdown": 5,
+    }
+    if args.workers > 1:
+        from northstar_http.server import run_workers
+
+        _export_for_workers(args, settings)
+        return run_workers(APP_FACTORY, settings, workers=args.workers, **options)
+    from northstar_http.bootstrap import create_app
+    from northstar_http.server import run_server
+
+    return run_server(create_app(settings), settings, **options)
+
+
+def _export_for_workers(args: argparse.Namespace, settings: Settings) -> None:
+    """Worker processes build their app from the environment (the factory takes no
+    arguments): what the command line chose goes there, as exact, absolute values."""
+    config = getattr(args, "config", None)
+    if config:
+        os.environ[CONFIG_FILE_ENV] = str(Path(config).resolve())
+    os.environ["NORTHSTAR_DATA_DIR"] = str(Path(settings.data_dir).resolve())
+    os.environ["NORTHSTAR_MODE"] = settings.mode
+    os.environ["NORTHSTAR_HTTP_HOST"] = settings.http.host
+    os.environ["NORTHSTAR_HTTP_PORT"] = str(settings.http.port)
 
 
 # --- token -----------------------------------------------------------------------------------
 
 
+def _roles(value: str) -> list[str]:
+    roles = [r.strip() for r in value.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ROLE_RANK]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown role {', '.join(unknown)} (choose from {', '.join(ROLE_RANK)})"
+        )
+    return roles
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from northstar_http.tokens import mint_token
 
-    settings = _settings(args)
+    settings = _settings(args, create=False)
     if not settings.jwt.hs256_secret:
+        if settings.is_lab and not (settings.jwt.jwks_file or settings.jwt.jwks_url):
+            # Minting with a fresh secret here would give a token no server accepts (401).
+            return _fail(
+                f"no lab secrets in {lab_secrets_file(settings).resolve()}: a token must be signed "
+                "with the secret of the server it is for. Pass that server's --data-dir (and "
+                "--config), or start `northstar serve` there first."
+            )
         return _fail("tokens can be minted only with an HS256 secret (jwt.hs256_secret)")
     token = mint_token(
         settings.jwt.hs256_secret,
         tenant_id=args.tenant,
         sub=args.user,
         mode=args.mode or settings.mode,
-        roles=[r for r in args.roles.split(",") if r],
+        roles=args.roles,
         system=args.system,
         agent_id=args.agent,
         project_id=args.project,
@@ -133,26 +226,22 @@ def cmd_token(args: argparse.Namespace) -> int:
 # --- routes ----------------------------------------------------------------------------------
 
 
-async def _open_registry(settings: Settings) -> RoutingRegistry:
-    from northstar_adapters import AdapterFactory
-    from northstar_adapters.compose import registry_target
-
-    factory = AdapterFactory()
-    registry = RoutingRegistry(
-        factory.open(registry_target(settings)),
-        factory,
-        connections=connections(settings),
-        deployment_mode=settings.mode,
-    )
-    await registry.load()
-    return registry
-
-
 def cmd_routes(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    if args.action == "set" and not (args.kind and args.connection):
+        return _fail("routes set needs --kind and --connection")
+    settings = _settings(args, create=args.action == "set")
+    if args.action == "show":
+        missing = _registry_file_missing(settings)
+        if missing is not None:
+            kinds = sorted({r.resource_kind for r in settings.routes})
+            print(f"# no routing registry at {missing} yet (nothing was served there)", file=sys.stderr)
+            if kinds:
+                seeded = ", ".join(kinds)
+                print(f"# configured, seeded at the next `northstar serve`: {seeded}", file=sys.stderr)
+            return 0
 
     async def run() -> int:
-        registry = await _open_registry(settings)
+        registry = await open_registry(settings)
         try:
             if args.action == "set":
                 try:
@@ -201,12 +290,18 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from northstar_adapters import AdapterFactory
     from northstar_adapters.compose import registry_target
 
-    settings = _settings(args)
+    # A dry run changes nothing: no data dir, no secrets, no database file.
+    settings = _settings(args, create=not args.dry_run)
     known = connections(settings)
     factory = AdapterFactory()
 
     async def provision_target(target: Target) -> bool:
-        provision = getattr(factory.module(target.backend), "provision", None)
+        try:
+            provision = getattr(factory.module(target.backend), "provision", None)
+        except ImportError as exc:
+            print(f"{target.resource_kind}: FAILED the {target.backend} SDK is not installed ({exc}); "
+                  f"install northstar[{target.backend}]", file=sys.stderr)
+            return False
         if provision is None:
             print(f"{target.resource_kind}: {target.backend} needs no provisioning")
             return True
@@ -239,14 +334,19 @@ def cmd_provision(args: argparse.Namespace) -> int:
         first = registry_target(settings)
         done = {msgspec.json.encode((settings.registry.connection if settings.registry else "", first.table))}
         ok = True if args.kind and first.resource_kind != args.kind else await provision_target(first)
-        try:
-            registry = await _open_registry(settings)
-        except NorthstarError as exc:
-            print(f"# routing registry not readable ({exc.code}): configured routes only", file=sys.stderr)
-            stored: list[Route] = []
-            registry = None
+        registry: RoutingRegistry | None = None
+        stored: list[Route] = []
+        missing = _registry_file_missing(settings) if args.dry_run else None
+        if missing is not None:
+            print(f"# no routing registry at {missing} yet: configured routes only", file=sys.stderr)
         else:
-            stored = [r for r, _ in registry.routes()]
+            try:
+                registry = await open_registry(settings)
+            except NorthstarError as exc:
+                note = f"# routing registry not readable ({exc.code}): configured routes only"
+                print(note, file=sys.stderr)
+            else:
+                stored = [r for r, _ in registry.routes()]
         try:
             for route in [*stored, *settings.routes]:
                 key = msgspec.json.encode((route.connection, route.table_name))
@@ -260,6 +360,19 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 await registry.close()
 
     return asyncio.run(run())
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from northstar_http.doctor import diagnose
+
+    overrides = {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else None
+    config = getattr(args, "config", None)
+    report = asyncio.run(diagnose(config, overrides=overrides, check_seconds=args.timeout))
+    print(report.render())
+    return 1 if report.failed else 0
 
 
 # --- openapi ---------------------------------------------------------------------------------
@@ -304,54 +417,113 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="northstar", description="Northstar durable engines")
-    p.add_argument("--config", help="TOML configuration file (default: ./northstar.toml if present)")
-    sub = p.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    try:
+        return metadata.version("northstar")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
-    s = sub.add_parser("serve", help="run the HTTP service (lab default: SQLite under .northstar/data)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--data-dir")
-    s.add_argument("--mode", choices=["lab", "saas", "enterprise", "system"])
-    s.add_argument("--log-level", default="info")
+
+def _common_options() -> argparse.ArgumentParser:
+    """``--config`` and ``--data-dir``, accepted before the command and after it: SUPPRESS as
+    the default, so a subcommand that does not repeat an option keeps what came before it."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (before or after the command)")
+    group.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help="TOML configuration file (default: $NORTHSTAR_CONFIG, else ./northstar.toml if present)",
+    )
+    group.add_argument(
+        "--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help="lab data directory: the SQLite file and secrets.json (default: data_dir of the "
+        "configuration, .northstar/data); use the one the server was started with",
+    )
+    return common
+
+
+def parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    p = argparse.ArgumentParser(
+        prog="northstar",
+        description="Northstar durable engines: run the service and operate a deployment.",
+        epilog="`northstar COMMAND --help` shows a command's options. Configuration: README, "
+        "section Configuration.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"northstar {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    s = command("serve", "run the HTTP service (lab default: SQLite under .northstar/data)")
+    s.add_argument("--host", help="interface to listen on (default: http.host, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="TCP port (default: http.port, 8787)")
+    s.add_argument("--mode", choices=MODES, help="deployment mode (default: mode, lab)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes sharing the port (default: 1)")
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                   help="uvicorn's log level (default: info)")
     s.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("token", help="mint a JWT with the configured HS256 secret (lab)")
-    t.add_argument("--tenant", default="t_lab")
-    t.add_argument("--user", default="u_lab")
-    t.add_argument("--roles", default="member", help="comma-separated: owner,admin,member,viewer")
-    t.add_argument("--system", action="store_true")
-    t.add_argument("--agent")
-    t.add_argument("--project")
-    t.add_argument("--mode")
-    t.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds")
+    t = command("token", "mint an HS256 JWT with the configured secret (lab: the data dir's)")
+    t.add_argument("--tenant", default="t_lab", help="tenant_id claim (default: t_lab)")
+    t.add_argument("--user", default="u_lab", help="sub claim, the user id (default: u_lab)")
+    t.add_argument("--roles", type=_roles, default=["member"], metavar="ROLE[,ROLE]",
+                   help=f"comma-separated, from {', '.join(ROLE_RANK)} (default: member)")
+    t.add_argument("--system", action="store_true", help="add the system claim (operator scope)")
+    t.add_argument("--agent", metavar="ID", help="agent_id claim (default: none)")
+    t.add_argument("--project", metavar="ID", help="project_id claim (default: none)")
+    t.add_argument("--mode", choices=MODES, help="mode claim (default: the configured mode)")
+    t.add_argument("--ttl", type=int, default=30 * 24 * 3600, metavar="SECONDS",
+                   help="lifetime in seconds (default: 2592000, 30 days)")
     t.set_defaults(func=cmd_token)
 
-    r = sub.add_parser("routes", help="show or set routes in the durable registry")
-    r.add_argument("action", choices=["show", "set"], nargs="?", default="show")
-    r.add_argument("--kind")
+    r = command("routes", "show or set routes in the durable registry")
+    r.add_argument("action", choices=["show", "set"], nargs="?", default="show",
+                   help="show (default) or set")
+    r.add_argument("--kind", choices=RESOURCE_KINDS, metavar="KIND",
+                   help=f"resource kind to set, one of: {', '.join(RESOURCE_KINDS)}")
     r.add_argument("--connection", help="a connection named in the configuration")
     r.add_argument("--table", help="table / container / collection name in it (default: the kind)")
-    r.add_argument("--options", help="JSON object: max_value_bytes, default_ttl_seconds, canvas_limits")
-    r.add_argument("--tenant")
-    r.add_argument("--expected-version", type=int)
+    r.add_argument("--options", metavar="JSON",
+                   help="JSON object: max_value_bytes, default_ttl_seconds, canvas_limits (default: {})")
+    r.add_argument("--tenant", metavar="TENANT_ID", help="a per-tenant override (default: deployment-wide)")
+    r.add_argument("--expected-version", type=int, metavar="N",
+                   help="the version this replaces (default: set unconditionally)")
     r.set_defaults(func=cmd_routes)
 
-    v = sub.add_parser("provision", help="create tables/containers/indexes for routed backends")
-    v.add_argument("--dry-run", action="store_true")
-    v.add_argument("--kind")
+    kinds = (*RESOURCE_KINDS, REGISTRY_KIND)
+    v = command("provision", "create tables/containers/indexes/TTL settings for routed backends")
+    v.add_argument("--dry-run", action="store_true", help="print the plan; create and change nothing")
+    v.add_argument("--kind", choices=kinds, metavar="KIND",
+                   help=f"only this kind (default: all), one of: {', '.join(kinds)}")
     v.set_defaults(func=cmd_provision)
 
-    b = sub.add_parser("bench", help="run the benchmark harness (P1-P5); see `northstar bench --help`")
+    d = command("doctor", "check configuration, secrets, routes, backends and clock; say what to fix")
+    d.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="time allowed for each backend or endpoint check (default: 5)")
+    d.set_defaults(func=cmd_doctor)
+
+    b = command("bench", "run the benchmark harness (P1-P5); see `northstar bench --help`")
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for bench/run.py")
     b.set_defaults(func=cmd_bench)
 
-    o = sub.add_parser("openapi", help="write the OpenAPI schema to contracts/openapi.json")
-    o.add_argument("--output", default=str(OPENAPI_FILE))
+    o = command("openapi", "write the OpenAPI schema to contracts/openapi.json")
+    o.add_argument("--output", default=str(OPENAPI_FILE), metavar="FILE",
+                   help="where to write it (default: contracts/openapi.json of the checkout)")
     o.add_argument("--check", action="store_true", help="fail if the file is out of date")
     o.set_defaults(func=cmd_openapi)
     return p
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout again at exit, which would raise (and print) once more.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured, replaced): nothing to flush
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,14 +531,20 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # every option after `bench` belongs to the harness
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser().parse_args(argv)
-    if args.command == "routes" and args.action == "set" and not (args.kind and args.connection):
-        return _fail("routes set needs --kind and --connection")
     try:
         result: int = args.func(args)
     except ConfigError as exc:
         return _fail(f"configuration: {exc}")
+    except ModuleNotFoundError as exc:
+        # A lab-only install (./scripts/serve) has no cloud SDK: say which extra brings it.
+        return _fail(f"{exc}: a backend's SDK is not installed; install its extra, e.g. "
+                     "pip install 'northstar[dynamodb]' (or [firestore], [cosmos]; ./scripts/test "
+                     "installs all)")
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`northstar routes | head`): not an error of ours
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     return result
 
 

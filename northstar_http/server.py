@@ -19,22 +19,34 @@ bound to uvicorn's two HTTP/1.1 implementations (h11 and httptools):
   drip-fed after the answer cannot hold the connection either.
 
 The body of a request being served is bounded by the app (:mod:`northstar_http.timeouts`).
-``northstar serve`` runs :func:`run_server`; tests and embedders use :func:`build_server`.
+
+When the server begins to shut down (SIGTERM, SIGINT), the protocols and :class:`Server` end
+the app's open event streams (:func:`northstar_http.sse.close_event_streams`): each sends a
+last comment and completes, so in-flight requests drain, the stores close and nothing is cut.
+
+``northstar serve`` runs :func:`run_server` (one process) or :func:`run_workers`
+(``--workers N``); tests and embedders use :func:`build_server`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import uuid
+from types import FrameType
 from typing import Any, Final
 
 import h11
 import msgspec
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from northstar_core.errors import NorthstarError
+from northstar_http.sse import close_event_streams
 from northstar_http.timeouts import DEFAULT_HEADER_TIMEOUT_SECONDS, header_timeout_seconds
 
 # The largest request head (request line and headers) accepted. h11 enforces its own limit,
@@ -141,6 +153,10 @@ class H11HeadTimeoutProtocol(_HeadDeadline, H11Protocol):
         self._disarm_head_deadline()
         super().handle_websocket_upgrade(event)
 
+    def shutdown(self) -> None:
+        close_event_streams(self.app)  # or the server would wait for them to end by themselves
+        super().shutdown()
+
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
             self._arm_head_deadline()  # disarmed again at once if a pipelined head is waiting
@@ -203,6 +219,10 @@ else:
             self._disarm_head_deadline()
             super().handle_websocket_upgrade()
 
+        def shutdown(self) -> None:
+            close_event_streams(self.app)
+            super().shutdown()
+
         def on_response_complete(self) -> None:
             # A queued pipelined request already has its head: it starts now, undeadlined.
             if not self.pipeline and not self.transport.is_closing():
@@ -261,6 +281,10 @@ def build_config(
     http_settings = getattr(settings, "http", None)
     if header_timeout is None:
         header_timeout = header_timeout_seconds(settings)
+    # The app's logging owns the process's log output (northstar_http/observability.py): its
+    # own access line per request replaces uvicorn's, and uvicorn's records reach its handler.
+    uvicorn_options.setdefault("access_log", False)
+    uvicorn_options.setdefault("log_config", None)
     return ServerConfig(
         app,
         host=host if host is not None else getattr(http_settings, "host", "127.0.0.1"),
@@ -271,9 +295,27 @@ def build_config(
     )
 
 
-def build_server(app: Any, settings: Any = None, **kwargs: Any) -> uvicorn.Server:
+class Server(uvicorn.Server):
+    """uvicorn's server, ending the app's event streams as its shutdown begins, and exiting
+    normally after a SIGTERM it has handled."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises a handled signal after its graceful shutdown, so the process dies
+        # of SIGTERM (status -15/143). A stop that was asked for and completed is a success:
+        # exit status 0 for systemd, container runtimes and process supervisors.
+        captured = getattr(self, "_captured_signals", None)
+        if sig == signal.SIGTERM and isinstance(captured, list) and captured and captured[-1] == sig:
+            captured.pop()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        close_event_streams(self.config.loaded_app)
+        await super().shutdown(sockets=sockets)
+
+
+def build_server(app: Any, settings: Any = None, **kwargs: Any) -> Server:
     """A uvicorn server for ``app`` (see :func:`build_config`); ``await server.serve()``."""
-    return uvicorn.Server(build_config(app, settings, **kwargs))
+    return Server(build_config(app, settings, **kwargs))
 
 
 def run_server(app: Any, settings: Any = None, **kwargs: Any) -> int:
@@ -284,3 +326,16 @@ def run_server(app: Any, settings: Any = None, **kwargs: Any) -> int:
     except KeyboardInterrupt:
         pass
     return 0 if server.started else 1
+
+
+def run_workers(factory: str, settings: Any = None, *, workers: int, **kwargs: Any) -> int:
+    """Serve with ``workers`` processes, each building its app by calling ``factory`` (an
+    import string, ``"module:function"``: processes are spawned, an app object cannot be
+    handed to them), on one socket bound here; the same protocols (head deadline) and
+    shutdown as :func:`run_server`. Exit status 1 if a worker could not start."""
+    if workers < 2:
+        raise ValueError("run_workers needs at least 2 workers (run_server serves with one)")
+    config = build_config(factory, settings, factory=True, workers=workers, **kwargs)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    return 1 if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes) else 0

@@ -5,18 +5,23 @@ Usage in a handler: validate the cursor *before* building the response (so a bad
 ``events`` yields ``SseEvent`` or ``None`` (an idle heartbeat) — typically adapted from
 ``engines.tails.follow(...)`` (see ``northstar_core.tail``). The event ``id`` must be the
 event's cursor, so ``Last-Event-ID`` and ``?cursor=`` are interchangeable on reconnect.
+
+On shutdown the server calls :func:`close_event_streams`: every open stream sends a last
+comment and ends (see :class:`EventStreams`), so a stopping server is not held open by its
+subscribers and they reconnect, without a gap, wherever the service runs next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Final
 
 import msgspec
 from litestar import Request
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.response import ServerSentEvent, Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
@@ -26,6 +31,10 @@ from litestar.utils.scope.state import ScopeState
 
 from northstar_adapters.config import HttpSettings
 from northstar_core.errors import NorthstarError
+from northstar_http.errors import describe_cause
+from northstar_http.observability import sse_subscribers
+
+log = logging.getLogger("northstar.sse")
 
 SSE_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
@@ -43,6 +52,98 @@ def resume_cursor(request: Request[Any, Any, Any], cursor: str | None) -> str | 
 
 HEARTBEAT: Final = b": heartbeat"
 PROBE_SECONDS: Final = 1.0
+# The last frame of a stream ended by a server shutdown: a comment, so it carries no `id` and
+# the client's Last-Event-ID stays on the last event it received; its reconnect (to this
+# server restarted, or another replica) resumes exactly after that event.
+SHUTDOWN_FRAME: Final = b": server shutting down; reconnect with Last-Event-ID\r\n\r\n"
+# How long that last frame may take to reach a client that is not reading.
+LAST_FRAME_SECONDS: Final = 1.0
+STREAMS_STATE_KEY: Final = "event_streams"
+_SHUTDOWN_MESSAGE: Final = "northstar: event streams closed for shutdown"
+
+
+class EventStreams:
+    """The event streams one app is serving, so that a server shutdown can end them at once.
+
+    An SSE response never finishes by itself: left alone, a stopping server waits out its
+    graceful-shutdown timeout and then cancels each stream mid-write (an ERROR and a traceback
+    per stream in its log). :meth:`close` instead cancels every stream's own task where it is
+    waiting (for an event, a heartbeat or a slow client); the stream takes that cancellation as
+    the signal to send :data:`SHUTDOWN_FRAME` and finish its response normally. A stream that
+    starts after :meth:`close` gets that frame at once. One set entry per open stream: nothing
+    else (no task, no waiter) is added per subscriber.
+    """
+
+    __slots__ = ("_tasks", "closing")
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def close(self) -> None:
+        """End every open stream (idempotent; call it from the event loop's thread)."""
+        if self.closing:
+            return
+        self.closing = True
+        for task in self._tasks:
+            task.cancel(_SHUTDOWN_MESSAGE)
+
+    async def serve(self, response: _EventStreamASGI, send: Send, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self.closing:
+            aclose = getattr(response.iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await _send_last_frame(send)
+            return
+        self._tasks.add(task)
+        try:
+            await response.send_body(send=send, receive=receive)
+        except asyncio.CancelledError:
+            # Only the cancellation close() asked for ends the stream cleanly; any other one
+            # (the server's own timeout, say) stays a cancellation.
+            self._tasks.discard(task)
+            if not self.closing or task.uncancel() > 0:
+                raise
+            await _send_last_frame(send)
+        finally:
+            # No await between the end of the stream and this: close() only ever cancels a
+            # task suspended inside the try above.
+            self._tasks.discard(task)
+
+
+async def _send_last_frame(send: Send) -> None:
+    try:
+        async with asyncio.timeout(LAST_FRAME_SECONDS):
+            await send({"type": "http.response.body", "body": SHUTDOWN_FRAME, "more_body": False})
+    except TimeoutError:
+        pass  # a client that does not read: the server closes its connection
+
+
+def event_streams(app: Any) -> EventStreams | None:
+    """The :class:`EventStreams` of ``app``: a Litestar app, or a server's wrapper around one
+    (uvicorn's proxy-headers middleware, say)."""
+    for _ in range(16):
+        state = getattr(app, "state", None)
+        if isinstance(state, State):
+            streams = state.get(STREAMS_STATE_KEY)
+            return streams if isinstance(streams, EventStreams) else None
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+def close_event_streams(app: Any) -> None:
+    """End the open event streams of ``app`` (see :class:`EventStreams`); servers call this
+    when they begin to shut down."""
+    streams = event_streams(app)
+    if streams is not None:
+        streams.close()
 
 
 async def _client_gone(receive: Receive) -> bool:
@@ -68,6 +169,8 @@ class _EventStreamASGI(ASGIStreamingResponse):
     __slots__ = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope.get("litestar_app")
+        streams = app.state.get(STREAMS_STATE_KEY) if app is not None else None
         await self.start_response(send=send)
         # The request is answered: what was kept to build the response (its headers, the
         # parsed request headers, the dependency cache) is dead weight for the stream's life.
@@ -76,13 +179,17 @@ class _EventStreamASGI(ASGIStreamingResponse):
         state.headers = Empty
         state.dependency_cache = Empty
         state.parsed_query = Empty
-        await self.send_body(send=send, receive=receive)
+        if isinstance(streams, EventStreams):
+            await streams.serve(self, send, receive)
+        else:
+            await self.send_body(send=send, receive=receive)
         await self.after_response()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         iterator = self.iterator
         loop = asyncio.get_running_loop()
         probed = loop.time()
+        sse_subscribers(1)
         try:
             async for chunk in iterator:
                 body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
@@ -94,6 +201,7 @@ class _EventStreamASGI(ASGIStreamingResponse):
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            sse_subscribers(-1)
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 await aclose()  # unsubscribes the live tail now, not at garbage collection
@@ -125,6 +233,13 @@ async def _frames(
             # The store failed mid-stream (e.g. backend unavailable): say so in the envelope's
             # shape and end the stream. The event has no id, so the client's Last-Event-ID
             # stays on the last delivered event and its reconnect resumes exactly there.
+            if exc.http_status >= 500:  # the fault's one log record (the response was a 200)
+                log.error(
+                    "event stream ended: %s (%s)",
+                    exc.code,
+                    describe_cause(exc) or exc.message,
+                    extra={"error_code": exc.code, "cause": describe_cause(exc) or exc.message},
+                )
             yield b"event: error\r\ndata: " + msgspec.json.encode(exc.envelope()) + b"\r\n\r\n"
 
 

@@ -2,7 +2,7 @@
 
 ``open_store(target)`` opens a store on the target's table; ``provision(target, dry_run=...)``
 creates the table and its TTL setting. Connection params (:class:`~northstar_adapters.params.
-DynamoParams`): ``endpoint_url`` (moto/local only), ``region`` (default: the SDK chain),
+DynamoParams`): ``endpoint_url`` (moto/local only), ``region`` (default: AWS_REGION, then AWS_DEFAULT_REGION),
 ``table_prefix`` (default ``northstar_``; table name = prefix + the route's table, which defaults
 to the resource kind), and the retry/timeout knobs of :class:`DynamoConfig`.
 Credentials come only from the SDK's standard chain (environment, profile, instance role).

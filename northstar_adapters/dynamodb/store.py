@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import os
 import random
 import time
 import uuid
@@ -91,7 +92,7 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     table: str
     endpoint_url: str | None = None
-    region: str | None = None  # None: the SDK's chain (AWS_REGION, AWS_DEFAULT_REGION, profile)
+    region: str | None = None  # None: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region
     max_attempts: int = 5
     base_delay: float = 0.05
     max_delay: float = 1.0
@@ -123,6 +124,14 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
 _SESSIONS: dict[str | None, aioboto3.Session] = {}
 
 
+def resolve_region(region: str | None) -> str | None:
+    """The connection's region, else ``AWS_REGION``, else ``AWS_DEFAULT_REGION``; ``None`` leaves
+    it to the SDK (the profile's region). botocore itself reads only ``AWS_DEFAULT_REGION``, while
+    the AWS CLI v2, the other SDKs and AWS runtimes (Lambda, ECS) set ``AWS_REGION``: without
+    this a deployment configured the usual way fails with ``NoRegionError``."""
+    return region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
 def _session(region: str | None) -> aioboto3.Session:
     """One SDK session per region: it resolves credentials through the standard chain and
     caches the parsed service model, which is costly to load for every client."""
@@ -136,10 +145,11 @@ class _Client:
     """An open aioboto3 DynamoDB client and the context manager that closes it."""
 
     def __init__(self, config: DynamoConfig) -> None:
-        self._ctx = _session(config.region).client(
+        region = resolve_region(config.region)
+        self._ctx = _session(region).client(
             "dynamodb",
             endpoint_url=config.endpoint_url,
-            region_name=config.region,
+            region_name=region,
             config=AioConfig(
                 # Our own loop retries (see module doc); botocore's would hide ambiguity.
                 retries={"total_max_attempts": 1, "mode": "standard"},

@@ -1,11 +1,17 @@
-"""Registry and health endpoints: routes, diagnostics, liveness, readiness."""
+"""Registry and health endpoints: routes, diagnostics, liveness, readiness.
+
+``/healthz`` and ``/readyz`` need no token. ``/readyz`` answers from a report at most
+``http.ready_cache_seconds`` old, and shows what is unrouted or unreachable (kinds, backends,
+errors) only to a system token.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+from typing import Annotated, Any, Final
 
 import msgspec
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
 
@@ -13,10 +19,12 @@ from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import TENANT_PATTERN, RequestContext
 from northstar_core.routing import TABLE_PATTERN, Route, RouteOptions
+from northstar_http.auth import TokenVerifier, raw_header
 from northstar_http.deps import Ctx, Eng
 
 # Full match: `$` alone would accept a trailing newline (the registry re-checks with fullmatch).
 TABLE_SCHEMA_PATTERN = "^" + TABLE_PATTERN.pattern + r"$(?!\n)"
+READINESS_STATE_KEY: Final = "readiness"
 
 
 class RouteIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -90,20 +98,72 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+class Readiness:
+    """One app's last readiness report, reused while it is younger than ``max_age`` seconds.
+
+    A check pings the backend of every required kind; probes come from every load balancer
+    and orchestrator, often several a second, and must not multiply that load. Concurrent
+    probes of a stale report share one check.
+    """
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._report: dict[str, Any] | None = None
+        self._checked = 0.0
+        self._lock = asyncio.Lock()
+
+    async def report(self, engines: Engines) -> tuple[dict[str, Any], float]:
+        """The report and its age in seconds."""
+        loop = asyncio.get_running_loop()
+        if self._report is None or loop.time() - self._checked >= self.max_age:
+            async with self._lock:
+                if self._report is None or loop.time() - self._checked >= self.max_age:
+                    self._report = await engines.registry.diagnostics()
+                    self._checked = loop.time()
+        return self._report, loop.time() - self._checked
+
+
+def _readiness(state: State) -> Readiness:
+    readiness = state.get(READINESS_STATE_KEY)
+    if readiness is None:
+        http = getattr(state.get("settings"), "http", None)
+        readiness = state[READINESS_STATE_KEY] = Readiness(getattr(http, "ready_cache_seconds", 2.0))
+    assert isinstance(readiness, Readiness)
+    return readiness
+
+
+async def _is_system_caller(request: Request[Any, Any, Any], state: State) -> bool:
+    """Whether the request carries a valid token with the system flag. /readyz needs no token
+    (probes have none), so it is verified here; a token that is sent must be valid (401)."""
+    header = raw_header(request.scope, b"authorization")
+    if header is None:
+        return False
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NorthstarError("auth.missing_token", "an 'Authorization: Bearer' token is required", 401)
+    verifier: TokenVerifier = state.verifier
+    claims = await verifier.verify(token.strip())
+    return claims.system
+
+
 @get("/readyz", tags=["health"], summary="Readiness: every required kind routed and reachable",
      exclude_from_auth=True)
-async def readyz(state: State) -> Response[dict[str, Any]]:
-    engines: Engines = state.engines
-    report = await engines.registry.diagnostics()
+async def readyz(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    # Without a token: the status only. Which kinds, backends and errors: system tokens only.
+    details = await _is_system_caller(request, state)
+    report, age = await _readiness(state).report(state.engines)
     if report["unrouted"] or report["unreachable"]:
         raise NorthstarError(
             "routing.not_ready",
-            "some required resource kinds are unrouted or unreachable",
+            "some required resource kinds are unrouted or unreachable"
+            + ("" if details else " (a system token shows which)"),
             503,
-            details={"unrouted": report["unrouted"], "unreachable": report["unreachable"]},
+            details={k: report[k] for k in ("unrouted", "unreachable", "kinds")} if details else {},
             headers={"Retry-After": "5"},
         )
-    return Response({"status": "ready", "deployment_mode": report["deployment_mode"]})
+    if not details:
+        return Response({"status": "ready"})
+    return Response({"status": "ready", **report, "checked_seconds_ago": round(age, 3)})
 
 
 ROUTES: list[Any] = [list_routes, set_route, diagnostics, healthz, readyz]

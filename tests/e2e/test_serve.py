@@ -124,29 +124,32 @@ async def test_fresh_lab_service_round_trip_with_cursors_idempotency_and_sse_res
         async with http.stream("GET", "/sse/chat/e2e", headers=headers, timeout=30) as live:
             # headers received: the stream is positioned at the (empty) thread's head
             assert live.status_code == 200
-            m = [await ns.chat.post("e2e", f"m{i}", idempotency_key=f"k{i}") for i in (1, 2, 3)]
+            m = [
+                await ns.chat.post("e2e", role="user", content=f"m{i}", idempotency_key=f"k{i}")
+                for i in (1, 2, 3)
+            ]
             event_id, data = await asyncio.wait_for(first_sse_event(live), 30)
         # disconnected after message 1
-        assert '"content":"m1"' in data and event_id == m[0]["cursor"]
-        assert [x["seq"] for x in m] == [1, 2, 3]
-        again = await ns.chat.post("e2e", "m1", idempotency_key="k1")
-        assert again["replayed"] is True and again["message_id"] == m[0]["message_id"]
-        page = await ns.chat.list("e2e")
-        assert [x["content"] for x in page["items"]] == ["m1", "m2", "m3"]
-        after = await ns.chat.list("e2e", cursor=m[0]["cursor"])
-        assert [x["content"] for x in after["items"]] == ["m2", "m3"]
+        assert '"content":"m1"' in data and event_id == m[0].cursor
+        assert [x.message.seq for x in m] == [1, 2, 3]
+        again = await ns.chat.post("e2e", role="user", content="m1", idempotency_key="k1")
+        assert again.replayed is True and again.message.message_id == m[0].message.message_id
+        page = await ns.chat.list_messages("e2e")
+        assert [x.content for x in page.items] == ["m1", "m2", "m3"]
+        after = await ns.chat.list_messages("e2e", cursor=m[0].cursor)
+        assert [x.content for x in after.items] == ["m2", "m3"]
 
-        resumed = ns.chat.follow("e2e", last_event_id=event_id)
+        resumed = ns.chat.follow("e2e", event_id)
         rest = [await asyncio.wait_for(resumed.__anext__(), 30) for _ in range(2)]
-        await ns.chat.post("e2e", "m4", idempotency_key="k4")
-        await ns.chat.post("e2e", "m5", idempotency_key="k5")
+        await ns.chat.post("e2e", role="user", content="m4", idempotency_key="k4")
+        await ns.chat.post("e2e", role="user", content="m5", idempotency_key="k5")
         rest += [await asyncio.wait_for(resumed.__anext__(), 30) for _ in range(2)]
         await resumed.aclose()
-        assert [e.json()["content"] for e in rest] == ["m2", "m3", "m4", "m5"]
+        assert [e.content for e in rest] == ["m2", "m3", "m4", "m5"]
 
-        tampered = m[0]["cursor"][:-1] + ("A" if m[0]["cursor"][-1] != "A" else "B")
+        tampered = m[0].cursor[:-1] + ("A" if m[0].cursor[-1] != "A" else "B")
         with pytest.raises(NorthstarError) as err:
-            await ns.chat.list("e2e", cursor=tampered)
+            await ns.chat.list_messages("e2e", cursor=tampered)
         assert err.value.http_status == 410 and err.value.details["cursor"] == tampered
 
 
@@ -155,19 +158,21 @@ async def test_restart_loses_nothing_acknowledged(served: Served) -> None:
     acknowledged = []
     async with NorthstarClient(served.url, token) as ns:
         for i in range(20):
-            acknowledged.append(await ns.chat.post("durable", f"v{i}", idempotency_key=f"d{i}"))
+            acknowledged.append(
+                await ns.chat.post("durable", role="user", content=f"v{i}", idempotency_key=f"d{i}")
+            )
     served.stop(signal.SIGKILL)  # a crash, not a clean shutdown
     served.start()
     async with NorthstarClient(served.url, token) as ns:  # the lab secret survived the restart
-        page = await ns.chat.list("durable", limit=200)
-        assert [x["message_id"] for x in page["items"]] == [a["message_id"] for a in acknowledged]
+        page = await ns.chat.list_messages("durable", limit=200)
+        assert [x.message_id for x in page.items] == [a.message.message_id for a in acknowledged]
         # cursors issued before the restart still work
-        after = await ns.chat.list("durable", cursor=acknowledged[9]["cursor"], limit=200)
-        assert len(after["items"]) == 10
+        after = await ns.chat.list_messages("durable", cursor=acknowledged[9].cursor, limit=200)
+        assert len(after.items) == 10
         # a retry of an acknowledged write after the crash is still a replay
-        replay = await ns.chat.post("durable", "v3", idempotency_key="d3")
-        assert replay["replayed"] is True and replay["seq"] == 4
-        assert (await ns.chat.snapshot("durable"))["head_seq"] == 20
+        replay = await ns.chat.post("durable", role="user", content="v3", idempotency_key="d3")
+        assert replay.replayed is True and replay.message.seq == 4
+        assert (await ns.chat.snapshot("durable")).head_seq == 20
 
 
 def test_saas_mode_with_sqlite_routes_refuses_to_start(tmp_path: Path) -> None:
@@ -209,8 +214,12 @@ async def test_two_processes_on_one_lab_data_dir_deliver_each_others_messages_li
         async with NorthstarClient(b.url, token) as on_b, httpx.AsyncClient(base_url=a.url) as http:
             async with http.stream("GET", "/sse/chat/shared", headers=headers, timeout=30) as live:
                 assert live.status_code == 200
-                posted = [await on_b.chat.post("shared", f"x{i}", idempotency_key=f"x{i}") for i in range(5)]
-                await on_b.chat.post("shared", "x0", idempotency_key="x0")  # a replay: no new event
+                posted = [
+                    await on_b.chat.post("shared", role="user", content=f"x{i}", idempotency_key=f"x{i}")
+                    for i in range(5)
+                ]
+                # a replay: no new event
+                await on_b.chat.post("shared", role="user", content="x0", idempotency_key="x0")
                 seen: list[str] = []
 
                 async def collect() -> None:
@@ -221,7 +230,7 @@ async def test_two_processes_on_one_lab_data_dir_deliver_each_others_messages_li
                                 return
 
                 await asyncio.wait_for(collect(), 30)
-        assert seen == [p["cursor"] for p in posted]
+        assert seen == [p.cursor for p in posted]
     finally:
         a.stop()
         b.stop()

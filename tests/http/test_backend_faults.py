@@ -51,7 +51,7 @@ async def test_unreachable_backend_is_503_with_retry_after(client, auth, chat_ba
     assert r.status_code == 503 and r.headers["retry-after"] == "7"
 
 
-async def test_readyz_reports_unreachable_kinds(client, chat_backend_down) -> None:
-    r = await client.get("/readyz")
+async def test_readyz_reports_unreachable_kinds(client, auth, chat_backend_down) -> None:
+    r = await client.get("/readyz", headers=auth(system=True))  # details: system tokens only
     assert r.status_code == 503
     assert r.json()["error"]["details"]["unreachable"] == ["chat_store"]

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from northstar_core.canvas import CommandIn, CommitResult
 from northstar_core.errors import NorthstarError
+from northstar_core.timeline import StreamEvent
 from northstar_http.bootstrap import create_app
-from northstar_http.client import NorthstarClient, SseMessage
+from northstar_http.client import NorthstarClient
 from northstar_http.client.canvas import CanvasClient, CanvasSession
 from tests.conftest import LiveServer, make_settings
 
@@ -21,19 +24,25 @@ Auth = Callable[..., dict[str, str]]
 
 
 async def next_event(
-    stream: AsyncIterator[SseMessage], types: tuple[str, ...] = ("op_committed",)
-) -> SseMessage:
-    async def wanted() -> SseMessage:
+    stream: AsyncIterator[StreamEvent], types: tuple[str, ...] = ("op_committed",)
+) -> StreamEvent:
+    async def wanted() -> StreamEvent:
         while True:
-            message = await stream.__anext__()
-            if message.event in types:
-                return message
+            event = await stream.__anext__()
+            if event.type in types:
+                return event
 
     return await asyncio.wait_for(wanted(), 10)
 
 
 def create(atom_id: str, **props: Any) -> dict[str, Any]:
     return {"op": "create", "atom_id": atom_id, "kind": "box", "props": props}
+
+
+async def command(
+    canvas: CanvasClient, canvas_id: str, base_rev: int, ops: list[dict[str, Any]], key: str
+) -> CommitResult:
+    return await canvas.commit(canvas_id, CommandIn(base_rev=base_rev, ops=ops, idempotency_key=key))
 
 
 @pytest.fixture
@@ -54,39 +63,45 @@ async def wait_subscribed(app: Any, n: int = 1) -> None:
 async def test_sse_replays_after_cursor_then_follows_live_every_event_type(
     canvas: CanvasClient, app: Any
 ) -> None:
-    first = await canvas.command("c1", 0, [create("a")], "k1")
-    await canvas.command("c1", 1, [create("b")], "k2")
-    stream = canvas.follow("c1", cursor=first["cursor"])
+    first = await command(canvas, "c1", 0, [create("a")], "k1")
+    await command(canvas, "c1", 1, [create("b")], "k2")
+    stream = canvas.follow("c1", cursor=first.cursor)
     replayed = await next_event(stream)
-    assert (replayed.json()["data"]["rev"], replayed.id) == (2, replayed.json()["event_id"])
+    assert (replayed.data["rev"], replayed.cursor) == (2, replayed.event_id)
     await wait_subscribed(app)
     await canvas.gesture("c1", "pointer", {"x": 1})
     gesture = await next_event(stream, ("gesture",))
-    assert gesture.json()["data"]["data"] == {"x": 1}
-    await canvas.command("c1", 2, [create("c")], "k3")
+    assert gesture.data["data"] == {"x": 1}
+    await command(canvas, "c1", 2, [create("c")], "k3")
     decision = await next_event(stream, ("safety_decision",))
-    assert decision.json()["data"]["action_name"] == "canvas_command"
+    assert decision.data["action_name"] == "canvas_command"
     live = await next_event(stream)
-    assert live.json()["data"]["rev"] == 3
+    assert live.data["rev"] == 3
     await stream.aclose()
 
 
 async def test_sse_without_cursor_starts_at_the_head(canvas: CanvasClient, app: Any) -> None:
-    await canvas.command("c1", 0, [create("old")], "k1")
+    await command(canvas, "c1", 0, [create("old")], "k1")
     stream = canvas.follow("c1")
     pending = asyncio.ensure_future(next_event(stream))
     await wait_subscribed(app)
-    await canvas.command("c1", 1, [create("new")], "k2")
-    assert (await pending).json()["data"]["rev"] == 2
+    await command(canvas, "c1", 1, [create("new")], "k2")
+    assert (await pending).data["rev"] == 2
     await stream.aclose()
 
 
-async def test_last_event_id_wins_over_cursor_query(canvas: CanvasClient) -> None:
-    first = await canvas.command("c1", 0, [create("a")], "k1")
-    await canvas.command("c1", 1, [create("b")], "k2")
-    stream = canvas.follow("c1", cursor="garbage", last_event_id=first["cursor"])
-    assert (await next_event(stream)).json()["data"]["rev"] == 2
-    await stream.aclose()
+async def test_last_event_id_wins_over_cursor_query(
+    live_server: LiveServer, token: Callable[..., str]
+) -> None:
+    async with NorthstarClient(live_server.url, token()) as ns:
+        first = await command(ns.canvas, "c1", 0, [create("a")], "k1")
+        await command(ns.canvas, "c1", 1, [create("b")], "k2")
+        stream = ns.sse("/sse/canvas/c1", params={"cursor": "garbage"}, last_event_id=first.cursor)
+        message = await asyncio.wait_for(stream.__anext__(), 10)
+        while message.event != "op_committed":
+            message = await asyncio.wait_for(stream.__anext__(), 10)
+        assert message.json()["data"]["rev"] == 2
+        await stream.aclose()
 
 
 @pytest.mark.parametrize("via", ["header", "query"])
@@ -135,16 +150,16 @@ async def test_reconnect_with_last_event_id_after_a_server_restart_gets_every_mi
     ns = NorthstarClient(server.url, token())
     canvas = CanvasClient(ns)
     try:
-        await canvas.command("c1", 0, [create("a0")], "k0")
+        await command(canvas, "c1", 0, [create("a0")], "k0")
         stream = canvas.follow("c1", cursor=None)
         pending = asyncio.ensure_future(next_event(stream))
         await wait_subscribed(server.app)
-        await canvas.command("c1", 1, [create("a1")], "k1")
+        await command(canvas, "c1", 1, [create("a1")], "k1")
         seen = await pending
-        assert seen.json()["data"]["rev"] == 2
+        assert seen.data["rev"] == 2
         await stream.aclose()
         for rev in (2, 3):  # missed while disconnected
-            await canvas.command("c1", rev, [create(f"a{rev}")], f"k{rev}")
+            await command(canvas, "c1", rev, [create(f"a{rev}")], f"k{rev}")
     finally:
         await ns.aclose()
         await server.stop()
@@ -155,23 +170,23 @@ async def test_reconnect_with_last_event_id_after_a_server_restart_gets_every_mi
     ns2 = NorthstarClient(server2.url, token())
     canvas2 = CanvasClient(ns2)
     try:
-        resumed = canvas2.follow("c1", last_event_id=seen.id)
+        resumed = canvas2.follow("c1", seen.cursor)
         got = [await next_event(resumed, ("op_committed", "safety_decision")) for _ in range(4)]
-        assert [(m.event, m.json()["data"].get("rev")) for m in got] == [
+        assert [(m.type, m.data.get("rev")) for m in got] == [
             ("safety_decision", None),
             ("op_committed", 3),
             ("safety_decision", None),
             ("op_committed", 4),
         ]
-        seqs = [m.json()["seq"] for m in got]
+        seqs = [m.seq for m in got]
         assert seqs == sorted(seqs) and len(set(seqs)) == 4
         await wait_subscribed(server2.app)
-        await canvas2.command("c1", 4, [create("live")], "k-live")
-        assert (await next_event(resumed)).json()["data"]["rev"] == 5  # then live, no duplicate
+        await command(canvas2, "c1", 4, [create("live")], "k-live")
+        assert (await next_event(resumed)).data["rev"] == 5  # then live, no duplicate
         await resumed.aclose()
         # a retried command after the restart is the original result, not a new revision
-        again = await canvas2.command("c1", 2, [create("a2")], "k2")
-        assert (again["head_rev"], again["replayed"]) == (3, True)
+        again = await command(canvas2, "c1", 2, [create("a2")], "k2")
+        assert (again.head_rev, again.replayed) == (3, True)
     finally:
         await ns2.aclose()
         await server2.stop()
@@ -234,16 +249,19 @@ async def test_two_http_clients_editing_one_canvas_converge(
         await asyncio.gather(*(edit(i, s) for i, s in enumerate(sessions)))
         snap = await CanvasClient(clients[1]).snapshot("shared")
         for _ in range(500):  # the listeners catch up with the head through SSE
-            if all(s.head_rev == snap["head_rev"] for s in sessions):
+            if all(s.head_rev == snap.head_rev for s in sessions):
                 break
             await asyncio.sleep(0.01)
-        expected = {k: snap[k] for k in ("head_rev", "atoms", "order")}
+        wire = msgspec.to_builtins(snap)
+        expected = {k: wire[k] for k in ("head_rev", "atoms", "order")}
         for s in sessions:
             assert s.state.to_wire() == expected
-        assert snap["head_rev"] == 16  # every intent committed exactly once
+        assert snap.head_rev == 16  # every intent committed exactly once
         assert lossy.lost > 0
-        log = (await CanvasClient(clients[1]).replay("shared", types="op_committed", limit=100))["items"]
-        keys = [e["data"]["idempotency_key"] for e in log]
+        log = (
+            await CanvasClient(clients[1]).replay("shared", None, 100, types=frozenset({"op_committed"}))
+        ).items
+        keys = [e.data["idempotency_key"] for e in log]
         assert len(keys) == len(set(keys)) == 16
     finally:
         for task in listeners:
@@ -255,7 +273,7 @@ async def test_two_http_clients_editing_one_canvas_converge(
 
 async def test_client_raises_the_envelope_error_with_upstream(canvas: CanvasClient) -> None:
     with pytest.raises(NorthstarError) as err:
-        await canvas.command("c1", 0, [{"op": "update", "atom_id": "ghost", "patch": {}}], "k")
+        await command(canvas, "c1", 0, [{"op": "update", "atom_id": "ghost", "patch": {}}], "k")
     assert (err.value.code, err.value.details["op_index"]) == ("canvas.op_invalid", 0)
     assert (err.value.upstream or {})["status"] == 422
 
@@ -269,14 +287,14 @@ async def test_live_sse_of_one_tenant_never_carries_another_tenants_events(
         stream = CanvasClient(beta).follow("c1")
         pending = asyncio.ensure_future(next_event(stream, ("op_committed", "gesture", "safety_decision")))
         await wait_subscribed(app)
-        await CanvasClient(alpha).command("c1", 0, [create("secret")], "k")
+        await command(CanvasClient(alpha), "c1", 0, [create("secret")], "k")
         await CanvasClient(alpha).gesture("c1", "pointer", {"secret": True})
-        await CanvasClient(beta).command("c1", 0, [create("mine")], "k")
+        await command(CanvasClient(beta), "c1", 0, [create("mine")], "k")
         first = await pending
-        assert first.event == "safety_decision" and first.json()["actor_id"] == "u_bob"  # its own
-        assert first.json()["stream_id"] == "canvas:c1"
+        assert first.type == "safety_decision" and first.actor_id == "u_bob"  # its own
+        assert first.stream_id == "canvas:c1"
         following = await next_event(stream)
-        assert following.json()["data"]["ops"][0]["atom_id"] == "mine"
+        assert following.data["ops"][0]["atom_id"] == "mine"
         await stream.aclose()
     finally:
         await alpha.aclose()
@@ -287,9 +305,9 @@ async def test_timeline_client_appends_and_lists(live_server: LiveServer, token:
     async with NorthstarClient(live_server.url, token()) as ns:
         first = await ns.timeline.append("s1", "note", {"i": 1}, idempotency_key="k")
         again = await ns.timeline.append("s1", "note", {"i": 1}, idempotency_key="k")
-        assert again["event_id"] == first["event_id"] and again["replayed"] is True
+        assert again[0].event_id == first[0].event_id and (first[1], again[1]) == (False, True)
         page = await ns.timeline.list("s1")
-        assert [e["data"] for e in page["items"]] == [{"i": 1}]
+        assert [e.data for e in page.items] == [{"i": 1}]
         with pytest.raises(NorthstarError) as err:
             await ns.timeline.list("s1", cursor="tampered")
         assert err.value.code == "event_stream.cursor_invalid"
@@ -307,10 +325,10 @@ async def test_sse_on_one_server_delivers_commands_committed_through_another_sha
         stream = reader.canvas.follow("c1")
         pending = asyncio.ensure_future(next_event(stream))
         await wait_subscribed(servers[0].app)
-        await writer.canvas.command("c1", 0, [create("a")], "k1")
-        assert (await pending).json()["data"]["rev"] == 1
-        await writer.canvas.command("c1", 1, [create("b")], "k2")
-        assert (await next_event(stream)).json()["data"]["rev"] == 2
+        await command(writer.canvas, "c1", 0, [create("a")], "k1")
+        assert (await pending).data["rev"] == 1
+        await command(writer.canvas, "c1", 1, [create("b")], "k2")
+        assert (await next_event(stream)).data["rev"] == 2
         await stream.aclose()
     finally:
         await reader.aclose()
@@ -331,11 +349,11 @@ async def test_a_listening_session_resumes_after_a_server_restart_and_misses_not
     task: asyncio.Task[None] | None = None
     try:
         async with NorthstarClient(first.url, token()) as ns:
-            await ns.canvas.command("c1", 0, [create("a")], "k1")
+            await command(ns.canvas, "c1", 0, [create("a")], "k1")
             await session.open()
             task = asyncio.create_task(session.listen(reconnect_delay=0.05))
             await wait_subscribed(first.app)
-            await ns.canvas.command("c1", 1, [create("b")], "k2")
+            await command(ns.canvas, "c1", 1, [create("b")], "k2")
             for _ in range(500):
                 if session.head_rev == 2:
                     break
@@ -348,9 +366,9 @@ async def test_a_listening_session_resumes_after_a_server_restart_and_misses_not
         await second.start()
         try:
             async with NorthstarClient(second.url, token()) as ns:
-                await ns.canvas.command("c1", 2, [create("c")], "k3")
-                await ns.canvas.command("c1", 3, [{"op": "delete", "atom_id": "a"}], "k4")
-                snap = await ns.canvas.snapshot("c1")
+                await command(ns.canvas, "c1", 2, [create("c")], "k3")
+                await command(ns.canvas, "c1", 3, [{"op": "delete", "atom_id": "a"}], "k4")
+                snap = msgspec.to_builtins(await ns.canvas.snapshot("c1"))
             for _ in range(1000):
                 if session.head_rev == 4:
                     break

@@ -94,8 +94,8 @@ async def test_lab_unrouted_kind_answers_503_missing_route(partial_lab, auth) ->
     assert r.json()["error"]["code"] == "chat_store.missing_route"
 
 
-async def test_readyz_is_503_while_required_kinds_are_unrouted(partial_lab) -> None:
-    r = await partial_lab.get("/readyz")
+async def test_readyz_is_503_while_required_kinds_are_unrouted(partial_lab, auth) -> None:
+    r = await partial_lab.get("/readyz", headers=auth(system=True))  # details: system tokens only
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["code"] == "routing.not_ready" and "chat_store" in err["details"]["unrouted"]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from northstar_core.errors import NorthstarError
-from northstar_http.client import NorthstarClient, SseMessage
+from northstar_http.client import NorthstarClient
+
+T = TypeVar("T")
 
 
-async def next_event(stream: AsyncIterator[SseMessage]) -> SseMessage:
+async def next_event(stream: AsyncIterator[T]) -> T:
     return await asyncio.wait_for(stream.__anext__(), 10)
 
 
@@ -37,38 +39,40 @@ async def test_reconnect_with_last_event_id_gets_exactly_the_rest_once_in_order(
     first = ns.chat.follow("th_1")
     pending = asyncio.ensure_future(next_event(first))
     await wait_subscribed(engines)
-    await ns.chat.post("th_1", "m1", idempotency_key="k1")
+    await ns.chat.post("th_1", role="user", content="m1", idempotency_key="k1")
     m1 = await pending
-    assert m1.json()["content"] == "m1" and m1.event == "message"
+    assert m1.content == "m1"
     await first.aclose()  # disconnect after message 1
 
     for i in (2, 3):
-        await ns.chat.post("th_1", f"m{i}", idempotency_key=f"k{i}")
-    resumed = ns.chat.follow("th_1", last_event_id=m1.id)
+        await ns.chat.post("th_1", role="user", content=f"m{i}", idempotency_key=f"k{i}")
+    resumed = ns.chat.follow("th_1", m1.cursor)
     got = [await next_event(resumed), await next_event(resumed)]
-    await ns.chat.post("th_1", "m4", idempotency_key="k4")
-    await ns.chat.post("th_1", "m4", idempotency_key="k4")  # a retried post is not a new event
+    await ns.chat.post("th_1", role="user", content="m4", idempotency_key="k4")
+    # a retried post is not a new event
+    await ns.chat.post("th_1", role="user", content="m4", idempotency_key="k4")
     got.append(await next_event(resumed))
-    await ns.chat.post("th_1", "m5", idempotency_key="k5")
+    await ns.chat.post("th_1", role="user", content="m5", idempotency_key="k5")
     got.append(await next_event(resumed))
     await resumed.aclose()
-    assert [e.json()["content"] for e in got] == ["m2", "m3", "m4", "m5"]
-    assert [e.json()["seq"] for e in got] == [2, 3, 4, 5]
-    assert all(e.id == e.json()["cursor"] for e in got)
+    assert [e.content for e in got] == ["m2", "m3", "m4", "m5"]
+    assert [e.seq for e in got] == [2, 3, 4, 5]
 
 
-async def test_last_event_id_wins_over_cursor_query(ns) -> None:
-    a = await ns.chat.post("th_1", "a")
-    await ns.chat.post("th_1", "b")
-    stream = ns.chat.follow("th_1", cursor="garbage-cursor", last_event_id=a["cursor"])
-    assert (await next_event(stream)).json()["content"] == "b"
+async def test_last_event_id_wins_over_cursor_query_and_ids_are_cursors(ns) -> None:
+    a = await ns.chat.post("th_1", role="user", content="a")
+    await ns.chat.post("th_1", role="user", content="b")
+    stream = ns.sse("/sse/chat/th_1", params={"cursor": "garbage-cursor"}, last_event_id=a.cursor)
+    message = await next_event(stream)
+    assert message.event == "message" and message.json()["content"] == "b"
+    assert message.id == message.json()["cursor"]
     await stream.aclose()
 
 
 async def test_cursor_query_resumes_like_last_event_id(ns) -> None:
-    a = await ns.chat.post("th_1", "a")
-    await ns.chat.post("th_1", "b")
-    stream = ns.chat.follow("th_1", cursor=a["cursor"])
+    a = await ns.chat.post("th_1", role="user", content="a")
+    await ns.chat.post("th_1", role="user", content="b")
+    stream = ns.sse("/sse/chat/th_1", params={"cursor": a.cursor})
     assert (await next_event(stream)).json()["content"] == "b"
     await stream.aclose()
 
@@ -111,7 +115,7 @@ async def test_client_raises_envelope_error_with_upstream(ns) -> None:
     upstream: dict[str, Any] = err.value.upstream or {}
     assert upstream["status"] == 404 and upstream["request_id"]
     with pytest.raises(NorthstarError) as err:
-        async for _ in ns.chat.follow("th_1", cursor="bad"):
+        async for _ in ns.chat.follow("th_1", "bad"):
             pass
     assert err.value.code == "chat.cursor_invalid"
 
@@ -121,7 +125,7 @@ async def test_disconnect_unsubscribes(ns, app) -> None:
     stream = ns.chat.follow("th_x")
     pending = asyncio.ensure_future(next_event(stream))
     await wait_subscribed(engines)
-    await ns.chat.post("th_x", "hello")
+    await ns.chat.post("th_x", role="user", content="hello")
     await pending
     await stream.aclose()
     for _ in range(500):
@@ -135,10 +139,10 @@ async def test_backend_failure_mid_stream_ends_it_with_an_error_event_without_id
     from northstar_core.errors import backend_unavailable
 
     engines = app.state.engines
-    stream = ns.chat.follow("th_f")
+    stream = ns.sse("/sse/chat/th_f")
     pending = asyncio.ensure_future(next_event(stream))
     await wait_subscribed(engines)
-    await ns.chat.post("th_f", "ok")
+    await ns.chat.post("th_f", role="user", content="ok")
     delivered = await pending
     channel = next(iter(engines.tails._channels.values()))
 
