@@ -8,21 +8,39 @@ The HTTP shell builds its Engines here, and so does an agent that embeds the lib
     engines = await open_engines(data_dir="/var/lib/ns")  # lab elsewhere
     engines = await open_engines("northstar.toml")     # exactly what `northstar serve` reads
 
+The configured ``[[actions]]`` are resolved here too (:func:`action_handlers`: import strings
+imported and checked, webhooks built with their secrets) and registered on ``engines.actions``,
+so ``northstar serve`` and an embedding agent serve the same actions.
+
 No web framework is imported on this path.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from northstar_adapters import AdapterFactory
-from northstar_adapters.config import Settings, connections, finalize, load_settings
+from northstar_adapters.config import (
+    ENV_PREFIX,
+    ActionSettings,
+    ConfigError,
+    Settings,
+    connections,
+    finalize,
+    load_settings,
+)
+from northstar_core.actions import Handler
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines, EngineSettings
 from northstar_core.errors import NorthstarError
+from northstar_core.identity import ID_PATTERN
 from northstar_core.routing import LAB_ONLY_BACKENDS, RoutingError, RoutingRegistry, Target
 
 REGISTRY_KIND = "routing_registry"
@@ -84,16 +102,114 @@ async def build_registry(settings: Settings) -> RoutingRegistry:
     return registry
 
 
-async def build_engines(settings: Settings, *, clock: Clock | None = None) -> Engines:
+def _import_handler(where: str, spec: str) -> Handler:
+    """``package.module:function`` (or ``:Class.attribute``) → an async ``f(ctx, request)``."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"{where}: handler must be 'package.module:function' (got {spec!r})")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # any failure to import is a refusal to start, naming it
+        raise ConfigError(f"{where}: cannot import module {module_name!r}: {exc!r}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"{where}: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ConfigError(f"{where}: {spec!r} is not callable")
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(target)) or (
+        # an instance whose __call__ is async (a class itself is not: calling it awaits nothing)
+        not inspect.isclass(target) and inspect.iscoroutinefunction(type(target).__call__)
+    )
+    if not is_async:
+        raise ConfigError(f"{where}: {spec!r} must be an async function 'async def f(ctx, request)'")
+    try:
+        inspect.signature(target).bind(None, None)
+    except TypeError:
+        raise ConfigError(f"{where}: {spec!r} must accept two positional arguments (ctx, request)") from None
+    except ValueError:
+        pass  # no introspectable signature (a builtin): trust the callable
+    handler: Handler = target
+    return handler
+
+
+def _webhook(where: str, action: ActionSettings, environ: Mapping[str, str]) -> Handler:
+    from northstar_adapters.webhooks import MIN_SECRET_BYTES, WebhookHandler  # needs httpx
+
+    assert action.webhook is not None
+    parts = urlsplit(action.webhook)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: webhook must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}: webhook URL must not carry credentials; use secret_env")
+    if not action.secret_env:
+        raise ConfigError(f"{where}: a webhook needs secret_env (the variable holding its HMAC secret)")
+    if action.secret_env.upper().startswith(ENV_PREFIX):
+        raise ConfigError(
+            f"{where}: secret_env must not start with {ENV_PREFIX} (those names are configuration keys)"
+        )
+    secret = environ.get(action.secret_env, "")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{where}: the environment variable {action.secret_env} must hold the webhook secret "
+            f"(at least {MIN_SECRET_BYTES} bytes)"
+        )
+    return WebhookHandler(
+        action.name,
+        action.webhook,
+        secret.encode(),
+        timeout_seconds=action.timeout_seconds,
+        max_response_bytes=action.max_response_bytes,
+    )
+
+
+def action_handlers(settings: Settings, *, environ: Mapping[str, str] | None = None) -> dict[str, Handler]:
+    """The configured ``[[actions]]``, each resolved to a handler; :class:`ConfigError` naming
+    every problem (an unknown module, a function that is not ``async def f(ctx, request)``, a
+    webhook without its secret…) — the service refuses to start. Opens no connection."""
+    environ = os.environ if environ is None else environ
+    handlers: dict[str, Handler] = {}
+    problems: list[str] = []
+    for index, action in enumerate(settings.actions):
+        where = f"actions[{index}] ({action.name!r})"
+        try:
+            if not ID_PATTERN.fullmatch(action.name):
+                raise ConfigError(f"{where}: name must match {ID_PATTERN.pattern}")
+            if action.name in handlers:
+                raise ConfigError(f"{where}: the action is configured twice")
+            if (action.handler is None) == (action.webhook is None):
+                raise ConfigError(f"{where}: set exactly one of handler or webhook")
+            if action.handler is not None:
+                if action.secret_env is not None:
+                    raise ConfigError(f"{where}: secret_env is for webhooks only")
+                handlers[action.name] = _import_handler(where, action.handler)
+            else:
+                handlers[action.name] = _webhook(where, action, environ)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return handlers
+
+
+async def build_engines(
+    settings: Settings, *, clock: Clock | None = None, environ: Mapping[str, str] | None = None
+) -> Engines:
     """Engines for finalized ``settings`` (see :func:`open_engines` for the one-call form)."""
+    # Actions first: a deployment whose handlers cannot be loaded opens nothing.
+    handlers = action_handlers(settings, environ=environ)
     registry = await build_registry(settings)
     assert settings.cursor_secret is not None
-    return Engines(
+    engines = Engines(
         registry,
         CursorCodec(settings.cursor_secret.encode()),
         clock or SystemClock(),
         EngineSettings(tail_poll_interval=settings.tail_poll_seconds),
     )
+    for name, handler in handlers.items():
+        engines.actions.register(name, handler)
+    return engines
 
 
 async def open_engines(
@@ -115,4 +231,4 @@ async def open_engines(
     if data_dir is not None:
         extra["data_dir"] = str(data_dir)
     settings = finalize(load_settings(config_file, environ=environ, overrides=extra or None))
-    return await build_engines(settings, clock=clock)
+    return await build_engines(settings, clock=clock, environ=environ)

@@ -19,7 +19,10 @@ revision is its sequence number and every rule comes from there:
   event stream (``canvas:<id>``, kind ``event_stream``, possibly another backend) with
   :meth:`EventStreamService.publish_ordered`, keyed by revision and strictly in order. A crash
   between the two writes leaves revisions unpublished; the next command, snapshot, replay or
-  subscription publishes them first, so a subscriber never sees a gap or a duplicate.
+  subscription publishes them first, so a subscriber never sees a gap or a duplicate;
+* **limits notices** — a command accepted under limits other than those last announced on the
+  canvas stream (a route's ``canvas_limits`` changed) is preceded there by a ``system`` event
+  ``limits_changed`` (see :meth:`CanvasService._announce_limits`).
 
 Ops: ``create {atom_id, kind, props}``, ``update {atom_id, patch}`` (RFC 7386 JSON merge patch
 on props), ``delete {atom_id}``, ``move {atom_id, index}`` (final z-order position). An op on a
@@ -40,10 +43,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
@@ -53,16 +58,21 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid
 from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.paging import Page
 from northstar_core.ports import ActionGate, AuditSink
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
 from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_of
-from northstar_core.timeline import EventPage, EventStreamService, StreamEvent, subject_stream
+from northstar_core.timeline import EventStreamService, StreamEvent, subject_stream
 
 KIND: Final = "canvas_command_store"
 DOMAIN: Final = "canvas"
 SERIES: Final = "op_committed"
+# ``system`` notices on the canvas stream; each kind of notice is a numbered series.
+SYSTEM_EVENT: Final = "system"
+LIMITS_SERIES: Final = "system.limits"
+_ANNOUNCED_SIZE: Final = 4096
 CHECKPOINT_PREFIX: Final = "c#"
 CHUNK_BYTES: Final = 250_000
 MAX_PAGE: Final = 500
@@ -400,12 +410,6 @@ class CanvasRecord(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str | None = None
 
 
-class RecordPage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[CanvasRecord]
-    next_cursor: str | None
-    has_more: bool
-
-
 # --- the service -------------------------------------------------------------------------------
 
 
@@ -433,6 +437,8 @@ class CanvasService:
         self.toggles = toggles
         self.limits = limits or CanvasLimits()
         self._cache: OrderedDict[tuple[str, str, int], CanvasState] = OrderedDict()
+        # (tenant, mode, canvas) -> fingerprint of the limits known to be announced on its stream
+        self._announced: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -653,6 +659,7 @@ class CanvasService:
             subject_id=canvas_id,
             params={"base_rev": command.base_rev, "op_count": len(ops)},
         )
+        await self._announce_limits(ctx, canvas_id, limits, head)
         record = CommandRecord(
             rev=rev,
             ops=ops,
@@ -683,6 +690,58 @@ class CanvasService:
         self._remember(self._cache_key(log_), new_state)
         cursor = await self._catch_up_quietly(ctx, canvas_id, rev)
         return CommitResult(canvas_id=canvas_id, head_rev=rev, applied_ops=len(ops), cursor=cursor)
+
+    async def _announce_limits(
+        self, ctx: RequestContext, canvas_id: str, limits: CanvasLimits, head: int
+    ) -> None:
+        """Publish a ``system`` event ``limits_changed`` on the canvas stream when the limits
+        this command was checked against differ from the last ones announced there (or, before
+        any announcement, from the service's defaults), so clients that validate locally learn
+        the new limits before the first ``op_committed`` accepted under them.
+
+        Announcements are the numbered series ``system.limits`` (each position once, in order,
+        whoever publishes it). This process remembers what it found announced, so a canvas
+        costs extra reads once per process and limits value. The commit never depends on it:
+        a failure is logged, and the next command tries again.
+        """
+        wanted = fingerprint(msgspec.to_builtins(limits))
+        memo = (ctx.tenant_id, ctx.mode, canvas_id)
+        if self._announced.get(memo) == wanted:
+            self._announced.move_to_end(memo)
+            return
+        sid = self.stream_id(canvas_id)
+        try:
+            last = await self.events.published(ctx, sid, LIMITS_SERIES)
+            previous: dict[str, Any] = msgspec.to_builtins(self.limits)
+            if last > 0:
+                cursor = await self.events.ordered_cursor(ctx, sid, LIMITS_SERIES, last)
+                event = None
+                if cursor is not None:
+                    event = await self.events.get_event(ctx, sid, self.events.decode(ctx, sid, cursor))
+                if event is None:  # announced by a concurrent publisher between our reads
+                    return
+                previous = dict(event.data.get("limits") or {})
+            if fingerprint(previous) != wanted:
+                await self.events.publish_ordered(
+                    ctx,
+                    sid,
+                    SYSTEM_EVENT,
+                    {
+                        "reason": "limits_changed",
+                        "limits": msgspec.to_builtins(limits),
+                        "previous": previous,
+                        "head_rev": head,
+                    },
+                    series=LIMITS_SERIES,
+                    position=last + 1,
+                )
+        except (NorthstarError, ValueError) as exc:
+            log.warning("canvas %s: limits announcement deferred: %r", canvas_id, exc)
+            return
+        self._announced[memo] = wanted
+        self._announced.move_to_end(memo)
+        while len(self._announced) > _ANNOUNCED_SIZE:
+            self._announced.popitem(last=False)
 
     async def _replayed(self, ctx: RequestContext, canvas_id: str, result: bytes) -> CommitResult:
         meta = msgspec.json.decode(result, type=dict[str, Any])
@@ -738,7 +797,7 @@ class CanvasService:
         limit: int = 100,
         *,
         types: frozenset[str] | None = None,
-    ) -> EventPage:
+    ) -> Page[StreamEvent]:
         """Events of the canvas stream after ``cursor`` (from the start without one), paged;
         every committed revision is on the stream before the page is read."""
         await self.catch_up(ctx, canvas_id, await self.head(ctx, canvas_id))
@@ -755,11 +814,25 @@ class CanvasService:
             return await (await self.events.stream(ctx, sid)).head()
         return await self.events.check_cursor(ctx, sid, cursor, error_domain=DOMAIN)
 
-    def follow(
-        self, ctx: RequestContext, canvas_id: str, after_seq: int, *, heartbeat: float | None = None
-    ) -> Any:
-        """Live events of the canvas stream after ``after_seq`` (see EventStreamService.follow)."""
-        return self.events.follow(ctx, self.stream_id(canvas_id), after_seq, heartbeat=heartbeat)
+    async def head_cursor(self, ctx: RequestContext, canvas_id: str) -> str:
+        """The cursor of the last event of the canvas stream (readers starting there see only
+        new events); pending revisions are published first."""
+        await self.catch_up(ctx, canvas_id, await self.head(ctx, canvas_id))
+        return await self.events.head_cursor(ctx, self.stream_id(canvas_id))
+
+    async def follow(
+        self, ctx: RequestContext, canvas_id: str, cursor: str | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Events of the canvas stream after ``cursor`` (from the head without one), then live
+        ones, each once and in order, until the consumer stops iterating. A bad cursor raises
+        410 at the first iteration; :meth:`subscribe_position` checks one up front (the SSE
+        route does, then follows ``events.follow`` from the position it returns)."""
+        after = await self.subscribe_position(ctx, canvas_id, cursor)
+        events = self.events.follow(ctx, self.stream_id(canvas_id), after)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if event is not None:
+                    yield event
 
     # --- gestures --------------------------------------------------------------------------
 
@@ -960,7 +1033,7 @@ class CanvasService:
         record_type: RecordType,
         cursor: str | None = None,
         limit: int = 100,
-    ) -> RecordPage:
+    ) -> Page[CanvasRecord]:
         """Records in creation order after ``cursor``, paged (410 for a foreign cursor)."""
         if not 1 <= limit <= MAX_PAGE:
             raise NorthstarError(
@@ -982,7 +1055,7 @@ class CanvasService:
         has_more = len(items) > limit
         items = items[:limit]
         last = seq_of(items[-1].key) if items else after
-        return RecordPage(
+        return Page(
             items=[msgspec.json.decode(i.value, type=CanvasRecord) for i in items],
             next_cursor=self._record_cursor(ctx, canvas_id, record_type, last),
             has_more=has_more,

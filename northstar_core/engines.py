@@ -86,8 +86,10 @@ class Engines:
         self.blackboard = Blackboard(registry, cursors, self.clock)
         self.config = ConfigService(registry, self.clock)
         self.notes = NotesService(registry, cursors, self.clock)
-        self.tabular = TabularStore(registry, cursors, self.clock)
+        self.tabular = TabularStore(registry, cursors, self.clock, spine=self.spine)
         self.analytics = AnalyticsService(registry, cursors, self.clock, self.spine)
+        # every execution is reported as an analytics event (outcome, latency, cost)
+        self.actions.analytics = self.analytics
         # Replayable event streams (timeline, canvas SSE, safety decisions) and the canvas.
         self.streams = EventStreamService(registry, cursors, self.clock, tails=self.tails)
         self.timeline = self.streams
@@ -100,5 +102,6 @@ class Engines:
         self.gate.streams = getattr(self, "streams", None)
 
     async def close(self) -> None:
+        await self.actions.close()
         await self.tails.close()
         await self.registry.close()

@@ -37,6 +37,7 @@ from northstar_core.clock import Clock, SystemClock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, idempotency_mismatch
 from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
+from northstar_core.paging import Page
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Item, Put
@@ -51,6 +52,12 @@ SOURCES: Final[tuple[str, ...]] = ("ui", "agent", "connector", "tool", "system")
 RESERVED_TYPES: Final = frozenset({"audit", "safety", "budget", "strategy_lock"})
 # The source only the server itself uses: a client's event never claims to be the system's.
 SYSTEM_SOURCE: Final = "system"
+# The one reserved type an agent may append itself (SPEC: agents emit audit events with
+# source=agent): exactly this type, never a sub-type, only with source ``agent`` and an agent
+# token, and stamped with the token's agent id. Server audit events always carry source
+# ``system``, which no client can write, so readers tell the two apart by source.
+AGENT_AUDIT_TYPE: Final = "audit"
+AGENT_SOURCE: Final = "agent"
 EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
@@ -154,12 +161,6 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     causality: Causality
 
 
-class EventPage(msgspec.Struct, kw_only=True, frozen=True):
-    items: list[Event]
-    next_cursor: str | None
-    has_more: bool
-
-
 def _invalid(message: str, **details: Any) -> NorthstarError:
     return NorthstarError(f"{DOMAIN}.invalid_event", message, 422, details=details)
 
@@ -183,6 +184,11 @@ def decode_event_in(raw: bytes | Mapping[str, Any] | EventIn) -> EventIn:
 def is_reserved_type(event_type: str) -> bool:
     """Whether ``event_type`` is a server-only type: a reserved name or one of its sub-types."""
     return event_type in RESERVED_TYPES or event_type.split(".", 1)[0] in RESERVED_TYPES
+
+
+def is_agent_audit(ctx: RequestContext, event_type: str, source: str) -> bool:
+    """Whether a client's event is an agent's own audit event (see ``AGENT_AUDIT_TYPE``)."""
+    return event_type == AGENT_AUDIT_TYPE and source == AGENT_SOURCE and ctx.is_agent
 
 
 def _check_field_id(field: str, value: str) -> str:
@@ -238,8 +244,10 @@ class EventSpine:
 
         ``client=True`` (the HTTP route) refuses the server-only event types
         (``audit``, ``safety``, ``budget``, ``strategy_lock`` and their ``<type>.…`` sub-types)
-        and the ``system`` source unless the caller is system.
-        Identity comes from ``ctx``; identity fields in the body must match it (403 + audit).
+        and the ``system`` source unless the caller is system — except that an agent token may
+        append plain ``audit`` with source ``agent`` (its ``payload.agent_id`` is set to the
+        token's agent id). Identity comes from ``ctx``; identity fields in the body must match
+        it (403 + audit).
         """
         if client:
             ctx.require_role("member")
@@ -254,8 +262,9 @@ class EventSpine:
             raise _invalid(
                 f"'source' must be one of {list(SOURCES)}", field="source", value=body.source[:200]
             )
+        agent_audit = client and not ctx.is_system and is_agent_audit(ctx, body.event_type, body.source)
         if client and not ctx.is_system:
-            if is_reserved_type(body.event_type):
+            if is_reserved_type(body.event_type) and not agent_audit:
                 raise NorthstarError(
                     f"{DOMAIN}.reserved_event_type",
                     f"event type '{body.event_type}' is written by the server only",
@@ -274,6 +283,13 @@ class EventSpine:
                     403,
                     details={"field": "source", "source": body.source},
                 )
+            if agent_audit:
+                presented_agent = body.payload.get("agent_id")
+                if presented_agent is not None and presented_agent != ctx.agent_id:
+                    where = {"field": "agent_id", "where": "event_spine.append"}
+                    await self.audit(ctx, "identity_mismatch", where)
+                    raise IdentityMismatch("agent_id", str(ctx.agent_id), str(presented_agent))
+                body = msgspec.structs.replace(body, payload={**body.payload, "agent_id": ctx.agent_id})
         for field, authoritative in (
             ("tenant_id", ctx.tenant_id),
             ("mode", ctx.mode),
@@ -296,6 +312,9 @@ class EventSpine:
         _check_field_id("step_id", step_id)
         parent = _check_event_id("parent_event_id", body.parent_event_id) if body.parent_event_id else None
         causality = body.causality or Causality(trace_id=ctx.trace_id)
+        if causality.trace_id is None and ctx.trace_id is not None:
+            # a caller naming only its span still belongs to the request's trace
+            causality = Causality(trace_id=ctx.trace_id, span_id=causality.span_id)
         if causality.trace_id is not None:
             _check_field_id("causality.trace_id", causality.trace_id)
         if causality.span_id is not None:
@@ -482,7 +501,7 @@ class EventSpine:
         limit: int | None,
         floor: str | None = None,
         ceiling: str | None = None,
-    ) -> EventPage:
+    ) -> Page[Event]:
         n = self._limit(limit)
         after = floor
         if cursor:
@@ -499,11 +518,11 @@ class EventSpine:
             )
         else:
             next_cursor = cursor or None
-        return EventPage(items=events, next_cursor=next_cursor, has_more=has_more)
+        return Page(items=events, next_cursor=next_cursor, has_more=has_more)
 
     async def replay(
         self, ctx: RequestContext, run_id: str | None, *, cursor: str | None = None, limit: int | None = None
-    ) -> EventPage:
+    ) -> Page[Event]:
         """The run's events in append order, strictly after ``cursor``."""
         if not run_id:
             raise NorthstarError(
@@ -524,7 +543,7 @@ class EventSpine:
         until: str | None = None,
         cursor: str | None = None,
         limit: int | None = None,
-    ) -> EventPage:
+    ) -> Page[Event]:
         """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
         oldest first. ``since``/``until`` are RFC 3339 timestamps."""
         if event_type is not None and not EVENT_TYPE_PATTERN.fullmatch(event_type):
@@ -606,7 +625,6 @@ __all__ = [
     "Causality",
     "Event",
     "EventIn",
-    "EventPage",
     "EventSpine",
     "UUIDv7Generator",
     "decode_event_in",

@@ -7,17 +7,23 @@ Writes are versioned: create-only without ``expected_version`` (409 if the id ex
 compare-and-set (409 ``tabular.version_conflict`` with the current version). Every version is
 kept (``?version=`` reads one, ``/versions`` lists them) and versions only grow, also across a
 delete and re-create.
+
+Strategy-lock snapshots are also on the event spine (SPEC: "tabular_store + event_spine emit"):
+every write and delete of ``strategy_lock_snapshots`` appends a ``strategy_lock`` event (source
+``system``) after the record is stored, naming the record, its version and a SHA-256 of its
+``json_blob`` (the blob itself stays in the table, where every version remains readable, so an
+event never outgrows the spine's item limit).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final
 
 import msgspec
 
 from northstar_core.blackboard import (
     NO_PROJECT,
-    Page,
     check_expected_version,
     check_limit,
     json_bytes,
@@ -28,9 +34,11 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
 from northstar_core.records import VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
+from northstar_core.spine import EventSpine
 from northstar_core.storage import MAX_VALUE_BYTES, Item
 
 DOMAIN: Final = "tabular"
@@ -42,6 +50,8 @@ TABLES: Final[dict[str, str]] = {
     "strategy_lock_snapshots": "strategy_lock_store",
 }
 _RECORD_LIMIT: Final = MAX_VALUE_BYTES - 8192
+# Tables whose writes are also events on the spine: table -> spine event type.
+SPINE_TABLES: Final[dict[str, str]] = {"strategy_lock_snapshots": "strategy_lock"}
 
 
 class TabularScope(msgspec.Struct, kw_only=True):
@@ -68,6 +78,11 @@ class VersionInfo(msgspec.Struct, kw_only=True):
     updated_at: str
 
 
+def encoded_blob(json_blob: Any) -> bytes:
+    """A blob's canonical JSON (sorted keys): what ``json_blob_sha256`` in spine events hashes."""
+    return msgspec.json.encode(json_blob, order="sorted")
+
+
 def table_kind(table: str) -> str:
     """The resource kind of ``table``, or 404 ``tabular.unknown_table``."""
     kind = TABLES.get(table)
@@ -84,10 +99,30 @@ def table_kind(table: str) -> str:
 class TabularStore:
     """Versioned records with history in the five tabular tables."""
 
-    def __init__(self, registry: RoutingRegistry, cursors: CursorCodec, clock: Clock) -> None:
+    def __init__(
+        self,
+        registry: RoutingRegistry,
+        cursors: CursorCodec,
+        clock: Clock,
+        *,
+        spine: EventSpine | None = None,
+    ) -> None:
         self.registry = registry
         self.cursors = cursors
         self.clock = clock
+        self.spine = spine
+
+    async def _emit(self, ctx: RequestContext, table: str, payload: dict[str, Any]) -> None:
+        """The spine event of a write to a table listed in ``SPINE_TABLES`` (raises if it cannot
+        be recorded: the caller learns that the snapshot is not on the spine and may retry)."""
+        event_type = SPINE_TABLES.get(table)
+        if event_type is None:
+            return
+        if self.spine is None:
+            raise NorthstarError(
+                "event_spine.unavailable", "no event spine is wired to record strategy-lock snapshots", 503
+            )
+        await self.spine.record(ctx, event_type, {"table": table, **payload})
 
     async def _records(self, ctx: RequestContext, table: str) -> VersionedRecords:
         kind = table_kind(table)
@@ -145,6 +180,18 @@ class TabularStore:
                 details={"size": len(encoded), "limit": _RECORD_LIMIT},
             )
         record.version = await records.put(record_id, encoded, expected_version=expected_version)
+        await self._emit(
+            ctx,
+            table,
+            {
+                "action": "snapshot.written",
+                "id": record_id,
+                "version": record.version,
+                "project_id": ctx.project_id,
+                "json_blob_sha256": hashlib.sha256(encoded_blob(json_blob)).hexdigest(),
+                "updated_at": record.updated_at,
+            },
+        )
         return record
 
     async def get(
@@ -177,6 +224,16 @@ class TabularStore:
         check_id(DOMAIN, "id", record_id)
         check_expected_version(DOMAIN, expected_version, delete=True)
         await records.delete(record_id, expected_version=expected_version)
+        await self._emit(
+            ctx,
+            table,
+            {
+                "action": "snapshot.deleted",
+                "id": record_id,
+                "version": expected_version,
+                "project_id": ctx.project_id,
+            },
+        )
 
     async def versions(
         self,

@@ -72,7 +72,7 @@ class StoreServices:
         self.blackboard = Blackboard(registry, cursors, clock)
         self.config = ConfigService(registry, clock)
         self.notes = NotesService(registry, cursors, clock)
-        self.tabular = TabularStore(registry, cursors, clock)
+        self.tabular = TabularStore(registry, cursors, clock, spine=self.spine)
         self.analytics = AnalyticsService(registry, cursors, clock, self.spine)
 
 

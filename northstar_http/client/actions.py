@@ -1,37 +1,33 @@
-"""``POST /actions/execute`` over HTTP (a gate block arrives as the 403 ``NorthstarError``)."""
+"""``POST /actions/execute`` and ``POST /actions/check`` over HTTP, with the library's signatures
+less the context (a gate block on execute arrives as the 403 ``NorthstarError``; check answers
+it as ``allowed: false``). The body is an :class:`~northstar_core.actions.ActionRequest` or the
+same fields as a mapping, exactly what ``engines.actions.execute(ctx, body)`` takes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from northstar_http.client.base import BaseClient
+
+
+def _json(body: Any) -> Any:
+    return msgspec.to_builtins(body) if isinstance(body, msgspec.Struct) else body
 
 
 class ActionsClient:
     def __init__(self, base: BaseClient) -> None:
         self._base = base
 
-    async def execute(
-        self,
-        action_name: str,
-        subject_type: str,
-        subject_id: str,
-        *,
-        params: dict[str, Any] | None = None,
-        estimated_cost: float = 0.0,
-        surface_id: str | None = None,
-        app_id: str | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "action_name": action_name,
-            "subject_type": subject_type,
-            "subject_id": subject_id,
-            "params": params or {},
-            "estimated_cost": estimated_cost,
-        }
-        if surface_id is not None:
-            body["surface_id"] = surface_id
-        if app_id is not None:
-            body["app_id"] = app_id
-        result: dict[str, Any] = await self._base.request("POST", "/actions/execute", json=body)
+    async def check(self, body: Any) -> dict[str, Any]:
+        """The gate chain's decision without executing: ``{action_name, allowed, dry_run,
+        registered, decision}`` (recorded on the spine as a dry run)."""
+        result: dict[str, Any] = await self._base.request("POST", "/actions/check", json=_json(body))
+        return result
+
+    async def execute(self, body: Any) -> dict[str, Any]:
+        """Run the action; with ``idempotency_key`` a retry returns the first result
+        (``replayed: true``) and never runs the handler or charges the budget again."""
+        result: dict[str, Any] = await self._base.request("POST", "/actions/execute", json=_json(body))
         return result

@@ -250,6 +250,18 @@ BASELINES: dict[tuple[str, str], Baseline] = {
             "app_id": "app1",
             "params": {"x": 1, "nested": {"y": [1, 2]}},
             "estimated_cost": 0.5,
+            "idempotency_key": unique("act"),
+        }
+    ),
+    ("POST", "/actions/check"): lambda h: Case(
+        body={
+            "action_name": ECHO_ACTION,
+            "subject_type": "agent",
+            "subject_id": "a1",
+            "surface_id": "s1",
+            "app_id": "app1",
+            "params": {"x": 1, "nested": {"y": [1, 2]}},
+            "estimated_cost": 0.5,
         }
     ),
     ("POST", "/analytics/events"): lambda h: Case(

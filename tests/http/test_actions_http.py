@@ -46,8 +46,16 @@ async def test_allowed_action_runs_and_records_usage_and_decision(
     body = r.json()
     assert body["result"] == {"sent": "x"} and body["decision"]["decision"] == "allow"
     assert body["usage"]["amount"] == 1.25 and len(calls) == 1
-    types = [e.event_type for e in (await engines.spine.list(ctx())).items]
-    assert types == ["safety", "budget"]
+    events = (await engines.spine.list(ctx())).items
+    assert [e.event_type for e in events] == ["safety", "budget", "analytics"]
+    report = events[-1].payload["properties"]
+    assert (events[-1].payload["name"], report["outcome"], report["cost"], report["handler"]) == (
+        "action.executed",
+        "ok",
+        1.25,
+        "python",
+    )
+    assert report["decision_event_id"] == body["decision"]["event_id"] and report["latency_ms"] >= 0
     stream = (await engines.streams.list(ctx(), "agent:a1")).items
     assert [e.type for e in stream] == ["safety_decision"]
     usage = (await client.get("/budget/usage", headers=auth())).json()

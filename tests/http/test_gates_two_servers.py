@@ -105,7 +105,9 @@ def _client(url: str, role: str, sub: str) -> NorthstarClient:
 
 async def _outcome(client: NorthstarClient, cost: float = 0.0) -> str:
     try:
-        await client.actions.execute("fire", "agent", "a1", estimated_cost=cost)
+        await client.actions.execute(
+            {"action_name": "fire", "subject_type": "agent", "subject_id": "a1", "estimated_cost": cost}
+        )
     except NorthstarError as exc:
         assert exc.http_status == 403 and exc.gate is not None, exc
         return exc.code
@@ -115,38 +117,40 @@ async def _outcome(client: NorthstarClient, cost: float = 0.0) -> str:
 async def test_policy_changes_through_one_server_apply_on_the_others_next_call(servers: Any) -> None:
     url_a, url_b = servers
     async with _client(url_a, "admin", "u_admin") as a, _client(url_b, "member", "u_agent") as b:
-        await a.policies.put(
+        await a.policies.put_document(
             "firearms_policy",
             {"bindings": [{"action_name": "fire", "licence_type": "l1"}]},
             expected_version=0,
         )
-        await a.policies.put(
+        await a.policies.put_document(
             "firearms_grants",
             {"grants": [{"licence_type": "l1", "subject_type": "agent"}]},
             expected_version=0,
         )
         assert await _outcome(b) == "gate.firearms.licence_required"
-        licence = await a.policies.issue_licence("l1", "agent", "a1")
+        licence = await a.policies.issue_licence(
+            {"licence_type": "l1", "subject_type": "agent", "subject_id": "a1"}
+        )
         assert await _outcome(b) == "allow"
-        await a.policies.revoke_licence(licence["licence_id"], reason="test")
+        await a.policies.revoke_licence(licence.licence_id, reason="test")
         assert await _outcome(b) == "gate.firearms.licence_revoked"
-        await a.policies.issue_licence("l1", "agent", "a1")
+        await a.policies.issue_licence({"licence_type": "l1", "subject_type": "agent", "subject_id": "a1"})
         assert await _outcome(b) == "allow"
 
-        await a.policies.put("kill_switches", {"tenant_blocked": True}, expected_version=0)
+        await a.policies.put_document("kill_switches", {"tenant_blocked": True}, expected_version=0)
         assert await _outcome(b) == "gate.kill_switch.tenant_blocked"
-        await a.policies.put("kill_switches", {"tenant_blocked": False}, expected_version=1)
+        await a.policies.put_document("kill_switches", {"tenant_blocked": False}, expected_version=1)
         assert await _outcome(b) == "allow"
 
-        await a.policies.put(
+        await a.policies.put_document(
             "budget_policy", {"limits": [{"period": "month", "limit": 100}]}, expected_version=0
         )
         assert await _outcome(b, cost=10) == "allow"
-        await a.policies.put(
+        await a.policies.put_document(
             "budget_policy", {"limits": [{"period": "month", "limit": 15}]}, expected_version=1
         )
         assert await _outcome(b, cost=10) == "gate.budget.limit_exceeded"
 
         # every decision made by B is on the spine A reads
         safety = await a.events.list(event_type="safety", limit=500)
-        assert len(safety["items"]) == 8
+        assert len(safety.items) == 8
