@@ -13,11 +13,12 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from northstar_core.blackboard import Page, check_limit
+from northstar_core.blackboard import check_limit
 from northstar_core.clock import Clock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine

@@ -10,7 +10,7 @@ limited in size by the route (``route.options.max_value_bytes``), answered with 
 
 from __future__ import annotations
 
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import msgspec
 
@@ -19,6 +19,7 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
 from northstar_core.records import VersionedRecords, record_key
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
@@ -30,17 +31,6 @@ DEFAULT_MAX_VALUE_BYTES: Final = 64 * 1024
 VALUE_LIMIT_CEILING: Final = MAX_VALUE_BYTES - 8192  # room for the fields around the value
 NO_PROJECT: Final = "~"  # not a valid id, so it never collides with a real project
 MAX_PAGE: Final = 200
-
-T = TypeVar("T")
-
-
-class Page(msgspec.Struct, Generic[T]):
-    """One page of a list: ``next_cursor`` continues after the last item (exclusive)."""
-
-    items: list[T]
-    next_cursor: str | None
-    has_more: bool
-
 
 def check_limit(domain: str, limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:

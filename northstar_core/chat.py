@@ -31,6 +31,7 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid, not_found
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_segment
 from northstar_core.storage import Absent, ConditionFailed, Item, Put
@@ -87,27 +88,22 @@ class ThreadEntry(msgspec.Struct, frozen=True, kw_only=True):
     first_posted_at: str
 
 
+class ChatEntry(ChatMessage, frozen=True, kw_only=True):
+    """A message as readers receive it: the stored message plus its own resume ``cursor``
+    (the page rule of :mod:`northstar_core.paging`; the wire form is exactly this struct)."""
+
+    cursor: str
+
+
 class PostedMessage(msgspec.Struct, frozen=True, kw_only=True):
     message: ChatMessage
     cursor: str
     replayed: bool
 
 
-class MessagePage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[tuple[ChatMessage, str]]  # (message, its cursor)
-    next_cursor: str
-    has_more: bool
-
-
-class ThreadPage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[ThreadEntry]
-    next_cursor: str | None
-    has_more: bool
-
-
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     thread: ThreadMeta
-    messages: list[tuple[ChatMessage, str]]
+    messages: list[ChatEntry]
     head_seq: int
     head_cursor: str
 
@@ -129,6 +125,10 @@ def _decode(item: Item) -> ChatMessage:
     return msgspec.json.decode(item.value, type=ChatMessage)
 
 
+def _entry(message: ChatMessage, cursor: str) -> ChatEntry:
+    return ChatEntry(**msgspec.structs.asdict(message), cursor=cursor)
+
+
 class ChatTail:
     """A validated live tail of one thread; iterate :meth:`events` to follow it."""
 
@@ -146,14 +146,14 @@ class ChatTail:
         a thread (one generator per subscriber; the SSE route uses it)."""
         return self._service.tails.follow(self.stream, self.after_seq, heartbeat=heartbeat)
 
-    def decode(self, item: Item) -> tuple[ChatMessage, str]:
-        """A stored entry as ``(message, its cursor)``."""
+    def decode(self, item: Item) -> ChatEntry:
+        """A stored entry as the message with its cursor."""
         message = _decode(item)
-        return message, self._service.cursor(self._ctx, message.thread_id, message.seq)
+        return _entry(message, self._service.cursor(self._ctx, message.thread_id, message.seq))
 
     async def events(
         self, *, heartbeat: float | None = None
-    ) -> AsyncGenerator[tuple[ChatMessage, str] | None, None]:
+    ) -> AsyncGenerator[ChatEntry | None, None]:
         """Messages after the start position, then live ones; ``None`` on idle heartbeats."""
         follow = self.items(heartbeat=heartbeat)
         # aclosing: closing this generator must unsubscribe the inner one at once, not at GC.
@@ -319,7 +319,7 @@ class ChatService:
 
     async def list_messages(
         self, ctx: RequestContext, thread_id: str, *, cursor: str | None = None, limit: int | None = None
-    ) -> MessagePage:
+    ) -> Page[ChatEntry]:
         """Messages strictly after ``cursor`` (from the start without one), oldest first."""
         size = _limit(limit)
         stream = await self._stream(ctx, thread_id)
@@ -328,8 +328,8 @@ class ChatService:
         has_more = len(items) > size
         page = [_decode(item) for item in items[:size]]
         last = page[-1].seq if page else after
-        return MessagePage(
-            items=[(m, self.cursor(ctx, thread_id, m.seq)) for m in page],
+        return Page(
+            items=[_entry(m, self.cursor(ctx, thread_id, m.seq)) for m in page],
             next_cursor=self.cursor(ctx, thread_id, last),
             has_more=has_more,
         )
@@ -345,14 +345,14 @@ class ChatService:
         head = messages[-1].seq if messages else 0
         return Snapshot(
             thread=msgspec.json.decode(meta_item.value, type=ThreadMeta),
-            messages=[(m, self.cursor(ctx, thread_id, m.seq)) for m in messages],
+            messages=[_entry(m, self.cursor(ctx, thread_id, m.seq)) for m in messages],
             head_seq=head,
             head_cursor=self.cursor(ctx, thread_id, head),
         )
 
     async def list_threads(
         self, ctx: RequestContext, *, cursor: str | None = None, limit: int | None = None
-    ) -> ThreadPage:
+    ) -> Page[ThreadEntry]:
         """The threads the caller posted to, ordered by thread id."""
         size = _limit(limit)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
@@ -371,7 +371,7 @@ class ChatService:
             if items
             else cursor
         )
-        return ThreadPage(
+        return Page(
             items=[msgspec.json.decode(i.value, type=ThreadEntry) for i in items],
             next_cursor=next_cursor,
             has_more=has_more,
@@ -389,6 +389,24 @@ class ChatService:
             after = await stream.head()
         return ChatTail(self, ctx, stream, after)
 
+    async def head_cursor(self, ctx: RequestContext, thread_id: str) -> str:
+        """The cursor of the thread's last message (of its start while it has none): readers
+        starting there see only new messages."""
+        return self.cursor(ctx, thread_id, await (await self._stream(ctx, thread_id)).head())
+
+    async def follow(
+        self, ctx: RequestContext, thread_id: str, cursor: str | None = None
+    ) -> AsyncGenerator[ChatEntry, None]:
+        """Messages after ``cursor`` (from the current head without one), then live ones, each
+        once and in order, until the consumer stops iterating. A bad cursor raises 410 at the
+        first iteration; use :meth:`open_tail` to check it before committing to a stream."""
+        tail = await self.open_tail(ctx, thread_id, cursor)
+        events = tail.events()
+        async with contextlib.aclosing(events):
+            async for entry in events:
+                if entry is not None:
+                    yield entry
+
 
 def message_to_dict(message: ChatMessage, cursor: str, **extra: Any) -> dict[str, Any]:
     """The wire shape of a message: its fields plus its cursor."""
@@ -400,14 +418,14 @@ def message_to_dict(message: ChatMessage, cursor: str, **extra: Any) -> dict[str
 
 __all__ = [
     "ROLES",
+    "ChatEntry",
     "ChatMessage",
     "ChatService",
     "ChatTail",
-    "MessagePage",
     "PostedMessage",
     "Role",
     "Snapshot",
+    "ThreadEntry",
     "ThreadMeta",
-    "ThreadPage",
     "message_to_dict",
 ]

@@ -74,6 +74,10 @@ class NorthstarError(Exception):
     def __repr__(self) -> str:
         return f"NorthstarError({self.code!r}, {self.http_status}, {self.message!r})"
 
+    def __str__(self) -> str:
+        # The code is what callers branch on and search logs for; a bare message hides it.
+        return f"{self.code} ({self.http_status}): {self.message}"
+
 
 # --- constructors for the fixed rules of SPEC §4 -------------------------------------------
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Final, Literal, get_args
+from collections.abc import Sequence
+from typing import Any, Final, Literal, TypedDict, Unpack, get_args
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -138,8 +139,32 @@ class ServerBinding(msgspec.Struct, frozen=True, kw_only=True):
     mode: str | None = None
 
 
+class ScopeFields(TypedDict, total=False):
+    """The optional scope of a :class:`RequestContext` built with its named constructors."""
+
+    agent_id: str | None
+    project_id: str | None
+    surface_id: str | None
+    app_id: str | None
+    run_id: str | None
+    step_id: str | None
+    trace_id: str | None
+    request_id: str
+
+
 class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
-    """The identity scope of one request; every store call is made within one."""
+    """The identity scope of one request; every store call is made within one.
+
+    The server builds it from a verified token. Code embedding the library builds it with a
+    named constructor, which makes the caller's roles explicit (the plain constructor defaults
+    to no roles, and every write then answers 403 ``auth.forbidden_role``) and validates the
+    identity as the server would::
+
+        ctx = RequestContext.member("t_acme", "u_bob", mode="lab")
+        ctx = RequestContext.for_user("t_acme", "u_bob", mode="saas", roles=("member", "admin"))
+
+    ``mode`` is required: it is part of every partition name, so it must be the deployment's.
+    """
 
     tenant_id: str
     mode: str
@@ -154,6 +179,75 @@ class RequestContext(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str | None = None
     trace_id: str | None = None
     request_id: str = ""
+
+    @classmethod
+    def for_user(
+        cls,
+        tenant_id: str,
+        user_id: str,
+        *,
+        mode: Mode,
+        roles: Sequence[str],
+        **scope: Unpack[ScopeFields],
+    ) -> RequestContext:
+        """A context for ``user_id`` of ``tenant_id`` holding exactly ``roles``; 400
+        ``auth.invalid_identity`` for a value a verified token could not carry either."""
+        if isinstance(roles, str):
+            roles = (roles,)
+        if not TENANT_PATTERN.fullmatch(tenant_id):
+            raise _bad("tenant_id", tenant_id)
+        if mode not in MODES:
+            raise _bad("mode", str(mode))
+        if not SUBJECT_PATTERN.fullmatch(user_id):
+            raise _bad("user_id", user_id)
+        if len(roles) > MAX_ROLES or not all(ROLE_PATTERN.fullmatch(role) for role in roles):
+            raise _bad("roles", ",".join(roles))
+        for field in ("agent_id", "project_id", "surface_id", "app_id", "run_id", "step_id", "trace_id"):
+            value = scope.get(field)
+            if value is not None and not ID_PATTERN.fullmatch(str(value)):
+                raise _bad(field, str(value))
+        return cls(
+            tenant_id=tenant_id,
+            mode=mode,
+            user_id=user_id,
+            roles=tuple(roles),
+            agent_id=scope.get("agent_id"),
+            project_id=scope.get("project_id"),
+            surface_id=scope.get("surface_id"),
+            app_id=scope.get("app_id"),
+            run_id=scope.get("run_id"),
+            step_id=scope.get("step_id"),
+            trace_id=scope.get("trace_id"),
+            request_id=scope.get("request_id") or str(uuid.uuid4()),
+        )
+
+    @classmethod
+    def viewer(
+        cls, tenant_id: str, user_id: str, *, mode: Mode, **scope: Unpack[ScopeFields]
+    ) -> RequestContext:
+        """A context that may read the tenant's data."""
+        return cls.for_user(tenant_id, user_id, mode=mode, roles=("viewer",), **scope)
+
+    @classmethod
+    def member(
+        cls, tenant_id: str, user_id: str, *, mode: Mode, **scope: Unpack[ScopeFields]
+    ) -> RequestContext:
+        """A context that may read and write the tenant's data (what an agent usually is)."""
+        return cls.for_user(tenant_id, user_id, mode=mode, roles=("member",), **scope)
+
+    @classmethod
+    def admin(
+        cls, tenant_id: str, user_id: str, *, mode: Mode, **scope: Unpack[ScopeFields]
+    ) -> RequestContext:
+        """A tenant admin: a member that also governs the tenant's policies and config."""
+        return cls.for_user(tenant_id, user_id, mode=mode, roles=("admin",), **scope)
+
+    @classmethod
+    def owner(
+        cls, tenant_id: str, user_id: str, *, mode: Mode, **scope: Unpack[ScopeFields]
+    ) -> RequestContext:
+        """The tenant's owner (every tenant role)."""
+        return cls.for_user(tenant_id, user_id, mode=mode, roles=("owner",), **scope)
 
     @property
     def is_agent(self) -> bool:

@@ -13,11 +13,12 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from northstar_core.blackboard import Page, check_expected_version, check_limit
+from northstar_core.blackboard import check_expected_version, check_limit
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
 from northstar_core.records import VersionedRecords, record_key
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_segment

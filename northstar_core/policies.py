@@ -36,6 +36,7 @@ from northstar_core.bounds import (
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, not_found, version_conflict
 from northstar_core.identity import ID_PATTERN, ROLE_RANK, RequestContext
+from northstar_core.paging import Page
 from northstar_core.records import VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
@@ -163,6 +164,15 @@ class Licence(msgspec.Struct, kw_only=True):
     version: int = 1
 
 
+LicenceState = Literal["active", "revoked", "expired"]
+
+
+class LicenceView(Licence, kw_only=True):
+    """A licence as listed and served: the stored licence plus its ``state`` now."""
+
+    state: LicenceState
+
+
 class LicenceIn(_Doc):
     licence_type: str
     subject_type: str
@@ -193,6 +203,13 @@ class StrategyLock(msgspec.Struct, kw_only=True):
     reviews: list[Review] = []
     note: str | None = None
     version: int = 1
+
+
+class LockView(StrategyLock, kw_only=True):
+    """A strategy lock as listed and served: the stored lock plus its ``state`` now
+    (its status, or ``expired``)."""
+
+    state: str
 
 
 class LockIn(_Doc):
@@ -486,7 +503,7 @@ class PolicyStores:
         subject_id: str | None = None,
         cursor: str | None = None,
         limit: int = 100,
-    ) -> dict[str, Any]:
+    ) -> Page[LicenceView]:
         """Licences (optionally of one subject type / subject) with their state, paged."""
         return await _licences_page(
             self, ctx, subject_type=subject_type, subject_id=subject_id, cursor=cursor, limit=limit
@@ -502,7 +519,7 @@ class PolicyStores:
         )
         return [_licence(item) for item in items]
 
-    def licence_state(self, licence: Licence) -> Literal["active", "revoked", "expired"]:
+    def licence_state(self, licence: Licence) -> LicenceState:
         if licence.revoked_at is not None:
             return "revoked"
         if licence.expires_at is not None and licence.expires_at <= self.clock.now():
@@ -710,7 +727,7 @@ class PolicyStores:
 
     async def list_locks(
         self, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
-    ) -> dict[str, Any]:
+    ) -> Page[LockView]:
         """Strategy locks with their state, paged."""
         return await _locks_page(self, ctx, cursor=cursor, limit=limit)
 
@@ -799,7 +816,7 @@ async def _licences_page(
     subject_id: str | None = None,
     cursor: str | None = None,
     limit: int = 100,
-) -> dict[str, Any]:
+) -> Page[LicenceView]:
     """Licences (optionally of one subject type / subject), oldest subject order, paged."""
     _check_name("firearms", "subject_type", subject_type)
     _check_name("firearms", "subject_id", subject_id)
@@ -814,27 +831,25 @@ async def _licences_page(
     items, next_cursor, has_more = await _paged(
         stores, ctx, "firearms", f"licences:{prefix}", records, prefix, cursor, limit
     )
-    return {
-        "items": [
-            {**msgspec.to_builtins(lic), "state": stores.licence_state(lic)} for lic in map(_licence, items)
-        ],
-        "next_cursor": next_cursor,
-        "has_more": has_more,
-    }
+    return Page([licence_view(stores, lic) for lic in map(_licence, items)], next_cursor, has_more)
 
 
 async def _locks_page(
     stores: PolicyStores, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
-) -> dict[str, Any]:
+) -> Page[LockView]:
     records = await stores._lock_records(ctx)
     items, next_cursor, has_more = await _paged(
         stores, ctx, "strategy_lock", "locks", records, "lock#", cursor, limit
     )
-    return {
-        "items": [lock_to_dict(stores, _lock(i)) for i in items],
-        "next_cursor": next_cursor,
-        "has_more": has_more,
-    }
+    return Page([lock_view(stores, _lock(i)) for i in items], next_cursor, has_more)
+
+
+def licence_view(stores: PolicyStores, licence: Licence) -> LicenceView:
+    return LicenceView(**msgspec.structs.asdict(licence), state=stores.licence_state(licence))
+
+
+def lock_view(stores: PolicyStores, lock: StrategyLock) -> LockView:
+    return LockView(**msgspec.structs.asdict(lock), state=stores.lock_state(lock))
 
 
 def lock_to_dict(stores: PolicyStores, lock: StrategyLock) -> dict[str, Any]:

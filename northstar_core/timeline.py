@@ -24,7 +24,7 @@ names them, and :func:`is_subject_stream` lets the HTTP shell keep clients from 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Final
 
 import msgspec
@@ -33,6 +33,7 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, Item, Op, Put, VersionIs
@@ -76,11 +77,11 @@ class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str | None = None
     trace_id: str | None = None
 
-
-class EventPage(msgspec.Struct, frozen=True, kw_only=True):
-    items: list[StreamEvent]
-    next_cursor: str | None
-    has_more: bool
+    @property
+    def cursor(self) -> str:
+        """This event's resume position (its ``event_id``; the page rule of
+        :mod:`northstar_core.paging`)."""
+        return self.event_id
 
 
 class _Stored(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -364,7 +365,7 @@ class EventStreamService:
         *,
         error_domain: str = DOMAIN,
         types: frozenset[str] | None = None,
-    ) -> EventPage:
+    ) -> Page[StreamEvent]:
         """Events after ``cursor`` (exclusive; from the start without one), in order, paged.
 
         With ``types`` only those event types are returned; ``next_cursor`` still advances
@@ -388,7 +389,7 @@ class EventStreamService:
         last_seq = events[-1].seq if events else after
         if types is not None:
             events = [e for e in events if e.type in types]
-        return EventPage(
+        return Page(
             items=events, next_cursor=self.cursor(ctx, stream_id, last_seq), has_more=has_more
         )
 
@@ -399,7 +400,7 @@ class EventStreamService:
         after_seq: int,
         *,
         heartbeat: float | None = None,
-    ) -> AsyncIterator[StreamEvent | None]:
+    ) -> AsyncGenerator[StreamEvent | None, None]:
         """Every event after ``after_seq``: the stored ones, then new ones as they land.
 
         Works across processes sharing one backend (it tails the store); each event is yielded

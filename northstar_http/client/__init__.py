@@ -1,10 +1,17 @@
-"""Python client for the Northstar HTTP service.
+"""Python client for the Northstar HTTP service: the library's API over HTTP.
 
     async with NorthstarClient("http://127.0.0.1:8787", token) as ns:
-        posted = await ns.chat.post("th_1", "hello", idempotency_key="k1")
+        posted = await ns.chat.post("th_1", role="user", content="hello", idempotency_key="k1")
+        async for entry in ns.chat.follow("th_1", posted.cursor):   # reconnects by itself
+            ...
 
-Errors arrive as :class:`northstar_core.errors.NorthstarError` with ``upstream`` set. Each
-domain adds ``client/<domain>.py`` and one attribute below.
+Each attribute mirrors the ``Engines`` service of the same name (``ns.chat`` is
+``engines.chat``…): the same method names, arguments and result types (the core's msgspec
+Structs, lists as :class:`~northstar_core.paging.Page`), and the same
+:class:`~northstar_core.errors.NorthstarError` on failure, with ``upstream`` set. The one
+difference: library methods take a ``RequestContext`` first; here the identity is the token
+(and the identity headers given to the client). Each domain adds ``client/<domain>.py`` and
+one attribute below.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from northstar_http.client.base import BaseClient, SseMessage
 from northstar_http.client.canvas import CanvasClient, TimelineClient
 from northstar_http.client.chat import ChatClient
 from northstar_http.client.events import EventsClient
-from northstar_http.client.policies import PoliciesClient
+from northstar_http.client.policies import BudgetClient, PoliciesClient
 from northstar_http.client.stores import (
     AnalyticsClient,
     BlackboardClient,
@@ -38,10 +45,13 @@ class NorthstarClient(BaseClient):
         self.tabular = TabularClient(self)
         self.analytics = AnalyticsClient(self)
         self.events = EventsClient(self)
+        self.spine = self.events  # the name of the library's attribute
         self.policies = PoliciesClient(self)
+        self.budget = BudgetClient(self)
         self.actions = ActionsClient(self)
         self.canvas = CanvasClient(self)
         self.timeline = TimelineClient(self)
+        self.streams = self.timeline
 
     async def __aenter__(self) -> NorthstarClient:
         return self

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -30,15 +31,21 @@ import msgspec
 from northstar_core.canvas import (
     CanvasLimits,
     CanvasOp,
+    CanvasRecord,
     CanvasService,
     CanvasState,
     CommandIn,
     CommandRecord,
+    CommitResult,
     RecordIn,
+    RecordType,
+    Snapshot,
     rebase,
 )
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.paging import Page
+from northstar_core.timeline import StreamEvent
 from northstar_http.client.base import BaseClient, SseMessage
 
 _NO_LIMITS = CanvasLimits(
@@ -50,88 +57,114 @@ _NO_LIMITS = CanvasLimits(
 )
 
 
+def _seg(value: str) -> str:
+    return quote(value, safe=":")
+
+
+def _types_param(types: frozenset[str] | None) -> str | None:
+    return ",".join(sorted(types)) if types else None
+
+
 class CanvasClient:
-    """One method per canvas endpoint; errors arrive as :class:`NorthstarError`."""
+    """``engines.canvas`` over HTTP: the same methods, arguments and result types, without
+    the ``ctx`` argument (the identity is the client's token); errors arrive as
+    :class:`NorthstarError`."""
 
     def __init__(self, base: BaseClient) -> None:
         self._base = base
 
-    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._base.request(method, path, **kw)
-        return result
+    def _path(self, canvas_id: str, tail: str) -> str:
+        return f"/canvas/{_seg(canvas_id)}/{tail}"
 
-    async def command(
-        self,
-        canvas_id: str,
-        base_rev: int,
-        ops: list[dict[str, Any]],
-        idempotency_key: str,
-        *,
-        actor_id: str | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"base_rev": base_rev, "ops": ops, "idempotency_key": idempotency_key}
-        if actor_id is not None:
-            body["actor_id"] = actor_id
-        return await self._call("POST", f"/canvas/{canvas_id}/commands", json=body)
+    async def commit(self, canvas_id: str, command: CommandIn) -> CommitResult:
+        """Commit ``command`` atomically at ``head_rev + 1``."""
+        body = msgspec.to_builtins(command)
+        return await self._base.call(CommitResult, "POST", self._path(canvas_id, "commands"), json=body)
 
-    async def snapshot(self, canvas_id: str) -> dict[str, Any]:
-        return await self._call("GET", f"/canvas/{canvas_id}/snapshot")
+    async def snapshot(self, canvas_id: str) -> Snapshot:
+        """The state at the head; ``cursor`` is the stream position of the head revision."""
+        return await self._base.call(Snapshot, "GET", self._path(canvas_id, "snapshot"))
+
+    async def head(self, canvas_id: str) -> int:
+        return (await self.snapshot(canvas_id)).head_rev
 
     async def replay(
         self,
         canvas_id: str,
-        cursor: str | None = None,
+        cursor: str | None,
+        limit: int = 100,
         *,
-        limit: int | None = None,
-        types: str | None = None,
-    ) -> dict[str, Any]:
-        params = {"cursor": cursor, "limit": limit, "types": types}
-        return await self._call("GET", f"/canvas/{canvas_id}/replay", params=params)
+        types: frozenset[str] | None = None,
+    ) -> Page[StreamEvent]:
+        """Events of the canvas stream after ``cursor`` (from the start without one), paged."""
+        params = {"cursor": cursor, "limit": limit, "types": _types_param(types)}
+        return await self._base.call(
+            Page[StreamEvent], "GET", self._path(canvas_id, "replay"), params=params
+        )
 
-    def follow(
-        self, canvas_id: str, *, cursor: str | None = None, last_event_id: str | None = None
-    ) -> AsyncIterator[SseMessage]:
-        """Live canvas events (SSE); each message's ``id`` is its resume cursor."""
-        return self._base.sse(
-            f"/sse/canvas/{canvas_id}", params={"cursor": cursor}, last_event_id=last_event_id
+    async def head_cursor(self, canvas_id: str) -> str:
+        """The cursor of the last event of the canvas stream (readers starting there see only
+        new events)."""
+        position = (await self.snapshot(canvas_id)).cursor
+        while True:  # from the head revision to the stream's end (gestures, decisions since)
+            page = await self.replay(canvas_id, position, 500)
+            position = page.next_cursor or position
+            if not page.has_more:
+                return position
+
+    def follow(self, canvas_id: str, cursor: str | None = None) -> AsyncGenerator[StreamEvent, None]:
+        """Events of the canvas stream after ``cursor`` (from the head without one), then live
+        ones, each once and in order, until the consumer stops iterating — across dropped
+        connections and server restarts (see :meth:`BaseClient.follow`)."""
+        return self._base.follow(
+            f"/sse/canvas/{_seg(canvas_id)}",
+            _decode_event,
+            cursor=cursor,
+            start=lambda: self.head_cursor(canvas_id),
         )
 
     async def gesture(
         self,
         canvas_id: str,
         gesture: str,
-        data: dict[str, Any] | None = None,
+        data: dict[str, Any],
         *,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"gesture": gesture, "data": data or {}}
+    ) -> StreamEvent:
+        """Publish a gesture on the canvas stream (never the command log)."""
+        body: dict[str, Any] = {"gesture": gesture, "data": data}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        return await self._call("POST", f"/canvas/{canvas_id}/gestures", json=body)
+        return await self._base.call(StreamEvent, "POST", self._path(canvas_id, "gestures"), json=body)
 
-    async def add_artifact(self, canvas_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", f"/canvas/{canvas_id}/artifacts", json=record)
+    async def add_record(
+        self, canvas_id: str, record_type: RecordType, record: RecordIn
+    ) -> tuple[CanvasRecord, bool]:
+        """Store an artifact or audit record (idempotent by key); the record and whether it
+        is a replay."""
+        path = self._path(canvas_id, f"{record_type}s")
+        return await self._base.call_replayable(CanvasRecord, "POST", path, json=msgspec.to_builtins(record))
 
-    async def artifacts(
-        self, canvas_id: str, *, cursor: str | None = None, limit: int | None = None
-    ) -> dict[str, Any]:
-        return await self._call(
-            "GET", f"/canvas/{canvas_id}/artifacts", params={"cursor": cursor, "limit": limit}
-        )
+    async def list_records(
+        self,
+        canvas_id: str,
+        record_type: RecordType,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[CanvasRecord]:
+        """Records in creation order after ``cursor``, paged."""
+        params = {"cursor": cursor, "limit": limit}
+        path = self._path(canvas_id, f"{record_type}s")
+        return await self._base.call(Page[CanvasRecord], "GET", path, params=params)
 
-    async def add_audit(self, canvas_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", f"/canvas/{canvas_id}/audits", json=record)
 
-    async def audits(
-        self, canvas_id: str, *, cursor: str | None = None, limit: int | None = None
-    ) -> dict[str, Any]:
-        return await self._call(
-            "GET", f"/canvas/{canvas_id}/audits", params={"cursor": cursor, "limit": limit}
-        )
+def _decode_event(message: SseMessage) -> StreamEvent:
+    return msgspec.json.decode(message.data, type=StreamEvent)
 
 
 class TimelineClient:
-    """``/realtime/timeline``: append to and list a tenant's event streams."""
+    """``engines.timeline`` (``/realtime/timeline``) over HTTP: append to and list a
+    tenant's event streams, with the library's result types."""
 
     def __init__(self, base: BaseClient) -> None:
         self._base = base
@@ -140,77 +173,77 @@ class TimelineClient:
         self,
         stream_id: str,
         event_type: str,
-        data: dict[str, Any] | None = None,
+        data: dict[str, Any],
         *,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": event_type, "data": data or {}}
+    ) -> tuple[StreamEvent, bool]:
+        """A caller's append; the event and whether it replays an earlier one (same key)."""
+        body: dict[str, Any] = {"type": event_type, "data": data}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        result: dict[str, Any] = await self._base.request(
-            "POST", f"/realtime/timeline/{stream_id}/append", json=body
-        )
-        return result
+        path = f"/realtime/timeline/{_seg(stream_id)}/append"
+        return await self._base.call_replayable(StreamEvent, "POST", path, json=body)
 
-    async def list(
-        self, stream_id: str, *, cursor: str | None = None, limit: int | None = None
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._base.request(
-            "GET", f"/realtime/timeline/{stream_id}/list", params={"cursor": cursor, "limit": limit}
-        )
-        return result
+    async def list(self, stream_id: str, cursor: str | None = None, limit: int = 100) -> Page[StreamEvent]:
+        """Events after ``cursor`` (exclusive; from the start without one), in order, paged."""
+        path = f"/realtime/timeline/{_seg(stream_id)}/list"
+        params = {"cursor": cursor, "limit": limit}
+        return await self._base.call(Page[StreamEvent], "GET", path, params=params)
 
 
 class CanvasApi(Protocol):
-    """What :class:`CanvasSession` needs from a transport."""
+    """What :class:`CanvasSession` needs from a transport: :class:`CanvasClient` (HTTP) or
+    :class:`EmbeddedCanvasApi` (in process)."""
 
-    async def command(
-        self, canvas_id: str, base_rev: int, ops: list[dict[str, Any]], idempotency_key: str
-    ) -> dict[str, Any]: ...
+    async def commit(self, canvas_id: str, command: CommandIn) -> CommitResult: ...
 
-    async def snapshot(self, canvas_id: str) -> dict[str, Any]: ...
+    async def snapshot(self, canvas_id: str) -> Snapshot: ...
 
     async def replay(
-        self, canvas_id: str, cursor: str | None = None, *, limit: int | None = None, types: str | None = None
-    ) -> dict[str, Any]: ...
+        self,
+        canvas_id: str,
+        cursor: str | None,
+        limit: int = 100,
+        *,
+        types: frozenset[str] | None = None,
+    ) -> Page[StreamEvent]: ...
 
 
 class EmbeddedCanvasApi:
     """:class:`CanvasApi` over an in-process :class:`CanvasService` (an agent embedding the
-    library), answering exactly what the HTTP endpoints answer."""
+    library): ``engines.canvas`` with the context bound, as :class:`CanvasClient` is with
+    its token."""
 
     def __init__(self, service: CanvasService, ctx: RequestContext) -> None:
         self.service = service
         self.ctx = ctx
 
-    async def command(
-        self, canvas_id: str, base_rev: int, ops: list[dict[str, Any]], idempotency_key: str
-    ) -> dict[str, Any]:
-        cmd = CommandIn(base_rev=base_rev, ops=ops, idempotency_key=idempotency_key)
-        result: dict[str, Any] = msgspec.to_builtins(await self.service.commit(self.ctx, canvas_id, cmd))
-        return result
+    async def commit(self, canvas_id: str, command: CommandIn) -> CommitResult:
+        return await self.service.commit(self.ctx, canvas_id, command)
 
-    async def snapshot(self, canvas_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = msgspec.to_builtins(await self.service.snapshot(self.ctx, canvas_id))
-        return result
+    async def snapshot(self, canvas_id: str) -> Snapshot:
+        return await self.service.snapshot(self.ctx, canvas_id)
 
     async def replay(
-        self, canvas_id: str, cursor: str | None = None, *, limit: int | None = None, types: str | None = None
-    ) -> dict[str, Any]:
-        wanted = frozenset(types.split(",")) if types else None
-        page = await self.service.replay(self.ctx, canvas_id, cursor, limit or 100, types=wanted)
-        result: dict[str, Any] = msgspec.to_builtins(page)
-        return result
+        self,
+        canvas_id: str,
+        cursor: str | None,
+        limit: int = 100,
+        *,
+        types: frozenset[str] | None = None,
+    ) -> Page[StreamEvent]:
+        return await self.service.replay(self.ctx, canvas_id, cursor, limit, types=types)
 
-    async def add_record(self, canvas_id: str, kind: str, record: dict[str, Any]) -> dict[str, Any]:
-        rec, _ = await self.service.add_record(
-            self.ctx,
-            canvas_id,
-            "artifact" if kind == "artifact" else "audit",
-            msgspec.convert(record, RecordIn),
-        )
-        result: dict[str, Any] = msgspec.to_builtins(rec)
-        return result
+    def follow(self, canvas_id: str, cursor: str | None = None) -> AsyncGenerator[StreamEvent, None]:
+        return self.service.follow(self.ctx, canvas_id, cursor)
+
+    async def add_record(
+        self, canvas_id: str, record_type: RecordType, record: RecordIn
+    ) -> tuple[CanvasRecord, bool]:
+        return await self.service.add_record(self.ctx, canvas_id, record_type, record)
+
+
+_COMMITTED = frozenset({"op_committed"})
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -259,7 +292,7 @@ class CanvasSession:
         """Load the snapshot: local state at the head and the stream cursor just after it."""
         snap = await self.api.snapshot(self.canvas_id)
         self.state = CanvasState.from_snapshot(snap)
-        self.cursor = snap["cursor"]
+        self.cursor = snap.cursor
 
     def apply_committed(self, rev: int, ops: list[Any]) -> bool:
         """Apply committed revision ``rev`` if it is the next one; ``False`` if it is not
@@ -271,48 +304,49 @@ class CanvasSession:
         self.state.rev = rev
         return True
 
-    def on_event(self, event: dict[str, Any]) -> bool:
+    def on_event(self, event: StreamEvent) -> bool:
         """Take one canvas-stream event (SSE or replay). ``False`` if a gap was detected."""
         ok = True
-        if event["type"] == "op_committed":
-            rev = int(event["data"]["rev"])
-            self.committed_keys[str(event["data"].get("idempotency_key"))] = rev
+        if event.type == "op_committed":
+            rev = int(event.data["rev"])
+            self.committed_keys[str(event.data.get("idempotency_key"))] = rev
             if rev > self.state.rev:
-                ok = self.apply_committed(rev, event["data"]["ops"])
-        elif event["type"] == "gesture":
-            self.gestures.append(event["data"])
+                ok = self.apply_committed(rev, event.data["ops"])
+        elif event.type == "gesture":
+            self.gestures.append(event.data)
         if ok:
-            self.cursor = event["event_id"]
+            self.cursor = event.cursor
         return ok
 
     async def sync(self) -> None:
         """Catch up from the durable log after the last cursor (replay), in order."""
         while True:
-            page = await self.api.replay(self.canvas_id, self.cursor, types="op_committed")
-            for event in page["items"]:
+            page = await self.api.replay(self.canvas_id, self.cursor, types=_COMMITTED)
+            for event in page.items:
                 if not self.on_event(event):
                     await self.open()  # a hole we cannot fill from here: start over
                     return
-            self.cursor = page["next_cursor"] or self.cursor
-            if not page["has_more"]:
+            self.cursor = page.next_cursor or self.cursor
+            if not page.has_more:
                 return
 
     async def listen(
         self,
-        follow: Callable[..., AsyncIterator[SseMessage]] | None = None,
+        follow: Callable[[str, str | None], AsyncIterator[StreamEvent]] | None = None,
         *,
         reconnect_delay: float = 0.5,
     ) -> None:
-        """Apply live events until cancelled (``follow`` defaults to the HTTP client's SSE).
+        """Apply live events until cancelled (``follow`` defaults to the api's ``follow``:
+        :meth:`CanvasClient.follow` or :meth:`EmbeddedCanvasApi.follow`).
 
         A dropped stream is resumed from the last applied event (``Last-Event-ID``), so no
         event is missed or applied twice; a 410 (cursor no longer valid) reloads the snapshot.
         """
-        stream_of = follow or getattr(self.api, "follow")  # noqa: B009 - HTTP clients only
+        stream_of = follow or getattr(self.api, "follow")  # noqa: B009 - not part of CanvasApi
         while True:
             try:
-                async for message in stream_of(self.canvas_id, last_event_id=self.cursor):
-                    if not self.on_event(message.json()):
+                async for event in stream_of(self.canvas_id, self.cursor):
+                    if not self.on_event(event):
                         await self.sync()
             except NorthstarError as exc:
                 if exc.http_status == 410:
@@ -336,7 +370,8 @@ class CanvasSession:
         for attempt in range(1, self.max_attempts + 1):
             wire = msgspec.to_builtins(pending)
             try:
-                result = await self.api.command(self.canvas_id, base_rev, wire, key)
+                command = CommandIn(base_rev=base_rev, ops=wire, idempotency_key=key)
+                result = await self.api.commit(self.canvas_id, command)
             except NorthstarError as exc:
                 if exc.code == "canvas.rev_conflict":
                     pending = await self._recover(exc.details, pending)
@@ -366,7 +401,7 @@ class CanvasSession:
             except (httpx.TransportError, ConnectionError, TimeoutError):
                 await self._pause(attempt)
                 continue  # same key, same payload: at most once
-            rev = int(result["head_rev"])
+            rev = result.head_rev
             if not self.apply_committed(rev, wire):
                 await self.sync()  # others committed too, or our replay is older: read the log
             return SubmitOutcome(
@@ -374,7 +409,7 @@ class CanvasSession:
                 ops=wire,
                 idempotency_key=key,
                 attempts=attempt,
-                replayed=bool(result.get("replayed")),
+                replayed=result.replayed,
             )
         raise NorthstarError(
             "canvas.client_gave_up",

@@ -1,9 +1,19 @@
-"""The event spine over HTTP: the same operations as ``engines.spine``."""
+"""The event spine over HTTP: ``engines.spine`` with the same methods and result types.
+
+Differences from the library: no ``ctx`` argument (the identity is the client's token), and
+``append`` is always a caller's append (the library's ``client=True``: server-only event types
+and the ``system`` source are refused unless the token has the system flag).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
+from northstar_core.paging import Page
+from northstar_core.spine import Event, EventIn
 from northstar_http.client.base import BaseClient
 
 
@@ -11,18 +21,22 @@ class EventsClient:
     def __init__(self, base: BaseClient) -> None:
         self._base = base
 
-    async def append(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Append one event (``event_type``, ``source``, ``payload``, ``run_id``, ``step_id``…)."""
-        result: dict[str, Any] = await self._base.request("POST", "/events/append", json=event)
-        return result
+    async def append(self, event_in: EventIn | Mapping[str, Any] | bytes) -> Event:
+        """Validate and durably append one event; returns it as stored."""
+        if isinstance(event_in, bytes | bytearray | memoryview):
+            body: Any = msgspec.json.decode(bytes(event_in))
+        elif isinstance(event_in, EventIn):
+            body = msgspec.to_builtins(event_in)
+        else:
+            body = dict(event_in)
+        return await self._base.call(Event, "POST", "/events/append", json=body)
 
     async def replay(
-        self, run_id: str, *, cursor: str | None = None, limit: int | None = None
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._base.request(
-            "GET", "/events/replay", params={"run_id": run_id, "cursor": cursor, "limit": limit}
-        )
-        return result
+        self, run_id: str | None, *, cursor: str | None = None, limit: int | None = None
+    ) -> Page[Event]:
+        """The run's events in append order, strictly after ``cursor``."""
+        params = {"run_id": run_id, "cursor": cursor, "limit": limit}
+        return await self._base.call(Page[Event], "GET", "/events/replay", params=params)
 
     async def list(
         self,
@@ -33,7 +47,9 @@ class EventsClient:
         until: str | None = None,
         cursor: str | None = None,
         limit: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> Page[Event]:
+        """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
+        oldest first."""
         params = {
             "event_type": event_type,
             "source": source,
@@ -42,5 +58,4 @@ class EventsClient:
             "cursor": cursor,
             "limit": limit,
         }
-        result: dict[str, Any] = await self._base.request("GET", "/events/list", params=params)
-        return result
+        return await self._base.call(Page[Event], "GET", "/events/list", params=params)

@@ -1,10 +1,23 @@
-"""Safety policy endpoints over HTTP: documents, licences, strategy locks, budget ledger."""
+"""Safety policies and the budget ledger over HTTP: ``engines.policies`` and
+``engines.budget`` with the same methods, arguments and result types.
+
+The one difference from the library: there is no ``ctx`` argument; the caller's identity is
+the client's token (and its identity headers).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeVar
+from urllib.parse import quote
 
+import msgspec
+
+from northstar_core.budget import UsageEntry, UsagePage
+from northstar_core.paging import Page
+from northstar_core.policies import Licence, LicenceView, LockView, PolicyDocument, StrategyLock
 from northstar_http.client.base import BaseClient
+
+T = TypeVar("T")
 
 # policy document name -> path
 DOCUMENT_PATHS: Final[dict[str, str]] = {
@@ -18,96 +31,124 @@ DOCUMENT_PATHS: Final[dict[str, str]] = {
 }
 
 
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _builtins(body: Any) -> Any:
+    return msgspec.to_builtins(body) if isinstance(body, msgspec.Struct) else body
+
+
 class PoliciesClient:
+    """``engines.policies``: versioned policy documents, firearms licences, strategy locks."""
+
     def __init__(self, base: BaseClient) -> None:
         self._base = base
 
-    async def _call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
-        result: dict[str, Any] = await self._base.request(method, path, **kw)
-        return result
-
     # --- versioned documents ----------------------------------------------------------------
 
-    async def get(self, name: str) -> dict[str, Any]:
-        """``{name, version, policy, updated_at, updated_by}`` (version 0 = never written)."""
-        return await self._call("GET", DOCUMENT_PATHS[name])
+    async def get_document(self, name: str) -> PolicyDocument:
+        """The document (version 0 and the empty default when never written)."""
+        return await self._base.call(PolicyDocument, "GET", DOCUMENT_PATHS[name])
 
-    async def put(self, name: str, policy: dict[str, Any], *, expected_version: int) -> dict[str, Any]:
-        """Replace a document at ``expected_version`` (0 to create); 409 when stale."""
-        return await self._call(
-            "PUT", DOCUMENT_PATHS[name], json={**policy, "expected_version": expected_version}
-        )
+    async def read(self, name: str, type_: type[T]) -> tuple[T, int]:
+        """The typed document and its version (0 and the empty default when never written)."""
+        doc = await self.get_document(name)
+        return msgspec.convert(doc.policy, type=type_), doc.version
+
+    async def put_document(self, name: str, body: Any, *, expected_version: int | None) -> PolicyDocument:
+        """Replace document ``name`` at ``expected_version`` (0 to create); 409 when stale."""
+        sent = dict(_builtins(body))
+        if expected_version is not None:
+            sent["expected_version"] = expected_version
+        return await self._base.call(PolicyDocument, "PUT", DOCUMENT_PATHS[name], json=sent)
 
     # --- firearms licences ------------------------------------------------------------------
 
-    async def issue_licence(
-        self,
-        licence_type: str,
-        subject_type: str,
-        subject_id: str,
-        *,
-        ttl_seconds: float | None = None,
-        expires_at: float | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "licence_type": licence_type,
-            "subject_type": subject_type,
-            "subject_id": subject_id,
-        }
-        if ttl_seconds is not None:
-            body["ttl_seconds"] = ttl_seconds
-        if expires_at is not None:
-            body["expires_at"] = expires_at
-        return await self._call("POST", "/firearms/licences", json=body)
+    async def issue_licence(self, body: Any) -> Licence:
+        """Issue a licence (``licence_type``, ``subject_type``, ``subject_id``, optional
+        ``expires_at`` / ``ttl_seconds``); admin/owner; the grants document must allow it."""
+        return await self._base.call(Licence, "POST", "/firearms/licences", json=_builtins(body))
 
-    async def licences(
+    async def revoke_licence(
+        self, licence_id: str, *, reason: str | None = None, expected_version: int | None = None
+    ) -> Licence:
+        body: dict[str, Any] = {"reason": reason}
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        path = f"/firearms/licences/{_seg(licence_id)}/revoke"
+        return await self._base.call(Licence, "POST", path, json=body)
+
+    async def list_licences(
         self,
         *,
         subject_type: str | None = None,
         subject_id: str | None = None,
         cursor: str | None = None,
-        limit: int | None = None,
-    ) -> dict[str, Any]:
+        limit: int = 100,
+    ) -> Page[LicenceView]:
+        """Licences (optionally of one subject type / subject) with their state, paged."""
         params = {"subject_type": subject_type, "subject_id": subject_id, "cursor": cursor, "limit": limit}
-        return await self._call("GET", "/firearms/licences", params=params)
+        return await self._base.call(Page[LicenceView], "GET", "/firearms/licences", params=params)
 
-    async def revoke_licence(self, licence_id: str, *, reason: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", f"/firearms/licences/{licence_id}/revoke", json={"reason": reason})
-
-    async def check_licence(
+    async def check_subject(
         self, subject_type: str, subject_id: str, *, action_name: str | None = None
     ) -> dict[str, Any]:
-        return await self._call(
-            "GET",
-            f"/firearms/licences/check/{subject_type}/{subject_id}",
-            params={"action_name": action_name},
-        )
+        """For each dangerous action (or ``action_name``), whether the subject holds a licence."""
+        path = f"/firearms/licences/check/{_seg(subject_type)}/{_seg(subject_id)}"
+        result: dict[str, Any] = await self._base.request("GET", path, params={"action_name": action_name})
+        return result
 
     # --- strategy locks ---------------------------------------------------------------------
 
-    async def create_lock(self, **lock: Any) -> dict[str, Any]:
-        return await self._call("POST", "/strategy-locks", json=lock)
+    async def create_lock(self, body: Any) -> StrategyLock:
+        """Request a lock (member or above); it starts ``pending_review``."""
+        return await self._base.call(StrategyLock, "POST", "/strategy-locks", json=_builtins(body))
 
-    async def locks(self, *, cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
-        return await self._call("GET", "/strategy-locks", params={"cursor": cursor, "limit": limit})
+    async def get_lock(self, lock_id: str) -> StrategyLock:
+        return await self._base.call(StrategyLock, "GET", f"/strategy-locks/{_seg(lock_id)}")
 
-    async def patch_lock(self, lock_id: str, **changes: Any) -> dict[str, Any]:
-        return await self._call("PATCH", f"/strategy-locks/{lock_id}", json=changes)
+    async def patch_lock(self, lock_id: str, body: Any) -> StrategyLock:
+        """Change a lock's scope, expiry or note (restarts its review)."""
+        path = f"/strategy-locks/{_seg(lock_id)}"
+        return await self._base.call(StrategyLock, "PATCH", path, json=_builtins(body))
 
-    async def approve_lock(self, lock_id: str, *, note: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", f"/strategy-locks/{lock_id}/approve", json={"note": note})
+    async def review_lock(
+        self,
+        lock_id: str,
+        verdict: Literal["approve", "reject"],
+        *,
+        note: str | None = None,
+        expected_version: int | None = None,
+    ) -> StrategyLock:
+        """Record this reviewer's verdict (admin/owner, not the requester)."""
+        body: dict[str, Any] = {"note": note}
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        path = f"/strategy-locks/{_seg(lock_id)}/{verdict}"
+        return await self._base.call(StrategyLock, "POST", path, json=body)
 
-    async def reject_lock(self, lock_id: str, *, note: str | None = None) -> dict[str, Any]:
-        return await self._call("POST", f"/strategy-locks/{lock_id}/reject", json={"note": note})
+    async def list_locks(self, *, cursor: str | None = None, limit: int = 100) -> Page[LockView]:
+        """Strategy locks with their state, paged."""
+        params = {"cursor": cursor, "limit": limit}
+        return await self._base.call(Page[LockView], "GET", "/strategy-locks", params=params)
 
-    # --- budget ledger ----------------------------------------------------------------------
 
-    async def record_usage(self, amount: float, **fields: Any) -> dict[str, Any]:
-        return await self._call("POST", "/budget/usage", json={"amount": amount, **fields})
+class BudgetClient:
+    """``engines.budget``: the append-only usage ledger."""
+
+    def __init__(self, base: BaseClient) -> None:
+        self._base = base
+
+    async def record(self, body: Any) -> tuple[UsageEntry, bool]:
+        """Append one usage entry (a ``UsageIn`` or its JSON form); returns it and whether it
+        was an idempotent replay."""
+        return await self._base.call_replayable(UsageEntry, "POST", "/budget/usage", json=_builtins(body))
 
     async def usage(
-        self, *, period: str | None = None, cursor: str | None = None, limit: int | None = None
-    ) -> dict[str, Any]:
-        return await self._call(
-            "GET", "/budget/usage", params={"period": period, "cursor": cursor, "limit": limit}
-        )
+        self, period: str | None = None, *, cursor: str | None = None, limit: int = 100
+    ) -> UsagePage:
+        """Entries of a month (``YYYY-MM``) or day (``YYYY-MM-DD``), oldest first, paged, with
+        the period's totals."""
+        params = {"period": period, "cursor": cursor, "limit": limit}
+        return await self._base.call(UsagePage, "GET", "/budget/usage", params=params)

@@ -8,16 +8,18 @@ identity comes from the token (and the client's identity headers), never from ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
 
 from northstar_core.analytics import AnalyticsEvent, AnalyticsEventIn
-from northstar_core.blackboard import BlackboardEntry, Page
+from northstar_core.blackboard import BlackboardEntry
 from northstar_core.config import ConfigDocument
 from northstar_core.memory import MemoryValue
 from northstar_core.notes import Note, NoteIn, NoteUpdate
+from northstar_core.paging import Page
 from northstar_core.tabular import TabularRecord, VersionInfo
 from northstar_http.client.base import BaseClient
 
@@ -221,8 +223,13 @@ class TabularClient(_Domain):
 class AnalyticsClient(_Domain):
     """``engines.analytics`` over HTTP."""
 
-    async def record(self, event: AnalyticsEventIn | dict[str, Any]) -> AnalyticsEvent:
-        body = msgspec.to_builtins(event) if isinstance(event, AnalyticsEventIn) else event
+    async def record(self, event: bytes | Mapping[str, Any] | AnalyticsEventIn) -> AnalyticsEvent:
+        if isinstance(event, bytes):
+            body: Any = msgspec.json.decode(event)
+        elif isinstance(event, AnalyticsEventIn):
+            body = msgspec.to_builtins(event)
+        else:
+            body = dict(event)
         result: AnalyticsEvent = await self._call(AnalyticsEvent, "POST", "/analytics/events", json=body)
         return result
 

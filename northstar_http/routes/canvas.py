@@ -18,7 +18,8 @@ from litestar.response import ServerSentEvent
 
 from northstar_core.canvas import CanvasService, CommandIn, RecordIn, RecordType
 from northstar_core.identity import RequestContext
-from northstar_core.timeline import EventPage, StreamEvent
+from northstar_core.paging import Page
+from northstar_core.timeline import StreamEvent
 from northstar_http.deps import Ctx, Eng
 from northstar_http.sse import SseEvent, resume_cursor, sse_response
 
@@ -46,12 +47,9 @@ def event_to_dict(event: StreamEvent) -> dict[str, Any]:
     return body
 
 
-def page_to_dict(page: EventPage) -> dict[str, Any]:
-    return {
-        "items": [event_to_dict(e) for e in page.items],
-        "next_cursor": page.next_cursor,
-        "has_more": page.has_more,
-    }
+def page_to_dict(page: Page[StreamEvent]) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
 @post("/canvas/{canvas_id:str}/commands", tags=["canvas"], summary="Commit a command at head_rev + 1")
@@ -86,8 +84,8 @@ async def get_replay(
 async def _events(
     canvas: CanvasService, ctx: RequestContext, canvas_id: str, after: int, heartbeat: float
 ) -> AsyncIterator[SseEvent | None]:
-    async for event in canvas.follow(ctx, canvas_id, after, heartbeat=heartbeat):
-        yield None if event is None else SseEvent(event.type, event_to_dict(event), event.event_id)
+    async for event in canvas.events.follow(ctx, canvas.stream_id(canvas_id), after, heartbeat=heartbeat):
+        yield None if event is None else SseEvent(event.type, event, event.event_id)
 
 
 @get("/sse/canvas/{canvas_id:str}", tags=["canvas"], summary="Live canvas events (SSE)")
@@ -129,11 +127,8 @@ async def _list(
     engines: Any, ctx: RequestContext, canvas_id: str, kind: RecordType, cursor: str | None, limit: int
 ) -> dict[str, Any]:
     page = await engines.canvas.list_records(ctx, canvas_id, kind, cursor or None, limit)
-    return {
-        "items": [msgspec.to_builtins(r) for r in page.items],
-        "next_cursor": page.next_cursor,
-        "has_more": page.has_more,
-    }
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
 @post("/canvas/{canvas_id:str}/artifacts", tags=["canvas"], summary="Record an artifact (idempotent by key)")

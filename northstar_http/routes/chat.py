@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
-from northstar_core.chat import ChatMessage, Role, message_to_dict
+from northstar_core.chat import ChatEntry, Role, message_to_dict
 from northstar_http.deps import Ctx, Eng
 from northstar_http.sse import SseEvent, resume_cursor, sse_response
 
@@ -52,11 +52,8 @@ async def list_messages(
     limit: Limit = None,
 ) -> dict[str, Any]:
     page = await engines.chat.list_messages(ctx, thread_id, cursor=cursor, limit=limit)
-    return {
-        "items": [message_to_dict(m, c) for m, c in page.items],
-        "next_cursor": page.next_cursor,
-        "has_more": page.has_more,
-    }
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
 @get("/chat/threads/{thread_id:str}/snapshot", tags=["chat"], summary="Thread meta, last messages, head")
@@ -66,13 +63,8 @@ async def snapshot(
     thread_id: FromPath[str],
     last: Limit = None,
 ) -> dict[str, Any]:
-    snap = await engines.chat.snapshot(ctx, thread_id, last=last)
-    return {
-        "thread": msgspec.to_builtins(snap.thread),
-        "messages": [message_to_dict(m, c) for m, c in snap.messages],
-        "head_seq": snap.head_seq,
-        "head_cursor": snap.head_cursor,
-    }
+    body: dict[str, Any] = msgspec.to_builtins(await engines.chat.snapshot(ctx, thread_id, last=last))
+    return body
 
 
 @get("/chat/threads", tags=["chat"], summary="The caller's threads")
@@ -83,16 +75,12 @@ async def list_threads(
     limit: Limit = None,
 ) -> dict[str, Any]:
     page = await engines.chat.list_threads(ctx, cursor=cursor, limit=limit)
-    return {
-        "items": [msgspec.to_builtins(t) for t in page.items],
-        "next_cursor": page.next_cursor,
-        "has_more": page.has_more,
-    }
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
-def _to_sse(item: tuple[ChatMessage, str]) -> SseEvent:
-    message, cursor = item
-    return SseEvent("message", message_to_dict(message, cursor), cursor)
+def _to_sse(entry: ChatEntry) -> SseEvent:
+    return SseEvent("message", entry, entry.cursor)
 
 
 @get("/sse/chat/{thread_id:str}", tags=["chat"], summary="Live tail of a thread (SSE)")

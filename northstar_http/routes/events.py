@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
+import msgspec
 from litestar import Response, get, post
 from litestar.params import JSONBody, QueryParameter
 
-from northstar_core.spine import EventPage, event_to_dict
+from northstar_core.paging import Page
+from northstar_core.spine import Event, event_to_dict
 from northstar_http.deps import Ctx, Eng
 
 Cursor = Annotated[str | None, QueryParameter(description="opaque position; reads are exclusive")]
@@ -15,12 +17,9 @@ Limit = Annotated[int | None, QueryParameter(ge=1, le=500)]
 Text = Annotated[str | None, QueryParameter()]
 
 
-def _page(page: EventPage) -> dict[str, Any]:
-    return {
-        "items": [event_to_dict(e) for e in page.items],
-        "next_cursor": page.next_cursor,
-        "has_more": page.has_more,
-    }
+def _page(page: Page[Event]) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
 @post("/events/append", tags=["events"], summary="Append one event to the spine (append-only)")

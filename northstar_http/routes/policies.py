@@ -101,9 +101,11 @@ async def list_licences(
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> dict[str, Any]:
-    return await engines.policies.list_licences(
+    page = await engines.policies.list_licences(
         ctx, subject_type=subject_type, subject_id=subject_id, cursor=cursor, limit=limit
     )
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
 class RevokeIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -149,7 +151,9 @@ async def create_lock(ctx: Ctx, engines: Eng, data: JSONBody[dict[str, Any]]) ->
 
 @get("/strategy-locks", tags=["strategy lock"], summary="List strategy locks")
 async def list_locks(ctx: Ctx, engines: Eng, cursor: Cursor = None, limit: Limit = 100) -> dict[str, Any]:
-    return await engines.policies.list_locks(ctx, cursor=cursor, limit=limit)
+    page = await engines.policies.list_locks(ctx, cursor=cursor, limit=limit)
+    body: dict[str, Any] = msgspec.to_builtins(page)
+    return body
 
 
 @get("/strategy-locks/{lock_id:str}", tags=["strategy lock"], summary="Read one strategy lock")

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from contracts.suite.canvas import canvas_rig, make_ctx
 from northstar_adapters.memory import MemoryItemStore
-from northstar_core.canvas import CanvasLimits, CanvasOp, CanvasState
+from northstar_core.canvas import CanvasLimits, CanvasOp, CanvasState, CommandIn, CommitResult, Snapshot
+from northstar_core.paging import Page
+from northstar_core.timeline import StreamEvent
 from northstar_http.client.canvas import CanvasSession, EmbeddedCanvasApi, SubmitOutcome
 
 CANVAS = "shared"
@@ -41,15 +43,13 @@ class FlakyApi:
         for _ in range(self.yields[self.calls % len(self.yields)]):
             await asyncio.sleep(0)
 
-    async def command(
-        self, canvas_id: str, base_rev: int, ops: list[dict[str, Any]], key: str
-    ) -> dict[str, Any]:
+    async def commit(self, canvas_id: str, command: CommandIn) -> CommitResult:
         await self._yield()
         lose = self.losses[self.calls % len(self.losses)] and not self.lost_last
         self.calls += 1
         self.lost_last = lose
         try:
-            result = await self.inner.command(canvas_id, base_rev, ops, key)
+            result = await self.inner.commit(canvas_id, command)
         except Exception:
             if lose:
                 raise ConnectionError("response lost") from None
@@ -59,13 +59,20 @@ class FlakyApi:
             raise ConnectionError("response lost")
         return result
 
-    async def snapshot(self, canvas_id: str) -> dict[str, Any]:
+    async def snapshot(self, canvas_id: str) -> Snapshot:
         await self._yield()
         return await self.inner.snapshot(canvas_id)
 
-    async def replay(self, canvas_id: str, cursor: str | None = None, **kw: Any) -> dict[str, Any]:
+    async def replay(
+        self,
+        canvas_id: str,
+        cursor: str | None = None,
+        limit: int = 100,
+        *,
+        types: frozenset[str] | None = None,
+    ) -> Page[StreamEvent]:
         await self._yield()
-        return await self.inner.replay(canvas_id, cursor, **kw)
+        return await self.inner.replay(canvas_id, cursor, limit, types=types)
 
 
 def materialise(

@@ -52,10 +52,10 @@ async def test_three_messages_read_back_in_order_with_exclusive_cursors(chat: Ch
     posted = [await chat.post(c, "th", role="user", content=f"m{i}") for i in range(1, 4)]
     assert [p.message.seq for p in posted] == [1, 2, 3]
     page = await chat.list_messages(c, "th")
-    assert [m.content for m, _ in page.items] == ["m1", "m2", "m3"]
+    assert [m.content for m in page.items] == ["m1", "m2", "m3"]
     assert not page.has_more
     after_first = await chat.list_messages(c, "th", cursor=posted[0].cursor)
-    assert [m.content for m, _ in after_first.items] == ["m2", "m3"]
+    assert [m.content for m in after_first.items] == ["m2", "m3"]
     after_last = await chat.list_messages(c, "th", cursor=page.next_cursor)
     assert after_last.items == [] and after_last.next_cursor == page.next_cursor
 
@@ -130,7 +130,7 @@ async def test_pages_report_has_more_and_chain_by_next_cursor(chat: ChatService)
     cursor: str | None = None
     while True:
         page = await chat.list_messages(c, "th", cursor=cursor, limit=2)
-        seen += [m.content for m, _ in page.items]
+        seen += [m.content for m in page.items]
         cursor = page.next_cursor
         if not page.has_more:
             break
@@ -143,7 +143,7 @@ async def test_snapshot_has_meta_last_messages_and_head_cursor(chat: ChatService
         await chat.post(c, "th", role="user", content=str(i))
     snap = await chat.snapshot(c, "th", last=2)
     assert snap.thread.thread_id == "th" and snap.thread.created_by == "u_1"
-    assert [m.content for m, _ in snap.messages] == ["2", "3"]
+    assert [m.content for m in snap.messages] == ["2", "3"]
     assert snap.head_seq == 4
     assert (await chat.list_messages(c, "th", cursor=snap.head_cursor)).items == []
 
@@ -218,8 +218,8 @@ async def test_tail_replays_after_cursor_then_delivers_live_once_in_order(chat: 
         await chat.post(c, "th", role="user", content=str(i))
     got += await _take(events, 2)
     await events.aclose()
-    assert [m.content for m, _ in got] == ["2", "3", "4"]
-    assert [cur for _, cur in got] == [chat.cursor(c, "th", s) for s in (2, 3, 4)]
+    assert [m.content for m in got] == ["2", "3", "4"]
+    assert [m.cursor for m in got] == [chat.cursor(c, "th", s) for s in (2, 3, 4)]
 
 
 async def test_tail_without_cursor_starts_at_head(chat: ChatService) -> None:
@@ -229,7 +229,7 @@ async def test_tail_without_cursor_starts_at_head(chat: ChatService) -> None:
     await chat.post(c, "th", role="user", content="new")
     got = await _take(events, 1)
     await events.aclose()
-    assert [m.content for m, _ in got] == ["new"]
+    assert [m.content for m in got] == ["new"]
 
 
 async def test_tail_delivers_appends_made_by_another_process_sharing_the_backend() -> None:
@@ -242,7 +242,7 @@ async def test_tail_delivers_appends_made_by_another_process_sharing_the_backend
         await writer.chat.post(c, "th", role="user", content=str(i))
     got = await asyncio.wait_for(pending, 10)
     await events.aclose()
-    assert [m.content for m, _ in got] == ["0", "1", "2"]
+    assert [m.content for m in got] == ["0", "1", "2"]
 
 
 async def test_tail_yields_heartbeats_when_idle(chat: ChatService) -> None:
@@ -260,7 +260,7 @@ async def test_many_idle_subscribers_share_one_channel_and_all_receive(chat: Cha
     assert engines_tails.active_streams == 1
     await chat.post(c, "th", role="user", content="hi")
     results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    assert all(r[0][0].content == "hi" for r in results)
+    assert all(r[0].content == "hi" for r in results)
     for it in iters:
         await it.aclose()
     assert engines_tails.active_streams == 0
@@ -292,5 +292,5 @@ async def test_idempotency_matches_reference_model(sequence: list[tuple[str | No
         if key is not None:
             keys[key] = content
     page = await chat.list_messages(c, "th", limit=200)
-    assert [m.content for m, _ in page.items] == model
-    assert [m.seq for m, _ in page.items] == list(range(1, len(model) + 1))
+    assert [m.content for m in page.items] == model
+    assert [m.seq for m in page.items] == list(range(1, len(model) + 1))

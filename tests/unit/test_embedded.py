@@ -25,7 +25,7 @@ async def test_one_call_opens_lab_engines_that_are_durable_across_reopening(tmp_
     again = await open_engines(data_dir=tmp_path / "data", environ={})
     try:
         page = await again.chat.list_messages(CTX, "th_1")
-        assert [m.content for m, _ in page.items] == ["hello"]
+        assert [m.content for m in page.items] == ["hello"]
         replay = await again.chat.post(CTX, "th_1", role="user", content="hello", idempotency_key="k1")
         assert replay.message.message_id == posted.message.message_id
     finally:
