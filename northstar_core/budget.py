@@ -35,6 +35,7 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
@@ -70,13 +71,12 @@ class UsageEntry(msgspec.Struct, kw_only=True):
     day_totals: dict[str, float] = {}
 
 
-class UsagePage(msgspec.Struct, kw_only=True):
+class UsagePage(Page[UsageEntry], kw_only=True):
+    """The one page shape, plus the period's totals (what the budget gate reads)."""
+
     period: str
     total: float
     by_surface: dict[str, float]
-    items: list[UsageEntry]
-    next_cursor: str | None
-    has_more: bool
 
 
 def month_of(ts: float) -> str:
