@@ -9,7 +9,6 @@ by PID.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
@@ -20,21 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-NORTHSTAR = [sys.executable, "-m", "northstar_http.cli"]
+from tests.e2e.reliability_support import NORTHSTAR, clean_env, free_port
+
 SHUTDOWN_COMMENT = ": server shutting down; reconnect with Last-Event-ID"
 STREAMS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_")}
-    env.update(extra)
-    return env
 
 
 class Process:
