@@ -89,6 +89,7 @@ class _HeadDeadline:
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     server_state: ServerState
+    app: Any
 
     _head_timer: asyncio.TimerHandle | None = None
     _lingering = False
@@ -117,6 +118,25 @@ class _HeadDeadline:
             self.transport.write(timeout_response(self.server_state.default_headers, self._head_timeout()))
         self._close_lingering()
 
+    # The hooks both protocols share (the mixin comes first in their bases, so super() reaches
+    # uvicorn's protocol).
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        super().data_received(data)
+
+    def shutdown(self) -> None:
+        close_event_streams(self.app)  # or the server would wait for them to end by themselves
+        super().shutdown()
+
     def _close_lingering(self) -> None:
         self._lingering = True
         if self.transport.can_write_eof():
@@ -130,19 +150,6 @@ class _HeadDeadline:
 class H11HeadTimeoutProtocol(_HeadDeadline, H11Protocol):
     """uvicorn's h11 protocol with the request-head deadline."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            return
-        super().data_received(data)
-
     def handle_events(self) -> None:
         cycle = self.cycle
         super().handle_events()
@@ -152,10 +159,6 @@ class H11HeadTimeoutProtocol(_HeadDeadline, H11Protocol):
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._disarm_head_deadline()
         super().handle_websocket_upgrade(event)
-
-    def shutdown(self) -> None:
-        close_event_streams(self.app)  # or the server would wait for them to end by themselves
-        super().shutdown()
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():
@@ -177,19 +180,6 @@ else:
 
         _in_head = False
         _head_bytes = 0
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_head_deadline()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_deadline()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._lingering:
-                return
-            super().data_received(data)
 
         def on_message_begin(self) -> None:
             self._in_head = True
@@ -218,10 +208,6 @@ else:
         def handle_websocket_upgrade(self) -> None:
             self._disarm_head_deadline()
             super().handle_websocket_upgrade()
-
-        def shutdown(self) -> None:
-            close_event_streams(self.app)
-            super().shutdown()
 
         def on_response_complete(self) -> None:
             # A queued pipelined request already has its head: it starts now, undeadlined.
