@@ -40,6 +40,7 @@ class SqliteParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 class DynamoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     endpoint_url: Url | None = None  # moto / DynamoDB Local only
+    # None: AWS_REGION, then AWS_DEFAULT_REGION, then the profile's region
     region: Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$(?!\n)")] | None = None
     table_prefix: Prefix = "northstar_"
     max_attempts: Attempts = 5
@@ -47,6 +48,8 @@ class DynamoParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_delay: Delay = 1.0
     connect_timeout: Seconds = 3.0
     read_timeout: Seconds = 10.0
+    # No new attempt starts once this many seconds have passed since the first: a caller gets
+    # its 503 within about retry_budget + read_timeout, however slow the failures are.
     retry_budget: Seconds = 20.0
 
 

@@ -87,20 +87,10 @@ _MAX_CHAR: Final = "\U0010ffff"  # the largest code point: its UTF-8 (F4 8F BF B
 _QUERY_PAGE_MAX: Final = 1000
 
 
-class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Connection and retry settings: a connection's params and the route's table."""
+class DynamoConfig(DynamoParams, frozen=True, kw_only=True):
+    """A connection's settings (:class:`DynamoParams`) bound to the route's physical table."""
 
     table: str
-    endpoint_url: str | None = None
-    region: str | None = None  # None: AWS_REGION, AWS_DEFAULT_REGION, then the profile's region
-    max_attempts: int = 5
-    base_delay: float = 0.05
-    max_delay: float = 1.0
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-    # No new attempt starts once this many seconds have passed since the first: a caller gets
-    # its 503 within about retry_budget + read_timeout, however slow the failures are.
-    retry_budget: float = 20.0
 
     @classmethod
     def from_target(cls, target: Target) -> DynamoConfig:
@@ -108,10 +98,7 @@ class DynamoConfig(msgspec.Struct, frozen=True, kw_only=True):
         table ``<table_prefix><table>``. ``ValueError`` naming the field for anything else —
         credentials included: they come only from the SDK's standard chain."""
         params = parse(DynamoParams, target.params)
-        return cls(
-            table=params.table_prefix + target.table_name,
-            **{name: getattr(params, name) for name in cls.__struct_fields__ if name != "table"},
-        )
+        return cls(**msgspec.structs.asdict(params), table=params.table_prefix + target.table_name)
 
     @property
     def client_key(self) -> tuple[Any, ...]:
