@@ -50,12 +50,7 @@ def registry_target(settings: Settings) -> Target:
     """Where the routing table itself lives: the registry's connection and table."""
     assert settings.registry is not None
     connection = connections(settings)[settings.registry.connection]
-    return Target(
-        resource_kind=REGISTRY_KIND,
-        backend=connection.backend,
-        params=dict(connection.params),
-        table=settings.registry.table,
-    )
+    return connection.target(REGISTRY_KIND, settings.registry.table)
 
 
 async def build_registry(settings: Settings) -> RoutingRegistry:

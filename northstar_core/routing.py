@@ -106,6 +106,12 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def label(self) -> str:
         return f"{self.backend} (lab)" if self.backend in LAB_ONLY_BACKENDS else self.backend
 
+    def target(self, resource_kind: str, table: str) -> Target:
+        """What an adapter opens for ``table`` on this connection."""
+        return Target(
+            resource_kind=resource_kind, backend=self.backend, params=dict(self.params), table=table
+        )
+
 
 class RouteOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Per-route settings read by the core's services (not by adapters)."""
@@ -437,12 +443,7 @@ class RoutingRegistry:
 
     def target(self, route: Route, connection: Connection | None = None) -> Target:
         connection = connection or self.connections[route.connection]
-        return Target(
-            resource_kind=route.resource_kind,
-            backend=connection.backend,
-            params=dict(connection.params),
-            table=route.table_name,
-        )
+        return connection.target(route.resource_kind, route.table_name)
 
     async def set_route(
         self,

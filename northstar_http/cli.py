@@ -319,14 +319,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             print(f"{route.resource_kind}: FAILED connection {route.connection!r} is not configured",
                   file=sys.stderr)
             return False
-        return await provision_target(
-            Target(
-                resource_kind=route.resource_kind,
-                backend=connection.backend,
-                params=dict(connection.params),
-                table=route.table_name,
-            )
-        )
+        return await provision_target(connection.target(route.resource_kind, route.table_name))
 
     async def run() -> int:
         # The registry's own store first: on a fresh deployment it does not exist yet, and the

@@ -319,8 +319,7 @@ def _targets(settings: Settings, routes: list[Route]) -> dict[tuple[str, ...], t
         connection = known.get(route.connection)
         if connection is None:
             continue
-        target = Target(resource_kind=route.resource_kind, backend=connection.backend,
-                        params=dict(connection.params), table=route.table_name)
+        target = connection.target(route.resource_kind, route.table_name)
         entries.append((route.connection, route.resource_kind, target))
     for name, kind, target in entries:
         key = (name,) if target.backend in LAB_ONLY_BACKENDS else (name, target.table_name)
