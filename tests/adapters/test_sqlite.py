@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from northstar_adapters.sqlite import SqliteItemStore, open_store
 from northstar_core.routing import Target
 from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, Item, Put
 from tests.adapters.harnesses import SqliteHarness
+from tests.adapters.sqlite_support import until_queued, writer_blocked
 
 
 class TestSqlite(*ALL_CONTRACTS):  # type: ignore[misc]
@@ -37,27 +37,6 @@ class TestSqlite(*ALL_CONTRACTS):  # type: ignore[misc]
 # --- SQLite-specific guarantees ---------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _writer_blocked(path: Path) -> Iterator[None]:
-    """Hold the file's write lock from a foreign connection, as another process would."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
-
-
-async def _until_queued(store: SqliteItemStore, n: int) -> None:
-    """Wait until exactly ``n`` batches wait in the queue (the writer holds the rest)."""
-    for _ in range(400):
-        await asyncio.sleep(0.005)
-        if store.pending_writes() == n:
-            return
-    raise AssertionError(f"{store.pending_writes()} writes queued, expected {n}")
-
-
 async def _fresh(tmp_path: Path, **kwargs: object) -> SqliteItemStore:
     store = SqliteItemStore(tmp_path / "s.sqlite3", private=True, **kwargs)  # type: ignore[arg-type]
     await store.write("p", [Put("init", b"x")])  # create the file and schema
@@ -67,15 +46,15 @@ async def _fresh(tmp_path: Path, **kwargs: object) -> SqliteItemStore:
 async def test_writes_queued_during_a_transaction_commit_together(tmp_path: Path) -> None:
     store = await _fresh(tmp_path)
     tx_before, batches_before = store.commit_stats()
-    with _writer_blocked(store.path):
+    with writer_blocked(store.path):
         # The writer takes the first batch and waits on the foreign lock inside BEGIN IMMEDIATE;
         # everything written meanwhile queues up behind it.
         blocked = asyncio.create_task(store.write("p", [Put("first", b"v")]))
-        await _until_queued(store, 0)
+        await until_queued(store, 0)
         tasks = [
             asyncio.create_task(store.write(f"p{i}", [Put("k", b"v", condition=Absent())])) for i in range(20)
         ]
-        await _until_queued(store, 20)
+        await until_queued(store, 20)
     await blocked
     await asyncio.gather(*tasks)
     tx, batches = store.commit_stats()
@@ -88,15 +67,15 @@ async def test_writes_queued_during_a_transaction_commit_together(tmp_path: Path
 
 async def test_a_failing_batch_in_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
     store = await _fresh(tmp_path)
-    with _writer_blocked(store.path):
+    with writer_blocked(store.path):
         first = asyncio.create_task(store.write("g", [Put("warmup", b"w")]))
-        await _until_queued(store, 0)  # the writer holds it, waiting on the lock
+        await until_queued(store, 0)  # the writer holds it, waiting on the lock
         ok_a = asyncio.create_task(store.write("g", [Put("a", b"a", condition=Absent())]))
         bad = asyncio.create_task(
             store.write("g", [Put("b-side", b"x"), Put("a", b"again", condition=Absent())])
         )
         ok_c = asyncio.create_task(store.write("g", [Put("c", b"c", condition=Absent())]))
-        await _until_queued(store, 3)
+        await until_queued(store, 3)
     await first
     await ok_a
     with pytest.raises(ConditionFailed) as info:
@@ -110,7 +89,7 @@ async def test_a_failing_batch_in_a_group_is_rolled_back_alone(tmp_path: Path) -
 
 async def test_a_locked_database_answers_backend_unavailable(tmp_path: Path) -> None:
     store = await _fresh(tmp_path, busy_timeout_ms=100)
-    with _writer_blocked(store.path):
+    with writer_blocked(store.path):
         with pytest.raises(BackendUnavailable):
             await store.write("p", [Put("k", b"v")])
     await store.write("p", [Put("k", b"v")])  # recovers once the lock is gone

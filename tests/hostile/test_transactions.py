@@ -11,10 +11,8 @@ fakes inject a fault into the writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from northstar_core.storage import (
     VersionIs,
     validate_ops,
 )
+from tests.adapters.sqlite_support import until_queued, writer_blocked
 
 # Integers SQLite INTEGER cannot hold (signed 64-bit), and a few just inside.
 UNBINDABLE = [2**63, 2**64, 2**64 + 1, -(2**63) - 1, 10**30]
@@ -73,26 +72,6 @@ async def _raw_write(store: SqliteItemStore, partition: str, ops: list[Op]) -> N
     await engine.write(store.namespace, partition, ops)
 
 
-@contextlib.contextmanager
-def _writer_blocked(path: Path) -> Iterator[None]:
-    """Hold the file's write lock from a foreign connection, so batches queue into one group."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
-
-
-async def _until_queued(store: SqliteItemStore, n: int) -> None:
-    for _ in range(400):
-        await asyncio.sleep(0.005)
-        if store.pending_writes() == n:
-            return
-    raise AssertionError(f"{store.pending_writes()} writes queued, expected {n}")
-
-
 # --- SQLite: the group-commit writer ----------------------------------------------------------
 
 
@@ -122,15 +101,15 @@ async def test_an_unbindable_integer_fails_its_batch_alone_and_the_next_write_co
 async def test_a_bad_batch_inside_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
     store = await _fresh(tmp_path)
     engine = store._live_engine()
-    with _writer_blocked(store.path):
+    with writer_blocked(store.path):
         first = asyncio.create_task(store.write("g", [Put("warmup", b"w")]))
-        await _until_queued(store, 0)  # the writer holds it, waiting for the lock
+        await until_queued(store, 0)  # the writer holds it, waiting for the lock
         ok_a = asyncio.create_task(store.write("g", [Put("a", b"a", condition=Absent())]))
         bad = asyncio.create_task(
             engine.write(store.namespace, "g", [Put("b-side", b"x"), Put("b", b"y", version=2**64)])
         )
         ok_c = asyncio.create_task(store.write("h", [Put("c", b"c", condition=Absent())]))
-        await _until_queued(store, 3)
+        await until_queued(store, 3)
     await _soon(first)
     await _soon(ok_a)
     with pytest.raises(InvalidItem):

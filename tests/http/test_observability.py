@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,12 +22,12 @@ from northstar_adapters.config import Settings
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
-from northstar_core.routing import KindStore
-from northstar_core.storage import BackendUnavailable, Item, ItemStore, Op
+from northstar_core.storage import BackendUnavailable
 from northstar_http import observability
 from northstar_http.bootstrap import create_app
 from northstar_http.observability import LogHandler, log_handler, parse_traceparent
 from tests.conftest import CURSOR_SECRET, JWT_SECRET, make_settings
+from tests.http.faults import take_down
 
 Client = AsyncTestClient[Litestar]
 Auth = Callable[..., dict[str, str]]
@@ -197,32 +197,9 @@ async def test_a_traceparent_trace_id_reaches_spine_events_and_log_lines(
 # --- faults ------------------------------------------------------------------------------------
 
 
-class Unreachable(ItemStore):
-    def __init__(self, inner: ItemStore) -> None:
-        self.capabilities = inner.capabilities
-
-    async def get(self, partition: str, key: str) -> Item | None:
-        raise BackendUnavailable("connection refused by 10.0.0.7:8000", retry_after=7)
-
-    async def query(self, partition: str, prefix: str, **kw: object) -> list[Item]:  # type: ignore[override]
-        raise BackendUnavailable("connection refused by 10.0.0.7:8000", retry_after=7)
-
-    async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        raise BackendUnavailable("connection refused by 10.0.0.7:8000", retry_after=7)
-
-
 @pytest.fixture
 def chat_backend_down(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = engines.registry.store_for
-
-    async def store_for(kind: str, tenant_id: str | None = None) -> KindStore:
-        store = await original(kind, tenant_id)
-        if kind != "chat_store":
-            return store
-        connection = engines.registry.connections[store.route.connection]
-        return KindStore(kind, store.route, connection, Unreachable(store.inner))
-
-    monkeypatch.setattr(engines.registry, "store_for", store_for)
+    take_down(engines, monkeypatch, "chat_store", reason="connection refused by 10.0.0.7:8000")
 
 
 async def test_a_backend_fault_is_logged_once_with_its_cause(
