@@ -14,13 +14,12 @@ from typing import Any, Final
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
 from northstar_http.deps import DEPENDENCIES
 from northstar_http.errors import EXCEPTION_HANDLERS, before_send
 from northstar_http.observability import Observability
+from northstar_http.openapi import openapi_config
 from northstar_http.routes import (
     actions,
     analytics,
@@ -54,23 +53,6 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     canvas,
     timeline,
 )
-
-OPENAPI_PATH: Final = "/schema"
-
-
-def openapi_config() -> OpenAPIConfig:
-    return OpenAPIConfig(
-        title="Northstar durable engines",
-        version="0.1.0",
-        path=OPENAPI_PATH,
-        components=Components(
-            security_schemes={
-                "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
-            }
-        ),
-        security=[{"BearerToken": []}],
-    )
-
 
 def build_app(
     *,
