@@ -57,8 +57,8 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore  # n
 
 from bench.common import RESULTS, row  # noqa: E402
 from northstar_adapters.sqlite import _INSERT_IF_ABSENT, SCHEMA, SqliteItemStore  # noqa: E402
+from northstar_core.kernel.streams import SequencedStream, seq_key  # noqa: E402
 from northstar_core.storage import Absent, Put  # noqa: E402
-from northstar_core.streams import SequencedStream, seq_key  # noqa: E402
 
 PAYLOAD = json.dumps({"role": "user", "content": "hello " * 12, "actor_id": "u_bench"}).encode()
 TOPIC = "bench:Event"

@@ -47,9 +47,9 @@ from northstar_core.clock import SystemClock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.idempotency import IdempotencyRecord, fingerprint
 from northstar_core.routing import Connection, Route, RoutingRegistry, Target
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put, VersionIs
-from northstar_core.streams import IdempotencyRecord, fingerprint
 
 COUNTS: Counter[str] = Counter()
 

@@ -46,8 +46,9 @@ import msgspec  # noqa: E402
 
 from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.dynamodb import drop, open_store, provision  # noqa: E402
+from northstar_core.kernel.idempotency import IdempotencyRecord  # noqa: E402
+from northstar_core.kernel.streams import SequencedStream, seq_key  # noqa: E402
 from northstar_core.routing import Target  # noqa: E402
-from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
 from tests.emulators.moto import TEST_ENV, MotoServer  # noqa: E402
 
 PAYLOAD = b'{"text":"hello from the bench","author":"u1"}'

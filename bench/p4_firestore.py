@@ -45,8 +45,9 @@ from google.cloud import firestore  # noqa: E402
 from bench.common import Append, interleave, p4_report, write_p4_report  # noqa: E402
 from northstar_adapters.firestore import open_store  # noqa: E402
 from northstar_adapters.firestore.layout import doc_id  # noqa: E402
+from northstar_core.kernel.idempotency import IdempotencyRecord  # noqa: E402
+from northstar_core.kernel.streams import SequencedStream, seq_key  # noqa: E402
 from northstar_core.routing import Target  # noqa: E402
-from northstar_core.streams import IdempotencyRecord, SequencedStream, seq_key  # noqa: E402
 from tests.emulators.firestore import launcher  # noqa: E402
 
 PAYLOAD = b'{"text":"hello from the bench","author":"u1"}'

@@ -7,6 +7,6 @@ HTTP shell maps requests onto its use-cases.
 from northstar_core.engines import Engines, EngineSettings
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 
 __all__ = ["EngineSettings", "Engines", "NorthstarError", "Page", "RequestContext"]

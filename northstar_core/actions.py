@@ -51,11 +51,11 @@ from northstar_core.clock import Clock
 from northstar_core.errors import NorthstarError, idempotency_mismatch
 from northstar_core.gates import GateChain
 from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import partition, subject_segment
 from northstar_core.spine import EventSpine
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Delete, Put, VersionIs
-from northstar_core.streams import fingerprint
 
 DOMAIN: Final = "actions"
 _USAGE_ATTEMPTS: Final = 4

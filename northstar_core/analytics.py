@@ -18,12 +18,12 @@ from northstar_core.clock import Clock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
 from northstar_core.storage import Absent, ConditionFailed, Put
-from northstar_core.streams import fingerprint
 
 KIND: Final = "analytics_store"
 DOMAIN: Final = "analytics"

@@ -1,6 +1,6 @@
 """The budget usage ledger: append-only spend per tenant, with running totals.
 
-One :class:`~northstar_core.streams.SequencedStream` per tenant+mode and calendar month (UTC),
+One :class:`~northstar_core.kernel.streams.SequencedStream` per tenant+mode and calendar month (UTC),
 in ``budget_store`` partition ``<tenant>|<mode>|budget|<YYYY-MM>``. Each entry carries, beside
 its own amount, the running totals of the month and of its day, for the tenant (``*``) and per
 surface. An entry is appended at exactly the head it was computed from (``expected_head``), so
@@ -35,11 +35,12 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import ID_PATTERN, RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.paging import Page
+from northstar_core.kernel.streams import HeadMoved, SequencedStream, seq_key, seq_of
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_key, seq_of
 
 KIND: Final = "budget_store"
 DOMAIN: Final = "budget"

@@ -2,7 +2,7 @@
 
 A canvas is a set of *atoms* (``atom_id`` -> ``{kind, props}``) and their z-``order``. It
 changes only by *commands* ``{base_rev, ops[], idempotency_key}``; the command log IS a
-:class:`~northstar_core.streams.SequencedStream` (one per canvas and tenant), so a command's
+:class:`~northstar_core.kernel.streams.SequencedStream` (one per canvas and tenant), so a command's
 revision is its sequence number and every rule comes from there:
 
 * **atomic commit at head+1** — ``append(expected_head=base_rev)`` writes ``s#<rev>`` under an
@@ -58,12 +58,13 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid
 from northstar_core.identity import ID_PATTERN, RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.paging import Page
+from northstar_core.kernel.streams import HeadMoved, SequencedStream, seq_of
 from northstar_core.ports import ActionGate, AuditSink
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, seq_of
 from northstar_core.timeline import EventStreamService, StreamEvent, subject_stream
 
 KIND: Final = "canvas_command_store"

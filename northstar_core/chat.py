@@ -31,12 +31,13 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid, not_found
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.paging import Page
+from northstar_core.kernel.streams import SequencedStream
+from northstar_core.kernel.tail import TailHub
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_segment
 from northstar_core.storage import Absent, ConditionFailed, Item, Put
-from northstar_core.streams import SequencedStream, fingerprint
-from northstar_core.tail import TailHub
 
 KIND: Final = "chat_store"
 DOMAIN: Final = "chat"
@@ -90,7 +91,7 @@ class ThreadEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 class ChatEntry(ChatMessage, frozen=True, kw_only=True):
     """A message as readers receive it: the stored message plus its own resume ``cursor``
-    (the page rule of :mod:`northstar_core.paging`; the wire form is exactly this struct)."""
+    (the page rule of :mod:`northstar_core.kernel.paging`; the wire form is exactly this struct)."""
 
     cursor: str
 

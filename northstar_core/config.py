@@ -24,7 +24,7 @@ from northstar_core.bounds import MAX_VERSION, check_int
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, invalid
 from northstar_core.identity import RequestContext
-from northstar_core.records import VersionedRecords
+from northstar_core.kernel.records import VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
 from northstar_core.storage import MAX_VALUE_BYTES

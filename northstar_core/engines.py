@@ -27,6 +27,7 @@ from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.gates import GateChain
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.tail import DEFAULT_POLL_INTERVAL, TailHub
 from northstar_core.memory import SessionMemory
 from northstar_core.notes import NotesService
 from northstar_core.policies import PolicyStores
@@ -34,7 +35,6 @@ from northstar_core.ports import AuditSink
 from northstar_core.routing import RoutingRegistry
 from northstar_core.spine import EventSpine
 from northstar_core.tabular import TabularStore
-from northstar_core.tail import DEFAULT_POLL_INTERVAL, TailHub
 from northstar_core.timeline import EventStreamService
 
 

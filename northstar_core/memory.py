@@ -21,7 +21,7 @@ from northstar_core.bounds import check_float, out_of_range
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, invalid, not_found, version_conflict
 from northstar_core.identity import RequestContext
-from northstar_core.records import VersionedRecords, record_key
+from northstar_core.kernel.records import VersionedRecords, record_key
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_segment
 from northstar_core.storage import MAX_VALUE_BYTES, ConditionFailed, Delete, Item, VersionIs

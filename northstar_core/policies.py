@@ -11,7 +11,7 @@ cache, so a revocation written by one process is seen by the next call of any ot
   ``strategy_policy_store``;
 * budget limits — ``budget_store`` (the usage ledger lives in :mod:`northstar_core.budget`).
 
-Policy documents are :class:`~northstar_core.records.VersionedRecords`: every write names the
+Policy documents are :class:`~northstar_core.kernel.records.VersionedRecords`: every write names the
 version it replaces (``expected_version``; 0 = the document does not exist yet) and a stale
 write is 409 ``<domain>.version_conflict`` with the current version. Policy writes need the
 ``admin`` role or above, and each write is recorded on the event spine.
@@ -36,8 +36,8 @@ from northstar_core.bounds import (
 from northstar_core.clock import Clock, iso
 from northstar_core.errors import NorthstarError, not_found, version_conflict
 from northstar_core.identity import ID_PATTERN, ROLE_RANK, RequestContext
-from northstar_core.paging import Page
-from northstar_core.records import VersionedRecords
+from northstar_core.kernel.paging import Page
+from northstar_core.kernel.records import VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine, UUIDv7Generator

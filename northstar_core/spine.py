@@ -37,11 +37,11 @@ from northstar_core.clock import Clock, SystemClock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, idempotency_mismatch
 from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.paging import Page
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Item, Put
-from northstar_core.streams import fingerprint
 
 KIND: Final = "event_spine"
 DOMAIN: Final = "event_spine"

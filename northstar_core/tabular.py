@@ -34,8 +34,8 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid, not_found
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
-from northstar_core.records import VersionedRecords
+from northstar_core.kernel.paging import Page
+from northstar_core.kernel.records import VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
 from northstar_core.spine import EventSpine

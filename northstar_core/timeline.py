@@ -1,6 +1,6 @@
 """Replayable event streams (resource kind ``event_stream``): the timeline behind every SSE feed.
 
-One :class:`~northstar_core.streams.SequencedStream` per stream id, in the partition
+One :class:`~northstar_core.kernel.streams.SequencedStream` per stream id, in the partition
 ``<tenant>|<mode>|stream|<stream_id>``, so a stream is tenant- and mode-scoped by construction.
 An event's ``event_id`` *is* its cursor (signed, bound to tenant, mode and stream), so an SSE
 ``id:`` line, ``Last-Event-ID`` and ``?cursor=`` are interchangeable.
@@ -33,12 +33,13 @@ from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.paging import Page
+from northstar_core.kernel.streams import SequencedStream, seq_key
+from northstar_core.kernel.tail import TailHub
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, Item, Op, Put, VersionIs
-from northstar_core.streams import SequencedStream, fingerprint, seq_key
-from northstar_core.tail import TailHub
 
 KIND: Final = "event_stream"
 DOMAIN: Final = "event_stream"
@@ -80,7 +81,7 @@ class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def cursor(self) -> str:
         """This event's resume position (its ``event_id``; the page rule of
-        :mod:`northstar_core.paging`)."""
+        :mod:`northstar_core.kernel.paging`)."""
         return self.event_id
 
 
@@ -100,7 +101,7 @@ class _Stored(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class EventStreamService:
     """Publish to and read from tenant-scoped replayable streams (see module doc).
 
-    Live following goes through the process's :class:`~northstar_core.tail.TailHub` (the
+    Live following goes through the process's :class:`~northstar_core.kernel.tail.TailHub` (the
     store is the bus); every successful publish notifies it so local subscribers wake at once.
     """
 

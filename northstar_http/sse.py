@@ -3,7 +3,7 @@
 Usage in a handler: validate the cursor *before* building the response (so a bad cursor is a
 410 envelope, not a broken stream), then return ``sse_response(events, settings)`` where
 ``events`` yields ``SseEvent`` or ``None`` (an idle heartbeat) — typically adapted from
-``engines.tails.follow(...)`` (see ``northstar_core.tail``). The event ``id`` must be the
+``engines.tails.follow(...)`` (see ``northstar_core.kernel.tail``). The event ``id`` must be the
 event's cursor, so ``Last-Event-ID`` and ``?cursor=`` are interchangeable on reconnect.
 
 On shutdown the server calls :func:`close_event_streams`: every open stream sends a last

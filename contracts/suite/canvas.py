@@ -25,10 +25,10 @@ from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.tail import TailHub
 from northstar_core.routing import RoutingRegistry
 from northstar_core.spine import EventSpine
 from northstar_core.storage import ItemStore
-from northstar_core.tail import TailHub
 from northstar_core.timeline import EventStreamService
 
 SECRET = b"canvas-contract-secret-0123456789"

@@ -20,6 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 
 from contracts.harness import BackendHarness
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.streams import HeadMoved, SequencedStream, head_hints, seq_of
 from northstar_core.storage import (
     MAX_VALUE_BYTES,
     Absent,
@@ -33,7 +35,6 @@ from northstar_core.storage import (
     Put,
     VersionIs,
 )
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, head_hints, seq_of
 
 T = TypeVar("T")
 

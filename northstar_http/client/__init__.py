@@ -7,7 +7,7 @@
 
 Each attribute mirrors the ``Engines`` service of the same name (``ns.chat`` is
 ``engines.chat``…): the same method names, arguments and result types (the core's msgspec
-Structs, lists as :class:`~northstar_core.paging.Page`), and the same
+Structs, lists as :class:`~northstar_core.kernel.paging.Page`), and the same
 :class:`~northstar_core.errors.NorthstarError` on failure, with ``upstream`` set. The one
 difference: library methods take a ``RequestContext`` first; here the identity is the token
 (and the identity headers given to the client). Each domain adds ``client/<domain>.py`` and

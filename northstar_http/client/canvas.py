@@ -44,7 +44,7 @@ from northstar_core.canvas import (
 )
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.timeline import StreamEvent
 from northstar_http.client.base import BaseClient, SseMessage
 

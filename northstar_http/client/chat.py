@@ -14,7 +14,7 @@ import msgspec
 
 from northstar_core.chat import ChatEntry, ChatMessage, PostedMessage, Snapshot, ThreadEntry
 from northstar_core.errors import NorthstarError
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_http.client.base import BaseClient, SseMessage
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.spine import Event, EventIn
 from northstar_http.client.base import BaseClient
 

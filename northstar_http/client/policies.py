@@ -13,7 +13,7 @@ from urllib.parse import quote
 import msgspec
 
 from northstar_core.budget import UsageEntry, UsagePage
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.policies import Licence, LicenceView, LockView, PolicyDocument, StrategyLock
 from northstar_http.client.base import BaseClient
 

@@ -19,7 +19,7 @@ from northstar_core.blackboard import BlackboardEntry
 from northstar_core.config import ConfigDocument
 from northstar_core.memory import MemoryValue
 from northstar_core.notes import Note, NoteIn, NoteUpdate
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.tabular import TabularRecord, VersionInfo
 from northstar_http.client.base import BaseClient
 

@@ -8,7 +8,7 @@ from litestar import get, post
 from litestar.params import FromQuery, JSONBody
 
 from northstar_core.analytics import AnalyticsEvent, AnalyticsEventIn
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_http.deps import Ctx, Eng
 
 

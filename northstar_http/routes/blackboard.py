@@ -16,7 +16,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from northstar_core.blackboard import BlackboardEntry
 from northstar_core.errors import NorthstarError, invalid
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_http.deps import Ctx, Eng
 
 _ETAG: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')

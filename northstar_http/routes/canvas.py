@@ -18,7 +18,7 @@ from litestar.response import ServerSentEvent
 
 from northstar_core.canvas import CanvasService, CommandIn, RecordIn, RecordType
 from northstar_core.identity import RequestContext
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.timeline import StreamEvent
 from northstar_http.deps import Ctx, Eng
 from northstar_http.sse import SseEvent, resume_cursor, sse_response

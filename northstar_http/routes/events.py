@@ -8,7 +8,7 @@ import msgspec
 from litestar import Response, get, post
 from litestar.params import JSONBody, QueryParameter
 
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.spine import Event, event_to_dict
 from northstar_http.deps import Ctx, Eng
 

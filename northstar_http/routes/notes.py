@@ -8,7 +8,7 @@ from litestar import Response, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from northstar_core.notes import Note, NoteIn, NoteUpdate
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_http.deps import Ctx, Eng
 from northstar_http.routes.blackboard import ExpectedVersion, IfMatch, expected_version, with_etag
 

@@ -13,7 +13,7 @@ import msgspec
 from litestar import Response, delete, get, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.tabular import TabularRecord, VersionInfo
 from northstar_http.deps import Ctx, Eng
 from northstar_http.routes.blackboard import ExpectedVersion, IfMatch, expected_version, with_etag

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from contracts.suite.canvas import canvas_rig, make_ctx
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.canvas import CanvasLimits, CanvasOp, CanvasState, CommandIn, CommitResult, Snapshot
-from northstar_core.paging import Page
+from northstar_core.kernel.paging import Page
 from northstar_core.timeline import StreamEvent
 from northstar_http.client.canvas import CanvasSession, EmbeddedCanvasApi, SubmitOutcome
 

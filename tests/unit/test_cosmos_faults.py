@@ -24,9 +24,9 @@ from azure.cosmos.aio import CosmosClient
 
 from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, RetryPolicy, provision
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.streams import SequencedStream
 from northstar_core.routing import Connection, KindStore, Route, Target
 from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, InvalidItem, Item, Put
-from northstar_core.streams import SequencedStream
 from tests.emulators.cosmos import EMULATOR_KEY, cosmos_endpoint, cosmos_server  # noqa: F401
 
 CHAT_ROUTE = Route(resource_kind="chat_store", connection="c")

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 
 from northstar_adapters.dynamodb import DynamoConfig, DynamoItemStore, drop, open_store, provision
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.streams import SequencedStream
 from northstar_core.routing import Connection, KindStore, Route, Target
 from northstar_core.storage import (
     Absent,
@@ -29,7 +30,6 @@ from northstar_core.storage import (
     Put,
     VersionIs,
 )
-from northstar_core.streams import SequencedStream
 from tests.emulators.moto import dynamodb_endpoint, moto_server  # noqa: F401 - session fixtures
 
 CHAT_ROUTE = Route(resource_kind="chat_store", connection="c")

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 from northstar_adapters.firestore import FirestoreItemStore
 from northstar_adapters.firestore.store import CAPABILITIES
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.streams import SequencedStream
 from northstar_core.routing import Connection, KindStore, Route
 from northstar_core.storage import Absent, BackendUnavailable, ConditionFailed, Item, Put, VersionIs
-from northstar_core.streams import SequencedStream, fingerprint
 from tests.emulators.firestore import firestore_emulator, free_port  # noqa: F401 - session fixture
 
 CHAT_ROUTE = Route(resource_kind="chat_store", connection="c")

@@ -16,9 +16,9 @@ from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.gates import GateChain
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.tail import TailHub
 from northstar_core.policies import PolicyStores
 from northstar_core.spine import EventSpine
-from northstar_core.tail import TailHub
 from northstar_core.timeline import EventStreamService
 
 SECRET = b"gate-test-secret-0123456789abcdef"

@@ -13,6 +13,8 @@ import pytest
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core import observe
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.streams import SequencedStream
+from northstar_core.kernel.tail import TailHub
 from northstar_core.routing import Connection, KindStore, Route
 from northstar_core.storage import (
     Absent,
@@ -23,8 +25,6 @@ from northstar_core.storage import (
     Op,
     Put,
 )
-from northstar_core.streams import SequencedStream
-from northstar_core.tail import TailHub
 
 
 class Recorder:

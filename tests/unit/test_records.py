@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.errors import NorthstarError
-from northstar_core.records import VersionedRecords, record_key
+from northstar_core.kernel.records import VersionedRecords, record_key
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
 
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from northstar_adapters.memory import MemoryItemStore
 from northstar_adapters.sqlite import SqliteItemStore
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.streams import HeadMoved, SequencedStream, head_hints, seq_key, seq_of
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
-from northstar_core.streams import HeadMoved, SequencedStream, fingerprint, head_hints, seq_key, seq_of
 
 NOW = 1_800_000_000.0
 

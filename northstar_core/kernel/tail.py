@@ -1,6 +1,6 @@
 """Live tail of sequenced streams: the store is the bus.
 
-Every SSE stream (chat, canvas, timeline…) follows a :class:`~northstar_core.streams.
+Every SSE stream (chat, canvas, timeline…) follows a :class:`~northstar_core.kernel.streams.
 SequencedStream` through one :class:`TailHub`. A subscriber never receives an entry from memory
 or from a notification: it always *reads the store* after its own position, so delivery is
 exactly the stream's order, with no duplicates and no gaps, whoever appended (this process or
@@ -46,9 +46,9 @@ from typing import Any, Final
 import msgspec
 
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.streams import SequencedStream, seq_of
 from northstar_core.observe import current as observer
 from northstar_core.storage import Item
-from northstar_core.streams import SequencedStream, seq_of
 
 DEFAULT_POLL_INTERVAL: Final = 0.5
 READ_BATCH: Final = 100

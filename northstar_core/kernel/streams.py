@@ -24,7 +24,6 @@ deleted, so an entry once read exists at commit).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import weakref
 from collections import OrderedDict
@@ -34,11 +33,11 @@ from typing import Any, Final
 import msgspec
 
 from northstar_core.bounds import MAX_SEQ, check_int
-from northstar_core.errors import NorthstarError, idempotency_mismatch
+from northstar_core.errors import NorthstarError
+from northstar_core.kernel.idempotency import lookup, record_op
 from northstar_core.storage import Absent, Check, ConditionFailed, Item, ItemStore, Op, Put, VersionIs
 
 SEQ_PREFIX: Final = "s#"
-IDEM_PREFIX: Final = "i#"
 MAX_APPEND_ATTEMPTS: Final = 64
 ENTRY_VERSION: Final = 1  # entries are written once, at this version, and never changed
 HINTED_STREAMS: Final = 65_536  # per backing store; least recently appended forgotten first
@@ -50,18 +49,6 @@ def seq_key(seq: int) -> str:
 
 def seq_of(key: str) -> int:
     return int(key[len(SEQ_PREFIX) :])
-
-
-def fingerprint(payload: Any) -> str:
-    """A stable digest of a request payload (canonical JSON, sorted keys)."""
-    canonical = msgspec.json.encode(payload, order="sorted")
-    return hashlib.sha256(canonical).hexdigest()
-
-
-class IdempotencyRecord(msgspec.Struct, frozen=True):
-    fingerprint: str
-    result: msgspec.Raw
-    created_at: float
 
 
 class Appended(msgspec.Struct, frozen=True):
@@ -144,17 +131,14 @@ class SequencedStream:
 
     async def idempotent_result(self, key: str, fp: str) -> Appended | None:
         """The stored outcome for ``key``; 422 ``<domain>.idempotency_mismatch`` if ``fp`` differs."""
-        item = await self.store.get(self.partition, IDEM_PREFIX + key)
-        if item is None:
+        result = await lookup(self.store, self.partition, key, fp, self.domain)
+        if result is None:
             return None
-        record = msgspec.json.decode(item.value, type=IdempotencyRecord)
-        if record.fingerprint != fp:
-            raise idempotency_mismatch(self.domain, key)
-        meta = msgspec.json.decode(bytes(record.result), type=dict[str, Any])
+        meta = msgspec.json.decode(result, type=dict[str, Any])
         return Appended(
             first_seq=int(meta.get("first_seq", 0)),
             last_seq=int(meta.get("last_seq", 0)),
-            result=bytes(record.result),
+            result=result,
             replayed=True,
         )
 
@@ -166,6 +150,7 @@ class SequencedStream:
         expected_head: int | None = None,
         idempotency_key: str | None = None,
         payload_fingerprint: str = "",
+        key_checked: bool = False,
         result: Callable[[int, int], dict[str, Any]] | None = None,
         extra_ops: Callable[[int, int], Sequence[Op]] | None = None,
     ) -> Appended:
@@ -174,14 +159,17 @@ class SequencedStream:
         With ``expected_head`` the append happens only if the head is exactly that
         (:class:`HeadMoved` otherwise); without it the entries go at the current head, retrying
         with jitter when a concurrent writer wins. With ``idempotency_key`` a repeat returns
-        the original ``result`` marked ``replayed`` and writes nothing. ``result(first, last)``
+        the original ``result`` marked ``replayed`` and writes nothing; ``key_checked`` says the
+        caller has just looked the key up (:meth:`idempotent_result`) and found it unused, so
+        the append goes straight to its batch (whose ``Absent`` condition on the record still
+        catches a concurrent attempt with the same key). ``result(first, last)``
         is stored (JSON) with the idempotency record; ``extra_ops(first, last)`` are further
         operations committed in the same batch (e.g. checkpoints).
         """
         if expected_head is not None:
             # the entries go at expected_head + 1…: it must leave room for them
             check_int(self.domain, "expected_head", expected_head, lo=0, hi=MAX_SEQ - 1)
-        if idempotency_key is not None:
+        if idempotency_key is not None and not key_checked:
             prior = await self.idempotent_result(idempotency_key, payload_fingerprint)
             if prior is not None:
                 return prior
@@ -212,10 +200,7 @@ class SequencedStream:
             outcome.setdefault("last_seq", last)
             result_bytes = msgspec.json.encode(outcome)
             if idempotency_key is not None:
-                record = IdempotencyRecord(payload_fingerprint, msgspec.Raw(result_bytes), now)
-                ops.append(
-                    Put(IDEM_PREFIX + idempotency_key, msgspec.json.encode(record), condition=Absent())
-                )
+                ops.append(record_op(idempotency_key, payload_fingerprint, result_bytes, now))
             if extra_ops is not None:
                 ops.extend(extra_ops(first, last))
             if checks and head > 0:
