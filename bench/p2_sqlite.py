@@ -227,7 +227,7 @@ class Ours:
             conn.close()
 
     def adapter_synchronous(self) -> int:
-        conn = self.store._live_engine().connect()
+        conn = self.store._live_database().connect()
         try:
             return int(conn.execute("PRAGMA synchronous").fetchone()[0])
         finally:

@@ -97,7 +97,6 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     * ``durable``: data survives closing and reopening the store (memory: no).
     * ``shared``: two independent store objects opened on the same configuration (as two
       server processes would) see each other's writes (memory: no).
-    * ``native_ttl``: the backend deletes expired items by itself, eventually.
     * ``max_batch_ops``: the most operations one atomic ``write`` accepts.
     * ``atomic_checks``: ``write`` accepts :class:`Check` operations, evaluated atomically with
       the batch (no extra round trip). Backends without it reject them as :class:`InvalidItem`.
@@ -105,7 +104,6 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
 
     durable: bool
     shared: bool
-    native_ttl: bool
     max_batch_ops: int
     atomic_checks: bool
 

@@ -1,4 +1,4 @@
-"""The ``northstar`` command: serve, token, routes, provision, doctor, openapi, bench.
+"""The ``northstar`` command: serve, token, routes, provision, doctor, openapi.
 
     northstar serve [--workers N]   # lab: SQLite under .northstar/data, every kind routed there
     northstar token --tenant t_acme --roles admin
@@ -297,20 +297,18 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     async def provision_target(target: Target) -> bool:
         try:
-            provision = getattr(factory.module(target.backend), "provision", None)
+            lines = await factory.provision(target, dry_run=args.dry_run)
         except ImportError as exc:
             print(f"{target.resource_kind}: FAILED the {target.backend} SDK is not installed ({exc}); "
                   f"install northstar[{target.backend}]", file=sys.stderr)
             return False
-        if provision is None:
-            print(f"{target.resource_kind}: {target.backend} needs no provisioning")
-            return True
-        try:
-            for line in await provision(target, dry_run=args.dry_run):
-                print(f"{target.resource_kind}: {line}")
         except Exception as exc:  # report every route, then fail
             print(f"{target.resource_kind}: FAILED {exc}", file=sys.stderr)
             return False
+        if lines is None:
+            print(f"{target.resource_kind}: {target.backend} needs no provisioning")
+        for line in lines or ():
+            print(f"{target.resource_kind}: {line}")
         return True
 
     async def provision_route(route: Route) -> bool:
@@ -390,21 +388,6 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     target.write_text(document)
     print(f"wrote {target}")
     return 0
-
-
-# --- bench -----------------------------------------------------------------------------------
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark harness (``bench/run.py`` of a source checkout); options pass through."""
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "bench" / "run.py").is_file():
-        return _fail("the benchmark harness (bench/run.py) ships with the source checkout only")
-    sys.path.insert(0, str(root))
-    from bench.run import main as bench_main
-
-    result: int = bench_main(args.bench_args)
-    return result
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -498,10 +481,6 @@ def parser() -> argparse.ArgumentParser:
                    help="time allowed for each backend or endpoint check (default: 5)")
     d.set_defaults(func=cmd_doctor)
 
-    b = command("bench", "run the benchmark harness (P1-P5); see `northstar bench --help`")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for bench/run.py")
-    b.set_defaults(func=cmd_bench)
-
     o = command("openapi", "write the OpenAPI schema to contracts/openapi.json")
     o.add_argument("--output", default=str(OPENAPI_FILE), metavar="FILE",
                    help="where to write it (default: contracts/openapi.json of the checkout)")
@@ -521,8 +500,6 @@ def _quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # every option after `bench` belongs to the harness
-        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser().parse_args(argv)
     try:
         result: int = args.func(args)

@@ -359,7 +359,13 @@ def _kinds_text(kinds: list[str]) -> str:
     return f"for {shown}"
 
 
-def _provision_fix(kinds: list[str]) -> str:
+def _provision_fix(target: Target, kinds: list[str]) -> str:
+    """What creates the missing table/container/setting of ``target``: ``northstar provision``
+    when its backend declares a provisioner (``AdapterFactory.provision``)."""
+    from northstar_adapters import AdapterFactory
+
+    if AdapterFactory().backend(target.backend).provision is None:
+        return f"{target.backend} has nothing to provision: check this connection's settings"
     kind = next((k for k in kinds if k != "routing_registry"), kinds[0])
     return f"northstar provision (or --kind {kind})" if len(kinds) > 1 else PROVISION_FIX.format(kind=kind)
 
@@ -423,7 +429,8 @@ async def _probe_dynamodb(topic: str, target: Target, kinds: list[str], settings
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "ResourceNotFoundException":
-            return [Finding("FAIL", topic, f"{what}: the table does not exist", _provision_fix(kinds))]
+            return [Finding("FAIL", topic, f"{what}: the table does not exist",
+                            _provision_fix(target, kinds))]
         return [Finding("FAIL", topic, f"{what}: {code or _describe(exc)}",
                         "check the IAM permissions (DescribeTable, DescribeTimeToLive and the data calls)")]
     except (BotoCoreError, OSError) as exc:
@@ -441,7 +448,7 @@ async def _probe_dynamodb(topic: str, target: Target, kinds: list[str], settings
         findings.append(Finding("FAIL", topic,
                                 f"{what}: TTL is {state.lower()} on '{attribute}' (need it enabled on "
                                 f"'{TTL_ATTRIBUTE}': expired items are hidden but never deleted)",
-                                _provision_fix(kinds)))
+                                _provision_fix(target, kinds)))
     if status != "ACTIVE":
         findings.append(Finding("warn", topic, f"{what}: status {status}", "wait for it to become ACTIVE"))
     if not findings:
@@ -489,7 +496,7 @@ async def _probe_firestore(topic: str, target: Target, kinds: list[str], setting
     else:
         if state not in ("ACTIVE", "CREATING"):
             findings.append(Finding("FAIL", topic, f"TTL policy on items.expires_at is {state}",
-                                    _provision_fix(kinds)))
+                                    _provision_fix(target, kinds)))
     return findings
 
 
@@ -504,7 +511,7 @@ async def _probe_cosmos(topic: str, target: Target, kinds: list[str], settings: 
     try:
         properties = await store.container.read()
     except cosmos_exc.CosmosResourceNotFoundError:
-        return [Finding("FAIL", topic, f"{what}: does not exist", _provision_fix(kinds))]
+        return [Finding("FAIL", topic, f"{what}: does not exist", _provision_fix(target, kinds))]
     except (AzureError, OSError, NorthstarError) as exc:
         return [Finding("FAIL", topic, f"{what}: unreachable ({_describe(exc)})",
                         "check url, key_env (or Entra ID) and the network")]

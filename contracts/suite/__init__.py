@@ -19,8 +19,9 @@ service on a registry from :func:`make_registry`::
         chat = ChatService(registry, ...)
 
 then append the class to ``ALL_CONTRACTS`` below (one import line + one tuple entry). Contract
-tests must import nothing backend-specific and stay reasonably small (cloud emulators are slow:
-dozens of operations per test, not thousands).
+tests must import nothing backend-specific (the one exception is here: the test registry keeps
+its routes in the memory adapter, off the backend under test) and stay reasonably small (cloud
+emulators are slow: dozens of operations per test, not thousands).
 """
 
 from __future__ import annotations
@@ -35,77 +36,11 @@ from contracts.suite.itemstore import (
     ItemStoreModelContract,
     StreamIdempotencyContract,
 )
+from northstar_adapters.memory import MemoryItemStore
 from northstar_core.routing import BACKENDS, RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
-from northstar_core.storage import (
-    Absent,
-    Capabilities,
-    ConditionFailed,
-    Delete,
-    Item,
-    ItemStore,
-    Op,
-    Put,
-    VersionIs,
-    validate_ops,
-)
+from northstar_core.storage import ItemStore
 
 __all__ = ["ALL_CONTRACTS", "make_registry"]
-
-
-class _RouteTable(ItemStore):
-    """A tiny in-process item store holding only the test registry's route table.
-
-    It keeps route bookkeeping off the backend under test (no backend operations are spent on
-    routing), and it is not a backend: the routes it holds all point at the harness store.
-    """
-
-    capabilities = Capabilities(
-        durable=False, shared=False, native_ttl=False, max_batch_ops=100, atomic_checks=False
-    )
-
-    def __init__(self) -> None:
-        self._items: dict[tuple[str, str], Item] = {}
-
-    async def get(self, partition: str, key: str) -> Item | None:
-        return self._items.get((partition, key))
-
-    async def query(
-        self,
-        partition: str,
-        prefix: str,
-        *,
-        after: str | None = None,
-        before: str | None = None,
-        limit: int = 100,
-        descending: bool = False,
-    ) -> list[Item]:
-        keys = sorted(
-            k
-            for p, k in self._items
-            if p == partition
-            and k.startswith(prefix)
-            and (after is None or k > after)
-            and (before is None or k < before)
-        )
-        if descending:
-            keys.reverse()
-        return [self._items[(partition, k)] for k in keys[: max(limit, 0)]]
-
-    async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        validate_ops(ops, self.capabilities)
-        for index, op in enumerate(ops):
-            current = self._items.get((partition, op.key))
-            if isinstance(op.condition, Absent) and current is not None:
-                raise ConditionFailed(index)
-            if isinstance(op.condition, VersionIs) and (
-                current is None or current.version != op.condition.version
-            ):
-                raise ConditionFailed(index)
-        for op in ops:
-            if isinstance(op, Put):
-                self._items[(partition, op.key)] = Item(op.key, op.value, op.version, op.expires_at)
-            elif isinstance(op, Delete):
-                self._items.pop((partition, op.key), None)
 
 
 class _SingleStoreFactory:
@@ -127,7 +62,8 @@ async def make_registry(
 
     Given a harness, the store is ``await harness.open()`` (so the harness closes it); given a
     store, that store. Routes name the harness's backend (``harness.name``) when it is a known
-    backend, else ``memory``; the route table itself lives in process memory. Stable signature:
+    backend, else ``memory``. The route table is a fresh store of the memory adapter, so routing
+    spends no operation of the backend under test. Stable signature:
     domain contracts across the project call ``await make_registry(harness)``.
     """
     if isinstance(harness_or_store, BackendHarness):
@@ -138,7 +74,7 @@ async def make_registry(
         name = "memory"
     backend = name if name in BACKENDS else "memory"
     registry = RoutingRegistry(
-        _RouteTable(),
+        MemoryItemStore(),
         _SingleStoreFactory(store),
         connections={"under_test": Connection(name="under_test", backend=backend)},
         deployment_mode="lab",

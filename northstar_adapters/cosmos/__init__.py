@@ -43,9 +43,7 @@ import asyncio
 import hashlib
 import math
 import os
-import random
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -57,6 +55,7 @@ from azure.cosmos import PartitionKey
 from azure.cosmos import exceptions as cosmos_exc
 from azure.cosmos.aio import CosmosClient
 
+from northstar_adapters.common import RetryPolicy, SharedClients, retrying
 from northstar_adapters.cosmos.layout import (
     INDEXING_POLICY,
     PARTITION_KEY_PATH,
@@ -84,14 +83,12 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-__all__ = ["CAPABILITIES", "CosmosConfig", "CosmosItemStore", "RetryPolicy", "open_store", "provision"]
+__all__ = ["CAPABILITIES", "CosmosConfig", "CosmosItemStore", "open_store", "provision"]
 
-# The real backend's capabilities: Cosmos is durable and shared, deletes expired items itself
-# (eventually), and a transactional batch holds at most 100 operations.
+# The real backend's capabilities: Cosmos is durable and shared, and a transactional batch
+# holds at most 100 operations.
 # No atomic Check: a batch precondition exists only on a document the batch writes.
-CAPABILITIES: Final = Capabilities(
-    durable=True, shared=True, native_ttl=True, max_batch_ops=100, atomic_checks=False
-)
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, max_batch_ops=100, atomic_checks=False)
 
 DEFAULT_DATABASE: Final = "northstar"
 DEFAULT_PREFIX: Final = "northstar_"
@@ -103,21 +100,6 @@ MAX_WRITE_ROUNDS: Final = 8
 TRANSIENT_STATUS: Final = frozenset({408, 429, 449, 500, 502, 503, 504})
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded, jittered exponential backoff for transient failures."""
-
-    attempts: int = 4
-    base_delay: float = 0.05
-    max_delay: float = 2.0
-
-    def delay(self, attempt: int, retry_after_ms: float | None) -> float:
-        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-        if retry_after_ms is not None:
-            backoff = max(backoff, min(self.max_delay, retry_after_ms / 1000.0))
-        return backoff
 
 
 @dataclass(frozen=True)
@@ -206,10 +188,11 @@ def _new_client(config: CosmosConfig) -> tuple[CosmosClient, Any]:
 
 
 class _Lease:
+    """An SDK client and the credential it was opened with (closed together)."""
+
     def __init__(self, client: CosmosClient, credential: Any) -> None:
         self.client = client
         self.credential = credential
-        self.refs = 0
 
     async def close(self) -> None:
         await self.client.close()
@@ -217,40 +200,15 @@ class _Lease:
             await self.credential.close()
 
 
-# Shared clients, per event loop (an aio client is bound to the loop that opened it).
-_POOL: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _Lease]] = (
-    weakref.WeakKeyDictionary()
-)
+# Shared clients, per event loop (an aio client is bound to the loop that opened it) and per
+# (url, credential).
+_LEASES: Final[SharedClients[_Lease]] = SharedClients()
 
 
-def _acquire(config: CosmosConfig, shared: bool) -> tuple[_Lease, tuple[str, str] | None]:
-    if not shared:
-        lease = _Lease(*_new_client(config))
-        lease.refs = 1
-        return lease, None
+def _lease_key(config: CosmosConfig) -> tuple[str, str]:
     key_env_value = os.environ.get(config.key_env)
     identity = "key:" + hashlib.sha256(key_env_value.encode()).hexdigest()[:16] if key_env_value else "aad"
-    key = (config.url, identity)
-    leases = _POOL.setdefault(asyncio.get_running_loop(), {})
-    found = leases.get(key)
-    if found is None:
-        found = leases[key] = _Lease(*_new_client(config))
-    found.refs += 1
-    return found, key
-
-
-async def _release(lease: _Lease, key: tuple[str, str] | None) -> None:
-    lease.refs -= 1
-    if lease.refs > 0:
-        return
-    if key is not None:
-        try:
-            leases = _POOL.get(asyncio.get_running_loop(), {})
-        except RuntimeError:
-            leases = {}
-        if leases.get(key) is lease:
-            del leases[key]
-    await lease.close()
+    return (config.url, identity)
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -273,7 +231,8 @@ class CosmosItemStore(ItemStore):
         self._share = share_client
         self._clock = clock
         self._retry = retry or RetryPolicy()
-        self._lease: tuple[_Lease, tuple[str, str] | None] | None = None
+        # The lease, its key in _LEASES (None: this store's own) and the loop it was taken on.
+        self._lease: tuple[_Lease, tuple[str, str] | None, asyncio.AbstractEventLoop | None] | None = None
         self._container_proxy: Any = None
         self._closed = False
 
@@ -285,8 +244,13 @@ class CosmosItemStore(ItemStore):
         if self._container_proxy is None:
             if self._closed:
                 raise BackendUnavailable("store is closed")
-            lease, key = _acquire(self.config, self._share)
-            self._lease = (lease, key)
+            if self._share:
+                key: tuple[str, str] | None = _lease_key(self.config)
+                lease = _LEASES.acquire(key, lambda: _Lease(*_new_client(self.config)))
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            else:
+                key, lease, loop = None, _Lease(*_new_client(self.config)), None
+            self._lease = (lease, key, loop)
             self._container_proxy = lease.client.get_database_client(
                 self.config.database
             ).get_container_client(self.config.container)
@@ -298,28 +262,24 @@ class CosmosItemStore(ItemStore):
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` with bounded jittered retries of transient failures."""
-        last: BaseException | None = None
-        retry_after: float | None = None
-        for attempt in range(self._retry.attempts):
-            try:
-                return await fn()
-            except (AzureError, OSError, TimeoutError) as exc:
-                if not _is_transient(exc):
-                    if isinstance(
-                        exc, cosmos_exc.CosmosHttpResponseError | cosmos_exc.CosmosBatchOperationError
-                    ):
-                        raise  # a definite answer: the caller maps its status
-                    # e.g. ClientAuthenticationError from the Entra ID chain, DecodeError
-                    raise BackendUnavailable(f"cosmos {what} failed: {_describe(exc)}") from exc
-                last = exc
-                retry_after = _retry_after_ms(exc)
-                if attempt + 1 < self._retry.attempts:
-                    await asyncio.sleep(self._retry.delay(attempt, retry_after))
-        seconds = max(1, math.ceil((retry_after or 1000.0) / 1000.0))
-        raise BackendUnavailable(
-            f"cosmos {what} failed after {self._retry.attempts} attempts: {_describe(last)}",
-            retry_after=seconds,
-        ) from last
+
+        def judge(exc: BaseException, attempts: int) -> float:
+            if not _is_transient(exc):
+                if isinstance(exc, cosmos_exc.CosmosHttpResponseError | cosmos_exc.CosmosBatchOperationError):
+                    raise exc  # a definite answer: the caller maps its status
+                # e.g. ClientAuthenticationError from the Entra ID chain, DecodeError
+                raise BackendUnavailable(f"cosmos {what} failed: {_describe(exc)}") from exc
+            return (_retry_after_ms(exc) or 0.0) / 1000.0
+
+        def exhausted(exc: BaseException, attempts: int) -> BackendUnavailable:
+            return BackendUnavailable(
+                f"cosmos {what} failed after {attempts} attempts: {_describe(exc)}",
+                retry_after=max(1, math.ceil((_retry_after_ms(exc) or 1000.0) / 1000.0)),
+            )
+
+        return await retrying(
+            fn, self._retry, errors=(AzureError, OSError, TimeoutError), judge=judge, exhausted=exhausted
+        )
 
     def _unexpected(self, what: str, exc: BaseException) -> Exception:
         status = _status(exc)
@@ -415,10 +375,12 @@ class CosmosItemStore(ItemStore):
 
     async def close(self) -> None:
         self._closed = True
-        lease, self._lease = self._lease, None
+        held, self._lease = self._lease, None
         self._container_proxy = None
-        if lease is not None:
-            await _release(*lease)
+        if held is not None:
+            lease, key, loop = held
+            if key is None or _LEASES.release(key, lease, loop=loop):
+                await lease.close()
 
     # -- single operations: the point API with etag conditions ------------------------------
 

@@ -14,7 +14,8 @@ early) and ``exp`` (N, ``expires_at`` exactly). Expiry is decided on ``exp``: re
 items and conditions treat them as absent, because native TTL deletes late (moto: never).
 
 Retries: botocore's own retries are off; this module retries with full-jitter exponential
-backoff, bounded by ``max_attempts``, then raises :class:`BackendUnavailable`.
+backoff (:func:`northstar_adapters.common.retrying`), bounded by ``max_attempts`` and
+``retry_budget``, then raises :class:`BackendUnavailable`.
 
 * Reads are always retried (throttling, timeouts, connection errors, 5xx).
 * Throttling and transaction conflicts mean "not applied", so any write is retried.
@@ -37,10 +38,8 @@ import asyncio
 import functools
 import math
 import os
-import random
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -49,6 +48,7 @@ import msgspec
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
+from northstar_adapters.common import RetryPolicy, SharedClients, key_range, retrying
 from northstar_adapters.dynamodb.errors import (
     TRANSPORT_ERRORS,
     Outcome,
@@ -59,7 +59,6 @@ from northstar_adapters.dynamodb.errors import (
 from northstar_adapters.params import DynamoParams, parse
 from northstar_core.routing import Target
 from northstar_core.storage import (
-    KEY_MAX_BYTES,
     Absent,
     BackendUnavailable,
     Capabilities,
@@ -77,13 +76,10 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES: Final = Capabilities(
-    durable=True, shared=True, native_ttl=True, max_batch_ops=100, atomic_checks=True
-)
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, max_batch_ops=100, atomic_checks=True)
 DEFAULT_TABLE_PREFIX: Final = "northstar_"
 TTL_ATTRIBUTE: Final = "ttl"
 PARTITION_MAX_BYTES: Final = 2048  # DynamoDB's partition key limit
-_MAX_CHAR: Final = "\U0010ffff"  # the largest code point: its UTF-8 (F4 8F BF BF) sorts last
 _QUERY_PAGE_MAX: Final = 1000
 
 
@@ -103,6 +99,15 @@ class DynamoConfig(DynamoParams, frozen=True, kw_only=True):
     @property
     def client_key(self) -> tuple[Any, ...]:
         return (self.endpoint_url, self.region, self.connect_timeout, self.read_timeout)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            attempts=self.max_attempts,
+            base_delay=self.base_delay,
+            max_delay=self.max_delay,
+            budget=self.retry_budget,
+        )
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ def _session(region: str | None) -> aioboto3.Session:
 
 
 class _Client:
-    """An open aioboto3 DynamoDB client and the context manager that closes it."""
+    """An aioboto3 DynamoDB client, opened once (concurrent callers wait for the one opening)."""
 
     def __init__(self, config: DynamoConfig) -> None:
         region = resolve_region(config.region)
@@ -146,12 +151,21 @@ class _Client:
             ),
         )
         self.client: Any = None
-        self.refs = 0
-        self.ready: asyncio.Future[Any] | None = None
+        self._ready: asyncio.Future[Any] | None = None
 
     async def open(self) -> Any:
-        self.client = await self._ctx.__aenter__()
-        return self.client
+        """The open client. A failure to open is final for this object (its SDK context cannot
+        be entered twice): drop it and make a new one."""
+        if self._ready is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                self.client = await self._ctx.__aenter__()
+            except BaseException as exc:
+                self._ready.set_exception(exc)
+                self._ready.exception()  # retrieved: concurrent openers re-raise it themselves
+                raise
+            self._ready.set_result(self.client)
+        return await asyncio.shield(self._ready)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -159,50 +173,9 @@ class _Client:
             await self._ctx.__aexit__(None, None, None)
 
 
-class _ClientPool:
-    """One client per (endpoint, region, timeouts) and event loop, shared by the stores using it.
-
-    Clients belong to the loop that opened them (aiohttp sessions do), hence the per-loop maps;
-    a loop that goes away takes its map with it.
-    """
-
-    def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], _Client]]
-        self._by_loop = weakref.WeakKeyDictionary()
-
-    def _clients(self) -> dict[tuple[Any, ...], _Client]:
-        return self._by_loop.setdefault(asyncio.get_running_loop(), {})
-
-    async def acquire(self, config: DynamoConfig) -> Any:
-        clients = self._clients()
-        entry = clients.get(config.client_key)
-        if entry is None:
-            entry = clients[config.client_key] = _Client(config)
-            entry.ready = asyncio.get_running_loop().create_future()
-            try:
-                entry.ready.set_result(await entry.open())
-            except BaseException as exc:
-                del clients[config.client_key]
-                entry.ready.set_exception(exc)
-                entry.ready.exception()  # retrieved: concurrent acquirers re-raise it themselves
-                raise
-        assert entry.ready is not None
-        client = await asyncio.shield(entry.ready)  # a concurrent acquirer may still be opening it
-        entry.refs += 1
-        return client
-
-    async def release(self, config: DynamoConfig) -> None:
-        clients = self._clients()
-        entry = clients.get(config.client_key)
-        if entry is None:
-            return
-        entry.refs -= 1
-        if entry.refs <= 0:
-            del clients[config.client_key]
-            await entry.close()
-
-
-_POOL: Final = _ClientPool()
+# One client per (endpoint, region, timeouts) and event loop (aiohttp sessions belong to the
+# loop that opened them), shared by the stores using it.
+_CLIENTS: Final[SharedClients[_Client]] = SharedClients()
 
 
 # --- items --------------------------------------------------------------------------------------
@@ -269,26 +242,19 @@ def _validate_partition(partition: str) -> None:
         raise InvalidItem("partition is empty or too long")
 
 
-def _sort_key_bounds(
-    prefix: str, after: str | None, before: str | None
-) -> tuple[str | None, str | None]:
-    """Inclusive ``(lo, hi)`` sort-key bounds covering prefix ∩ (after, before].
+def _sort_key_bounds(prefix: str, after: str | None, before: str | None) -> tuple[str | None, str | None]:
+    """Inclusive ``(lo, hi)`` sort-key bounds (``BETWEEN`` is inclusive) covering the query's
+    :func:`~northstar_adapters.common.key_range`.
 
-    ``after`` is made exclusive exactly: the smallest string greater than ``after`` is
-    ``after + "\\x00"``. ``before`` stays inclusive (a string has no greatest predecessor); the
-    one item equal to it is dropped by the caller. The prefix's upper bound is the prefix
-    followed by enough U+10FFFF to sort after any key of at most ``KEY_MAX_BYTES`` bytes.
+    An exclusive lower bound is made inclusive exactly: the smallest string greater than ``k``
+    is ``k + "\\x00"``. The exclusive upper bound stays as it is (a string has no greatest
+    predecessor): the one item equal to it is dropped by the caller.
     """
-    lo: str | None = prefix or None
-    if after is not None and (lo is None or after >= lo):
-        lo = after + "\x00"
-    hi: str | None = None
-    if prefix:
-        room = max(KEY_MAX_BYTES - len(prefix.encode()), 4)
-        hi = prefix + _MAX_CHAR * math.ceil(room / 4)
-    if before is not None and (hi is None or before < hi):
-        hi = before
-    return lo, hi
+    bounds = key_range(prefix, after, before)
+    lo = bounds.low
+    if lo is not None and not bounds.low_inclusive:
+        lo += "\x00"
+    return lo, bounds.high
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -317,7 +283,8 @@ class DynamoItemStore(ItemStore):
         self._wrap = client_wrapper
         self._sleep = sleep
         self._client: Any = None
-        self._own: _Client | None = None
+        self._holder: _Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -330,14 +297,20 @@ class DynamoItemStore(ItemStore):
             raise BackendUnavailable("store is closed")
         async with self._lock:
             if self._client is None:
+                key = self.config.client_key
+                if self._share:
+                    holder = _CLIENTS.acquire(key, lambda: _Client(self.config))
+                else:
+                    holder = _Client(self.config)
                 try:
-                    if self._share:
-                        client = await _POOL.acquire(self.config)
-                    else:
-                        self._own = _Client(self.config)
-                        client = await self._own.open()
-                except TRANSPORT_ERRORS as exc:
-                    raise BackendUnavailable(f"dynamodb client: {describe(exc)}") from exc
+                    client = await holder.open()
+                except BaseException as exc:
+                    if self._share:  # the next store to ask opens a new client
+                        _CLIENTS.discard(key, holder)
+                    if isinstance(exc, TRANSPORT_ERRORS):
+                        raise BackendUnavailable(f"dynamodb client: {describe(exc)}") from exc
+                    raise
+                self._holder, self._loop = holder, asyncio.get_running_loop()
                 self._client = self._wrap(client) if self._wrap else client
         return self._client
 
@@ -349,22 +322,13 @@ class DynamoItemStore(ItemStore):
             if self._client is None:
                 return
             self._client = None
-            if self._share:
-                await _POOL.release(self.config)
-            elif self._own is not None:
-                await self._own.close()
-                self._own = None
+            holder, self._holder = self._holder, None
+            if holder is None:
+                return
+            if not self._share or _CLIENTS.release(self.config.client_key, holder, loop=self._loop):
+                await holder.close()
 
     # --- retries ------------------------------------------------------------------------------
-
-    def _delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max_delay, base * 2^attempt))."""
-        return random.uniform(0, min(self.config.max_delay, self.config.base_delay * 2**attempt))
-
-    def _exhausted(self, attempt: int, attempts: int, started: float, delay: float) -> bool:
-        if attempt >= attempts - 1:
-            return True
-        return time.monotonic() - started + delay > self.config.retry_budget
 
     def _unavailable(
         self, what: str, exc: BaseException, attempts: int, note: str = ""
@@ -379,21 +343,26 @@ class DynamoItemStore(ItemStore):
 
     async def _read(self, what: str, call: Callable[[Any], Awaitable[Any]]) -> Any:
         """Run a read, retrying every transient failure."""
-        attempts = max(1, self.config.max_attempts)
-        started = time.monotonic()
-        for attempt in range(attempts):
-            client = await self._get_client()
-            try:
-                return await call(client)
-            except TRANSPORT_ERRORS as exc:
-                outcome = classify(exc)
-                if outcome is Outcome.INVALID:
-                    raise InvalidItem(describe(exc)) from exc
-                delay = self._delay(attempt)
-                if outcome is Outcome.FATAL or self._exhausted(attempt, attempts, started, delay):
-                    raise self._unavailable(what, exc, attempt + 1) from exc
-            await self._sleep(delay)
-        raise AssertionError("unreachable")
+
+        async def once() -> Any:
+            return await call(await self._get_client())
+
+        def judge(exc: BaseException, attempts: int) -> float:
+            outcome = classify(exc)
+            if outcome is Outcome.INVALID:
+                raise InvalidItem(describe(exc)) from exc
+            if outcome is Outcome.FATAL:
+                raise self._unavailable(what, exc, attempts) from exc
+            return 0.0
+
+        return await retrying(
+            once,
+            self.config.retry,
+            errors=TRANSPORT_ERRORS,
+            judge=judge,
+            exhausted=lambda exc, attempts: self._unavailable(what, exc, attempts),
+            sleep=self._sleep,
+        )
 
     # --- the port -----------------------------------------------------------------------------
 
@@ -426,7 +395,7 @@ class DynamoItemStore(ItemStore):
         if limit <= 0:
             return []
         lo, hi = _sort_key_bounds(prefix, after, before)
-        if lo is not None and hi is not None and lo > hi:
+        if lo is not None and hi is not None and lo >= hi:
             return []
         names = {"#pk": "pk"}
         values: dict[str, Any] = {":pk": {"S": partition}}
@@ -447,8 +416,10 @@ class DynamoItemStore(ItemStore):
         start_key: dict[str, Any] | None = None
         now = self._clock()
         while len(out) < limit:
-            # The item equal to ``before`` may take a slot; expired items are dropped below and
-            # the loop pages on, so the cost stays proportional to ``limit`` live items.
+            # The item equal to ``hi`` (exclusive, but BETWEEN includes it) may take a slot: likely
+            # when ``hi`` is ``before`` (a cursor's key), so one more is read then; expired items
+            # are dropped below and the loop pages on, so the cost stays proportional to ``limit``
+            # live items.
             page_limit = min(limit - len(out) + (1 if before is not None else 0), _QUERY_PAGE_MAX)
             params: dict[str, Any] = {
                 "TableName": self.table,
@@ -466,7 +437,7 @@ class DynamoItemStore(ItemStore):
             for raw in raw_items:
                 item = _item_from_dynamo(raw)
                 if (
-                    (before is not None and item.key >= before)
+                    (hi is not None and item.key >= hi)
                     or (after is not None and item.key <= after)
                     or not item.key.startswith(prefix)
                     or not is_live(item.expires_at, now)
@@ -492,31 +463,43 @@ class DynamoItemStore(ItemStore):
         # exactly to be recognised by its ClientRequestToken.
         now = self._clock()
         request = self._request(partition, ops, token, now)
-        attempts = max(1, self.config.max_attempts)
-        started = time.monotonic()
         maybe_applied = False
-        for attempt in range(attempts):
+
+        async def once() -> None:
             client = await self._get_client()
             try:
                 await request(client)
-                return
-            except TRANSPORT_ERRORS as exc:
-                index = condition_failure_index(exc) if isinstance(exc, ClientError) else None
-                if index is not None:
-                    if maybe_applied and await self._applied(partition, ops, token):
-                        return
-                    raise ConditionFailed(index) from None
-                outcome = classify(exc)
-                if outcome is Outcome.INVALID:
-                    raise InvalidItem(describe(exc)) from exc
-                if outcome is Outcome.AMBIGUOUS:
-                    maybe_applied = True
-                delay = self._delay(attempt)
-                if outcome is Outcome.FATAL or self._exhausted(attempt, attempts, started, delay):
-                    note = "; the write may have applied" if maybe_applied else ""
-                    raise self._unavailable("write", exc, attempt + 1, note) from exc
-            await self._sleep(delay)
-        raise AssertionError("unreachable")
+            except ClientError as exc:
+                index = condition_failure_index(exc)
+                if index is None:
+                    raise
+                if maybe_applied and await self._applied(partition, ops, token):
+                    return
+                raise ConditionFailed(index) from None
+
+        def judge(exc: BaseException, attempts: int) -> float:
+            nonlocal maybe_applied
+            outcome = classify(exc)
+            if outcome is Outcome.INVALID:
+                raise InvalidItem(describe(exc)) from exc
+            if outcome is Outcome.AMBIGUOUS:
+                maybe_applied = True
+            if outcome is Outcome.FATAL:
+                raise unavailable(exc, attempts) from exc
+            return 0.0
+
+        def unavailable(exc: BaseException, attempts: int) -> BackendUnavailable:
+            note = "; the write may have applied" if maybe_applied else ""
+            return self._unavailable("write", exc, attempts, note)
+
+        await retrying(
+            once,
+            self.config.retry,
+            errors=TRANSPORT_ERRORS,
+            judge=judge,
+            exhausted=unavailable,
+            sleep=self._sleep,
+        )
 
     def _request(
         self, partition: str, ops: Sequence[Op], token: str, now: float

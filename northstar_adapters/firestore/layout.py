@@ -71,20 +71,3 @@ def raw_id(encoded: str) -> str:
             i += 1
     return "".join(out)
 
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (None: no bound).
-
-    Firestore orders strings by their UTF-8 bytes, which is code-point order, the same order
-    as Python's ``str`` comparison.
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last == 0x10FFFF:
-            continue
-        nxt = last + 1
-        if 0xD800 <= nxt <= 0xDFFF:  # surrogates are not valid in UTF-8 strings
-            nxt = 0xE000
-        return "".join(chars) + chr(nxt)
-    return None

@@ -21,10 +21,11 @@ while batch preconditions are checked without locks.
 
 Retries: ``ServiceUnavailable``, ``DeadlineExceeded``, ``ResourceExhausted``, ``Aborted``,
 ``InternalServerError``, ``Unknown``, transport/connection errors are retried with full-jitter
-exponential backoff, at most ``max_attempts`` times, then :class:`BackendUnavailable` (503
-``<kind>.backend_unavailable`` with ``Retry-After`` through ``KindStore``). Reads are always safe
-to retry. A retried *write* may follow a first attempt that committed although its answer was
-lost (timeout, dropped connection). That is safe here because:
+exponential backoff (:func:`northstar_adapters.common.retrying`), at most ``max_attempts``
+times, then :class:`BackendUnavailable` (503 ``<kind>.backend_unavailable`` with
+``Retry-After`` through ``KindStore``). Reads are always safe to retry. A retried *write* may
+follow a first attempt that committed although its answer was lost (timeout, dropped
+connection). That is safe here because:
 
 * unconditional ``set``/``delete`` are idempotent (the same document state again);
 * conditional writes cannot apply twice: the first commit changed ``update_time`` / created the
@@ -44,12 +45,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import random
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.api_core import exceptions as gexc
@@ -57,6 +56,7 @@ from google.auth import exceptions as auth_exc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
+from northstar_adapters.common import RetryPolicy, SharedClients, key_range, retrying
 from northstar_adapters.firestore.layout import (
     DOC_ID_MAX_BYTES,
     F_EXPIRES,
@@ -67,7 +67,6 @@ from northstar_adapters.firestore.layout import (
     F_WRITE,
     ITEMS,
     doc_id,
-    prefix_end,
     raw_id,
 )
 from northstar_adapters.params import FirestoreParams, parse
@@ -82,7 +81,6 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
-    StorageError,
     VersionIs,
     is_live,
     validate_key,
@@ -90,10 +88,10 @@ from northstar_core.storage import (
 )
 
 # No atomic Check: a batch precondition exists only on a document the batch writes.
-CAPABILITIES: Final = Capabilities(
-    durable=True, shared=True, native_ttl=True, max_batch_ops=100, atomic_checks=False
-)
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, max_batch_ops=100, atomic_checks=False)
 EMULATOR_ENV: Final = "FIRESTORE_EMULATOR_HOST"
+
+T = TypeVar("T")
 
 # Errors after which the same request may succeed (and where a write's outcome is unknown).
 _RETRYABLE: Final = (
@@ -114,39 +112,9 @@ _RETRYABLE: Final = (
 _BACKEND_ERRORS: Final = (gexc.GoogleAPIError, grpc.RpcError, auth_exc.GoogleAuthError, OSError, TimeoutError)
 
 
-class _SharedClients:
-    """One ``AsyncClient`` (one gRPC channel) per configuration and event loop, shared by the
-    stores of every resource kind routed to it and reference-counted: the last store to close
-    closes the channel."""
-
-    def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], list[Any]]]
-        self._by_loop = weakref.WeakKeyDictionary()
-
-    def acquire(
-        self, loop: asyncio.AbstractEventLoop, key: tuple[Any, ...], make: Callable[[], Any]
-    ) -> Any:
-        entries = self._by_loop.setdefault(loop, {})
-        entry = entries.get(key)
-        if entry is None:
-            entry = entries[key] = [make(), 0]
-        entry[1] += 1
-        return entry[0]
-
-    def release(self, loop: asyncio.AbstractEventLoop, key: tuple[Any, ...]) -> Any | None:
-        """Drop one user; the client to close if it was the last one, else ``None``."""
-        entries = self._by_loop.get(loop)
-        entry = entries.get(key) if entries else None
-        if entries is None or entry is None:
-            return None
-        entry[1] -= 1
-        if entry[1] > 0:
-            return None
-        del entries[key]
-        return entry[0]
-
-
-_CLIENTS = _SharedClients()
+# One AsyncClient (one gRPC channel) per configuration and event loop, shared by the stores of
+# every resource kind routed to it; the last store to close closes the channel.
+_CLIENTS: Final[SharedClients[firestore.AsyncClient]] = SharedClients()
 
 
 async def _close_client(client: Any) -> None:
@@ -156,6 +124,14 @@ async def _close_client(client: Any) -> None:
             await api.transport.close()
         except Exception:  # closing a dead channel must not fail shutdown
             pass
+
+
+def _api_error(exc: BaseException) -> BaseException:
+    """A raw gRPC error as the google.api_core exception it stands for."""
+    if isinstance(exc, grpc.RpcError) and not isinstance(exc, gexc.GoogleAPIError):
+        converted: BaseException = gexc.from_grpc_error(exc)
+        return converted
+    return exc
 
 
 def _to_timestamp(expires_at: float) -> dt.datetime:
@@ -188,9 +164,7 @@ class FirestoreItemStore(ItemStore):
         self.database = database
         self.emulator_host = emulator_host
         self.timeout = timeout
-        self.max_attempts = max(1, max_attempts)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
+        self.retry = RetryPolicy(attempts=max(1, max_attempts), base_delay=base_delay, max_delay=max_delay)
         self._clock = clock
         self._sleep = sleep
         self._client_factory = client_factory
@@ -229,9 +203,10 @@ class FirestoreItemStore(ItemStore):
         if self._client_obj is None or self._loop is not loop:
             if self._shared:
                 if self._client_obj is not None and self._loop is not None:
-                    _CLIENTS.release(self._loop, self._key)  # that loop is gone or elsewhere
+                    # That loop is gone or elsewhere: its channel cannot be closed from here.
+                    _CLIENTS.release(self._key, self._client_obj, loop=self._loop)
                 self._key = self._share_key()
-                self._client_obj = _CLIENTS.acquire(loop, self._key, self._make_client)
+                self._client_obj = _CLIENTS.acquire(self._key, self._make_client)
             else:
                 self._client_obj = self._make_client()
             self._loop = loop
@@ -247,39 +222,31 @@ class FirestoreItemStore(ItemStore):
         client, self._client_obj = self._client_obj, None
         if client is None:
             return
-        if self._shared:
-            assert self._loop is not None
-            client = _CLIENTS.release(self._loop, self._key)
-        if client is not None:
+        if not self._shared or _CLIENTS.release(self._key, client, loop=self._loop):
             await _close_client(client)
 
     # --- retries ---------------------------------------------------------------------------
 
-    async def _backoff(self, exc: BaseException, attempt: int, what: str) -> None:
-        """Sleep before the next attempt, or raise the error the core understands."""
-        if isinstance(exc, grpc.RpcError) and not isinstance(exc, gexc.GoogleAPIError):
-            exc = gexc.from_grpc_error(exc)
-        if isinstance(exc, gexc.InvalidArgument):
-            raise InvalidItem(f"firestore rejected the {what}: {exc.message}") from exc
-        name = type(exc).__name__
-        if not isinstance(exc, _RETRYABLE):
-            raise BackendUnavailable(f"firestore {what}: {name}: {exc}") from exc
-        if attempt + 1 >= self.max_attempts:
-            raise BackendUnavailable(
-                f"firestore {what} failed {attempt + 1} times, last with {name}: {exc}"
-            ) from exc
-        await self._sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
+    async def _retrying(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()``, retried while Firestore's failures may pass (see module doc)."""
 
-    async def _retrying(self, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await fn()
-            except StorageError:
-                raise
-            except _BACKEND_ERRORS as exc:
-                await self._backoff(exc, attempt, what)
-                attempt += 1
+        def judge(exc: BaseException, attempts: int) -> float:
+            exc = _api_error(exc)
+            if isinstance(exc, gexc.InvalidArgument):
+                raise InvalidItem(f"firestore rejected the {what}: {exc.message}") from exc
+            if not isinstance(exc, _RETRYABLE):
+                raise BackendUnavailable(f"firestore {what}: {type(exc).__name__}: {exc}") from exc
+            return 0.0
+
+        def exhausted(exc: BaseException, attempts: int) -> BackendUnavailable:
+            exc = _api_error(exc)
+            return BackendUnavailable(
+                f"firestore {what} failed {attempts} times, last with {type(exc).__name__}: {exc}"
+            )
+
+        return await retrying(
+            fn, self.retry, errors=_BACKEND_ERRORS, judge=judge, exhausted=exhausted, sleep=self._sleep
+        )
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -321,16 +288,10 @@ class FirestoreItemStore(ItemStore):
     ) -> list[Item]:
         if limit <= 0:
             return []
-        # sk >= prefix (or > after) and sk < prefix_end(prefix) (or < before): the tighter wins.
-        low: str | None = prefix or None
-        low_inclusive = True
-        if after is not None and (low is None or after >= low):
-            low, low_inclusive = after, False
-        high = prefix_end(prefix)
-        if before is not None and (high is None or before <= high):
-            high = before
-        if low is not None and high is not None and low >= high:
+        bounds = key_range(prefix, after, before)
+        if bounds.empty:
             return []
+        low, low_inclusive, high = bounds
         out: list[Item] = []
         skipped = 0
         while len(out) < limit:
@@ -480,20 +441,20 @@ class FirestoreItemStore(ItemStore):
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         validate_ops(ops, self.capabilities)
         token = uuid.uuid4().hex
-        attempt = 0
-        while True:
+        attempts = 0
+
+        async def once() -> None:
+            nonlocal attempts
+            attempts += 1
             try:
                 await self._write_once(partition, ops, token)
-                return
             except ConditionFailed:
-                if attempt and await self._landed(partition, ops, token):
+                # A retry that meets its own earlier, unacknowledged commit fails its conditions.
+                if attempts > 1 and await self._landed(partition, ops, token):
                     return
                 raise
-            except StorageError:
-                raise
-            except _BACKEND_ERRORS as exc:
-                await self._backoff(exc, attempt, "write")
-                attempt += 1
+
+        await self._retrying("write", once)
 
 
 def store_from_params(

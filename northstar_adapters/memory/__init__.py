@@ -6,7 +6,9 @@ import asyncio
 import bisect
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
+from northstar_adapters.common import key_range
 from northstar_adapters.params import MemoryParams, parse
 from northstar_core.routing import Target
 from northstar_core.storage import (
@@ -24,23 +26,7 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES = Capabilities(
-    durable=False, shared=False, native_ttl=False, max_batch_ops=100, atomic_checks=True
-)
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string above every string that starts with ``prefix`` (None: unbounded)."""
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
+CAPABILITIES = Capabilities(durable=False, shared=False, max_batch_ops=100, atomic_checks=True)
 
 
 class MemoryItemStore(ItemStore):
@@ -78,13 +64,14 @@ class MemoryItemStore(ItemStore):
         if part is None or limit <= 0:
             return []
         keys, items = part
-        lo = bisect.bisect_left(keys, prefix)
-        if after is not None:
-            lo = max(lo, bisect.bisect_right(keys, after))
-        end = _prefix_end(prefix)
-        hi = bisect.bisect_left(keys, end) if end is not None else len(keys)
-        if before is not None:
-            hi = min(hi, bisect.bisect_left(keys, before))
+        bounds = key_range(prefix, after, before)
+        if bounds.low is None:
+            lo = 0
+        elif bounds.low_inclusive:
+            lo = bisect.bisect_left(keys, bounds.low)
+        else:
+            lo = bisect.bisect_right(keys, bounds.low)
+        hi = bisect.bisect_left(keys, bounds.high) if bounds.high is not None else len(keys)
         out: list[Item] = []
         rng = range(hi - 1, lo - 1, -1) if descending else range(lo, hi)
         for i in rng:
@@ -131,6 +118,10 @@ class MemoryItemStore(ItemStore):
 
 
 _SHARED: dict[tuple[str, str], MemoryItemStore] = {}
+
+
+# Nothing outlives the process, so there is nothing to create beforehand.
+provision: Final = None
 
 
 def open_store(target: Target) -> MemoryItemStore:

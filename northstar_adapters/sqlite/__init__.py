@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from northstar_adapters.common import SharedClients, key_range
 from northstar_adapters.params import SqliteParams, parse
 from northstar_core.observe import current as observer
 from northstar_core.routing import Target
@@ -61,15 +62,13 @@ from northstar_core.storage import (
     validate_ops,
 )
 
-CAPABILITIES: Final = Capabilities(
-    durable=True, shared=True, native_ttl=False, max_batch_ops=100, atomic_checks=True
-)
+CAPABILITIES: Final = Capabilities(durable=True, shared=True, max_batch_ops=100, atomic_checks=True)
 DEFAULT_PATH: Final = Path(".northstar") / "data" / "northstar.db"
 SYNCHRONOUS_LEVELS: Final = ("FULL", "NORMAL", "EXTRA")
 # Upper bound of batches folded into one transaction; keeps a single commit's latency bounded.
 MAX_GROUP: Final = 512
 READER_THREADS: Final = 2
-# Pages up to this many rows are read inline on the event loop (see _Engine.read).
+# Pages up to this many rows are read inline on the event loop (see _Database.read).
 SHORT_READ_ROWS: Final = 256
 
 SCHEMA: Final[tuple[str, ...]] = (
@@ -104,23 +103,6 @@ _LIVE_VERSION = (
 )
 
 T = TypeVar("T")
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (None: no bound).
-
-    SQLite compares TEXT as UTF-8 bytes, which orders like Python's code points.
-    """
-    chars = list(prefix)
-    while chars:
-        code = ord(chars[-1]) + 1
-        if 0xD800 <= code <= 0xDFFF:  # surrogates cannot be stored; skip to the next scalar
-            code = 0xE000
-        if code <= 0x10FFFF:
-            chars[-1] = chr(code)
-            return "".join(chars)
-        chars.pop()
-    return None
 
 
 def _unavailable(exc: BaseException) -> BackendUnavailable:
@@ -177,14 +159,14 @@ def _settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
         fut.set_exception(exc)
 
 
-class _Engine:
-    """One file: a writer thread with group commit and a pool of reader connections."""
+class _Database:
+    """One open database file: a writer thread with group commit and a pool of reader
+    connections."""
 
     def __init__(self, path: Path, synchronous: str, busy_timeout_ms: int, inline_reads: bool = True) -> None:
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
-        self.refs = 0
         # Observability for tests and benchmarks: commits made and write batches they carried.
         self.transactions = 0
         self.batches = 0
@@ -464,10 +446,10 @@ class _Engine:
             elif isinstance(op, Check):
                 # Inside the write transaction (BEGIN IMMEDIATE): nobody can change it before commit.
                 row = conn.execute(_LIVE_VERSION, (ns, pk, op.key, now)).fetchone()
-                if isinstance(cond, Absent):
-                    holds = row is None
-                else:
+                if isinstance(cond, VersionIs):
                     holds = row is not None and row[0] == cond.version
+                else:
+                    holds = row is None
                 if not holds:
                     raise ConditionFailed(index)
             elif isinstance(op, Delete):
@@ -497,35 +479,24 @@ class _Engine:
             self._readers.clear()
 
 
-_ENGINES: dict[tuple[str, str, int, bool], _Engine] = {}
-_ENGINES_LOCK = threading.Lock()
+# Store objects on one file share its _Database (one writer thread, so group commit spans every
+# kind routed to the file); keyed by everything that shapes its connections.
+_DATABASES: Final[SharedClients[_Database]] = SharedClients(per_loop=False)
 
 
 def _acquire(
     path: Path, synchronous: str, busy_timeout_ms: int, inline_reads: bool, *, private: bool
-) -> _Engine:
+) -> tuple[_Database, tuple[str, str, int, bool] | None]:
+    """The database for a store, and its key in ``_DATABASES`` (``None``: private to it)."""
     if private:
-        engine = _Engine(path, synchronous, busy_timeout_ms, inline_reads)
-        engine.refs = 1
-        return engine
+        return _Database(path, synchronous, busy_timeout_ms, inline_reads), None
     key = (os.path.abspath(path), synchronous, busy_timeout_ms, inline_reads)
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = _ENGINES[key] = _Engine(path, synchronous, busy_timeout_ms, inline_reads)
-        engine.refs += 1
-        return engine
+    return _DATABASES.acquire(key, lambda: _Database(path, synchronous, busy_timeout_ms, inline_reads)), key
 
 
-def _release(engine: _Engine) -> None:
-    with _ENGINES_LOCK:
-        engine.refs -= 1
-        if engine.refs > 0:
-            return
-        for key, known in list(_ENGINES.items()):
-            if known is engine:
-                del _ENGINES[key]
-    engine.close()
+def _release(database: _Database, key: tuple[str, str, int, bool] | None) -> None:
+    if key is None or _DATABASES.release(key, database):
+        database.close()
 
 
 class SqliteItemStore(ItemStore):
@@ -554,23 +525,24 @@ class SqliteItemStore(ItemStore):
         self.path = Path(path)
         self.namespace = namespace
         self.synchronous = synchronous
-        self._engine: _Engine | None = _acquire(
+        self._database: _Database | None
+        self._database, self._key = _acquire(
             self.path, synchronous, busy_timeout_ms, inline_reads, private=private
         )
 
-    def _live_engine(self) -> _Engine:
-        if self._engine is None:
+    def _live_database(self) -> _Database:
+        if self._database is None:
             raise BackendUnavailable("sqlite: store is closed")
-        return self._engine
+        return self._database
 
     def commit_stats(self) -> tuple[int, int]:
         """``(transactions committed, write batches they carried)`` by this store's writer."""
-        engine = self._live_engine()
-        return engine.transactions, engine.batches
+        database = self._live_database()
+        return database.transactions, database.batches
 
     def pending_writes(self) -> int:
         """Write batches queued for the writer thread (not yet taken into a transaction)."""
-        return self._live_engine().queued()
+        return self._live_database().queued()
 
     async def get(self, partition: str, key: str) -> Item | None:
         validate_key(key)
@@ -580,7 +552,7 @@ class SqliteItemStore(ItemStore):
             row = conn.execute(_GET, (ns, partition, key, time.time())).fetchone()
             return Item(row[0], row[1], row[2], row[3]) if row else None
 
-        return await self._live_engine().read(run)
+        return await self._live_database().read(run)
 
     async def query(
         self,
@@ -597,12 +569,10 @@ class SqliteItemStore(ItemStore):
         # Exactly one lower and at most one upper bound on sk, so that SQLite seeks straight to
         # the page (with two lower bounds it seeks on one and filters the other: reading page k
         # of a stream would scan k pages).
-        lower, lower_op = prefix, ">="
-        if after is not None and after >= prefix:
-            lower, lower_op = after, ">"
-        upper = _prefix_end(prefix)
-        if before is not None and (upper is None or before <= upper):
-            upper = before
+        bounds = key_range(prefix, after, before)
+        lower = bounds.low if bounds.low is not None else ""
+        lower_op = ">=" if bounds.low_inclusive else ">"
+        upper = bounds.high
         sql = [
             f"SELECT sk, value, version, expires_at FROM items WHERE ns = ? AND pk = ? AND sk {lower_op} ?"
         ]
@@ -618,7 +588,7 @@ class SqliteItemStore(ItemStore):
             rows = conn.execute(statement, (*args, time.time(), limit)).fetchall()
             return [Item(r[0], r[1], r[2], r[3]) for r in rows]
 
-        return await self._live_engine().read(run, short=limit <= SHORT_READ_ROWS)
+        return await self._live_database().read(run, short=limit <= SHORT_READ_ROWS)
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         """Apply ``ops`` atomically; returns only after the transaction carrying them committed.
@@ -628,12 +598,12 @@ class SqliteItemStore(ItemStore):
         so a retry finds the outcome).
         """
         validate_ops(ops, self.capabilities)
-        await self._live_engine().write(self.namespace, partition, list(ops))
+        await self._live_database().write(self.namespace, partition, list(ops))
 
     async def close(self) -> None:
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await asyncio.to_thread(_release, engine)
+        database, self._database = self._database, None
+        if database is not None:
+            await asyncio.to_thread(_release, database, self._key)
 
 
 def _params(target: Target) -> tuple[Path, str, str, int, bool]:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from contracts.harness import BackendHarness
 from contracts.suite import ALL_CONTRACTS
 from northstar_adapters.firestore import FirestoreItemStore, index_document, open_store, provision
-from northstar_adapters.firestore.layout import doc_id, prefix_end, raw_id
+from northstar_adapters.firestore.layout import doc_id, raw_id
 from northstar_adapters.firestore.provision import DEFAULT_INDEX_FILE, query_is_covered, render_index_file
 from northstar_adapters.firestore.store import store_from_params
 from northstar_core.routing import Target
@@ -320,9 +320,3 @@ def test_distinct_raw_ids_never_share_a_doc_id(a: str, b: str) -> None:
 def test_a_maximal_key_of_slashes_fits_the_doc_id_limit() -> None:
     assert len(doc_id("/" * 512).encode()) <= 1500
 
-
-@given(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=10), _TEXT)
-def test_prefix_end_bounds_exactly_the_keys_with_the_prefix(prefix: str, rest: str) -> None:
-    end = prefix_end(prefix)
-    key = prefix + rest
-    assert end is None or key < end

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import northstar_adapters.sqlite as sqlite_adapter
 from contracts.suite import ALL_CONTRACTS
@@ -156,9 +154,9 @@ async def test_connections_use_wal_and_full_synchronous(tmp_path: Path) -> None:
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
-    engine_conn = store._live_engine().connect()
-    assert engine_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    engine_conn.close()
+    writer_conn = store._live_database().connect()
+    assert writer_conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    writer_conn.close()
     await store.close()
 
 
@@ -226,7 +224,7 @@ async def test_an_inline_read_that_sqlite_refuses_is_retried_on_the_reader_pool(
             raise sqlite3.OperationalError("database is locked")
         return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
 
-    assert await store._live_engine().read(busy_once) == 1
+    assert await store._live_database().read(busy_once) == 1
     assert threads[0] is threading.current_thread() and threads[1] is not threading.current_thread()
     await store.close()
 
@@ -238,7 +236,7 @@ async def test_a_read_failing_on_the_pool_too_is_backend_unavailable(tmp_path: P
         raise sqlite3.OperationalError("disk I/O error")
 
     with pytest.raises(BackendUnavailable, match="disk I/O error"):
-        await store._live_engine().read(always_busy)
+        await store._live_database().read(always_busy)
     await store.close()
 
 
@@ -256,7 +254,7 @@ async def test_reading_a_page_costs_the_same_deep_in_a_long_partition(tmp_path: 
     for first in range(0, 5000, 100):
         await store.write("long", [Put(f"s#{n:08d}", b"v") for n in range(first, first + 100)])
     await store.get("long", "s#00000000")  # opens the inline reader
-    conn = store._live_engine()._inline_local.conn
+    conn = store._live_database()._inline_local.conn
     steps = [0]
 
     def count() -> int:
@@ -280,33 +278,14 @@ async def test_reading_a_page_costs_the_same_deep_in_a_long_partition(tmp_path: 
 
 async def test_writes_racing_close_are_all_answered(tmp_path: Path) -> None:
     store = await _fresh(tmp_path)
-    engine = store._live_engine()
-    writes = [asyncio.create_task(engine.write("default", "race", [Put(f"k{i}", b"v")])) for i in range(50)]
+    database = store._live_database()
+    writes = [asyncio.create_task(database.write("default", "race", [Put(f"k{i}", b"v")])) for i in range(50)]
     await asyncio.sleep(0)
-    await asyncio.to_thread(engine.close)
-    late = asyncio.create_task(engine.write("default", "race", [Put("late", b"v")]))
+    await asyncio.to_thread(database.close)
+    late = asyncio.create_task(database.write("default", "race", [Put("late", b"v")]))
     outcomes = await asyncio.wait_for(asyncio.gather(*writes, late, return_exceptions=True), timeout=30)
     assert all(o is None or isinstance(o, BackendUnavailable) for o in outcomes)
     assert isinstance(outcomes[-1], BackendUnavailable)
-
-
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
-
-
-@given(prefix=_text, suffix=_text, other=_text)
-def test_the_prefix_bound_covers_exactly_the_keys_with_the_prefix(
-    prefix: str, suffix: str, other: str
-) -> None:
-    end = sqlite_adapter._prefix_end(prefix)
-    assert end is None or prefix + suffix < end
-    if not other.startswith(prefix) and other >= prefix:
-        assert end is not None and other >= end
-
-
-@given(prefix=st.sampled_from(["\U0010ffff", "a\U0010ffff", "\ud7ff", ""]), suffix=_text)
-def test_the_prefix_bound_handles_the_top_code_point_and_surrogates(prefix: str, suffix: str) -> None:
-    end = sqlite_adapter._prefix_end(prefix)
-    assert end is None or (prefix + suffix < end and end.encode())
 
 
 async def test_stores_opening_one_new_file_together_all_write(tmp_path: Path) -> None:
@@ -342,6 +321,6 @@ async def test_closing_a_store_during_inline_reads_answers_every_read(tmp_path: 
 
     readers = [asyncio.create_task(reader()) for _ in range(8)]
     await asyncio.sleep(0.005)
-    await asyncio.get_running_loop().run_in_executor(None, store._live_engine().close)
+    await asyncio.get_running_loop().run_in_executor(None, store._live_database().close)
     outcomes = await asyncio.gather(*readers)
     assert set(outcomes) <= {"read", "closed"} and "closed" in outcomes

@@ -187,10 +187,9 @@ def route_for(backend: str) -> Target:
 
 
 async def _provision(route: Target) -> None:
-    import importlib
+    from northstar_adapters import AdapterFactory
 
-    module = importlib.import_module(f"northstar_adapters.{route.backend}")
-    for line in await module.provision(route, dry_run=False):
+    for line in await AdapterFactory().provision(route, dry_run=False) or []:
         print(f"cloud smoke provision: {line}")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from northstar_adapters import AdapterFactory
 from northstar_adapters.compose import REGISTRY_KIND
 from northstar_core.routing import RESOURCE_KINDS, Route, Target
 
@@ -63,9 +64,9 @@ class CloudTarget:
 
     async def provision(self) -> None:
         """Create every kind's table/container in-process (what ``northstar provision`` does)."""
-        module = _adapter(self.backend)
+        factory = AdapterFactory()
         for kind in (*RESOURCE_KINDS, REGISTRY_KIND):
-            await module.provision(
+            await factory.provision(
                 Target(resource_kind=kind, backend=self.backend, params=self.params), dry_run=False
             )
 
@@ -92,12 +93,6 @@ class CloudTarget:
                     await client.delete_database(self.params["database"])
                 except cosmos_exc.CosmosResourceNotFoundError:
                     pass
-
-
-def _adapter(backend: str) -> Any:
-    import importlib
-
-    return importlib.import_module(f"northstar_adapters.{backend}")
 
 
 def cloud_target(backend: str, request: pytest.FixtureRequest) -> CloudTarget:

@@ -68,7 +68,7 @@ async def _fresh(tmp_path: Path) -> SqliteItemStore:
 
 async def _raw_write(store: SqliteItemStore, partition: str, ops: list[Op]) -> None:
     """Straight to the writer thread, past the port's validation — as a validation bug would."""
-    engine = store._live_engine()
+    engine = store._live_database()
     await engine.write(store.namespace, partition, ops)
 
 
@@ -100,7 +100,7 @@ async def test_an_unbindable_integer_fails_its_batch_alone_and_the_next_write_co
 
 async def test_a_bad_batch_inside_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
     store = await _fresh(tmp_path)
-    engine = store._live_engine()
+    engine = store._live_database()
     with writer_blocked(store.path):
         first = asyncio.create_task(store.write("g", [Put("warmup", b"w")]))
         await until_queued(store, 0)  # the writer holds it, waiting for the lock
@@ -131,14 +131,14 @@ async def test_any_exception_mid_batch_rolls_back_and_the_writer_recovers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: type[BaseException]
 ) -> None:
     store = await _fresh(tmp_path)
-    real_apply = sqlite_adapter._Engine._apply
+    real_apply = sqlite_adapter._Database._apply
 
     def apply_then_fail(conn: sqlite3.Connection, req: Any, now: float) -> None:
         real_apply(conn, req, now)  # the batch's rows are written inside the transaction…
         if req.partition == "faulty":
             raise fault("injected")  # …then the batch fails before it is released
 
-    monkeypatch.setattr(sqlite_adapter._Engine, "_apply", staticmethod(apply_then_fail))
+    monkeypatch.setattr(sqlite_adapter._Database, "_apply", staticmethod(apply_then_fail))
     with pytest.raises((BackendUnavailable, InvalidItem)):
         await _soon(store.write("faulty", [Put("half", b"h"), Put("other-half", b"o")]))
     # Same writer, same file: the next transaction starts cleanly and nothing half-written shows.

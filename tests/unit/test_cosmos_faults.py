@@ -22,7 +22,8 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.cosmos import exceptions as cosmos_exc
 from azure.cosmos.aio import CosmosClient
 
-from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, RetryPolicy, provision
+from northstar_adapters.common import RetryPolicy
+from northstar_adapters.cosmos import CosmosConfig, CosmosItemStore, provision
 from northstar_core.errors import NorthstarError
 from northstar_core.kernel.streams import SequencedStream
 from northstar_core.routing import Connection, KindStore, Route, Target

@@ -312,5 +312,5 @@ def test_a_batch_is_never_partially_written_whatever_the_faults(
 
 
 def test_declared_capabilities() -> None:
-    assert CAPABILITIES.durable and CAPABILITIES.shared and CAPABILITIES.native_ttl
+    assert CAPABILITIES.durable and CAPABILITIES.shared and not CAPABILITIES.atomic_checks
     assert CAPABILITIES.max_batch_ops == 100
