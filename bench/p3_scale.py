@@ -145,7 +145,7 @@ async def build_chat(engines: Engines, thread: str, n: int, batch: int = 99) -> 
 
 async def build_canvas(engines: Engines, canvas_id: str, n: int, batch: int = 32) -> None:
     """A canvas of ``n`` revisions: rev 1 through the service, then bulk in the same layout."""
-    canvas, events = engines.canvas, engines.streams
+    canvas, events = engines.canvas, engines.timeline
     first = await canvas.commit(
         CTX,
         canvas_id,
@@ -283,9 +283,7 @@ async def run_backend(
             if key in seen:
                 continue
             seen.add(key)
-            module = AdapterFactory().module(route.backend)
-            if hasattr(module, "provision"):
-                await module.provision(route, dry_run=False)
+            await AdapterFactory().provision(route, dry_run=False)
     engines = await open_engines(routes, registry_route)
     try:
         built: dict[str, float] = {}

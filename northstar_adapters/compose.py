@@ -35,13 +35,13 @@ from northstar_adapters.config import (
     finalize,
     load_settings,
 )
-from northstar_core.actions import Handler
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines, EngineSettings
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import ID_PATTERN
 from northstar_core.routing import LAB_ONLY_BACKENDS, RoutingError, RoutingRegistry, Target
+from northstar_core.safety.actions import Handler
 
 REGISTRY_KIND = "routing_registry"
 

@@ -41,8 +41,8 @@ from typing import Final
 import httpx
 import msgspec
 
-from northstar_core.actions import ActionOutcome, ActionRequest, HandlerFailed
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import ActionOutcome, ActionRequest, HandlerFailed
 
 SIGNATURE_HEADER: Final = "X-Northstar-Signature"
 TIMESTAMP_HEADER: Final = "X-Northstar-Timestamp"
@@ -80,7 +80,7 @@ def verify_signature(
 
 
 class WebhookHandler:
-    """An :class:`~northstar_core.actions.ActionHandler` that POSTs to one configured URL."""
+    """An :class:`~northstar_core.safety.actions.ActionHandler` that POSTs to one configured URL."""
 
     kind: Final = "webhook"
 

@@ -13,22 +13,21 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from northstar_core.blackboard import check_limit
+from northstar_core.bounds import check_limit
 from northstar_core.clock import Clock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError
+from northstar_core.errors import invalid_event
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.idempotency import fingerprint
-from northstar_core.kernel.paging import Page
+from northstar_core.kernel.paging import Page, page_of
+from northstar_core.kernel.write_once import WriteOnceEntries, entry_key
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
-from northstar_core.storage import Absent, ConditionFailed, Put
 
 KIND: Final = "analytics_store"
 DOMAIN: Final = "analytics"
 MAX_PROPERTIES_BYTES: Final = 16 * 1024
-_KEY_PREFIX: Final = "e#"
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$(?!\n)")]
 Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:\-]{1,200}$(?!\n)")]
@@ -69,10 +68,6 @@ class AnalyticsEvent(msgspec.Struct, kw_only=True):
     source: str
 
 
-def _invalid(message: str, **details: Any) -> NorthstarError:
-    return NorthstarError(f"{DOMAIN}.invalid_event", message, 422, details=details)
-
-
 def decode_event(raw: bytes | Mapping[str, Any] | AnalyticsEventIn) -> AnalyticsEventIn:
     """Validate an event's shape (bytes, mapping or struct); 422 ``analytics.invalid_event``."""
     try:
@@ -83,25 +78,28 @@ def decode_event(raw: bytes | Mapping[str, Any] | AnalyticsEventIn) -> Analytics
         else:
             body = msgspec.convert(dict(raw), type=AnalyticsEventIn)
     except msgspec.ValidationError as exc:
-        raise _invalid(f"invalid analytics event: {exc}", reason=str(exc)) from None
+        raise invalid_event(DOMAIN, f"invalid analytics event: {exc}", reason=str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise _invalid("the body is not valid JSON", reason=str(exc)) from None
+        raise invalid_event(DOMAIN, "the body is not valid JSON", reason=str(exc)) from None
     except (TypeError, ValueError) as exc:
-        raise _invalid("the body must be a JSON object", reason=str(exc)) from None
+        raise invalid_event(DOMAIN, "the body must be a JSON object", reason=str(exc)) from None
     if body.kind == "page_view" and body.page is None:
-        raise _invalid("a page_view needs 'page'", field="page")
+        raise invalid_event(DOMAIN, "a page_view needs 'page'", field="page")
     if body.kind == "click" and body.target is None:
-        raise _invalid("a click needs 'target'", field="target")
+        raise invalid_event(DOMAIN, "a click needs 'target'", field="target")
     if body.kind == "custom" and body.name is None:
-        raise _invalid("a custom event needs 'name'", field="name")
+        raise invalid_event(DOMAIN, "a custom event needs 'name'", field="name")
     if body.occurred_at is not None:
         try:
             parse_iso(body.occurred_at)
         except (ValueError, TypeError):
-            raise _invalid("'occurred_at' must be an RFC 3339 timestamp", field="occurred_at") from None
+            raise invalid_event(
+                DOMAIN, "'occurred_at' must be an RFC 3339 timestamp", field="occurred_at"
+            ) from None
     size = len(msgspec.json.encode(body.properties))
     if size > MAX_PROPERTIES_BYTES:
-        raise _invalid(
+        raise invalid_event(
+            DOMAIN,
             f"'properties' is {size} bytes; the limit is {MAX_PROPERTIES_BYTES}",
             field="properties",
             size=size,
@@ -121,13 +119,17 @@ class AnalyticsService:
         self.clock = clock
         self.spine = spine
 
+    async def _entries(self, ctx: RequestContext) -> WriteOnceEntries:
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        return WriteOnceEntries(store, partition(ctx, "analytics"))
+
     async def record(
         self, ctx: RequestContext, event: bytes | Mapping[str, Any] | AnalyticsEventIn
     ) -> AnalyticsEvent:
         """Validate, append to the spine, then store; returns the stored event (member or above)."""
         ctx.require_role("member")
         body = decode_event(event)
-        store = await self.registry.store_for(KIND, ctx.tenant_id)  # 503 before the spine write
+        entries = await self._entries(ctx)  # an unroutable store is 503 before the spine write
         now = iso(self.clock.now())
         source = "agent" if ctx.is_agent else "ui"
         fields: dict[str, Any] = {
@@ -160,18 +162,11 @@ class AnalyticsService:
             source=source,
             **fields,
         )
-        part = partition(ctx, "analytics")
-        try:
-            await store.write(
-                part, [Put(_KEY_PREFIX + stored.event_id, msgspec.json.encode(stored), condition=Absent())]
-            )
-        except ConditionFailed:
+        existing = await entries.create(stored.event_id, msgspec.json.encode(stored))
+        if existing is not None:
             # A retry (same idempotency key) got the first spine event back, and that event was
             # already stored: answer with what is stored rather than writing it again.
-            existing = await store.get(part, _KEY_PREFIX + stored.event_id)
-            if existing is None:
-                raise
-            return msgspec.json.decode(existing.value, type=AnalyticsEvent)
+            return msgspec.json.decode(existing, type=AnalyticsEvent)
         return stored
 
     async def list(
@@ -182,13 +177,12 @@ class AnalyticsService:
         after = (
             self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, "events", cursor) if cursor else None
         )
-        store = await self.registry.store_for(KIND, ctx.tenant_id)
-        items = await store.query(partition(ctx, "analytics"), _KEY_PREFIX, after=after, limit=limit + 1)
-        has_more = len(items) > limit
-        items = items[:limit]
-        next_cursor = (
-            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, "events", items[-1].key) if items else cursor
-        )
-        return Page(
-            [msgspec.json.decode(i.value, type=AnalyticsEvent) for i in items], next_cursor, has_more
+        items = await (await self._entries(ctx)).list(after_key=after, limit=limit + 1)
+        return page_of(
+            items,
+            limit,
+            lambda item: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, "events", entry_key(item)),
+            lambda item: msgspec.json.decode(item.value, type=AnalyticsEvent),
+            resume_from=cursor,
+            stream=True,  # a poller resumes after the last event it saw, also at the end
         )

@@ -1,5 +1,9 @@
 """Range checks for every number a caller hands the core, before anything is written.
 
+Besides numbers: a page's ``limit`` (:func:`check_limit`), a write's ``expected_version``
+(:func:`check_expected_version`) and a caller's JSON value (:func:`json_bytes`) are checked
+here once for every domain.
+
 JSON decoding accepts integers of any size (``2**64`` decodes into a Python ``int``) and floats up
 to ``1.8e308``, but no backend stores all of them: SQLite and Firestore integers are signed
 64-bit, Cosmos DB numbers are doubles (exact up to ``2**53``), sums of large floats overflow to
@@ -17,19 +21,25 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from northstar_core.errors import NorthstarError
+import msgspec
+
+from northstar_core.errors import NorthstarError, invalid
 from northstar_core.storage import MAX_EXPIRES_AT, MAX_VERSION
 
 __all__ = [
     "MAX_AMOUNT",
     "MAX_EXPIRES_AT",
     "MAX_MAGNITUDE",
+    "MAX_PAGE",
     "MAX_SEQ",
     "MAX_TOTAL",
     "MAX_TTL_SECONDS",
     "MAX_VERSION",
+    "check_expected_version",
     "check_float",
     "check_int",
+    "check_limit",
+    "json_bytes",
     "out_of_range",
 ]
 
@@ -44,6 +54,8 @@ MAX_AMOUNT: Final = 1e12
 MAX_TOTAL: Final = 1e15
 # Any other number compared by the core (KPI/temperature corridor bounds).
 MAX_MAGNITUDE: Final = 1e15
+# The most items one page of a record listing holds.
+MAX_PAGE: Final = 200
 
 
 def _shown(value: Any) -> Any:
@@ -96,3 +108,34 @@ def check_float(
     if not lo <= number <= hi:  # False for NaN
         raise out_of_range(domain, field, value, lo, hi, code=code)
     return number
+
+
+def check_limit(domain: str, limit: Any) -> int:
+    """A page's ``limit`` if it is an integer in ``[1, MAX_PAGE]`` (422 naming it if not)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise invalid(domain, f"limit must be between 1 and {MAX_PAGE}", field="limit", limit=limit)
+    return limit
+
+
+def check_expected_version(domain: str, expected_version: int | None, *, delete: bool = False) -> int | None:
+    """``expected_version`` if absent or within range (422 naming it if not).
+
+    A write's must be a version a record can have: it is followed by ``expected_version + 1``,
+    which must stay storable. A delete's only has to be representable: one below 1 never
+    matches a record and answers as stale (409), as any other mismatch does.
+    """
+    if expected_version is not None:
+        if delete:
+            check_int(domain, "expected_version", expected_version, lo=-MAX_VERSION, hi=MAX_VERSION)
+        else:
+            check_int(domain, "expected_version", expected_version, lo=1, hi=MAX_VERSION - 1)
+    return expected_version
+
+
+def json_bytes(domain: str, value: Any) -> bytes:
+    """``value`` as JSON, or 422 ``<domain>.invalid_request`` if it is not JSON-encodable
+    (only a Python caller can hand over such a value: a decoded request body always is)."""
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise invalid(domain, f"the value is not JSON-encodable: {exc}") from None

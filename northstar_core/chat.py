@@ -3,11 +3,16 @@
 Layout (all through the routing registry's ``chat_store`` route):
 
 * one :class:`SequencedStream` per thread, partition ``<tenant>|<mode>|thread|<thread_id>``:
-  ``s#<seq>`` the messages, ``i#<key>`` the idempotency records, ``meta`` the thread's
-  metadata (written in the same atomic batch as message 1);
-* one index partition per user, ``<tenant>|<mode>|chat_threads|<user>``: ``t#<thread_id>``
-  for every thread the user posted to (written before the user's first message lands there,
-  so an acknowledged message is always reachable from the poster's thread list).
+  the messages, their idempotency records, and the thread's metadata as the stream's header
+  (:mod:`~northstar_core.kernel.headers`: written in the same atomic batch as message 1);
+* one index partition per user, ``<tenant>|<mode>|chat_threads|<user>``: a write-once entry
+  (:mod:`~northstar_core.kernel.write_once`) per thread the user posted to, keyed by thread id
+  (written before the user's first message lands there, so an acknowledged message is always
+  reachable from the poster's thread list).
+
+A post costs one store write, plus one read of the key's record when it carries an
+idempotency key (the append then skips its own look-up), plus one write the first time this
+process sees the user post to the thread (the index entry; known entries are remembered).
 
 Guarantees: a message is acknowledged only once it is stored; posting the same
 ``idempotency_key`` again returns the first message marked ``replayed`` and writes nothing; a
@@ -30,14 +35,16 @@ import msgspec
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid, not_found
-from northstar_core.identity import RequestContext
+from northstar_core.identity import ID_PATTERN, RequestContext
+from northstar_core.kernel.headers import header_ops, read_header
 from northstar_core.kernel.idempotency import fingerprint
-from northstar_core.kernel.paging import Page
+from northstar_core.kernel.paging import Page, page_of
+from northstar_core.kernel.records import Item
 from northstar_core.kernel.streams import SequencedStream
 from northstar_core.kernel.tail import TailHub
+from northstar_core.kernel.write_once import WriteOnceEntries, entry_key
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_segment
-from northstar_core.storage import Absent, ConditionFailed, Item, Put
 
 KIND: Final = "chat_store"
 DOMAIN: Final = "chat"
@@ -45,8 +52,6 @@ ROLES: Final[tuple[str, ...]] = ("user", "agent", "system", "tool")
 MAX_CONTENT_BYTES: Final = 64_000
 DEFAULT_PAGE: Final = 50
 MAX_PAGE: Final = 200
-META_KEY: Final = "meta"
-THREAD_INDEX_PREFIX: Final = "t#"
 _INDEXED_CACHE_SIZE: Final = 10_000  # thread-index entries known to exist (per process)
 
 Role = Literal["user", "agent", "system", "tool"]
@@ -236,6 +241,9 @@ class ChatService:
         actor_id = ctx.agent_id or ctx.user_id
         fp = fingerprint({"thread_id": thread_id, "role": role, "content": content, "actor_id": actor_id})
         if idempotency_key is not None:
+            # The one look-up of the key: the append below is told so (key_checked) and goes
+            # straight to its batch, whose condition on the record still catches a concurrent
+            # attempt with the same key.
             prior = await stream.idempotent_result(idempotency_key, fp)
             if prior is not None:
                 return self._posted(ctx, msgspec.json.decode(prior.result, type=ChatMessage), True)
@@ -265,27 +273,27 @@ class ChatService:
         def result(first: int, last: int) -> dict[str, Any]:
             return msgspec.to_builtins(built[first])  # type: ignore[no-any-return]
 
-        def extra_ops(first: int, last: int) -> list[Put]:
-            if first != 1:
-                return []
-            meta = ThreadMeta(
-                thread_id=thread_id,
-                created_at=iso(now),
-                created_by=actor_id,
-                tenant_id=ctx.tenant_id,
-                mode=ctx.mode,
-                project_id=ctx.project_id,
-                surface_id=ctx.surface_id,
+        def meta() -> bytes:
+            return msgspec.json.encode(
+                ThreadMeta(
+                    thread_id=thread_id,
+                    created_at=iso(now),
+                    created_by=actor_id,
+                    tenant_id=ctx.tenant_id,
+                    mode=ctx.mode,
+                    project_id=ctx.project_id,
+                    surface_id=ctx.surface_id,
+                )
             )
-            return [Put(META_KEY, msgspec.json.encode(meta), condition=Absent())]
 
         appended = await stream.append(
             build,
             now=now,
             idempotency_key=idempotency_key,
             payload_fingerprint=fp,
+            key_checked=True,
             result=result,
-            extra_ops=extra_ops,
+            extra_ops=lambda first, _last: header_ops(first, meta()) if first == 1 else (),
         )
         message = msgspec.json.decode(appended.result, type=ChatMessage)
         if not appended.replayed:
@@ -297,23 +305,23 @@ class ChatService:
             message=message, cursor=self.cursor(ctx, message.thread_id, message.seq), replayed=replayed
         )
 
+    async def _threads(self, ctx: RequestContext) -> WriteOnceEntries:
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        return WriteOnceEntries(store, partition(ctx, "chat_threads", subject_segment(ctx.user_id)))
+
     async def _index_thread(self, ctx: RequestContext, thread_id: str, now: float) -> None:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         part = partition(ctx, "chat_threads", subject_segment(ctx.user_id))
-        key = THREAD_INDEX_PREFIX + thread_id
-        # Index entries are never deleted, so once seen (or written) here they need no re-read:
-        # this saves a store read on every post to a known thread (benchmark P1).
-        route = getattr(store, "route", None)
-        known = (msgspec.json.encode(route) if route is not None else b"", part, key)
+        # Index entries are never deleted, so once seen (or written) here they need no re-write:
+        # this saves a store call on every post to a known thread (benchmark P1). The route is
+        # part of the key: a tenant re-routed elsewhere is indexed on its new backend.
+        known = (msgspec.json.encode(store.route), part, thread_id)
         if known in self._indexed:
             self._indexed.move_to_end(known)
             return
-        if await store.get(part, key) is None:
-            entry = ThreadEntry(thread_id=thread_id, first_posted_at=iso(now))
-            try:
-                await store.write(part, [Put(key, msgspec.json.encode(entry), condition=Absent())])
-            except ConditionFailed:
-                pass  # a concurrent first post indexed it already
+        entry = ThreadEntry(thread_id=thread_id, first_posted_at=iso(now))
+        # An entry already there (a concurrent or earlier first post) is kept as it is.
+        await WriteOnceEntries(store, part).create(thread_id, msgspec.json.encode(entry))
         self._indexed[known] = None
         if len(self._indexed) > _INDEXED_CACHE_SIZE:
             self._indexed.popitem(last=False)
@@ -325,27 +333,27 @@ class ChatService:
         size = _limit(limit)
         stream = await self._stream(ctx, thread_id)
         after = await self._checked_position(ctx, stream, thread_id, cursor) if cursor else 0
-        items = await stream.read(after, size + 1)
-        has_more = len(items) > size
-        page = [_decode(item) for item in items[:size]]
-        last = page[-1].seq if page else after
-        return Page(
-            items=[_entry(m, self.cursor(ctx, thread_id, m.seq)) for m in page],
-            next_cursor=self.cursor(ctx, thread_id, last),
-            has_more=has_more,
+        messages = [_decode(item) for item in await stream.read(after, size + 1)]
+        return page_of(
+            messages,
+            size,
+            lambda m: self.cursor(ctx, thread_id, m.seq),
+            lambda m: _entry(m, self.cursor(ctx, thread_id, m.seq)),
+            resume_from=self.cursor(ctx, thread_id, after),
+            stream=True,
         )
 
     async def snapshot(self, ctx: RequestContext, thread_id: str, *, last: int | None = None) -> Snapshot:
         """Thread metadata, its last ``last`` messages and the head cursor (404 if no thread)."""
         size = _limit(last)
         stream = await self._stream(ctx, thread_id)
-        meta_item = await stream.store.get(stream.partition, META_KEY)
-        if meta_item is None:
+        meta = await read_header(stream)
+        if meta is None:
             raise not_found(DOMAIN, f"thread '{thread_id}'", thread_id=thread_id)
         messages = [_decode(item) for item in await stream.read_last(size)]
         head = messages[-1].seq if messages else 0
         return Snapshot(
-            thread=msgspec.json.decode(meta_item.value, type=ThreadMeta),
+            thread=msgspec.json.decode(meta, type=ThreadMeta),
             messages=[_entry(m, self.cursor(ctx, thread_id, m.seq)) for m in messages],
             head_seq=head,
             head_cursor=self.cursor(ctx, thread_id, head),
@@ -356,26 +364,21 @@ class ChatService:
     ) -> Page[ThreadEntry]:
         """The threads the caller posted to, ordered by thread id."""
         size = _limit(limit)
-        store = await self.registry.store_for(KIND, ctx.tenant_id)
-        user = subject_segment(ctx.user_id)
-        part = partition(ctx, "chat_threads", user)
+        threads = await self._threads(ctx)
+        binding = f"threads:{subject_segment(ctx.user_id)}"
         after: str | None = None
         if cursor:
-            after = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, f"threads:{user}", cursor)
-            if not after.startswith(THREAD_INDEX_PREFIX):
+            after = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, binding, cursor)
+            if not ID_PATTERN.fullmatch(after):  # every position of this list is a thread id
                 raise cursor_invalid(DOMAIN, cursor, "malformed position")
-        items = await store.query(part, THREAD_INDEX_PREFIX, after=after, limit=size + 1)
-        has_more = len(items) > size
-        items = items[:size]
-        next_cursor = (
-            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, f"threads:{user}", items[-1].key)
-            if items
-            else cursor
-        )
-        return Page(
-            items=[msgspec.json.decode(i.value, type=ThreadEntry) for i in items],
-            next_cursor=next_cursor,
-            has_more=has_more,
+        items = await threads.list(after_key=after, limit=size + 1)
+        return page_of(
+            items,
+            size,
+            lambda item: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, binding, entry_key(item)),
+            lambda item: msgspec.json.decode(item.value, type=ThreadEntry),
+            resume_from=cursor,
+            stream=True,
         )
 
     async def open_tail(self, ctx: RequestContext, thread_id: str, cursor: str | None = None) -> ChatTail:

@@ -15,6 +15,7 @@ surface > tenant > system > the caller's default. Known toggles are validated by
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, Final, Literal, get_args
 
@@ -22,12 +23,11 @@ import msgspec
 
 from northstar_core.bounds import MAX_VERSION, check_int
 from northstar_core.clock import Clock, iso
-from northstar_core.errors import NorthstarError, invalid
+from northstar_core.errors import NorthstarError, invalid, value_too_large
 from northstar_core.identity import RequestContext
-from northstar_core.kernel.records import VersionedRecords
+from northstar_core.kernel.records import MAX_RECORD_BYTES, VersionedRecords
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition
-from northstar_core.storage import MAX_VALUE_BYTES
 
 KIND: Final = "config_store"
 DOMAIN: Final = "config"
@@ -35,7 +35,7 @@ Scope = Literal["system", "tenant", "surface"]
 SCOPES: Final[tuple[str, ...]] = get_args(Scope)
 TOGGLE_KEY: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 MAX_KEYS: Final = 500
-_DOC_LIMIT: Final = MAX_VALUE_BYTES - 8192
+_DOC_LIMIT: Final = MAX_RECORD_BYTES - 8192
 _RECORD: Final = "doc"
 
 # The documented toggles (contracts/config_toggles.md): key -> (allowed JSON type, allowed values).
@@ -151,11 +151,11 @@ class ConfigService:
         )
         encoded = msgspec.json.encode(doc)
         if len(encoded) > _DOC_LIMIT:
-            raise NorthstarError(
-                f"{DOMAIN}.value_too_large",
+            raise value_too_large(
+                DOMAIN,
                 f"the document is {len(encoded)} bytes; the limit is {_DOC_LIMIT}",
-                413,
-                details={"size": len(encoded), "limit": _DOC_LIMIT},
+                size=len(encoded),
+                limit=_DOC_LIMIT,
             )
         doc.version = await records.put(_RECORD, encoded, expected_version=expected_version or None)
         return doc
@@ -166,8 +166,15 @@ class ConfigService:
         if ctx.surface_id:
             chain.append(("surface", ctx.surface_id))
         chain += [("tenant", None), ("system", None)]
-        for scope, surface_id in chain:
-            doc = await self.get(ctx, scope, surface_id=surface_id)
+        # The scopes are read concurrently (one round trip deep, not three), then resolved in
+        # order: a scope's failure only matters when no scope before it holds the key.
+        docs = await asyncio.gather(
+            *(self.get(ctx, scope, surface_id=surface_id) for scope, surface_id in chain),
+            return_exceptions=True,
+        )
+        for doc in docs:
+            if isinstance(doc, BaseException):
+                raise doc
             if key in doc.values:
                 return doc.values[key]
         return default

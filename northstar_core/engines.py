@@ -11,46 +11,33 @@ call, so routes changed at run time and per-tenant overrides take effect without
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
-from northstar_core.actions import ActionService
 from northstar_core.analytics import AnalyticsService
 from northstar_core.blackboard import Blackboard
-from northstar_core.budget import BudgetLedger
 from northstar_core.canvas import CanvasService
 from northstar_core.chat import ChatService
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError
-from northstar_core.gates import GateChain
-from northstar_core.identity import RequestContext
 from northstar_core.kernel.tail import DEFAULT_POLL_INTERVAL, TailHub
 from northstar_core.memory import SessionMemory
 from northstar_core.notes import NotesService
-from northstar_core.policies import PolicyStores
 from northstar_core.ports import AuditSink
 from northstar_core.routing import RoutingRegistry
+from northstar_core.safety.actions import ActionService
+from northstar_core.safety.budget import BudgetLedger
+from northstar_core.safety.gates import GateChain
+from northstar_core.safety.policies import PolicyStores
 from northstar_core.spine import EventSpine
 from northstar_core.tabular import TabularStore
-from northstar_core.timeline import EventStreamService
+from northstar_core.timeline import Timeline
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Tunables of the embedded engines (the shell fills them from configuration)."""
 
     tail_poll_interval: float = DEFAULT_POLL_INTERVAL
-
-
-class AuditNotWired:
-    """The audit sink before an event spine is attached: it refuses, it never pretends."""
-
-    async def audit(self, ctx: RequestContext, action: str, payload: dict[str, Any]) -> None:
-        raise NorthstarError(
-            "event_spine.unavailable", "no event spine is wired to record audit events", 503
-        )
 
 
 class Engines:
@@ -69,19 +56,18 @@ class Engines:
         self.settings = settings or EngineSettings()
         # One live-tail hub per process: every SSE stream follows its store through it.
         self.tails = TailHub(self.settings.tail_poll_interval)
-        # Where audit events go; the event spine implements AuditSink.
-        self.audit: AuditSink = AuditNotWired()
         # The one append-only event spine; it is also the audit sink.
         self.spine = EventSpine(registry, cursors, clock=self.clock)
-        self.audit = self.spine
+        self.audit: AuditSink = self.spine
+        # The timeline: replayable per-subject event streams (canvas SSE, safety decisions,
+        # client timelines).
+        self.timeline = Timeline(registry, cursors, self.clock, tails=self.tails)
         # Safety: policy stores, budget ledger, the gate chain (ActionGate) and /actions/execute.
         self.policies = PolicyStores(registry, self.clock, self.spine)
         self.budget = BudgetLedger(registry, cursors, self.clock, self.spine)
-        self.gate = GateChain(self.policies, self.budget, self.spine, self.clock)
-        self.gates = self.gate
+        self.gate = GateChain(self.policies, self.budget, self.spine, self.clock, self.timeline)
         self.actions = ActionService(self.gate, self.budget, self.spine)
         self.chat = ChatService(registry, cursors, self.clock, self.tails)
-        # The remaining durable stores (issue 6).
         self.memory = SessionMemory(registry, self.clock)
         self.blackboard = Blackboard(registry, cursors, self.clock)
         self.config = ConfigService(registry, self.clock)
@@ -90,16 +76,10 @@ class Engines:
         self.analytics = AnalyticsService(registry, cursors, self.clock, self.spine)
         # every execution is reported as an analytics event (outcome, latency, cost)
         self.actions.analytics = self.analytics
-        # Replayable event streams (timeline, canvas SSE, safety decisions) and the canvas.
-        self.streams = EventStreamService(registry, cursors, self.clock, tails=self.tails)
-        self.timeline = self.streams
         self.canvas = CanvasService(
             registry, cursors, self.clock,
-            events=self.streams, gate=self.gate, audit=self.spine, toggles=self.config,
+            timeline=self.timeline, gate=self.gate, audit=self.spine, toggles=self.config,
         )
-
-        # safety decisions are published on the subject's stream once the timeline exists
-        self.gate.streams = getattr(self, "streams", None)
 
     async def close(self) -> None:
         await self.actions.close()

@@ -136,6 +136,32 @@ def invalid(domain: str, message: str, **details: Any) -> NorthstarError:
     return NorthstarError(f"{domain}.invalid_request", message, 422, details=details)
 
 
+def invalid_event(domain: str, message: str, **details: Any) -> NorthstarError:
+    """422 ``<domain>.invalid_event``: an event's shape is refused before anything is written."""
+    return NorthstarError(f"{domain}.invalid_event", message, 422, details=details)
+
+
+def value_too_large(domain: str, message: str, *, size: int, limit: int, **details: Any) -> NorthstarError:
+    """413 ``<domain>.value_too_large``: an encoded value of ``size`` bytes exceeds ``limit``."""
+    return NorthstarError(
+        f"{domain}.value_too_large", message, 413, details={"size": size, "limit": limit, **details}
+    )
+
+
+def route_option_invalid(domain: str, kind: str, param: str, value: Any) -> NorthstarError:
+    """503 ``<domain>.route_misconfigured``: a route option this domain reads is unusable.
+
+    A bad route is an operator error: the domain refuses loudly rather than guess a value.
+    """
+    return NorthstarError(
+        f"{domain}.route_misconfigured",
+        f"the route of '{kind}' has an invalid '{param}' parameter",
+        503,
+        details={"resource_kind": kind, "param": param, "value": str(value)[:100]},
+        headers={"Retry-After": "30"},
+    )
+
+
 def forbidden(code: str, message: str, **details: Any) -> NorthstarError:
     return NorthstarError(code, message, 403, details=details)
 

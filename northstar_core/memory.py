@@ -16,22 +16,18 @@ from typing import Any, Final
 
 import msgspec
 
-from northstar_core.blackboard import route_misconfigured
-from northstar_core.bounds import check_float, out_of_range
+from northstar_core.bounds import MAX_TTL_SECONDS, check_float, json_bytes, out_of_range
 from northstar_core.clock import Clock, iso
-from northstar_core.errors import NorthstarError, invalid, not_found, version_conflict
+from northstar_core.errors import not_found, route_option_invalid, value_too_large, version_conflict
 from northstar_core.identity import RequestContext
-from northstar_core.kernel.records import VersionedRecords, record_key
+from northstar_core.kernel.records import MAX_RECORD_BYTES, Item, VersionedRecords, record_key
 from northstar_core.routing import KindStore, RoutingRegistry
-from northstar_core.scope import check_id, partition, subject_segment
-from northstar_core.storage import MAX_VALUE_BYTES, ConditionFailed, Delete, Item, VersionIs
+from northstar_core.scope import check_id, partition, project_segment, subject_segment
 
 KIND: Final = "memory_store"
 DOMAIN: Final = "memory"
-MAX_TTL_SECONDS: Final = 10 * 365 * 24 * 3600
 MAX_KEYS_PER_SESSION: Final = 1000
-_VALUE_LIMIT: Final = MAX_VALUE_BYTES - 4096  # room for the envelope fields around the value
-NO_PROJECT: Final = "~"  # not a valid id, so it can never collide with a real project
+_VALUE_LIMIT: Final = MAX_RECORD_BYTES - 4096  # room for the envelope fields around the value
 
 
 class MemoryValue(msgspec.Struct, kw_only=True):
@@ -61,7 +57,7 @@ class SessionMemory:
         check_id(DOMAIN, "session_id", session_id)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         user = subject_segment(ctx.user_id)
-        part = partition(ctx, "memory", ctx.project_id or NO_PROJECT, user, session_id)
+        part = partition(ctx, "memory", project_segment(ctx), user, session_id)
         return store, VersionedRecords(store, part, DOMAIN)
 
     def _live(self, item: Item | None) -> Item | None:
@@ -99,22 +95,19 @@ class SessionMemory:
                     or not isinstance(default, int | float)
                     or not 0 < default <= MAX_TTL_SECONDS
                 ):
-                    raise route_misconfigured(DOMAIN, KIND, "default_ttl_seconds", default)
+                    raise route_option_invalid(DOMAIN, KIND, "default_ttl_seconds", default)
                 ttl_seconds = float(default)
         if ttl_seconds is not None:
             ttl_seconds = check_float(DOMAIN, "ttl_seconds", ttl_seconds, lo=0.0, hi=MAX_TTL_SECONDS)
             if ttl_seconds <= 0:  # an expiry now or in the past would hide the value at once
                 raise out_of_range(DOMAIN, "ttl_seconds", ttl_seconds, 0.0, MAX_TTL_SECONDS)
-        try:
-            encoded_value = msgspec.json.encode(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise invalid(DOMAIN, f"the value is not JSON-encodable: {exc}") from None
+        encoded_value = json_bytes(DOMAIN, value)
         if len(encoded_value) > _VALUE_LIMIT:
-            raise NorthstarError(
-                f"{DOMAIN}.value_too_large",
+            raise value_too_large(
+                DOMAIN,
                 f"the value is {len(encoded_value)} bytes; the limit is {_VALUE_LIMIT}",
-                413,
-                details={"size": len(encoded_value), "limit": _VALUE_LIMIT},
+                size=len(encoded_value),
+                limit=_VALUE_LIMIT,
             )
         now = self.clock.now()
         expires_at = now + ttl_seconds if ttl_seconds is not None else None
@@ -165,12 +158,13 @@ class SessionMemory:
         ctx.require_role("member")
         if key is not None:
             check_id(DOMAIN, "key", key)
-        store, records = await self._records(ctx, session_id)
+        _, records = await self._records(ctx, session_id)
         if key is not None:
             item = self._live(await records.get(key))
             if item is None:
                 raise not_found(DOMAIN, f"memory key '{key}'", session_id=session_id, key=key)
-            if not await self._delete_item(store, records, item):
+            # Conditional on the version read: a concurrent set wins over a delete that did not see it.
+            if not await records.discard(key, item.version):
                 raise version_conflict(DOMAIN, (await records.get(key) or item).version, item.version)
             return 1
         deleted = 0
@@ -179,14 +173,5 @@ class SessionMemory:
             if not page:
                 return deleted
             for item in page:
-                if await self._delete_item(store, records, item) and self._live(item) is not None:
+                if await records.discard(record_key(item), item.version) and self._live(item) is not None:
                     deleted += 1
-
-    @staticmethod
-    async def _delete_item(store: KindStore, records: VersionedRecords, item: Item) -> bool:
-        # Conditional on the version read: a concurrent set wins over a delete that did not see it.
-        try:
-            await store.write(records.partition, [Delete(item.key, condition=VersionIs(item.version))])
-        except ConditionFailed:
-            return False
-        return True

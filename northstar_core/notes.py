@@ -13,21 +13,20 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from northstar_core.blackboard import check_expected_version, check_limit
+from northstar_core.bounds import check_expected_version, check_limit
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError, invalid, not_found
+from northstar_core.errors import NorthstarError, invalid, not_found, value_too_large
 from northstar_core.identity import RequestContext
-from northstar_core.kernel.paging import Page
-from northstar_core.kernel.records import VersionedRecords, record_key
+from northstar_core.kernel.ids import UUIDv7Generator
+from northstar_core.kernel.paging import Page, page_of
+from northstar_core.kernel.records import MAX_RECORD_BYTES, Item, VersionedRecords, record_key
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_segment
-from northstar_core.spine import UUIDv7Generator
-from northstar_core.storage import MAX_VALUE_BYTES, Item
 
 KIND: Final = "notes_store"
 DOMAIN: Final = "notes"
-_NOTE_LIMIT: Final = MAX_VALUE_BYTES - 8192
+_NOTE_LIMIT: Final = MAX_RECORD_BYTES - 8192
 _SCAN_BUDGET: Final = 1000  # records examined per filtered list call, whatever the filters
 
 Title = Annotated[str, msgspec.Meta(max_length=500)]
@@ -118,11 +117,11 @@ class NotesService:
     def _encode(note: Note) -> bytes:
         encoded = msgspec.json.encode(note)
         if len(encoded) > _NOTE_LIMIT:
-            raise NorthstarError(
-                f"{DOMAIN}.value_too_large",
+            raise value_too_large(
+                DOMAIN,
                 f"the note is {len(encoded)} bytes; the limit is {_NOTE_LIMIT}",
-                413,
-                details={"size": len(encoded), "limit": _NOTE_LIMIT},
+                size=len(encoded),
+                limit=_NOTE_LIMIT,
             )
         return encoded
 
@@ -215,9 +214,12 @@ class NotesService:
         check_id(DOMAIN, "note_id", note_id)
         check_expected_version(DOMAIN, expected_version, delete=True)
         records = await self._records(ctx)
-        if await records.get(note_id) is None:
-            raise not_found(DOMAIN, f"note '{note_id}'", note_id=note_id)
-        await records.delete(note_id, expected_version=expected_version)
+        try:
+            await records.delete(note_id, expected_version=expected_version)
+        except NorthstarError as exc:
+            if exc.http_status == 404:  # answered as every other read of a missing note
+                raise not_found(DOMAIN, f"note '{note_id}'", note_id=note_id) from None
+            raise
 
     async def list(
         self,
@@ -257,12 +259,13 @@ class NotesService:
                     matched.append(note)
                     if len(matched) > limit:
                         break
+
+        def position(key: str) -> str:
+            return self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, key)
+
         if len(matched) > limit:
-            matched, has_more = matched[:limit], True
-            last_key = matched[-1].note_id
-        else:
-            has_more = more_in_store  # the scan budget ran out before the end of the notes
-        next_cursor = (
-            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, last_key) if last_key else None
-        )
-        return Page(matched, next_cursor, has_more)
+            return page_of(matched, limit, lambda note: position(note.note_id), lambda note: note)
+        # The scan stopped short of limit + 1 matches, at the end of the notes or at its budget
+        # (then there may be more): the next page continues after the last note *scanned*, so no
+        # note is examined twice.
+        return Page(matched, position(last_key) if last_key else None, more_in_store)

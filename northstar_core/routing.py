@@ -656,7 +656,10 @@ class RoutingRegistry:
         }
 
     async def close(self) -> None:
+        """Close every store this registry opened, and the registry's own store (it was handed
+        over at construction: nothing else closes it)."""
         for store in self._stores.values():
             await store.close()
         self._stores.clear()
         self._retired.clear()
+        await self._store.close()

@@ -29,6 +29,12 @@ def partition(ctx: RequestContext, *parts: str) -> str:
     return "|".join((ctx.tenant_id, ctx.mode, *parts))
 
 
+def project_segment(ctx: RequestContext) -> str:
+    """The partition-name segment for the caller's project: its id, or ``~`` for none (``~`` is
+    not a valid id, so "no project" never collides with a real one)."""
+    return ctx.project_id or "~"
+
+
 def subject_segment(user_id: str) -> str:
     """The partition-name segment for a token subject; the one encoding used everywhere.
 
@@ -41,3 +47,17 @@ def subject_segment(user_id: str) -> str:
     if ID_PATTERN.fullmatch(user_id):
         return user_id
     return "~" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def subject_stream(subject_type: str, subject_id: str) -> str:
+    """The stream id of a subject's server-written stream, e.g. ``canvas:c1``.
+
+    The gate chain publishes ``safety_decision`` events for subject ``(type, id)`` here, and
+    the canvas publishes ``op_committed``/``gesture`` on ``subject_stream("canvas", id)``.
+    """
+    return f"{subject_type}:{subject_id}"
+
+
+def is_subject_stream(stream_id: str) -> bool:
+    """Whether ``stream_id`` is reserved for server-written events (contains ``:``)."""
+    return ":" in stream_id

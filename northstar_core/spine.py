@@ -9,24 +9,15 @@ Guarantees (SPEC §2.7, §6 "Event spine"):
 * required fields are validated before anything is written (422 ``event_spine.invalid_event``);
 * an event is either fully written with all its index entries or not at all (one atomic batch).
 
-Layout: one partition per tenant+mode (``<tenant>|<mode>|spine``), so no read can cross a
-tenant. Per event, in one atomic batch, the full event is stored under each of:
-
-* ``e#<event_id>``                            — the event (list by time = key range);
-* ``r#<run_id>#<event_id>``                   — replay by run, in order;
-* ``t#<event_type>#<event_id>``               — list by type;
-* ``s#<source>#<event_id>``                   — list by source;
-* ``x#<event_type>#<source>#<event_id>``      — list by type and source.
-
-Index entries carry the whole event (not a pointer), so a page costs one range query whatever
-the length of the history.
+Storage: one partition per tenant+mode (``<tenant>|<mode>|spine``), so no read can cross a
+tenant; inside it the event and its index copies (by run, type, source, type+source) are laid
+out by :mod:`northstar_core.kernel.eventlog`, so a page costs one range query whatever the
+length of the history.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final, Literal
@@ -35,13 +26,14 @@ import msgspec
 
 from northstar_core.clock import Clock, SystemClock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError, idempotency_mismatch
+from northstar_core.errors import NorthstarError, invalid_event
 from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
+from northstar_core.kernel.eventlog import MAX_EVENT_BYTES, EventIdTaken, EventLog, index_prefix
 from northstar_core.kernel.idempotency import fingerprint
-from northstar_core.kernel.paging import Page
-from northstar_core.routing import KindStore, RoutingRegistry
+from northstar_core.kernel.ids import UUIDv7Generator, uuid7_floor
+from northstar_core.kernel.paging import Page, page_of
+from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
-from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Item, Put
 
 KIND: Final = "event_spine"
 DOMAIN: Final = "event_spine"
@@ -62,55 +54,8 @@ EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 100
 _APPEND_ATTEMPTS: Final = 8
-_IDEM_PREFIX: Final = "k#"
 
 Source = Literal["ui", "agent", "connector", "tool", "system"]
-
-
-# --- UUIDv7 ------------------------------------------------------------------------------------
-
-
-class UUIDv7Generator:
-    """Time-ordered UUIDs (RFC 9562 version 7), strictly increasing within this process.
-
-    48 bits of Unix milliseconds, then 74 bits used as a counter that starts at a random value
-    each new millisecond and is incremented when the clock has not moved (or moved back), so
-    ids issued by one process are strictly increasing even under a frozen test clock.
-    """
-
-    _COUNTER_BITS: Final = 74
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last_ms = -1
-        self._counter = 0
-
-    def next(self, now_seconds: float) -> str:
-        ms = int(now_seconds * 1000)
-        with self._lock:
-            if ms > self._last_ms:
-                self._last_ms = ms
-                # start in the lower half so increments rarely overflow into the next ms
-                self._counter = int.from_bytes(os.urandom(10), "big") >> (80 - self._COUNTER_BITS + 1)
-            else:
-                self._counter += 1
-                if self._counter >> self._COUNTER_BITS:
-                    self._last_ms += 1
-                    self._counter = 0
-            ms, counter = self._last_ms, self._counter
-        rand_a = counter >> 62  # 12 bits
-        rand_b = counter & ((1 << 62) - 1)
-        value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-        return str(uuid.UUID(int=value))
-
-
-def uuid7_floor(ms: int) -> str:
-    """The smallest UUID string of millisecond ``ms`` (below every UUIDv7 of that ms)."""
-    return str(uuid.UUID(int=(max(ms, 0) & ((1 << 48) - 1)) << 80))
-
-
-def uuid7_ms(event_id: str) -> int:
-    return uuid.UUID(event_id).int >> 80
 
 
 # --- shapes ------------------------------------------------------------------------------------
@@ -161,10 +106,6 @@ class Event(msgspec.Struct, kw_only=True, frozen=True):
     causality: Causality
 
 
-def _invalid(message: str, **details: Any) -> NorthstarError:
-    return NorthstarError(f"{DOMAIN}.invalid_event", message, 422, details=details)
-
-
 def decode_event_in(raw: bytes | Mapping[str, Any] | EventIn) -> EventIn:
     """Validate a caller's event (bytes or mapping); 422 ``event_spine.invalid_event``."""
     if isinstance(raw, EventIn):
@@ -174,11 +115,11 @@ def decode_event_in(raw: bytes | Mapping[str, Any] | EventIn) -> EventIn:
             return msgspec.json.decode(bytes(raw), type=EventIn)
         return msgspec.convert(dict(raw), type=EventIn)
     except msgspec.ValidationError as exc:
-        raise _invalid(f"invalid event: {exc}", reason=str(exc)) from None
+        raise invalid_event(DOMAIN, f"invalid event: {exc}", reason=str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise _invalid("the body is not valid JSON", reason=str(exc)) from None
+        raise invalid_event(DOMAIN, "the body is not valid JSON", reason=str(exc)) from None
     except (TypeError, ValueError) as exc:
-        raise _invalid("the body must be a JSON object", reason=str(exc)) from None
+        raise invalid_event(DOMAIN, "the body must be a JSON object", reason=str(exc)) from None
 
 
 def is_reserved_type(event_type: str) -> bool:
@@ -193,7 +134,9 @@ def is_agent_audit(ctx: RequestContext, event_type: str, source: str) -> bool:
 
 def _check_field_id(field: str, value: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field, value=str(value)[:200])
+        raise invalid_event(
+            DOMAIN, f"'{field}' must match {ID_PATTERN.pattern}", field=field, value=str(value)[:200]
+        )
     return value
 
 
@@ -201,7 +144,9 @@ def _check_event_id(field: str, value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):
-        raise _invalid(f"'{field}' must be an event id (UUID)", field=field, value=str(value)[:200]) from None
+        raise invalid_event(
+            DOMAIN, f"'{field}' must be an event id (UUID)", field=field, value=str(value)[:200]
+        ) from None
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -228,12 +173,16 @@ class EventSpine:
         self.clock: Clock = clock or SystemClock()
         self.ids = ids or UUIDv7Generator()
 
-    async def _store(self, ctx: RequestContext) -> KindStore:
-        return await self.registry.store_for(KIND, ctx.tenant_id)
+    async def _log(self, ctx: RequestContext) -> tuple[EventLog, str]:
+        """The tenant's log and the backend serving it (an event's ``route``)."""
+        store = await self.registry.store_for(KIND, ctx.tenant_id)
+        return EventLog(store, partition(ctx, "spine"), DOMAIN), store.backend
 
-    @staticmethod
-    def _partition(ctx: RequestContext) -> str:
-        return partition(ctx, "spine")
+    def new_event_id(self) -> str:
+        """A fresh event id (UUIDv7) for :meth:`record`'s ``event_id``: a caller that must name
+        an event before it is written (to publish it elsewhere at the same time) takes it here,
+        so the spine's ids stay time-ordered and unique."""
+        return self.ids.next(self.clock.now())
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -253,14 +202,15 @@ class EventSpine:
             ctx.require_role("member")
         body = decode_event_in(event_in)
         if not EVENT_TYPE_PATTERN.fullmatch(body.event_type):
-            raise _invalid(
+            raise invalid_event(
+                DOMAIN,
                 f"'event_type' must match {EVENT_TYPE_PATTERN.pattern}",
                 field="event_type",
                 value=body.event_type[:200],
             )
         if body.source not in SOURCES:
-            raise _invalid(
-                f"'source' must be one of {list(SOURCES)}", field="source", value=body.source[:200]
+            raise invalid_event(
+                DOMAIN, f"'source' must be one of {list(SOURCES)}", field="source", value=body.source[:200]
             )
         agent_audit = client and not ctx.is_system and is_agent_audit(ctx, body.event_type, body.source)
         if client and not ctx.is_system:
@@ -305,9 +255,9 @@ class EventSpine:
         run_id = body.run_id or ctx.run_id
         step_id = body.step_id or ctx.step_id
         if run_id is None:
-            raise _invalid("'run_id' is required (body or X-Run-Id)", field="run_id")
+            raise invalid_event(DOMAIN, "'run_id' is required (body or X-Run-Id)", field="run_id")
         if step_id is None:
-            raise _invalid("'step_id' is required (body or X-Step-Id)", field="step_id")
+            raise invalid_event(DOMAIN, "'step_id' is required (body or X-Step-Id)", field="step_id")
         _check_field_id("run_id", run_id)
         _check_field_id("step_id", step_id)
         parent = _check_event_id("parent_event_id", body.parent_event_id) if body.parent_event_id else None
@@ -343,6 +293,7 @@ class EventSpine:
         parent_event_id: str | None = None,
         idempotency_key: str | None = None,
         request_fingerprint: str | None = None,
+        event_id: str | None = None,
     ) -> Event:
         """Append a server-originated event (safety, budget, audit…); raises if not recorded.
 
@@ -350,6 +301,8 @@ class EventSpine:
         (``request:<id>``) so every event still has provenance. With ``idempotency_key`` a
         repeat returns the first event (see :meth:`_write`); ``request_fingerprint`` is then
         what identifies "the same request" when the payload holds server-filled values (times).
+        ``event_id`` (from :meth:`new_event_id`) is the id the event gets; 503
+        ``event_spine.contention`` if it is taken.
         """
         run_id = ctx.run_id or f"request:{ctx.request_id or uuid.uuid4()}"
         if not ID_PATTERN.fullmatch(run_id):
@@ -366,6 +319,7 @@ class EventSpine:
             causality=Causality(trace_id=ctx.trace_id),
             idempotency_key=idempotency_key,
             request_fingerprint=request_fingerprint,
+            event_id=_check_event_id("event_id", event_id) if event_id is not None else None,
         )
 
     async def audit(self, ctx: RequestContext, action: str, payload: dict[str, Any]) -> None:
@@ -385,28 +339,30 @@ class EventSpine:
         causality: Causality,
         idempotency_key: str | None = None,
         request_fingerprint: str | None = None,
+        event_id: str | None = None,
     ) -> Event:
         """Append atomically: the event, its index items and (with a key) its idempotency record.
 
-        The idempotency record ``k#<key>`` commits in the same batch as the event, so a retry
-        either finds it — and gets the first event back, writing nothing — or is the one append
-        that writes it; the same key with a different event is 422.
+        The idempotency record commits in the same batch as the event, so a retry either finds
+        it — and gets the first event back, writing nothing — or is the one append that writes
+        it; the same key with a different event is 422.
         """
-        store = await self._store(ctx)
-        part = self._partition(ctx)
-        route = f"{KIND}:{store.backend}"
+        log, backend = await self._log(ctx)
+        route = f"{KIND}:{backend}"
         fp = request_fingerprint or fingerprint(
             [event_type, source, payload, run_id, step_id, parent_event_id, msgspec.to_builtins(causality)]
         )
         if idempotency_key is not None:
-            prior = await self._idempotent(store, part, idempotency_key, fp)
+            prior = await log.replayed(idempotency_key, fp)
             if prior is not None:
-                return prior
-        for _ in range(_APPEND_ATTEMPTS):
+                return _decode(prior)
+        # A caller-made id is already known elsewhere: it is written once or not at all.
+        attempts = 1 if event_id is not None else _APPEND_ATTEMPTS
+        for _ in range(attempts):
             now = self.clock.now()
-            event_id = self.ids.next(now)
+            this_id = event_id or self.ids.next(now)
             event = Event(
-                event_id=event_id,
+                event_id=this_id,
                 tenant_id=ctx.tenant_id,
                 mode=ctx.mode,
                 user_id=ctx.user_id or None,
@@ -425,56 +381,32 @@ class EventSpine:
             try:
                 data = msgspec.json.encode(event)
             except (TypeError, msgspec.EncodeError) as exc:
-                raise _invalid("the payload is not JSON-serialisable", reason=str(exc)) from None
-            if len(data) > MAX_VALUE_BYTES:
+                raise invalid_event(DOMAIN, "the payload is not JSON-serialisable", reason=str(exc)) from None
+            if len(data) > MAX_EVENT_BYTES:
                 raise NorthstarError(
                     f"{DOMAIN}.event_too_large",
-                    f"the event is {len(data)} bytes; the limit is {MAX_VALUE_BYTES}",
+                    f"the event is {len(data)} bytes; the limit is {MAX_EVENT_BYTES}",
                     413,
-                    details={"bytes": len(data), "limit": MAX_VALUE_BYTES},
+                    details={"bytes": len(data), "limit": MAX_EVENT_BYTES},
                 )
-            keys = (
-                f"e#{event_id}",
-                f"r#{run_id}#{event_id}",
-                f"t#{event_type}#{event_id}",
-                f"s#{source}#{event_id}",
-                f"x#{event_type}#{source}#{event_id}",
-            )
-            ops = [Put(k, data, condition=Absent()) for k in keys]
-            if idempotency_key is not None:
-                record = msgspec.json.encode({"fingerprint": fp, "event_id": event_id})
-                ops.append(Put(_IDEM_PREFIX + idempotency_key, record, condition=Absent()))
             try:
-                await store.write(part, ops)
-            except ConditionFailed:
-                if idempotency_key is not None:
-                    prior = await self._idempotent(store, part, idempotency_key, fp)
-                    if prior is not None:  # a concurrent retry of the same request won
-                        return prior
+                prior = await log.append(
+                    this_id,
+                    data,
+                    run_id=run_id,
+                    event_type=event_type,
+                    source=source,
+                    now=now,
+                    idempotency_key=idempotency_key,
+                    payload_fingerprint=fp,
+                )
+            except EventIdTaken:
                 # an id collision with another process (vanishingly rare): take a fresh id
                 continue
-            return event
+            return event if prior is None else _decode(prior)
         raise NorthstarError(
             f"{DOMAIN}.contention", "could not allocate an event id; retry", 503, headers={"Retry-After": "1"}
         )
-
-    @staticmethod
-    async def _idempotent(store: KindStore, part: str, key: str, fp: str) -> Event | None:
-        item = await store.get(part, _IDEM_PREFIX + key)
-        if item is None:
-            return None
-        record = msgspec.json.decode(item.value, type=dict[str, str])
-        if record["fingerprint"] != fp:
-            raise idempotency_mismatch(DOMAIN, key)
-        event = await store.get(part, f"e#{record['event_id']}")
-        if event is None:  # written in one batch with the record: cannot be absent
-            raise NorthstarError(
-                f"{DOMAIN}.idempotency_record_orphaned",
-                "the idempotency record's event is missing; the backend lost data",
-                503,
-                details={"idempotency_key": key},
-            )
-        return _decode(event)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -502,23 +434,25 @@ class EventSpine:
         floor: str | None = None,
         ceiling: str | None = None,
     ) -> Page[Event]:
+        """A page of the index ``prefix`` between the id bounds ``floor`` (exclusive, raised to
+        the cursor's position) and ``ceiling`` (exclusive). Resumable at its end: a later page
+        from ``next_cursor`` returns the events appended since."""
         n = self._limit(limit)
         after = floor
         if cursor:
             position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
             _check_cursor_position(position, cursor)
-            after = prefix + position if after is None else max(after, prefix + position)
-        store = await self._store(ctx)
-        items = await store.query(self._partition(ctx), prefix, after=after, before=ceiling, limit=n + 1)
-        has_more = len(items) > n
-        events = [_decode(item) for item in items[:n]]
-        if events:
-            next_cursor: str | None = self.cursors.encode(
-                DOMAIN, ctx.tenant_id, ctx.mode, stream, events[-1].event_id
-            )
-        else:
-            next_cursor = cursor or None
-        return Page(items=events, next_cursor=next_cursor, has_more=has_more)
+            after = position if after is None else max(after, position)
+        log, _ = await self._log(ctx)
+        events = [_decode(data) for data in await log.read(prefix, after=after, before=ceiling, limit=n + 1)]
+        return page_of(
+            events,
+            n,
+            lambda event: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, event.event_id),
+            lambda event: event,
+            resume_from=cursor or None,
+            stream=True,
+        )
 
     async def replay(
         self, ctx: RequestContext, run_id: str | None, *, cursor: str | None = None, limit: int | None = None
@@ -530,7 +464,7 @@ class EventSpine:
             )
         _check_field_id("run_id", run_id)
         return await self._page(
-            ctx, stream=f"run:{run_id}", prefix=f"r#{run_id}#", cursor=cursor, limit=limit
+            ctx, stream=f"run:{run_id}", prefix=index_prefix(run_id=run_id), cursor=cursor, limit=limit
         )
 
     async def list(
@@ -560,30 +494,22 @@ class EventSpine:
                 422,
                 details={"field": "source", "value": source[:200]},
             )
-        if event_type and source:
-            prefix = f"x#{event_type}#{source}#"
-        elif event_type:
-            prefix = f"t#{event_type}#"
-        elif source:
-            prefix = f"s#{source}#"
-        else:
-            prefix = "e#"
-        floor = ceiling = None
+        prefix = index_prefix(event_type=event_type or None, source=source or None)
         since_ms = _parse_time("since", since)
         until_ms = _parse_time("until", until)
-        if since_ms is not None:
-            floor = prefix + uuid7_floor(since_ms)
-        if until_ms is not None:
-            ceiling = prefix + uuid7_floor(until_ms)
+        # The smallest id of a millisecond is below every event of it: as an exclusive lower
+        # bound it includes ``since``'s millisecond, as an upper bound it excludes ``until``'s.
+        floor = uuid7_floor(since_ms) if since_ms is not None else None
+        ceiling = uuid7_floor(until_ms) if until_ms is not None else None
         stream = f"list:{event_type or ''}:{source or ''}:{since_ms or ''}:{until_ms or ''}"
         return await self._page(
             ctx, stream=stream, prefix=prefix, cursor=cursor, limit=limit, floor=floor, ceiling=ceiling
         )
 
     async def get(self, ctx: RequestContext, event_id: str) -> Event | None:
-        store = await self._store(ctx)
-        item = await store.get(self._partition(ctx), f"e#{_check_event_id('event_id', event_id)}")
-        return _decode(item) if item else None
+        log, _ = await self._log(ctx)
+        data = await log.get(_check_event_id("event_id", event_id))
+        return _decode(data) if data is not None else None
 
 
 def _check_cursor_position(position: str, cursor: str) -> None:
@@ -612,8 +538,8 @@ def _parse_time(field: str, value: str | None) -> int | None:
         ) from None
 
 
-def _decode(item: Item) -> Event:
-    return msgspec.json.decode(item.value, type=Event)
+def _decode(data: bytes) -> Event:
+    return msgspec.json.decode(data, type=Event)
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
@@ -626,10 +552,7 @@ __all__ = [
     "Event",
     "EventIn",
     "EventSpine",
-    "UUIDv7Generator",
     "decode_event_in",
     "event_to_dict",
     "is_reserved_type",
-    "uuid7_floor",
-    "uuid7_ms",
 ]

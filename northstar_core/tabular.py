@@ -22,24 +22,16 @@ from typing import Any, Final
 
 import msgspec
 
-from northstar_core.blackboard import (
-    NO_PROJECT,
-    check_expected_version,
-    check_limit,
-    json_bytes,
-    records_page,
-)
-from northstar_core.bounds import MAX_VERSION, check_int
+from northstar_core.bounds import MAX_VERSION, check_expected_version, check_int, check_limit, json_bytes
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError, invalid, not_found
+from northstar_core.errors import NorthstarError, invalid, not_found, value_too_large
 from northstar_core.identity import RequestContext
-from northstar_core.kernel.paging import Page
-from northstar_core.kernel.records import VersionedRecords
+from northstar_core.kernel.paging import Page, page_of
+from northstar_core.kernel.records import MAX_RECORD_BYTES, Item, RecordListing, VersionedRecords
 from northstar_core.routing import RoutingRegistry
-from northstar_core.scope import check_id, partition
+from northstar_core.scope import check_id, partition, project_segment
 from northstar_core.spine import EventSpine
-from northstar_core.storage import MAX_VALUE_BYTES, Item
 
 DOMAIN: Final = "tabular"
 TABLES: Final[dict[str, str]] = {
@@ -49,7 +41,7 @@ TABLES: Final[dict[str, str]] = {
     "seo_config": "seo_config_store",
     "strategy_lock_snapshots": "strategy_lock_store",
 }
-_RECORD_LIMIT: Final = MAX_VALUE_BYTES - 8192
+_RECORD_LIMIT: Final = MAX_RECORD_BYTES - 8192
 # Tables whose writes are also events on the spine: table -> spine event type.
 SPINE_TABLES: Final[dict[str, str]] = {"strategy_lock_snapshots": "strategy_lock"}
 
@@ -127,7 +119,7 @@ class TabularStore:
     async def _records(self, ctx: RequestContext, table: str) -> VersionedRecords:
         kind = table_kind(table)
         store = await self.registry.store_for(kind, ctx.tenant_id)
-        part = partition(ctx, "tabular", table, ctx.project_id or NO_PROJECT)
+        part = partition(ctx, "tabular", table, project_segment(ctx))
         return VersionedRecords(store, part, DOMAIN, history=True)
 
     @staticmethod
@@ -173,11 +165,11 @@ class TabularStore:
         )
         encoded = json_bytes(DOMAIN, record)
         if len(encoded) > _RECORD_LIMIT:
-            raise NorthstarError(
-                f"{DOMAIN}.value_too_large",
+            raise value_too_large(
+                DOMAIN,
                 f"the record is {len(encoded)} bytes; the limit is {_RECORD_LIMIT}",
-                413,
-                details={"size": len(encoded), "limit": _RECORD_LIMIT},
+                size=len(encoded),
+                limit=_RECORD_LIMIT,
             )
         record.version = await records.put(record_id, encoded, expected_version=expected_version)
         await self._emit(
@@ -248,7 +240,7 @@ class TabularStore:
         check_limit(DOMAIN, limit)
         records = await self._records(ctx, table)
         check_id(DOMAIN, "id", record_id)
-        stream = f"{table}/{ctx.project_id or NO_PROJECT}/{record_id}/versions"
+        stream = f"{table}/{project_segment(ctx)}/{record_id}/versions"
         after = 0
         if cursor:
             position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
@@ -256,27 +248,20 @@ class TabularStore:
         items = await records.versions(record_id, after=after, limit=limit + 1)
         if not items and after == 0:
             raise not_found(DOMAIN, f"{table} record '{record_id}'", table=table, id=record_id)
-        has_more = len(items) > limit
-        infos = [VersionInfo(version=i.version, updated_at=self._decode(i).updated_at) for i in items[:limit]]
-        next_cursor = (
-            self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, str(infos[-1].version))
-            if infos
-            else cursor
+        return page_of(
+            items,
+            limit,
+            lambda item: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, str(item.version)),
+            lambda item: VersionInfo(version=item.version, updated_at=self._decode(item).updated_at),
+            resume_from=cursor,
+            stream=True,  # a page at the end still continues from its last version
         )
-        return Page(infos, next_cursor, has_more)
 
     async def list(
         self, ctx: RequestContext, table: str, *, cursor: str | None = None, limit: int = 50
     ) -> Page[TabularRecord]:
         """The table's live records in the caller's tenant/mode/project, ordered by id."""
         records = await self._records(ctx, table)
-        items, next_cursor, has_more = await records_page(
-            records,
-            self.cursors,
-            ctx,
-            domain=DOMAIN,
-            stream=f"{table}/{ctx.project_id or NO_PROJECT}",
-            cursor=cursor,
-            limit=limit,
-        )
-        return Page([self._decode(i) for i in items], next_cursor, has_more)
+        check_limit(DOMAIN, limit)
+        listing = RecordListing(records, self.cursors, ctx, f"{table}/{project_segment(ctx)}")
+        return await listing.page(cursor, limit, self._decode)

@@ -10,21 +10,25 @@ Guarantees:
 * events of one stream are totally ordered and gap-free (``seq`` 1, 2, …);
 * a publish with an ``idempotency_key`` happens at most once (a retry returns the first
   cursor and writes nothing);
-* :meth:`EventStreamService.publish_ordered` publishes a numbered series (a canvas's
+* :meth:`Timeline.publish_ordered` publishes a numbered series (a canvas's
   ``op_committed`` for rev 1, 2, …) strictly in order, each position exactly once, so a
   publisher that crashed between its own commit and its publish can be caught up later
-  without ever creating a gap or a duplicate;
+  without ever creating a gap or a duplicate; a position can carry events that go on the
+  stream just before it, in the same atomic batch (a canvas command's allow decision before
+  its ``op_committed``), so no reader sees one without the other;
 * reading a page costs ``limit`` items, whatever the length of the stream.
 
 Stream ids of the form ``<subject_type>:<subject_id>`` (``canvas:c1``, ``run:r9``) are the
-subject streams the server itself writes (op commits, safety decisions); :func:`subject_stream`
-names them, and :func:`is_subject_stream` lets the HTTP shell keep clients from forging them.
+subject streams the server itself writes (op commits, safety decisions);
+:func:`~northstar_core.scope.subject_stream` names them, and
+:func:`~northstar_core.scope.is_subject_stream` lets the HTTP shell keep clients from forging
+them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -34,33 +38,19 @@ from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, cursor_invalid
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.idempotency import fingerprint
-from northstar_core.kernel.paging import Page
-from northstar_core.kernel.streams import SequencedStream, seq_key
+from northstar_core.kernel.paging import Page, page_of
+from northstar_core.kernel.publication import MAX_PUBLISHED_BYTES, KeyedEntry, OrderedSeries
+from northstar_core.kernel.records import Item
+from northstar_core.kernel.streams import SequencedStream, seq_of
 from northstar_core.kernel.tail import TailHub
 from northstar_core.routing import RoutingRegistry
-from northstar_core.scope import check_id, partition
-from northstar_core.storage import MAX_VALUE_BYTES, Absent, Item, Op, Put, VersionIs
+from northstar_core.scope import check_id, is_subject_stream, partition
 
 KIND: Final = "event_stream"
 DOMAIN: Final = "event_stream"
 EVENT_TYPE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 DEFAULT_MAX_EVENT_BYTES: Final = 64_000
 MAX_PAGE: Final = 500
-_MARK_PREFIX: Final = "m#"
-
-
-def subject_stream(subject_type: str, subject_id: str) -> str:
-    """The stream id of a subject's server-written stream, e.g. ``canvas:c1``.
-
-    The gate chain publishes ``safety_decision`` events for subject ``(type, id)`` here, and
-    the canvas publishes ``op_committed``/``gesture`` on ``subject_stream("canvas", id)``.
-    """
-    return f"{subject_type}:{subject_id}"
-
-
-def is_subject_stream(stream_id: str) -> bool:
-    """Whether ``stream_id`` is reserved for server-written events (contains ``:``)."""
-    return ":" in stream_id
 
 
 class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +75,16 @@ class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
         return self.event_id
 
 
+class PendingEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event its producer leaves for another to publish, with what it must accompany (a
+    gate's allow decision, published by the canvas with the commit it allowed)."""
+
+    stream_id: str
+    type: str
+    data: dict[str, Any]
+    idempotency_key: str
+
+
 class _Stored(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The durable form (the cursor is derived, never stored: it depends on the codec)."""
 
@@ -98,7 +98,7 @@ class _Stored(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     trace_id: str | None = None
 
 
-class EventStreamService:
+class Timeline:
     """Publish to and read from tenant-scoped replayable streams (see module doc).
 
     Live following goes through the process's :class:`~northstar_core.kernel.tail.TailHub` (the
@@ -157,8 +157,10 @@ class EventStreamService:
         return seq
 
     def _event(self, ctx: RequestContext, stream_id: str, item: Item) -> StreamEvent:
-        stored = msgspec.json.decode(item.value, type=_Stored)
-        seq = int(item.key[2:])
+        return self._as_event(ctx, stream_id, seq_of(item.key), item.value)
+
+    def _as_event(self, ctx: RequestContext, stream_id: str, seq: int, raw: bytes) -> StreamEvent:
+        stored = msgspec.json.decode(raw, type=_Stored)
         return StreamEvent(
             event_id=self.cursor(ctx, stream_id, seq),
             seq=seq,
@@ -219,12 +221,16 @@ class EventStreamService:
         data: dict[str, Any],
         *,
         idempotency_key: str | None = None,
+        key_checked: bool = False,
     ) -> str:
         """Append one event; returns its cursor (the first one again for a repeated key).
 
         The same key with other ``type``/``data`` is 422 ``event_stream.idempotency_mismatch``.
+        ``key_checked`` says the key is known to be unused (just minted, e.g. from a fresh
+        event id): the publish is then one write, with no look-up of the key first (a used
+        key is still caught by the write's condition and answered as a replay).
         """
-        seq, _ = await self._publish(ctx, stream_id, event_type, data, idempotency_key)
+        seq, _, _ = await self._publish(ctx, stream_id, event_type, data, idempotency_key, key_checked)
         return self.cursor(ctx, stream_id, seq)
 
     async def _publish(
@@ -234,7 +240,8 @@ class EventStreamService:
         event_type: str,
         data: dict[str, Any],
         idempotency_key: str | None,
-    ) -> tuple[int, bool]:
+        key_checked: bool = False,
+    ) -> tuple[int, bool, bytes]:
         if idempotency_key is not None:
             check_id(DOMAIN, "idempotency_key", idempotency_key)
         stream = await self.stream(ctx, stream_id)
@@ -244,10 +251,11 @@ class EventStreamService:
             now=self.clock.now(),
             idempotency_key=idempotency_key,
             payload_fingerprint=fingerprint({"type": event_type, "data": data}),
+            key_checked=key_checked,
         )
         if not done.replayed:
             self.tails.notify(stream, done.last_seq)
-        return done.first_seq, done.replayed
+        return done.first_seq, done.replayed, raw
 
     async def append(
         self,
@@ -274,10 +282,30 @@ class EventStreamService:
                 403,
                 details={"stream_id": stream_id},
             )
-        seq, replayed = await self._publish(ctx, stream_id, event_type, data, idempotency_key)
+        return await self.publish_event(ctx, stream_id, event_type, data, idempotency_key=idempotency_key)
+
+    async def publish_event(
+        self,
+        ctx: RequestContext,
+        stream_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[StreamEvent, bool]:
+        """:meth:`publish`, answering the event as readers see it and whether it is a replay
+        (the event in hand when it is new; the stored one, read back, when it is a replay)."""
+        seq, replayed, raw = await self._publish(ctx, stream_id, event_type, data, idempotency_key)
+        if not replayed:
+            return self._as_event(ctx, stream_id, seq, raw), False
         event = await self.get_event(ctx, stream_id, seq)
-        assert event is not None  # just written (or replayed) on this stream
-        return event, replayed
+        assert event is not None  # replayed: stored on this stream earlier
+        return event, True
+
+    async def _series(self, ctx: RequestContext, stream_id: str, series: str) -> OrderedSeries:
+        stream = await self.stream(ctx, stream_id)
+        check_id(DOMAIN, "series", series)
+        return OrderedSeries(stream, series)
 
     async def publish_ordered(
         self,
@@ -288,54 +316,45 @@ class EventStreamService:
         *,
         series: str,
         position: int,
+        preceded_by: Sequence[PendingEvent] = (),
     ) -> str:
-        """Publish item ``position`` (1-based) of a numbered ``series`` exactly once, in order.
+        """Publish item ``position`` (1-based) of a numbered ``series`` exactly once, in order;
+        returns the event's cursor (the first publication's for a repeat).
 
-        A marker ``m#<series>`` whose version is the last published position commits in the
-        same atomic batch as the event, conditioned on the previous position; so positions
-        appear on the stream in order and never twice, whoever publishes them. Raises
-        :class:`ValueError` if ``position`` is not the next one (see :meth:`published`).
+        The event is the one in hand: at steady state this is one store write (see
+        :mod:`~northstar_core.kernel.publication`), whoever else publishes the series. Raises
+        :class:`~northstar_core.kernel.publication.SeriesBehind` (a :class:`ValueError`
+        carrying the last published position) if ``position`` is not the next one.
+
+        ``preceded_by`` (events of this stream, each under its own idempotency key) go on the
+        stream just before the item, in the same batch: with it or not at all, each once.
+        Every publisher of the position must pass the same ones.
         """
-        stream = await self.stream(ctx, stream_id)
-        key = f"{series}.{position}"
-        check_id(DOMAIN, "series", key)
+        ordered = await self._series(ctx, stream_id, series)
+        check_id(DOMAIN, "series", ordered.key(position))
+        raw = self._encode(ctx, event_type, data, limit=MAX_PUBLISHED_BYTES)
         fp = fingerprint({"type": event_type, "data": data})
-        prior = await stream.idempotent_result(key, fp)
-        if prior is not None:
-            return self.cursor(ctx, stream_id, prior.first_seq)
-        last = await self.published(ctx, stream_id, series)
-        if last >= position:
-            # A concurrent publisher got there between our two reads: its record is durable.
-            prior = await stream.idempotent_result(key, fp)
-            if prior is not None:
-                return self.cursor(ctx, stream_id, prior.first_seq)
-        if last != position - 1:
-            raise ValueError(f"{series} position {position} is not the next to publish ({last})")
-        # A series mirrors records the server already accepted (a canvas command may be larger
-        # than a client event): only the storage limit applies, so a position never gets stuck.
-        raw = self._encode(ctx, event_type, data, limit=MAX_VALUE_BYTES)
-        marker = _MARK_PREFIX + series
-
-        def mark(_first: int, _last: int) -> list[Op]:
-            condition = Absent() if position == 1 else VersionIs(position - 1)
-            return [Put(marker, b"{}", version=position, condition=condition)]
-
-        done = await stream.append(
-            lambda _first: [raw],
-            now=self.clock.now(),
-            idempotency_key=key,
-            payload_fingerprint=fp,
-            extra_ops=mark,
-        )
+        preceding = []
+        for event in preceded_by:
+            if event.stream_id != stream_id:
+                raise ValueError(f"an event of {event.stream_id!r} cannot precede one of {stream_id!r}")
+            check_id(DOMAIN, "idempotency_key", event.idempotency_key)
+            preceding.append(
+                KeyedEntry(
+                    # the storage limit only, like the item: a position never sticks behind it
+                    self._encode(ctx, event.type, event.data, limit=MAX_PUBLISHED_BYTES),
+                    event.idempotency_key,
+                    fingerprint({"type": event.type, "data": event.data}),
+                )
+            )
+        done = await ordered.publish(position, raw, fp, now=self.clock.now(), preceded_by=preceding)
         if not done.replayed:
-            self.tails.notify(stream, done.last_seq)
+            self.tails.notify(ordered.stream, done.last_seq)
         return self.cursor(ctx, stream_id, done.first_seq)
 
     async def published(self, ctx: RequestContext, stream_id: str, series: str) -> int:
         """The last position of ``series`` published on the stream (0 if none)."""
-        stream = await self.stream(ctx, stream_id)
-        item = await stream.store.get(stream.partition, _MARK_PREFIX + series)
-        return item.version if item is not None else 0
+        return await (await self._series(ctx, stream_id, series)).published()
 
     async def ordered_cursor(
         self, ctx: RequestContext, stream_id: str, series: str, position: int
@@ -344,12 +363,8 @@ class EventStreamService:
         the start of the stream)."""
         if position == 0:
             return self.cursor(ctx, stream_id, 0)
-        stream = await self.stream(ctx, stream_id)
-        item = await stream.store.get(stream.partition, f"i#{series}.{position}")
-        if item is None:
-            return None
-        seq = int(msgspec.json.decode(item.value, type=dict[str, Any])["result"]["first_seq"])
-        return self.cursor(ctx, stream_id, seq)
+        seq = await (await self._series(ctx, stream_id, series)).seq_of(position)
+        return None if seq is None else self.cursor(ctx, stream_id, seq)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -383,16 +398,17 @@ class EventStreamService:
         if cursor is not None:
             after = await self.check_cursor(ctx, stream_id, cursor, error_domain=error_domain)
         stream = await self.stream(ctx, stream_id)
-        items = await stream.read(after, limit + 1)
-        has_more = len(items) > limit
-        items = items[:limit]
-        events = [self._event(ctx, stream_id, item) for item in items]
-        last_seq = events[-1].seq if events else after
-        if types is not None:
-            events = [e for e in events if e.type in types]
-        return Page(
-            items=events, next_cursor=self.cursor(ctx, stream_id, last_seq), has_more=has_more
+        page = page_of(
+            [self._event(ctx, stream_id, item) for item in await stream.read(after, limit + 1)],
+            limit,
+            lambda event: event.event_id,
+            lambda event: event,
+            resume_from=self.cursor(ctx, stream_id, after),
+            stream=True,
         )
+        if types is not None:
+            page.items = [e for e in page.items if e.type in types]
+        return page
 
     async def follow(
         self,
@@ -413,6 +429,10 @@ class EventStreamService:
             yield None if item is None else self._event(ctx, stream_id, item)
 
     async def get_event(self, ctx: RequestContext, stream_id: str, seq: int) -> StreamEvent | None:
+        if seq < 1:
+            return None
         stream = await self.stream(ctx, stream_id)
-        item = await stream.store.get(stream.partition, seq_key(seq))
-        return self._event(ctx, stream_id, item) if item is not None else None
+        items = await stream.read(seq - 1, 1)  # entries are gap-free: the next one is ``seq``
+        if not items or seq_of(items[0].key) != seq:
+            return None
+        return self._event(ctx, stream_id, items[0])

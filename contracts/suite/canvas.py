@@ -27,20 +27,65 @@ from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.tail import TailHub
 from northstar_core.routing import RoutingRegistry
+from northstar_core.scope import subject_stream
 from northstar_core.spine import EventSpine
 from northstar_core.storage import ItemStore
-from northstar_core.timeline import EventStreamService
+from northstar_core.timeline import PendingEvent, Timeline
 
 SECRET = b"canvas-contract-secret-0123456789"
 
 
 class RecordingGate:
-    """An :class:`~northstar_core.ports.ActionGate` for tests: records every check and blocks
-    the actions named in ``deny`` with the kill-switch envelope."""
+    """An :class:`~northstar_core.ports.ActionGate` for tests: records every decision (in
+    ``calls``; a prepared check that is never decided records nothing, like the gate chain's)
+    and blocks the actions named in ``deny`` with the kill-switch envelope. With ``announce``
+    an allow taken by :meth:`decide_unpublished` comes with a ``safety_decision`` event for the
+    caller to publish on the subject's stream, as the gate chain's does."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, announce: bool = False) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.prepared = 0
         self.deny: set[str] = set()
+        self.announce = announce
+
+    async def prepare(
+        self,
+        ctx: RequestContext,
+        *,
+        action_name: str,
+        subject_type: str,
+        subject_id: str,
+        params: dict[str, Any] | None = None,
+        estimated_cost: float = 0.0,
+        surface_id: str | None = None,
+        app_id: str | None = None,
+    ) -> dict[str, Any]:
+        self.prepared += 1
+        return {"action_name": action_name, "subject_type": subject_type, "subject_id": subject_id}
+
+    async def decide(self, prepared: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        self.calls.append(prepared)
+        if prepared["action_name"] in self.deny:
+            raise NorthstarError(
+                "gate.kill_switch.action_blocked", "blocked by a test kill switch", 403,
+                gate="kill_switch", details={"action_name": prepared["action_name"]},
+            )
+        return {"allowed": True, "action_name": prepared["action_name"]}
+
+    async def decide_unpublished(
+        self, prepared: dict[str, Any]
+    ) -> tuple[dict[str, Any], PendingEvent | None]:
+        decision = await self.decide(prepared)
+        if not self.announce:
+            return decision, None
+        event_id = uuid.uuid4().hex
+        event = PendingEvent(
+            stream_id=subject_stream(prepared["subject_type"], prepared["subject_id"]),
+            type="safety_decision",
+            data={"decision": "allow", "action_name": prepared["action_name"], "event_id": event_id},
+            idempotency_key=f"safety-{event_id}",
+        )
+        return decision, event
 
     async def check(
         self,
@@ -51,23 +96,20 @@ class RecordingGate:
         subject_id: str,
         params: dict[str, Any] | None = None,
         estimated_cost: float = 0.0,
+        surface_id: str | None = None,
+        app_id: str | None = None,
     ) -> dict[str, Any]:
-        self.calls.append(
-            {"action_name": action_name, "subject_type": subject_type, "subject_id": subject_id}
+        prepared = await self.prepare(
+            ctx, action_name=action_name, subject_type=subject_type, subject_id=subject_id
         )
-        if action_name in self.deny:
-            raise NorthstarError(
-                "gate.kill_switch.action_blocked", "blocked by a test kill switch", 403,
-                gate="kill_switch", details={"action_name": action_name},
-            )
-        return {"allowed": True, "action_name": action_name}
+        return await self.decide(prepared)
 
 
 @dataclass
 class CanvasRig:
     registry: RoutingRegistry
     canvas: CanvasService
-    events: EventStreamService
+    timeline: Timeline
     spine: EventSpine
     config: ConfigService
     gate: RecordingGate
@@ -95,14 +137,14 @@ async def canvas_rig(
     clock = clock or ManualClock()
     cursors = CursorCodec(SECRET)
     tails = tails or TailHub(0.05)
-    events = EventStreamService(registry, cursors, clock, tails=tails)
+    timeline = Timeline(registry, cursors, clock, tails=tails)
     spine = EventSpine(registry, cursors, clock=clock)
     config = ConfigService(registry, clock)
     gate = gate or RecordingGate()
     canvas = CanvasService(
-        registry, cursors, clock, events=events, gate=gate, audit=spine, toggles=config, limits=limits
+        registry, cursors, clock, timeline=timeline, gate=gate, audit=spine, toggles=config, limits=limits
     )
-    return CanvasRig(registry, canvas, events, spine, config, gate, tails, clock, cursors)
+    return CanvasRig(registry, canvas, timeline, spine, config, gate, tails, clock, cursors)
 
 
 def make_ctx(tenant: str = "t_a", user: str = "u1", **kw: Any) -> RequestContext:
@@ -221,6 +263,28 @@ class CanvasContract:
         page = await rig.canvas.replay(ctx, cid, None)
         assert [(e.type, e.data["rev"]) for e in page.items] == [("op_committed", r) for r in (1, 2, 3)]
 
+    async def test_each_allow_goes_on_the_stream_with_its_op_committed_or_alone_if_it_lost(
+        self, harness: BackendHarness
+    ) -> None:
+        rig = await canvas_rig(harness, gate=RecordingGate(announce=True))
+        other = await canvas_rig(rig.registry)  # another process: its own cached states
+        tenant, cid = _ids()
+        ctx = make_ctx(tenant)
+        for rev in range(2):
+            await rig.canvas.commit(ctx, cid, command(rev, create(f"a{rev}")))
+        await other.canvas.commit(ctx, cid, command(2, create("b")))
+        with pytest.raises(NorthstarError) as err:  # rig holds rev 2; only its commit sees rev 3
+            await rig.canvas.commit(ctx, cid, command(2, create("c")))
+        assert (err.value.code, err.value.details["expected_rev"]) == ("canvas.rev_conflict", 3)
+        events = (await rig.canvas.replay(ctx, cid, None)).items
+        assert [(e.type, e.data.get("rev")) for e in events] == [
+            ("safety_decision", None), ("op_committed", 1),
+            ("safety_decision", None), ("op_committed", 2),
+            ("op_committed", 3),
+            ("safety_decision", None),
+        ]
+        assert [e.seq for e in events] == list(range(1, 7))
+
     async def test_canvas_is_invisible_to_another_tenant(self, harness: BackendHarness) -> None:
         rig = await canvas_rig(harness)
         tenant, cid = _ids()
@@ -259,28 +323,28 @@ class TimelineContract:
         rig = await canvas_rig(harness)
         tenant, sid = _ids()
         ctx = make_ctx(tenant)
-        cursors = [await rig.events.publish(ctx, sid, "note", {"i": i}) for i in range(5)]
-        first = await rig.events.list(ctx, sid, None, 2)
+        cursors = [await rig.timeline.publish(ctx, sid, "note", {"i": i}) for i in range(5)]
+        first = await rig.timeline.list(ctx, sid, None, 2)
         assert [e.data["i"] for e in first.items] == [0, 1] and first.has_more
         assert [e.event_id for e in first.items] == cursors[:2]
-        rest = await rig.events.list(ctx, sid, first.next_cursor, 10)
+        rest = await rig.timeline.list(ctx, sid, first.next_cursor, 10)
         assert [e.data["i"] for e in rest.items] == [2, 3, 4] and not rest.has_more
 
     async def test_publish_with_same_key_is_once(self, harness: BackendHarness) -> None:
         rig = await canvas_rig(harness)
         tenant, sid = _ids()
         ctx = make_ctx(tenant)
-        one = await rig.events.publish(ctx, sid, "note", {"x": 1}, idempotency_key="k")
-        two = await rig.events.publish(ctx, sid, "note", {"x": 1}, idempotency_key="k")
+        one = await rig.timeline.publish(ctx, sid, "note", {"x": 1}, idempotency_key="k")
+        two = await rig.timeline.publish(ctx, sid, "note", {"x": 1}, idempotency_key="k")
         assert one == two
-        assert len((await rig.events.list(ctx, sid)).items) == 1
+        assert len((await rig.timeline.list(ctx, sid)).items) == 1
 
     async def test_foreign_cursor_is_410(self, harness: BackendHarness) -> None:
         rig = await canvas_rig(harness)
         tenant, sid = _ids()
-        cursor = await rig.events.publish(make_ctx(tenant), sid, "note", {})
+        cursor = await rig.timeline.publish(make_ctx(tenant), sid, "note", {})
         with pytest.raises(NorthstarError) as err:
-            await rig.events.list(make_ctx("t_b" + tenant[2:]), sid, cursor)
+            await rig.timeline.list(make_ctx("t_b" + tenant[2:]), sid, cursor)
         assert (err.value.code, err.value.http_status) == ("event_stream.cursor_invalid", 410)
         with pytest.raises(NorthstarError):
-            await rig.events.list(make_ctx(tenant), sid + "x", cursor)
+            await rig.timeline.list(make_ctx(tenant), sid + "x", cursor)

@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 
 from contracts.harness import BackendHarness
-from northstar_core.budget import BudgetLedger
 from northstar_core.clock import ManualClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
-from northstar_core.gates import GateChain
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.tail import TailHub
-from northstar_core.policies import PolicyStores
+from northstar_core.safety.budget import BudgetLedger
+from northstar_core.safety.gates import GateChain
+from northstar_core.safety.policies import PolicyStores
 from northstar_core.spine import EventSpine
 from northstar_core.storage import ItemStore
-from northstar_core.timeline import EventStreamService
+from northstar_core.timeline import Timeline
 
 SECRET = b"spine-contract-secret-0123456789"
 
@@ -45,13 +45,13 @@ class SafetyRig:
     spine: EventSpine
     policies: PolicyStores
     budget: BudgetLedger
-    streams: EventStreamService
+    timeline: Timeline
     gate: GateChain
     clock: ManualClock
 
 
 async def safety_rig(store: ItemStore, clock: ManualClock | None = None) -> SafetyRig:
-    """Spine, policy stores, ledger, streams and gate chain on one store (for contracts/tests)."""
+    """Spine, policy stores, ledger, timeline and gate chain on one store (for contracts/tests)."""
     from contracts.suite import make_registry
 
     registry = await make_registry(store)
@@ -60,9 +60,9 @@ async def safety_rig(store: ItemStore, clock: ManualClock | None = None) -> Safe
     spine = EventSpine(registry, codec, clock=clock)
     policies = PolicyStores(registry, clock, spine)
     budget = BudgetLedger(registry, codec, clock, spine)
-    streams = EventStreamService(registry, codec, clock, tails=TailHub())
-    gate = GateChain(policies, budget, spine, clock, streams)
-    return SafetyRig(spine, policies, budget, streams, gate, clock)
+    timeline = Timeline(registry, codec, clock, tails=TailHub())
+    gate = GateChain(policies, budget, spine, clock, timeline)
+    return SafetyRig(spine, policies, budget, timeline, gate, clock)
 
 
 async def _put(rig: SafetyRig, name: str, body: dict[str, Any]) -> None:
@@ -139,7 +139,37 @@ class SpineContract:
         assert seen == ([event.event_id] if store.capabilities.shared else [])
 
 
+    async def test_spine_takes_a_caller_made_id_once(self, harness: BackendHarness) -> None:
+        rig = await safety_rig(await harness.open())
+        event_id = rig.spine.new_event_id()
+        event = await rig.spine.record(_ctx(), "safety", {"n": 1}, event_id=event_id)
+        assert event.event_id == event_id and await rig.spine.get(_ctx(), event_id) == event
+        with pytest.raises(NorthstarError) as info:
+            await rig.spine.record(_ctx(), "safety", {"n": 2}, event_id=event_id)
+        assert info.value.code == "event_spine.contention"
+
+
 class SafetyContract:
+    async def test_every_policy_document_comes_back_from_one_read(self, harness: BackendHarness) -> None:
+        rig = await safety_rig(await harness.open())
+        bodies: dict[str, dict[str, Any]] = {
+            "kill_switches": {"actions": ["x"]},
+            "kpi_corridors": {"corridors": [{"parameter": "ctr", "max": 1}]},
+            "temperature_corridors": {"corridors": [{"parameter": "t", "min": 0}]},
+            "firearms_policy": {"bindings": [{"action_name": "fire", "licence_type": "l1"}]},
+            "firearms_grants": {"grants": [{"licence_type": "l1", "subject_type": "agent"}]},
+            "strategy_lock_policy": {"required_approvals": 2},
+            "budget_policy": {"limits": [{"period": "day", "limit": 5}]},
+        }
+        for name, body in bodies.items():
+            await _put(rig, name, body)
+        await _put(rig, "kill_switches", {"actions": ["y"]})
+        policies = await rig.policies.read_all(_ctx())
+        assert policies.versions == {name: 2 if name == "kill_switches" else 1 for name in bodies}
+        assert policies.kill_switches.actions == ["y"]
+        assert policies.strategy_lock_policy.required_approvals == 2
+        assert (await rig.policies.read_all(_ctx("t_b"))).versions == dict.fromkeys(bodies, 0)
+
     async def test_policy_documents_are_compare_and_set(self, harness: BackendHarness) -> None:
         rig = await safety_rig(await harness.open())
         doc = await rig.policies.put_document(_ctx(), "kill_switches", {"actions": ["x"]}, expected_version=0)
@@ -160,7 +190,7 @@ class SafetyContract:
         assert await _decide(rig) == "gate.kill_switch.action_blocked"
         safety = (await rig.spine.list(_ctx(), event_type="safety")).items
         assert [e.payload["decision"] for e in safety] == ["allow", "deny"]
-        stream = (await rig.streams.list(_ctx(), "agent:a1")).items
+        stream = (await rig.timeline.list(_ctx(), "agent:a1")).items
         assert [e.data["event_id"] for e in stream] == [e.event_id for e in safety]
 
     async def test_revocation_and_kill_switch_reach_a_peer_on_its_next_check(

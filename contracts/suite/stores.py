@@ -200,3 +200,32 @@ class StoresContract:
         assert [e.event_id for e in (await svc.analytics.list(ctx)).items] == [stored.event_id]
         spine_event = await svc.spine.get(ctx, stored.event_id)
         assert spine_event is not None and spine_event.event_type == "analytics"
+
+    async def test_stores_record_listings_resume_at_their_end(self, svc: StoreServices) -> None:
+        """Blackboard, tabular (records and versions) and analytics pages are resumable: the
+        last page still names the position after its last item, and an empty page answers
+        the cursor it was asked with (``None`` when there was none)."""
+        ctx = make_ctx(run_id="run1")
+        listings: dict[str, Any] = {
+            "blackboard": lambda cursor: svc.blackboard.list(ctx, "run1", cursor=cursor, limit=2),
+            "tabular": lambda cursor: svc.tabular.list(ctx, "flows", cursor=cursor, limit=2),
+            "versions": lambda cursor: svc.tabular.versions(ctx, "flows", "r1", cursor=cursor, limit=2),
+            "analytics": lambda cursor: svc.analytics.list(ctx, cursor=cursor, limit=2),
+        }
+        for name in ("blackboard", "tabular", "analytics"):
+            empty = await listings[name](None)
+            assert (empty.items, empty.next_cursor, empty.has_more) == ([], None, False), name
+        for i in range(3):
+            await svc.blackboard.put(ctx, "run1", f"k{i}", i, expected_version=None)
+            await svc.tabular.put(ctx, "flows", f"r{i}", i, expected_version=None)
+            await svc.analytics.record(ctx, {"kind": "click", "target": f"t{i}"})
+        for version in (1, 2):  # r1 has three versions
+            await svc.tabular.put(ctx, "flows", "r1", version, expected_version=version)
+        for name, listing in listings.items():
+            first = await listing(None)
+            assert (len(first.items), first.has_more) == (2, True), name
+            last = await listing(first.next_cursor)
+            assert (len(last.items), last.has_more) == (1, False), name
+            assert last.next_cursor is not None, name
+            end = await listing(last.next_cursor)
+            assert (end.items, end.next_cursor, end.has_more) == ([], last.next_cursor, False), name

@@ -2,14 +2,28 @@
 
 The kernel is the only code in the core that knows key layouts or calls the storage port
 (:mod:`northstar_core.storage`); the domain modules above it (chat, canvas, timeline, spine,
-safety, records-backed stores) speak in streams, records, pages and publications, never in
-store operations. An import-linter contract keeps it so.
+safety, the record-backed stores) speak in streams, records, pages and publications, never in
+store operations. Two import-linter contracts keep it so: no domain module imports the port,
+and the kernel imports no domain module.
 
-* :mod:`~northstar_core.kernel.streams` — sequenced append-only streams (``s#<seq>``), one
+Each key prefix means one thing across the kernel:
+
+* :mod:`~northstar_core.kernel.streams` — sequenced append-only streams: ``s#<seq>``, one
   atomic batch per append, exactly one winner per head;
-* :mod:`~northstar_core.kernel.records` — versioned records (``r#<key>``) with compare-and-set
-  and optional history;
-* :mod:`~northstar_core.kernel.idempotency` — the one idempotency rule (``i#<key>``);
+* :mod:`~northstar_core.kernel.idempotency` — the one idempotency rule: ``i#<key>``, looked up
+  at most once per request, recorded in the batch it guards;
+* :mod:`~northstar_core.kernel.records` — versioned records ``r#<key>`` with compare-and-set,
+  TTL and optional history ``h#<key>#<version>``;
+* :mod:`~northstar_core.kernel.publication` — ordered exactly-once publication of a numbered
+  series onto a stream (marker ``m#<series>``);
+* :mod:`~northstar_core.kernel.checkpoints` — chunked snapshots ``c#<seq>#<chunk>`` beside a
+  stream;
+* :mod:`~northstar_core.kernel.headers` — a stream's header item, written with its first entry;
+* :mod:`~northstar_core.kernel.write_once` — write-once entries ``e#<key>`` (of two writers of
+  one key, exactly one stores its value);
+* :mod:`~northstar_core.kernel.eventlog` — the spine's event log: each event once per index
+  (``ev#``, ``er#``, ``et#``, ``es#``, ``ex#``) in one batch;
+* :mod:`~northstar_core.kernel.ids` — time-ordered UUIDv7 ids (key order is creation order);
 * :mod:`~northstar_core.kernel.paging` — the one page type and page-after-cursor rule;
 * :mod:`~northstar_core.kernel.tail` — live tails of streams, one poller per stream per process.
 """

@@ -28,9 +28,9 @@ import httpx
 import pytest
 
 from northstar_adapters.config import load_settings
-from northstar_core.actions import ActionOutcome, ActionRequest
 from northstar_core.identity import RequestContext
 from northstar_core.routing import RESOURCE_KINDS
+from northstar_core.safety.actions import ActionOutcome, ActionRequest
 from northstar_http.bootstrap import create_app
 from northstar_http.tokens import mint_token
 from tests.conftest import LiveServer

@@ -32,8 +32,8 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from northstar_adapters.config import Settings
-from northstar_core.actions import ActionOutcome, ActionRequest
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import ActionOutcome, ActionRequest
 from northstar_http.bootstrap import create_app
 from northstar_http.tokens import mint_token
 from tests import conftest as root

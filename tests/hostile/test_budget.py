@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from northstar_core.actions import ActionOutcome, ActionRequest
 from northstar_core.bounds import MAX_AMOUNT, MAX_TOTAL
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import ActionOutcome, ActionRequest
 from northstar_http.bootstrap import create_app
 from tests.conftest import make_settings
 from tests.hostile.test_bounds import (

@@ -16,8 +16,8 @@ from litestar.testing import AsyncTestClient
 from northstar_adapters.compose import action_handlers, open_engines
 from northstar_adapters.config import ConfigError, load_settings
 from northstar_adapters.webhooks import WebhookHandler
-from northstar_core.actions import ActionOutcome, ActionRequest
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import ActionOutcome, ActionRequest
 from northstar_http.bootstrap import create_app
 from northstar_http.cli import main
 from northstar_http.client import NorthstarClient

@@ -8,9 +8,9 @@ from typing import Any
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from northstar_core.actions import ActionOutcome, ActionRequest
 from northstar_core.engines import Engines
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import ActionOutcome, ActionRequest
 
 Client = AsyncTestClient[Litestar]
 Auth = Callable[..., dict[str, str]]
@@ -56,7 +56,7 @@ async def test_allowed_action_runs_and_records_usage_and_decision(
         "python",
     )
     assert report["decision_event_id"] == body["decision"]["event_id"] and report["latency_ms"] >= 0
-    stream = (await engines.streams.list(ctx(), "agent:a1")).items
+    stream = (await engines.timeline.list(ctx(), "agent:a1")).items
     assert [e.type for e in stream] == ["safety_decision"]
     usage = (await client.get("/budget/usage", headers=auth())).json()
     assert usage["total"] == 1.25
@@ -85,7 +85,7 @@ async def test_blocked_action_is_403_with_gate_recorded_and_never_runs(
     assert [e.payload["decision"] for e in safety] == ["deny"]
     assert safety[0].event_id == error["details"]["event_id"]
     assert (await engines.spine.list(ctx(), event_type="budget")).items == []
-    stream = (await engines.streams.list(ctx(), "agent:a1")).items
+    stream = (await engines.timeline.list(ctx(), "agent:a1")).items
     assert [(e.type, e.data["code"]) for e in stream] == [
         ("safety_decision", "gate.kill_switch.action_blocked")
     ]

@@ -8,13 +8,13 @@ import pytest
 
 from contracts.suite import make_registry
 from northstar_adapters.memory import MemoryItemStore
-from northstar_core.actions import ActionRequest
 from northstar_core.clock import ManualClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.routing import RESOURCE_KINDS
+from northstar_core.safety.actions import ActionRequest
 
 REQUEST = {"action_name": "fire", "subject_type": "agent", "subject_id": "a1", "estimated_cost": 2}
 

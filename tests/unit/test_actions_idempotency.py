@@ -11,12 +11,12 @@ import pytest
 
 from contracts.suite import make_registry
 from northstar_adapters.memory import MemoryItemStore
-from northstar_core.actions import DEFAULT_LEASE_SECONDS, ActionOutcome, ActionRequest, HandlerFailed
 from northstar_core.clock import ManualClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import DEFAULT_LEASE_SECONDS, ActionOutcome, ActionRequest, HandlerFailed
 
 REQUEST: dict[str, Any] = {
     "action_name": "fire",
@@ -265,7 +265,7 @@ async def test_check_records_a_dry_run_decision_and_runs_and_charges_nothing() -
         True,
     )
     # dry runs are not published where readers act on decisions
-    assert (await engines.streams.list(ctx(), "agent:a1")).items == []
+    assert (await engines.timeline.list(ctx(), "agent:a1")).items == []
     unknown = await engines.actions.check(ctx(), {**REQUEST, "action_name": "nobody"})
     assert (unknown["allowed"], unknown["registered"]) == (True, False)
 

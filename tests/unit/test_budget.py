@@ -13,9 +13,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from contracts.suite.spine import safety_rig
 from northstar_adapters.memory import MemoryItemStore
-from northstar_core.budget import day_of, month_of
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.safety.budget import day_of, month_of
 
 
 def ctx(tenant: str = "t_a") -> RequestContext:

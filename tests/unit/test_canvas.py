@@ -164,7 +164,7 @@ async def test_bad_command_is_an_envelope_and_writes_nothing(
     if index is not None:
         assert err.value.details["op_index"] == index
     assert await rig.canvas.head(ctx, c) == 0
-    assert (await rig.events.list(ctx, rig.canvas.stream_id(c))).items == []
+    assert (await rig.timeline.list(ctx, rig.canvas.stream_id(c))).items == []
 
 
 async def test_whole_canvas_size_limit_is_413() -> None:
@@ -237,6 +237,41 @@ async def test_every_command_passes_the_gate_as_canvas_command_first() -> None:
         await rig.canvas.commit(ctx, c, command(1, create("b")))
     assert (err.value.http_status, err.value.gate) == (403, "kill_switch")
     assert await rig.canvas.head(ctx, c) == 1
+
+
+async def test_replays_conflicts_and_bad_revisions_are_answered_without_a_gate_decision() -> None:
+    gate = RecordingGate()
+    rig = await canvas_rig(MemoryItemStore(), gate=gate)
+    ctx, c = make_ctx(), cid()
+    first = await rig.canvas.commit(ctx, c, command(0, create("a"), key="k1"))
+    await rig.canvas.commit(ctx, c, command(1, create("b"), key="k2"))
+    decided = len(gate.calls)
+    again = await rig.canvas.commit(ctx, c, command(0, create("a"), key="k1"))
+    assert (again.replayed, again.cursor) == (True, first.cursor)
+    for base_rev, code in ((1, "canvas.rev_conflict"), (7, "canvas.rev_invalid")):
+        with pytest.raises(NorthstarError) as err:
+            await rig.canvas.commit(ctx, c, command(base_rev, create("x"), key=f"k-{base_rev}"))
+        assert err.value.code == code
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.commit(ctx, c, command(2, update("missing", n=1), key="k-op"))
+    assert err.value.code == "canvas.op_invalid"
+    # the policy inputs were read alongside each command's own reads, never decided on
+    assert gate.prepared >= decided + 4
+    assert len(gate.calls) == decided == 2
+    assert await rig.canvas.head(ctx, c) == 2
+
+
+async def test_a_command_on_a_canvas_this_process_has_not_seen_rebuilds_it_from_a_checkpoint() -> None:
+    store = MemoryItemStore()
+    rig = await canvas_rig(store, limits=CanvasLimits(checkpoint_every=4))
+    ctx, c = make_ctx(), cid()
+    await _canvas_at_rev(rig, ctx, c, 10)
+    fresh = await canvas_rig(store, limits=CanvasLimits(checkpoint_every=4))  # cold cache
+    done = await fresh.canvas.commit(ctx, c, command(10, update("base", n=10)))
+    assert done.head_rev == 11
+    snap = await fresh.canvas.snapshot(ctx, c)
+    assert (snap.head_rev, snap.atoms["base"].props) == (11, {"n": 10})
+    assert snap == await rig.canvas.snapshot(ctx, c)
 
 
 # --- conflicts and recovery ------------------------------------------------------------------
@@ -359,6 +394,97 @@ async def test_revisions_committed_while_the_stream_was_down_are_published_befor
     assert [(e.type, e.data["rev"]) for e in page.items] == [("op_committed", r) for r in (1, 2, 3)]
     snap = await rig.canvas.snapshot(ctx, c)
     assert snap.cursor == page.items[-1].event_id
+
+
+class LosesResponses(FailingWrites):
+    """Fault injection: while ``down`` a write reaches the store, then reports an outage (the
+    caller cannot tell whether it landed)."""
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        await self.inner.write(partition, ops)
+        if self.down:
+            raise BackendUnavailable("injected lost response")
+
+
+def _pairs(events: Sequence[Any]) -> list[tuple[str, Any]]:
+    return [(e.type, e.data.get("rev", e.data.get("event_id"))) for e in events]
+
+
+@pytest.mark.parametrize("fault", [FailingWrites, LosesResponses])
+async def test_a_decision_and_op_committed_lost_to_a_stream_outage_are_published_together_later(
+    fault: type[FailingWrites],
+) -> None:
+    stream_store = fault(MemoryItemStore())
+    registry = await registry_by_kind(MemoryItemStore(), event_stream=stream_store)
+    rig = await canvas_rig(registry, gate=RecordingGate(announce=True))
+    ctx, c = make_ctx(), cid()
+    await rig.canvas.commit(ctx, c, command(0, create("a")))
+    stream_store.down = True
+    outage = [await rig.canvas.commit(ctx, c, command(r, update("a", n=r))) for r in (1, 2)]
+    assert [(o.head_rev, o.cursor) for o in outage] == [(2, None), (3, None)]  # committed
+    stream_store.down = False
+    page = await rig.canvas.replay(ctx, c, None)
+    await rig.canvas.snapshot(ctx, c)  # a second catch-up publishes nothing again
+    await rig.canvas.commit(ctx, c, command(3, update("a", n=3)))
+    events = (await rig.canvas.replay(ctx, c, None)).items
+    assert [e.type for e in events] == ["safety_decision", "op_committed"] * 4
+    assert [e.data["rev"] for e in events[1::2]] == [1, 2, 3, 4]
+    assert [e.seq for e in events] == list(range(1, 9))
+    assert len({e.data["event_id"] for e in events[::2]}) == 4
+    assert events[: len(page.items)] == page.items
+
+
+@pytest.mark.parametrize("fault", [FailingWrites, LosesResponses])
+async def test_the_decision_of_a_commit_that_failed_on_the_store_is_published_once(
+    fault: type[FailingWrites],
+) -> None:
+    canvas_store = fault(MemoryItemStore())
+    registry = await registry_by_kind(canvas_store, event_stream=MemoryItemStore())
+    rig = await canvas_rig(registry, gate=RecordingGate(announce=True))
+    ctx, c = make_ctx(), cid()
+    await rig.canvas.commit(ctx, c, command(0, create("a")))
+    canvas_store.down = True
+    with pytest.raises(NorthstarError) as err:
+        await rig.canvas.commit(ctx, c, command(1, update("a", n=1)))
+    assert err.value.http_status == 503
+    canvas_store.down = False
+    landed = fault is LosesResponses  # the commit reached the store; only its answer was lost
+    events = (await rig.canvas.replay(ctx, c, None)).items
+    expected = ["safety_decision", "op_committed", "safety_decision"] + (["op_committed"] if landed else [])
+    assert [e.type for e in events] == expected
+    assert await rig.canvas.head(ctx, c) == (2 if landed else 1)
+    await rig.canvas.snapshot(ctx, c)  # another catch-up repeats nothing
+    assert len((await rig.canvas.replay(ctx, c, None)).items) == len(expected)
+
+
+async def test_a_command_on_the_revision_this_process_holds_reads_no_log_and_a_stale_one_is_409() -> None:
+    shared = MemoryItemStore()
+    canvas_store = CountingStore(shared)
+    stream_store = MemoryItemStore()
+    ours = await canvas_rig(
+        await registry_by_kind(canvas_store, event_stream=stream_store), gate=RecordingGate(announce=True)
+    )
+    theirs = await canvas_rig(await registry_by_kind(shared, event_stream=stream_store))
+    ctx, c = make_ctx(), cid()
+    await ours.canvas.commit(ctx, c, command(0, create("a")))
+    canvas_store.reset()
+    await ours.canvas.commit(ctx, c, command(1, update("a", n=1)))
+    assert canvas_store.reads == 1  # the idempotency key only: the state at rev 1 is held
+    await theirs.canvas.commit(ctx, c, command(2, update("a", n=2)))  # another process
+    with pytest.raises(NorthstarError) as err:
+        await ours.canvas.commit(ctx, c, command(2, update("a", n=9), key="late"))
+    assert (err.value.code, err.value.http_status) == ("canvas.rev_conflict", 409)
+    assert (err.value.details["expected_rev"], err.value.details["base_rev"]) == (3, 2)
+    assert [r["rev"] for r in err.value.details["recovery_ops"]] == [3]
+    # the decision taken for the command that lost its race is on the stream, alone
+    events = (await ours.canvas.replay(ctx, c, None)).items
+    assert [e.type for e in events] == [
+        "safety_decision", "op_committed", "safety_decision", "op_committed", "op_committed",
+        "safety_decision",
+    ]
+    done = await ours.canvas.commit(ctx, c, command(3, update("a", n=4)))
+    assert done.head_rev == 4
+    assert (await ours.canvas.snapshot(ctx, c)).atoms["a"].props == {"n": 4}
 
 
 # --- bounded snapshots -------------------------------------------------------------------------

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contracts.round_trips import InstrumentedStore, Trace
 from contracts.suite.stores import StoreServices, build_services, make_ctx
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.config import TOGGLES, validate_values
 from northstar_core.errors import NorthstarError
+from northstar_core.storage import BackendUnavailable, Item
 
 ADMIN = make_ctx(roles=("admin",))
 SYSTEM = make_ctx(roles=("admin",), is_system=True)
@@ -94,6 +96,33 @@ async def test_toggle_resolves_surface_then_tenant_then_system_then_default(svc:
     assert await svc.config.toggle(canvas, GESTURES, default=False) is True
     assert await svc.config.toggle(chat, GESTURES, default=True) is False
     assert await svc.config.toggle(make_ctx(tenant="t_b"), "tool_canvas_mode") == "off"
+
+
+class _SystemDown(MemoryItemStore):
+    """Every read of the system scope's partition fails as an unreachable backend would."""
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        if partition.startswith("~system|"):
+            raise BackendUnavailable("down")
+        return await super().get(partition, key)
+
+
+async def test_toggle_reads_the_three_scopes_concurrently() -> None:
+    trace = Trace()
+    svc = await build_services(InstrumentedStore(MemoryItemStore(), "config_store", trace))
+    trace.start()
+    assert await svc.config.toggle(make_ctx(surface_id="canvas"), GESTURES, default=True) is True
+    rt = trace.stop()
+    assert (rt.total, rt.depth) == (3, 1), rt
+
+
+async def test_a_failing_scope_only_matters_when_no_scope_before_it_holds_the_key() -> None:
+    svc = await build_services(_SystemDown())
+    canvas = make_ctx(surface_id="canvas")
+    await svc.config.put(ADMIN, "surface", {GESTURES: False}, expected_version=None, surface_id="canvas")
+    assert await svc.config.toggle(canvas, GESTURES, default=True) is False
+    err = await _err(svc.config.toggle(canvas, "tool_canvas_mode", default="off"))
+    assert (err.code, err.http_status) == ("config_store.backend_unavailable", 503)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,14 @@
-"""What an embedding agent touches first: named RequestContext constructors with explicit roles,
-errors whose text names their code, and one page type for every list."""
+"""What an embedding agent touches first: engines from the server's configuration file in one
+call (no web framework), named RequestContext constructors with explicit roles, errors whose text
+names their code, and one page type for every list."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +16,50 @@ from northstar_core import NorthstarError, Page, RequestContext
 from northstar_core.blackboard import BlackboardEntry
 from northstar_core.chat import ChatEntry
 from northstar_core.errors import not_found
+
+EMBED = """
+import asyncio, json, sys
+
+from northstar_adapters.compose import open_engines
+from northstar_core import RequestContext
+
+
+async def main() -> list[str]:
+    engines = await open_engines(sys.argv[1])  # one call, the file `northstar serve` reads
+    try:
+        ctx = RequestContext.member("t_acme", "u_bob", mode="lab")
+        await engines.chat.post(ctx, "th_1", role="user", content="hello", idempotency_key="k1")
+        store = await engines.registry.store_for("chat_store", "t_acme")
+        return [store.backend, store.route.connection]
+    finally:
+        await engines.close()
+
+
+served_by = asyncio.run(main())
+shells = sorted(m for m in sys.modules if m.split(".")[0] in {"litestar", "northstar_http", "uvicorn"})
+print(json.dumps({"served_by": served_by, "shells": shells}))
+"""
+
+
+def test_engines_from_the_server_configuration_file_in_one_call_without_a_web_framework(
+    tmp_path: Path,
+) -> None:
+    """Run in a fresh interpreter: nothing imported before the call can hide a web framework."""
+    config = tmp_path / "northstar.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[connections.main]\nbackend = "sqlite"\npath = "{tmp_path / "main.db"}"\n'
+        '[registry]\nconnection = "main"\n'
+        '[[routes]]\nresource_kind = "chat_store"\nconnection = "main"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_")}
+    run = subprocess.run(
+        [sys.executable, "-c", EMBED, str(config)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"served_by": ["sqlite", "main"], "shells": []}
+    assert (tmp_path / "main.db").is_file()
 
 
 def test_named_constructors_hold_exactly_their_role() -> None:
@@ -80,7 +131,7 @@ def test_one_page_type_for_every_list() -> None:
 
     services = {
         name: getattr(engines_module, name)
-        for name in ("ChatService", "EventSpine", "EventStreamService", "CanvasService", "Blackboard",
+        for name in ("ChatService", "EventSpine", "Timeline", "CanvasService", "Blackboard",
                      "NotesService", "TabularStore", "AnalyticsService", "PolicyStores")
     }
     paged = 0

@@ -10,16 +10,16 @@ import pytest
 
 from contracts.suite import make_registry
 from northstar_adapters.memory import MemoryItemStore
-from northstar_core.budget import BudgetLedger
 from northstar_core.clock import ManualClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
-from northstar_core.gates import GateChain
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.tail import TailHub
-from northstar_core.policies import PolicyStores
+from northstar_core.safety.budget import BudgetLedger
+from northstar_core.safety.gates import GateChain
+from northstar_core.safety.policies import PolicyStores
 from northstar_core.spine import EventSpine
-from northstar_core.timeline import EventStreamService
+from northstar_core.timeline import Timeline
 
 SECRET = b"gate-test-secret-0123456789abcdef"
 
@@ -37,7 +37,7 @@ class Safety:
     spine: EventSpine
     policies: PolicyStores
     budget: BudgetLedger
-    streams: EventStreamService
+    timeline: Timeline
     gate: GateChain
 
 
@@ -49,8 +49,9 @@ async def safety() -> Safety:
     spine = EventSpine(registry, codec, clock=clock)
     policies = PolicyStores(registry, clock, spine)
     budget = BudgetLedger(registry, codec, clock, spine)
-    streams = EventStreamService(registry, codec, clock, tails=TailHub())
-    return Safety(clock, spine, policies, budget, streams, GateChain(policies, budget, spine, clock, streams))
+    timeline = Timeline(registry, codec, clock, tails=TailHub())
+    gate = GateChain(policies, budget, spine, clock, timeline)
+    return Safety(clock, spine, policies, budget, timeline, gate)
 
 
 async def put(s: Safety, name: str, body: dict[str, Any]) -> None:
@@ -232,7 +233,7 @@ async def test_each_gate_allows_or_blocks_and_records_the_decision(
     assert payload["gate"] == (expected[0] if expected else None)
     assert payload["code"] == (expected[1] if expected else None)
     assert set(payload["policy_versions"]) >= {"kill_switches"}
-    published = (await safety.streams.list(caller, "agent:a1")).items
+    published = (await safety.timeline.list(caller, "agent:a1")).items
     assert [e.type for e in published] == ["safety_decision"]
     assert published[0].data["event_id"] == recorded[0].event_id
     assert published[0].data["code"] == payload["code"]
@@ -255,11 +256,102 @@ class _BrokenSpine(EventSpine):
 
 async def test_no_decision_without_the_spine_recording_it(safety: Safety) -> None:
     broken = _BrokenSpine(safety.spine.registry, safety.spine.cursors)
-    gate = GateChain(safety.policies, safety.budget, broken, safety.clock, safety.streams)
+    gate = GateChain(safety.policies, safety.budget, broken, safety.clock, safety.timeline)
     with pytest.raises(NorthstarError) as info:
         await gate.check(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
     assert (info.value.http_status, info.value.code) == (503, "gate.decision_unrecorded")
-    assert (await safety.streams.list(ctx(), "agent:a1")).items == []
+    assert info.value.details["cause"] == "event_spine.backend_unavailable"
+    # The stream is written at the same time as the spine: it may carry the notification of a
+    # decision whose action did not run, never a spine event that exists.
+    for event in (await safety.timeline.list(ctx(), "agent:a1")).items:
+        assert await safety.spine.get(ctx(), event.data["event_id"]) is None
+
+
+class _BrokenStreams(Timeline):
+    async def publish(self, *args: Any, **kwargs: Any) -> str:
+        raise NorthstarError("event_stream.backend_unavailable", "down", 503)
+
+
+async def test_an_allow_the_stream_did_not_get_does_not_run_and_a_deny_stays_a_deny(safety: Safety) -> None:
+    broken = _BrokenStreams(safety.spine.registry, safety.spine.cursors, safety.clock, tails=TailHub())
+    gate = GateChain(safety.policies, safety.budget, safety.spine, safety.clock, broken)
+    with pytest.raises(NorthstarError) as info:
+        await gate.check(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    assert (info.value.http_status, info.value.code) == (503, "gate.decision_unrecorded")
+    assert info.value.details["cause"] == "event_stream.backend_unavailable"
+    await put(safety, "kill_switches", {"actions": ["fire"]})
+    with pytest.raises(NorthstarError) as info:
+        await gate.check(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    assert (info.value.http_status, info.value.code) == (403, "gate.kill_switch.action_blocked")
+    recorded = (await safety.spine.list(ctx(), event_type="safety")).items
+    assert [e.payload["decision"] for e in recorded] == ["allow", "deny"]
+    assert info.value.details["event_id"] == recorded[1].event_id
+
+
+async def test_prepare_reads_and_writes_nothing_then_decide_records(safety: Safety) -> None:
+    await put(safety, "kill_switches", {"actions": ["other"]})
+    prepared = await safety.gate.prepare(
+        ctx(), action_name="fire", subject_type="agent", subject_id="a1", params={"k": 1}
+    )
+    assert (await safety.spine.list(ctx(), event_type="safety")).items == []
+    assert (prepared.licences, prepared.locks, prepared.totals) == (None, None, None)
+    decision = await safety.gate.decide(prepared)
+    assert decision["decision"] == "allow" and decision["policy_versions"]["kill_switches"] == 1
+    (event,) = (await safety.spine.list(ctx(), event_type="safety")).items
+    assert event.event_id == decision["event_id"]
+    (published,) = (await safety.timeline.list(ctx(), "agent:a1")).items
+    assert published.data == {**event.payload, "event_id": event.event_id}
+    assert decision["stream_cursor"] == published.event_id
+
+
+async def test_an_unpublished_allow_is_on_the_spine_only_and_comes_with_its_stream_event(
+    safety: Safety,
+) -> None:
+    prepared = await safety.gate.prepare(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    decision, event = await safety.gate.decide_unpublished(prepared)
+    (recorded,) = (await safety.spine.list(ctx(), event_type="safety")).items
+    assert (decision["decision"], decision["event_id"]) == ("allow", recorded.event_id)
+    assert "stream_cursor" not in decision
+    assert (await safety.timeline.list(ctx(), "agent:a1")).items == []
+    assert event is not None
+    assert (event.stream_id, event.type, event.idempotency_key) == (
+        "agent:a1", "safety_decision", f"safety-{recorded.event_id}"
+    )
+    assert event.data == {**recorded.payload, "event_id": recorded.event_id} == decision
+
+
+async def test_an_unpublished_deny_is_still_recorded_published_and_raised(safety: Safety) -> None:
+    await put(safety, "kill_switches", {"actions": ["fire"]})
+    prepared = await safety.gate.prepare(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    with pytest.raises(NorthstarError) as info:
+        await safety.gate.decide_unpublished(prepared)
+    assert info.value.code == "gate.kill_switch.action_blocked"
+    (recorded,) = (await safety.spine.list(ctx(), event_type="safety")).items
+    (published,) = (await safety.timeline.list(ctx(), "agent:a1")).items
+    assert published.data == {**recorded.payload, "event_id": recorded.event_id}
+
+
+async def test_prepare_reads_only_what_the_documents_call_for(safety: Safety) -> None:
+    await licence(safety)
+    await put(safety, "budget_policy", {"limits": [{"period": "day", "limit": 10}]})
+    prepared = await safety.gate.prepare(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    assert prepared.licences is not None and len(prepared.licences) == 1
+    assert (prepared.locks, prepared.totals) == (None, ({}, {}))
+    await put(safety, "kill_switches", {"tenant_blocked": True})
+    blocked = await safety.gate.prepare(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    assert (blocked.licences, blocked.locks, blocked.totals) == (None, None, None)
+    with pytest.raises(NorthstarError) as info:
+        await safety.gate.decide(blocked)
+    assert info.value.details["policy_versions"] == {"kill_switches": 1}
+
+
+async def test_a_dry_run_returns_its_deny_and_publishes_nothing(safety: Safety) -> None:
+    await put(safety, "kill_switches", {"actions": ["fire"]})
+    prepared = await safety.gate.prepare(ctx(), action_name="fire", subject_type="agent", subject_id="a1")
+    decision = await safety.gate.decide(prepared, dry_run=True)
+    assert (decision["decision"], decision["dry_run"]) == ("deny", True)
+    assert "stream_cursor" not in decision
+    assert (await safety.timeline.list(ctx(), "agent:a1")).items == []
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def create(atom: str) -> dict[str, object]:
 
 
 async def test_engines_gate_is_the_gate_chain_wired_to_streams(engines: Engines) -> None:
-    assert engines.gate is engines.gates and engines.gate.streams is engines.streams
+    assert engines.gate.timeline is engines.timeline
     assert engines.audit is engines.spine
 
 
@@ -58,7 +58,7 @@ async def test_a_kill_switch_on_canvas_command_blocks_commits_and_is_on_the_canv
         "kill_switch",
         "gate.kill_switch.action_blocked",
     )
-    stream = (await engines.streams.list(ctx(), "canvas:c1")).items
+    stream = (await engines.timeline.list(ctx(), "canvas:c1")).items
     decisions = [e.data["decision"] for e in stream if e.type == "safety_decision"]
     assert decisions == ["allow", "deny"]
     assert "op_committed" in [e.type for e in stream]
@@ -80,3 +80,35 @@ async def test_gestures_pass_the_chain_with_their_own_action_name(engines: Engin
         ctx(), "c1", CommandIn(base_rev=0, ops=[create("a")], idempotency_key="k1")
     )
     assert ok.head_rev == 1
+
+
+async def test_an_allow_reaches_the_canvas_stream_with_its_commit_or_alone_after_a_lost_race() -> None:
+    store = MemoryItemStore()
+    codec = CursorCodec(b"canvas-gate-secret-0123456789")
+    ours = Engines(await make_registry(store), codec, ManualClock())
+    theirs = Engines(await make_registry(store), codec, ManualClock())  # another process
+    try:
+        await ours.canvas.commit(ctx(), "c1", CommandIn(base_rev=0, ops=[create("a")], idempotency_key="k1"))
+        await theirs.canvas.commit(
+            ctx(), "c1", CommandIn(base_rev=1, ops=[create("b")], idempotency_key="k2")
+        )
+        with pytest.raises(NorthstarError) as info:  # ours still holds rev 1: only the commit sees rev 2
+            await ours.canvas.commit(
+                ctx(), "c1", CommandIn(base_rev=1, ops=[create("c")], idempotency_key="k3")
+            )
+        assert info.value.code == "canvas.rev_conflict"
+        stream = (await ours.timeline.list(ctx(), "canvas:c1")).items
+        assert [e.type for e in stream] == [
+            "safety_decision", "op_committed", "safety_decision", "op_committed", "safety_decision"
+        ]
+        safety = (await ours.spine.list(ctx(), event_type="safety")).items
+        # (two processes on one manual clock: the spine's id order is not the commit order)
+        assert sorted(e.data["event_id"] for e in stream if e.type == "safety_decision") == sorted(
+            e.event_id for e in safety
+        )
+        # each allow is published right before the op_committed of the revision it allowed
+        assert [e.data["rev"] for e in stream if e.type == "op_committed"] == [1, 2]
+        assert all(e.data["decision"] == "allow" for e in stream if e.type == "safety_decision")
+    finally:
+        await ours.close()
+        await theirs.close()

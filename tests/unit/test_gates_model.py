@@ -151,7 +151,7 @@ async def build_and_decide(w: dict[str, Any]) -> tuple[str, int, int]:
     except NorthstarError as exc:
         outcome = exc.code
     safety = len((await rig.spine.list(caller, event_type="safety")).items)
-    published = len((await rig.streams.list(caller, "agent:a1")).items)
+    published = len((await rig.timeline.list(caller, "agent:a1")).items)
     return outcome, safety, published
 
 

@@ -12,12 +12,12 @@ import pytest
 
 from contracts.suite import make_registry
 from northstar_adapters.sqlite import SqliteItemStore
-from northstar_core.actions import ActionRequest
 from northstar_core.clock import ManualClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.safety.actions import ActionRequest
 
 SECRET = b"shared-backend-secret-0123456789"
 

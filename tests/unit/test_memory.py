@@ -3,14 +3,17 @@ route default TTL, last-writer-wins versions, scope isolation, bad input."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from contracts.round_trips import InstrumentedStore, Trace
 from contracts.suite.stores import StoreServices, build_services, make_ctx
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.clock import ManualClock, iso
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.records import Item
 
 
 @pytest.fixture
@@ -129,3 +132,48 @@ async def test_an_unusable_default_ttl_is_refused_when_the_route_is_set(
     err = await _err(build_services(MemoryItemStore(), clock, params=params))
     assert (err.code, err.http_status) == ("routing.invalid_params", 422)
     assert err.details["field"] == "options.default_ttl_seconds"
+
+
+async def test_deleting_a_key_is_one_read_and_one_conditional_write(clock: ManualClock) -> None:
+    trace = Trace()
+    svc = await build_services(InstrumentedStore(MemoryItemStore(), "memory_store", trace), clock)
+    ctx = make_ctx()
+    await svc.memory.set(ctx, "s1", "k", 1)
+    trace.start()
+    assert await svc.memory.delete(ctx, "s1", "k") == 1
+    assert [c.method for c in trace.stop().calls] == ["get", "write"]
+
+
+class _RacingSet(MemoryItemStore):
+    """Once armed, the next read is followed by another writer's set of the same record."""
+
+    armed: Callable[[], Awaitable[object]] | None = None
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        item = await super().get(partition, key)
+        race, self.armed = self.armed, None
+        if race is not None:
+            await race()
+        return item
+
+
+async def test_a_set_between_the_read_and_the_delete_wins_with_409(clock: ManualClock) -> None:
+    store = _RacingSet(clock=lambda: 0.0)
+    svc = await build_services(store, clock)
+    ctx = make_ctx()
+    await svc.memory.set(ctx, "s1", "k", 1)
+    store.armed = lambda: svc.memory.set(ctx, "s1", "k", 2)
+    err = await _err(svc.memory.delete(ctx, "s1", "k"))
+    assert (err.code, err.http_status) == ("memory.version_conflict", 409)
+    assert (err.details["current_version"], err.details["expected_version"]) == (2, 1)
+    assert (await svc.memory.get(ctx, "s1", "k")).value == 2
+
+
+async def test_deleting_a_session_counts_only_live_values(svc: StoreServices, clock: ManualClock) -> None:
+    ctx = make_ctx()
+    await svc.memory.set(ctx, "s1", "old", 1, ttl_seconds=5)
+    await svc.memory.set(ctx, "s1", "a", 1)
+    await svc.memory.set(ctx, "s1", "b", 2)
+    clock.advance(10)
+    assert await svc.memory.delete(ctx, "s1") == 2
+    assert await svc.memory.get_all(ctx, "s1") == []

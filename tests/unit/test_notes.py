@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from contracts.round_trips import InstrumentedStore, Trace
 from contracts.suite.stores import StoreServices, build_services, make_ctx
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.errors import NorthstarError
@@ -164,3 +165,35 @@ async def test_a_sparse_filter_returns_partial_pages_but_never_loses_notes(svc: 
     assert [n.title for n in page.items] == ["n3"] and page.has_more
     page = await svc.notes.list(ctx, tag="hit", limit=5, cursor=page.next_cursor)
     assert [n.title for n in page.items] == ["n1204"]
+
+
+async def test_the_last_page_continues_after_the_last_note_scanned(svc: StoreServices) -> None:
+    ctx = make_ctx()
+    assert (await svc.notes.list(ctx, tag="hit")).next_cursor is None  # nothing scanned yet
+    await svc.notes.create(ctx, NoteIn(title="a", surface_id="chat", tags=["hit"]))
+    for title in ("b", "c"):
+        await svc.notes.create(ctx, NoteIn(title=title, surface_id="chat"))
+    page = await svc.notes.list(ctx, tag="hit", limit=5)
+    assert ([n.title for n in page.items], page.has_more) == (["a"], False)
+    assert page.next_cursor is not None
+    # Polled at the end: an empty page answers the same position.
+    again = await svc.notes.list(ctx, tag="hit", limit=5, cursor=page.next_cursor)
+    assert (again.items, again.next_cursor, again.has_more) == ([], page.next_cursor, False)
+    await svc.notes.create(ctx, NoteIn(title="d", surface_id="chat", tags=["hit"]))
+    later = await svc.notes.list(ctx, tag="hit", limit=5, cursor=page.next_cursor)
+    assert [n.title for n in later.items] == ["d"]
+
+
+async def test_a_delete_is_one_write_at_a_named_version_else_a_read_and_a_write() -> None:
+    trace = Trace()
+    svc = await build_services(InstrumentedStore(MemoryItemStore(), "notes_store", trace))
+    note = await svc.notes.create(make_ctx(), NoteIn(title="x", surface_id="chat"))
+    trace.start()
+    await svc.notes.delete(make_ctx(), note.note_id, expected_version=1)
+    assert [c.method for c in trace.stop().calls] == ["write"]
+    note = await svc.notes.create(make_ctx(), NoteIn(title="y", surface_id="chat"))
+    trace.start()
+    await svc.notes.delete(make_ctx(), note.note_id)
+    assert [c.method for c in trace.stop().calls] == ["get", "write"]
+    err = await _err(svc.notes.delete(make_ctx(), note.note_id))
+    assert (err.code, err.http_status, err.details) == ("notes.not_found", 404, {"note_id": note.note_id})

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.errors import NorthstarError
-from northstar_core.kernel.records import VersionedRecords, record_key
-from northstar_core.storage import Absent, Item, ItemStore, Op, Put
+from northstar_core.kernel.records import MAX_RECORD_BYTES, VersionedRecords, record_key
+from northstar_core.storage import MAX_VALUE_BYTES, Absent, Item, ItemStore, Op, Put
 
 
 class Interleaving(ItemStore):
@@ -187,6 +187,49 @@ async def test_list_returns_records_by_key_with_paging_and_prefix() -> None:
     assert [record_key(i) for i in await recs.list()] == ["a", "ab", "b", "c"]
     assert [record_key(i) for i in await recs.list(after_key="ab", limit=1)] == ["b"]
     assert [record_key(i) for i in await recs.list(prefix="a")] == ["a", "ab"]
+
+
+async def test_discard_deletes_only_the_version_it_names_and_keeps_history() -> None:
+    recs = records(history=True)
+    await recs.put("k", b"v1", expected_version=None)
+    await recs.put("k", b"v2", expected_version=1)
+    assert await recs.discard("k", 1) is False  # a write it did not see wins
+    assert (await recs.get("k")) is not None
+    assert await recs.discard("k", 2) is True
+    assert await recs.get("k") is None
+    assert await recs.discard("k", 2) is False  # already gone
+    assert [i.version for i in await recs.versions("k")] == [1, 2]
+
+
+async def test_a_discard_or_a_delete_at_a_named_version_is_one_store_call() -> None:
+    calls: list[str] = []
+
+    class Counting(Interleaving):
+        async def get(self, partition: str, key: str) -> Item | None:
+            calls.append("get")
+            return await super().get(partition, key)
+
+        async def write(self, partition: str, ops: Sequence[Op]) -> None:
+            calls.append("write")
+            await super().write(partition, ops)
+
+    recs = VersionedRecords(Counting(MemoryItemStore()), "p", "notes")
+    await recs.put("k", b"v", expected_version=None)
+    calls.clear()
+    assert await recs.discard("k", 1) is True
+    assert calls == ["write"]
+    await recs.put("k", b"v", expected_version=None)
+    calls.clear()
+    await recs.delete("k", expected_version=1)
+    assert calls == ["write"]
+    calls.clear()
+    with pytest.raises(NorthstarError) as info:  # a refusal reads once to explain itself
+        await recs.delete("k", expected_version=1)
+    assert (info.value.code, calls) == ("notes.not_found", ["write", "get"])
+
+
+def test_a_record_may_hold_what_the_storage_port_accepts() -> None:
+    assert MAX_RECORD_BYTES == MAX_VALUE_BYTES
 
 
 @settings(max_examples=30, deadline=None)

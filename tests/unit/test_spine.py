@@ -15,8 +15,9 @@ from northstar_core.clock import ManualClock, iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.ids import UUIDv7Generator, uuid7_ms
 from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
-from northstar_core.spine import EventSpine, UUIDv7Generator, uuid7_ms
+from northstar_core.spine import EventSpine
 from northstar_core.storage import ItemStore
 
 SECRET = b"spine-test-secret-0123456789"
@@ -278,3 +279,32 @@ async def test_idempotency_keys_are_scoped_to_the_tenant(spine: EventSpine) -> N
     a = await spine.append(ctx("t_a"), body)
     b = await spine.append(ctx("t_b"), {**body, "payload": {"r": 2}})
     assert a.event_id != b.event_id and b.tenant_id == "t_b"
+
+
+async def test_a_caller_made_id_is_the_events_id_and_is_written_once(spine: EventSpine) -> None:
+    event_id = spine.new_event_id()
+    assert uuid.UUID(event_id).version == 7
+    event = await spine.record(ctx(), "safety", {"decision": "allow"}, event_id=event_id)
+    assert event.event_id == event_id
+    assert await spine.get(ctx(), event_id) == event
+    with pytest.raises(NorthstarError) as info:
+        await spine.record(ctx(), "safety", {"decision": "deny"}, event_id=event_id)
+    assert (info.value.http_status, info.value.code) == (503, "event_spine.contention")
+    stored = (await spine.list(ctx(), event_type="safety")).items
+    assert [e.payload for e in stored] == [{"decision": "allow"}]
+
+
+async def test_a_caller_made_id_must_be_an_event_id(spine: EventSpine) -> None:
+    with pytest.raises(NorthstarError) as info:
+        await spine.record(ctx(), "safety", {}, event_id="not-a-uuid")
+    assert (info.value.http_status, info.value.code) == (422, "event_spine.invalid_event")
+
+
+async def test_a_keyed_record_replays_its_first_event(spine: EventSpine) -> None:
+    first = await spine.record(ctx(), "audit", {"a": 1}, idempotency_key="once", request_fingerprint="fp")
+    again = await spine.record(ctx(), "audit", {"a": 2}, idempotency_key="once", request_fingerprint="fp")
+    assert again == first
+    with pytest.raises(NorthstarError) as info:
+        await spine.record(ctx(), "audit", {"a": 1}, idempotency_key="once", request_fingerprint="other")
+    assert info.value.code == "event_spine.idempotency_mismatch"
+    assert len((await spine.list(ctx(), event_type="audit")).items) == 1

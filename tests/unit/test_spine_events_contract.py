@@ -26,7 +26,7 @@ async def test_a_real_safety_decision_has_exactly_the_documented_fields() -> Non
     await rig.gate.check(_ctx(), action_name="fire", subject_type="agent", subject_id="a1")
     event = (await rig.spine.list(_ctx(), event_type="safety")).items[0]
     assert set(event.payload) == set(EVENTS["payloads"]["safety"]["fields"])
-    published = (await rig.streams.list(_ctx(), "agent:a1")).items[0]
+    published = (await rig.timeline.list(_ctx(), "agent:a1")).items[0]
     assert published.type == "safety_decision"
     assert set(published.data) == set(EVENTS["payloads"]["safety"]["fields"]) | {"event_id"}
     stored = msgspec.json.decode(msgspec.json.encode(event))

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from northstar_adapters.memory import MemoryItemStore
 from northstar_adapters.sqlite import SqliteItemStore
 from northstar_core.errors import NorthstarError
+from northstar_core.kernel.checkpoints import CHUNK_BYTES, Checkpoints, checkpoint_ops
+from northstar_core.kernel.headers import header_ops, read_header
 from northstar_core.kernel.idempotency import fingerprint
+from northstar_core.kernel.publication import KeyedEntry, OrderedSeries, SeriesBehind
 from northstar_core.kernel.streams import HeadMoved, SequencedStream, head_hints, seq_key, seq_of
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
 
@@ -348,3 +351,165 @@ async def test_a_hint_beyond_the_data_is_corrected_by_the_head_read_it_causes() 
     await stream.append(entries(b"c"), now=NOW)
     assert store.calls == ["write", "query", "write", "write"]
     assert [seq_of(i.key) for i in await stream.read(0, 10)] == [1, 2, 3]
+
+
+# --- ordered publication of a numbered series ------------------------------------------------
+
+
+def _published(stream: SequencedStream, series: str = "ops") -> OrderedSeries:
+    return OrderedSeries(stream, series)
+
+
+async def test_a_publication_at_steady_state_is_one_write_and_no_read() -> None:
+    store = Calls(MemoryItemStore())
+    ordered = _published(SequencedStream(store, "p", "event_stream"))
+    first = await ordered.publish(1, b"one", "fp1", now=NOW)
+    store.calls.clear()
+    second = await ordered.publish(2, b"two", "fp2", now=NOW)
+    assert store.calls == ["write"]
+    assert (first.first_seq, second.first_seq, second.replayed) == (1, 2, False)
+    assert await ordered.published() == 2
+    assert (await ordered.seq_of(2), await ordered.seq_of(3)) == (2, None)
+
+
+async def test_a_position_ahead_of_the_series_is_refused_with_what_was_published() -> None:
+    ordered = _published(SequencedStream(MemoryItemStore(), "p", "event_stream"))
+    with pytest.raises(SeriesBehind) as info:
+        await ordered.publish(3, b"three", "fp3", now=NOW)
+    assert (info.value.published, info.value.position) == (0, 3)
+    await ordered.publish(1, b"one", "fp1", now=NOW)
+    with pytest.raises(SeriesBehind) as info:
+        await ordered.publish(3, b"three", "fp3", now=NOW)
+    assert info.value.published == 1
+    assert [i.value for i in await ordered.stream.read(0, 10)] == [b"one"]
+
+
+async def test_a_repeated_position_is_answered_from_its_record_and_another_payload_is_422() -> None:
+    ordered = _published(SequencedStream(MemoryItemStore(), "p", "event_stream"))
+    await ordered.publish(1, b"one", "fp1", now=NOW)
+    again = await ordered.publish(1, b"one", "fp1", now=NOW)
+    assert (again.first_seq, again.replayed) == (1, True)
+    with pytest.raises(NorthstarError) as info:
+        await ordered.publish(1, b"other", "fp-other", now=NOW)
+    assert info.value.code == "event_stream.idempotency_mismatch"
+    assert len(await ordered.stream.read(0, 10)) == 1
+
+
+async def test_a_stale_head_hint_costs_one_failed_batch_then_publishes_once() -> None:
+    shared = MemoryItemStore()
+    ours = Calls(shared)
+    ordered = _published(SequencedStream(ours, "p", "event_stream"))
+    await ordered.publish(1, b"one", "fp1", now=NOW)
+    await SequencedStream(Interleaving(shared), "p", "event_stream").append(entries(b"gesture"), now=NOW)
+    ours.calls.clear()
+    done = await ordered.publish(2, b"two", "fp2", now=NOW)
+    # the failed batch, the head read inside the append, marker and record read together
+    assert (done.first_seq, ours.calls[0], ours.calls[-1]) == (3, "write", "write")
+    assert sorted(ours.calls[1:-1]) == ["get", "get", "query"]
+    assert [i.value for i in await ordered.stream.read(0, 10)] == [b"one", b"gesture", b"two"]
+
+
+async def test_a_preceded_position_puts_both_entries_in_one_write_each_once() -> None:
+    store = Calls(MemoryItemStore())
+    stream = SequencedStream(store, "p", "event_stream")
+    ordered = _published(stream)
+    await ordered.publish(1, b"one", "fp1", now=NOW)
+    store.calls.clear()
+    before = KeyedEntry(b"decision", "safety-1", "fp-d")
+    done = await ordered.publish(2, b"two", "fp2", now=NOW, preceded_by=[before])
+    assert store.calls == ["write"]
+    assert (done.first_seq, done.last_seq, done.replayed) == (3, 3, False)  # names the position
+    again = await ordered.publish(2, b"two", "fp2", now=NOW, preceded_by=[before])
+    assert (again.first_seq, again.replayed) == (3, True)
+    assert [i.value for i in await stream.read(0, 10)] == [b"one", b"decision", b"two"]
+    assert await ordered.seq_of(2) == 3
+    # the preceding entry's record is a keyed append's: a repeat of it is answered from it
+    prior = await stream.idempotent_result("safety-1", "fp-d")
+    assert prior is not None and (prior.first_seq, prior.last_seq) == (2, 2)
+
+
+async def test_a_preceding_entry_already_on_the_stream_is_not_published_again() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "event_stream")
+    ordered = _published(stream)
+    await ordered.publish(1, b"one", "fp1", now=NOW)
+    await stream.append(entries(b"decision"), now=NOW, idempotency_key="safety-1", payload_fingerprint="fp-d")
+    before = KeyedEntry(b"decision", "safety-1", "fp-d")
+    done = await ordered.publish(2, b"two", "fp2", now=NOW, preceded_by=[before])
+    assert done.first_seq == 3
+    assert [i.value for i in await stream.read(0, 10)] == [b"one", b"decision", b"two"]
+
+
+async def test_a_preceded_position_is_all_or_nothing() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "event_stream")
+    ordered = _published(stream)
+    with pytest.raises(SeriesBehind):
+        await ordered.publish(2, b"two", "fp2", now=NOW, preceded_by=[KeyedEntry(b"d", "safety-1", "fp-d")])
+    assert await stream.read(0, 10) == []
+    assert await stream.idempotent_result("safety-1", "fp-d") is None
+
+
+@pytest.mark.parametrize("atomic_checks", [True, False])
+@settings(max_examples=25, deadline=None)
+@given(publishers=st.integers(2, 5), positions=st.integers(1, 6), noise=st.integers(0, 4))
+def test_concurrent_publishers_put_each_position_on_the_stream_once_in_order(
+    atomic_checks: bool, publishers: int, positions: int, noise: int
+) -> None:
+    """Several 'processes' (separate store objects, so separate head hints) each publish every
+    position of one series as soon as they can, while other writers append to the stream: each
+    position is on the stream exactly once, in order, and every publisher got its sequence."""
+
+    async def run() -> None:
+        shared = MemoryItemStore()
+
+        def process() -> SequencedStream:
+            store = Interleaving(shared)
+            store.capabilities = msgspec.structs.replace(shared.capabilities, atomic_checks=atomic_checks)
+            return SequencedStream(store, "p", "event_stream")
+
+        async def publisher() -> list[int]:
+            ordered = _published(process())
+            seqs = []
+            for position in range(1, positions + 1):
+                done = await ordered.publish(position, f"op{position}".encode(), f"fp{position}", now=NOW)
+                seqs.append(done.first_seq)
+            return seqs
+
+        async def other() -> None:
+            for _ in range(noise):
+                await process().append(entries(b"noise"), now=NOW)
+
+        outcomes = await asyncio.gather(*(publisher() for _ in range(publishers)), other())
+        stored = await SequencedStream(shared, "p", "event_stream").read(0, 1000)
+        ops = [(seq_of(i.key), i.value) for i in stored if i.value != b"noise"]
+        assert [value for _, value in ops] == [f"op{p}".encode() for p in range(1, positions + 1)]
+        for seqs in outcomes[:publishers]:
+            assert seqs == [seq for seq, _ in ops]
+        assert await _published(process()).published() == positions
+
+    asyncio.run(run())
+
+
+# --- checkpoints and headers ---------------------------------------------------------------------
+
+
+async def test_the_latest_checkpoint_comes_back_whole_from_its_chunks() -> None:
+    store = MemoryItemStore()
+    stream = SequencedStream(store, "p", "canvas")
+    checkpoints = Checkpoints(stream)
+    assert await checkpoints.latest() is None
+    big = bytes(range(256)) * ((2 * CHUNK_BYTES) // 256 + 7)
+    for seq, data in ((1, b"small"), (2, big)):
+        await stream.append(
+            entries(b"e"), now=NOW, extra_ops=lambda _f, _l, s=seq, d=data: checkpoint_ops(s, d)
+        )
+    latest = await checkpoints.latest()
+    assert latest is not None and (latest.seq, latest.data) == (2, big)
+    assert len(checkpoint_ops(2, big)) == 3
+
+
+async def test_a_header_commits_with_the_first_entry_only() -> None:
+    stream = SequencedStream(MemoryItemStore(), "p", "chat")
+    assert await read_header(stream) is None
+    for value in (b"first", b"second"):
+        await stream.append(entries(b"e"), now=NOW, extra_ops=lambda first, _l, v=value: header_ops(first, v))
+    assert await read_header(stream) == b"first"

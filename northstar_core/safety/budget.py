@@ -33,11 +33,11 @@ import msgspec
 from northstar_core.bounds import MAX_AMOUNT, MAX_TOTAL, check_float
 from northstar_core.clock import Clock, iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError
+from northstar_core.errors import NorthstarError, invalid
 from northstar_core.identity import ID_PATTERN, RequestContext
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.paging import Page
-from northstar_core.kernel.streams import HeadMoved, SequencedStream, seq_key, seq_of
+from northstar_core.kernel.streams import HeadMoved, SequencedStream, seq_of
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
@@ -88,10 +88,6 @@ def day_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
-def _invalid(message: str, **details: Any) -> NorthstarError:
-    return NorthstarError(f"{DOMAIN}.invalid_request", message, 422, details=details)
-
-
 class BudgetLedger:
     """Record usage and read a period's spend (see module doc)."""
 
@@ -124,13 +120,13 @@ class BudgetLedger:
         try:
             usage = msgspec.convert(body, type=UsageIn) if not isinstance(body, UsageIn) else body
         except msgspec.ValidationError as exc:
-            raise _invalid(f"invalid usage: {exc}", reason=str(exc)) from None
+            raise invalid(DOMAIN, f"invalid usage: {exc}", reason=str(exc)) from None
         amount = check_float(DOMAIN, "amount", usage.amount, lo=0.0, hi=MAX_AMOUNT)
         usage = msgspec.structs.replace(usage, amount=amount)
         for field in ("surface_id", "action_name", "idempotency_key"):
             value = getattr(usage, field)
             if value is not None and not ID_PATTERN.fullmatch(value):
-                raise _invalid(f"'{field}' must match {ID_PATTERN.pattern}", field=field)
+                raise invalid(DOMAIN, f"'{field}' must match {ID_PATTERN.pattern}", field=field)
         now = self.clock.now()
         month, day = month_of(now), day_of(now)
         stream = await self._stream(ctx, month)
@@ -149,7 +145,8 @@ class BudgetLedger:
                     prior = await stream.idempotent_result(usage.idempotency_key, fp)
                     if prior is not None:  # recorded before the ledger filled up: a replay
                         return self._entry_of(prior.result, prior.first_seq), True
-                raise _invalid(
+                raise invalid(
+                    DOMAIN,
                     f"this amount would take the month's total beyond {MAX_TOTAL:g}",
                     field="amount",
                     amount=usage.amount,
@@ -233,10 +230,10 @@ class BudgetLedger:
         return last.day_totals.get(key, 0.0) if last.day == day_of(now) else 0.0
 
     async def _entry(self, stream: SequencedStream, seq: int) -> UsageEntry:
-        item = await stream.store.get(stream.partition, seq_key(seq))
-        if item is None:  # entries are never deleted; a gap would be a broken ledger
+        items = await stream.read(seq - 1, 1, before_seq=seq + 1)
+        if not items:  # entries are never deleted; a gap would be a broken ledger
             raise NorthstarError(f"{DOMAIN}.ledger_gap", f"ledger entry {seq} is missing", 503)
-        entry = msgspec.json.decode(item.value, type=UsageEntry)
+        entry = msgspec.json.decode(items[0].value, type=UsageEntry)
         entry.seq = seq
         return entry
 
@@ -272,9 +269,9 @@ class BudgetLedger:
         the period's totals (tenant ``total`` and ``by_surface``)."""
         period = period or month_of(self.clock.now())
         if not PERIOD_PATTERN.fullmatch(period):
-            raise _invalid("'period' must be YYYY-MM or YYYY-MM-DD", field="period", value=period[:50])
+            raise invalid(DOMAIN, "'period' must be YYYY-MM or YYYY-MM-DD", field="period", value=period[:50])
         if not 1 <= limit <= MAX_PAGE:
-            raise _invalid(f"'limit' must be between 1 and {MAX_PAGE}", field="limit")
+            raise invalid(DOMAIN, f"'limit' must be between 1 and {MAX_PAGE}", field="limit")
         month = period[:7]
         day = period if len(period) == 10 else None
         stream = await self._stream(ctx, month)

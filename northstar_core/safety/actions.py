@@ -24,18 +24,22 @@ to report its actual cost, and raises :class:`HandlerFailed` when it could not p
 :meth:`ActionService.check` runs the gate chain only: the decision is recorded on the spine
 marked ``dry_run``, nothing runs and nothing is charged; a block is an answer, not an error.
 
-Completion records (``a#<key>`` in ``budget_store``, one partition per tenant, mode and user, so
-one caller's keys never collide with another's) move ``pending`` → ``ran`` → ``done``. ``ran``
+Completion records (versioned records named by the key in ``budget_store``, one partition per
+tenant, mode and user, so one caller's keys never collide with another's) move ``pending`` →
+``ran`` → ``done``; every move names the version it replaces. ``ran``
 is written as soon as the handler returns, before the ledger: a retry that finds it finishes the
 accounting with the same ledger key instead of running the handler again, so neither a webhook
 call nor a cost is ever doubled by a retry. A ``pending`` claim holds a lease (the handler's
-timeout plus a margin); a claim whose run died with its process is taken over after it.
+timeout plus a margin); a claim whose run died with its process is taken over after it. The
+claim and the gate chain's policy reads (:meth:`GateChain.prepare`) run concurrently: neither
+writes anything the other reads.
 
 The registry knows only *names*; what is dangerous is decided by the policy stores alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -45,17 +49,17 @@ from typing import Any, Final, Literal, Protocol
 import msgspec
 
 from northstar_core.bounds import MAX_AMOUNT, check_float
-from northstar_core.budget import KIND as BUDGET_KIND
-from northstar_core.budget import BudgetLedger, UsageEntry, UsageIn
 from northstar_core.clock import Clock
-from northstar_core.errors import NorthstarError, idempotency_mismatch
-from northstar_core.gates import GateChain
+from northstar_core.errors import NorthstarError, idempotency_mismatch, invalid
 from northstar_core.identity import ID_PATTERN, RequestContext
 from northstar_core.kernel.idempotency import fingerprint
-from northstar_core.routing import KindStore, RoutingRegistry
+from northstar_core.kernel.records import MAX_RECORD_BYTES, VersionedRecords
+from northstar_core.routing import RoutingRegistry
+from northstar_core.safety.budget import KIND as BUDGET_KIND
+from northstar_core.safety.budget import BudgetLedger, UsageEntry, UsageIn
+from northstar_core.safety.gates import GateChain, PreparedCheck
 from northstar_core.scope import partition, subject_segment
 from northstar_core.spine import EventSpine
-from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, Delete, Put, VersionIs
 
 DOMAIN: Final = "actions"
 _USAGE_ATTEMPTS: Final = 4
@@ -66,8 +70,7 @@ LEASE_MARGIN_SECONDS: Final = 30.0
 DEFAULT_LEASE_SECONDS: Final = 120.0
 # A completion record must fit one item with room to spare; a larger result is not kept for
 # replays (``result_omitted``), the live answer still carries it.
-_RECORD_LIMIT: Final = MAX_VALUE_BYTES - 16_384
-_KEY_PREFIX: Final = "a#"
+_RECORD_LIMIT: Final = MAX_RECORD_BYTES - 16_384
 ANALYTICS_NAME: Final = "action.executed"
 
 log = logging.getLogger(__name__)
@@ -157,18 +160,12 @@ def decode_request(body: Any) -> ActionRequest:
         else:
             request = msgspec.convert(body, type=ActionRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise NorthstarError(
-            f"{DOMAIN}.invalid_request", f"invalid action request: {exc}", 422, details={"reason": str(exc)}
-        ) from None
+        raise invalid(DOMAIN, f"invalid action request: {exc}", reason=str(exc)) from None
     for field in ("action_name", "subject_type", "subject_id", "surface_id", "app_id", "idempotency_key"):
         value = getattr(request, field)
         if value is not None and not ID_PATTERN.fullmatch(value):
-            raise NorthstarError(
-                f"{DOMAIN}.invalid_request",
-                f"'{field}' must match {ID_PATTERN.pattern}",
-                422,
-                details={"field": field, "value": value[:200]},
-            )
+            message = f"'{field}' must match {ID_PATTERN.pattern}"
+            raise invalid(DOMAIN, message, field=field, value=value[:200])
     # The cost reaches the budget gate and the ledger: bounded like any usage amount.
     cost = check_float(DOMAIN, "estimated_cost", request.estimated_cost, lo=0.0, hi=MAX_AMOUNT)
     return msgspec.structs.replace(request, estimated_cost=cost)
@@ -228,31 +225,23 @@ def _encode_record(record: _Completion) -> bytes:
 
 
 class _Claim:
-    """This request's hold on an idempotency key (the item's version it last wrote)."""
+    """This request's hold on an idempotency key (the record's version it last wrote)."""
 
-    def __init__(self, store: KindStore, part: str, key: str, version: int) -> None:
-        self.store = store
-        self.part = part
+    def __init__(self, records: VersionedRecords, key: str, version: int) -> None:
+        self.records = records
         self.key = key
         self.version = version
 
     async def save(self, record: _Completion) -> bool:
         """Move the record on; False if another request holds the key now."""
         try:
-            await self.store.write(
-                self.part,
-                [
-                    Put(
-                        self.key,
-                        _encode_record(record),
-                        version=self.version + 1,
-                        condition=VersionIs(self.version),
-                    )
-                ],
+            self.version = await self.records.put(
+                self.key, _encode_record(record), expected_version=self.version
             )
-        except ConditionFailed:
+        except NorthstarError as exc:
+            if exc.http_status != 409:
+                raise
             return False
-        self.version += 1
         return True
 
     async def release(self) -> None:
@@ -260,9 +249,12 @@ class _Claim:
 
         Best effort: if the store cannot be reached, the lease expires instead."""
         try:
-            await self.store.write(self.part, [Delete(self.key, condition=VersionIs(self.version))])
-        except (ConditionFailed, NorthstarError) as exc:
+            released = await self.records.discard(self.key, self.version)
+        except NorthstarError as exc:
             log.warning("action idempotency key %s not released: %r", self.key, exc)
+            return
+        if not released:
+            log.warning("action idempotency key %s not released: it changed hands", self.key)
 
 
 def _in_progress(key: str, remaining: float) -> NorthstarError:
@@ -321,15 +313,12 @@ class ActionService:
     @staticmethod
     def _check_surface(ctx: RequestContext, request: ActionRequest) -> None:
         if request.surface_id and ctx.surface_id and request.surface_id != ctx.surface_id:
-            raise NorthstarError(
-                f"{DOMAIN}.invalid_request",
-                "'surface_id' contradicts the request's surface (X-Surface-Id)",
-                422,
-                details={"field": "surface_id"},
+            raise invalid(
+                DOMAIN, "'surface_id' contradicts the request's surface (X-Surface-Id)", field="surface_id"
             )
 
-    async def _gate(self, ctx: RequestContext, request: ActionRequest, *, dry_run: bool) -> dict[str, Any]:
-        return await self.gate.check(
+    async def _prepare(self, ctx: RequestContext, request: ActionRequest) -> PreparedCheck:
+        return await self.gate.prepare(
             ctx,
             action_name=request.action_name,
             subject_type=request.subject_type,
@@ -338,7 +327,6 @@ class ActionService:
             estimated_cost=request.estimated_cost,
             surface_id=request.surface_id,
             app_id=request.app_id,
-            dry_run=dry_run,
         )
 
     async def check(self, ctx: RequestContext, body: Any) -> dict[str, Any]:
@@ -349,7 +337,7 @@ class ActionService:
         ctx.require_role("member")
         request = decode_request(body)
         self._check_surface(ctx, request)
-        decision = await self._gate(ctx, request, dry_run=True)
+        decision = await self.gate.decide(await self._prepare(ctx, request), dry_run=True)
         return {
             "action_name": request.action_name,
             "allowed": decision["decision"] == "allow",
@@ -372,7 +360,7 @@ class ActionService:
             )
         key = request.idempotency_key
         if key is None:
-            return await self._run(ctx, request, handler, None, "")
+            return await self._run(ctx, request, handler, None, "", await self._prepare(ctx, request))
         fp = fingerprint(
             {
                 "action_name": request.action_name,
@@ -384,55 +372,67 @@ class ActionService:
                 "estimated_cost": request.estimated_cost,
             }
         )
-        record, claim = await self._claim(ctx, key, fp, handler_lease(handler))
+        claimed, prepared = await asyncio.gather(
+            self._claim(ctx, key, fp, handler_lease(handler)),
+            self._prepare(ctx, request),
+            return_exceptions=True,
+        )
+        for outcome in (claimed, prepared):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancelled: nothing to decide
+        if isinstance(claimed, BaseException):
+            raise claimed  # the key's answer (in progress, mismatch…) comes before the gate's
+        record, claim = claimed
         if record.state == "done":
             return self._replay(request, record)
         if record.state == "ran":
             # The handler ran but the accounting did not finish: finish it, never run again.
             return await self._finish(ctx, request, record, claim, replayed=True)
-        return await self._run(ctx, request, handler, claim, fp)
+        if isinstance(prepared, BaseException):
+            await claim.release()
+            raise prepared
+        return await self._run(ctx, request, handler, claim, fp, prepared)
 
     async def _claim(
         self, ctx: RequestContext, key: str, fp: str, lease: float
     ) -> tuple[_Completion, _Claim]:
         store = await self.registry.store_for(BUDGET_KIND, ctx.tenant_id)
-        part = partition(ctx, DOMAIN, subject_segment(ctx.user_id))
-        item_key = _KEY_PREFIX + key
+        records = VersionedRecords(store, partition(ctx, DOMAIN, subject_segment(ctx.user_id)), DOMAIN)
         for _ in range(_CLAIM_ATTEMPTS):
-            item = await store.get(part, item_key)
+            item = await records.get(key)
             now = self.clock.now()
             fresh = _Completion(state="pending", fingerprint=fp, lease_until=now + lease)
             if item is None:
-                try:
-                    await store.write(part, [Put(item_key, _encode_record(fresh), condition=Absent())])
-                except ConditionFailed:
+                if not await self._claimed(records, key, fresh, None):
                     continue  # a concurrent request claimed it first: look again
-                return fresh, _Claim(store, part, item_key, 1)
+                return fresh, _Claim(records, key, 1)
             record = msgspec.json.decode(item.value, type=_Completion)
             if record.fingerprint != fp:
                 raise idempotency_mismatch(DOMAIN, key)
             if record.state != "pending":
-                return record, _Claim(store, part, item_key, item.version)
+                return record, _Claim(records, key, item.version)
             if record.lease_until > now:
                 raise _in_progress(key, record.lease_until - now)
             # The run that held the key stopped before its handler returned (its process died):
             # take the key over. A webhook receiver sees the same Idempotency-Key again.
-            try:
-                await store.write(
-                    part,
-                    [
-                        Put(
-                            item_key,
-                            _encode_record(fresh),
-                            version=item.version + 1,
-                            condition=VersionIs(item.version),
-                        )
-                    ],
-                )
-            except ConditionFailed:
+            if not await self._claimed(records, key, fresh, item.version):
                 continue
-            return fresh, _Claim(store, part, item_key, item.version + 1)
+            return fresh, _Claim(records, key, item.version + 1)
         raise _in_progress(key, 1.0)
+
+    @staticmethod
+    async def _claimed(
+        records: VersionedRecords, key: str, fresh: _Completion, expected_version: int | None
+    ) -> bool:
+        """Write a fresh claim over ``expected_version`` (``None``: the key is unused); False
+        when a concurrent request moved the key first."""
+        try:
+            await records.put(key, _encode_record(fresh), expected_version=expected_version)
+        except NorthstarError as exc:
+            if exc.http_status != 409:
+                raise
+            return False
+        return True
 
     @staticmethod
     def _replay(request: ActionRequest, record: _Completion) -> dict[str, Any]:
@@ -453,9 +453,10 @@ class ActionService:
         handler: Handler,
         claim: _Claim | None,
         fp: str,
+        prepared: PreparedCheck,
     ) -> dict[str, Any]:
         try:
-            decision = await self._gate(ctx, request, dry_run=False)
+            decision = await self.gate.decide(prepared)
         except Exception:
             if claim is not None:
                 await claim.release()

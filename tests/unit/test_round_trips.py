@@ -1,0 +1,77 @@
+"""Store round trips per operation at steady state, on memory and SQLite: the structural targets.
+
+Counts and sequential depths come from :mod:`contracts.round_trips` (an instrumented store
+under every resource kind); they do not depend on timing, so they are asserted here. The bench
+(``bench/p6_round_trips.py``) reports the same figures on every backend, with latencies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from contracts.round_trips import (
+    BY_NAME,
+    OPERATIONS,
+    Call,
+    RoundTrips,
+    Scenario,
+    Trace,
+    instrumented_engines,
+    measure_operations,
+)
+from northstar_adapters import AdapterFactory
+from northstar_core.routing import Connection
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def measured(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, RoundTrips]]:
+    if request.param == "memory":
+        connection = Connection(name="rt", backend="memory", params={"name": f"rt-{uuid.uuid4().hex}"})
+    else:
+        connection = Connection(name="rt", backend="sqlite", params={"path": str(tmp_path / "rt.db")})
+    trace = Trace()
+    async with instrumented_engines(AdapterFactory(), connection, trace) as engines:
+        yield await measure_operations(Scenario(engines), trace)
+
+
+def test_the_depth_of_a_call_counts_only_calls_finished_before_it_started() -> None:
+    calls = (
+        Call("chat_store", "get", "p", ("i#k",), 1),
+        Call("config_store", "get", "p", ("d",), 1),
+        Call("event_spine", "write", "p", ("put:e",), 2),
+    )
+    rt = RoundTrips(calls)
+    assert (rt.total, rt.depth, rt.inputs_depth, len(rt.inputs)) == (3, 2, 1, 2)
+
+
+async def test_concurrent_calls_share_a_depth_and_sequential_ones_add_up() -> None:
+    trace = Trace(delay=0.001)
+
+    async def noop() -> None:
+        return None
+
+    trace.start()
+    await asyncio.gather(*(trace.call("k", "get", "p", (str(i),), noop) for i in range(3)))
+    await trace.call("k", "write", "p", ("w",), noop)
+    rt = trace.stop()
+    assert [c.depth for c in rt.calls] == [1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("name", [op.name for op in OPERATIONS if op.target.bounded])
+async def test_round_trips_meet_their_target(measured: dict[str, RoundTrips], name: str) -> None:
+    op = BY_NAME[name]
+    rt = measured[name]
+    print(f"{op.label}: {rt}")
+    assert op.target.met(rt), f"{op.label}: {op.target.describe()}; measured {rt}"
+
+
+async def test_every_operation_reaches_the_store(measured: dict[str, RoundTrips]) -> None:
+    for op in OPERATIONS:
+        rt = measured[op.name]
+        print(f"{op.label}: {rt}")
+        assert rt.total >= 1 and any(c.method == "write" for c in rt.calls), op.label
