@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import secrets
 import tomllib
 import typing
@@ -58,6 +59,8 @@ RESERVED_ENV_PREFIXES: Final = ("NORTHSTAR_SMOKE_",)
 RESERVED_ENV_NAMES: Final = frozenset({CONFIG_FILE_ENV, "NORTHSTAR_FIRESTORE_EMULATOR_JAR"})
 _SECTIONS: Final = ("jwt", "http", "registry", "log", "metrics", "tracing")
 _JSON_KEYS: Final = {"connections", "routes", "actions"}
+# List-valued section keys: a comma-separated environment value (or a JSON array).
+_LIST_KEYS: Final = {"http_cors_allow_origins"}
 LAB_CONNECTION: Final = "lab"
 LAB_SECRETS_FILE: Final = "secrets.json"
 
@@ -75,6 +78,11 @@ class JwtSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leeway_seconds: float = 0.0
 
 
+# A browser origin as an Origin header spells it (RFC 6454 §6.1): lower-case scheme and host.
+_LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_ORIGIN: Final = re.compile(rf"(?i)https?://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
+
+
 class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8787
@@ -88,6 +96,29 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # /readyz answers from a result this young instead of pinging every backend on each probe
     # (0 = ping on every call): probes from many load balancers must not load the backends.
     ready_cache_seconds: float = 2.0
+    # Browsers (README "Browsers"). Origins a browser UI may call the API from, each exactly
+    # scheme://host[:port]; empty = no CORS headers at all. "*" alone allows any origin (no
+    # cookie is ever honoured, so that opens no ambient-credential hole, only reachability).
+    cors_allow_origins: list[str] = []
+    # how long a browser may cache a preflight answer
+    cors_max_age_seconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 600
+    # A stream ticket (POST /sse/tickets) opens its one stream only this soon after minting...
+    stream_ticket_seconds: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
+    # ...and lets an EventSource reconnect to it (with Last-Event-ID) for this long (0 = never).
+    stream_ticket_resume_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 900.0
+
+    def __post_init__(self) -> None:
+        origins = []
+        for origin in self.cors_allow_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"http.cors_allow_origins: {origin[:100]!r} is not an origin"
+                    " (scheme://host[:port], no path, no trailing slash, no wildcard; or \"*\" alone)"
+                )
+            origins.append(origin.lower())
+        if "*" in origins and len(origins) > 1:
+            raise ValueError('http.cors_allow_origins: "*" allows every origin; list no others with it')
+        self.cors_allow_origins = list(dict.fromkeys(origins))
 
 
 LOG_FORMATS: Final = ("auto", "json", "human")
@@ -246,12 +277,26 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{name} must be JSON: {exc}") from None
+        elif key in _LIST_KEYS:
+            value = _env_list(name, raw)
         section = next((s for s in _SECTIONS if key.startswith(s + "_")), None)
         if section is not None:
             out.setdefault(section, {})[key[len(section) + 1 :]] = value
         elif key in Settings.__struct_fields__:
             out[key] = value
     return out
+
+
+def _env_list(name: str, raw: str) -> list[str]:
+    if raw.lstrip().startswith("["):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name} must be a JSON array or a comma-separated list: {exc}") from None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a JSON array of strings or a comma-separated list")
+        return value
+    return [part.strip() for part in raw.split(",") if part.strip()]
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

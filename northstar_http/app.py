@@ -15,6 +15,8 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 
+from northstar_adapters.config import HttpSettings, Settings
+from northstar_http import cors
 from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
 from northstar_http.deps import DEPENDENCIES
 from northstar_http.errors import EXCEPTION_HANDLERS, before_send
@@ -27,21 +29,24 @@ from northstar_http.routes import (
     canvas,
     chat,
     config,
-    events,
+    console,
     memory,
     notes,
     policies,
+    spine,
     system,
     tabular,
+    tickets,
     timeline,
 )
+from northstar_http.tickets import StreamTickets
 from northstar_http.timeouts import BodyDeadlineMiddleware, body_timeout_seconds
 
 # Every route module of the service, in one place.
 ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     system,
     chat,
-    events,
+    spine,
     policies,
     actions,
     memory,
@@ -52,7 +57,10 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     analytics,
     canvas,
     timeline,
+    tickets,
+    console,
 )
+
 
 def build_app(
     *,
@@ -63,8 +71,12 @@ def build_app(
 ) -> Litestar:
     """The app; ``state`` must hold ``settings``, ``verifier``, ``binding`` and ``engines``
     (``engines`` may be filled by an ``on_startup`` hook). Logs, metrics and traces are set up
-    from ``settings`` (or taken from ``state["observability"]``, e.g. a test's exporter)."""
+    from ``settings`` (or taken from ``state["observability"]``, e.g. a test's exporter); the
+    stream tickets and CORS (README "Browsers") from ``settings.http``."""
     handlers = [handler for module in ROUTE_MODULES for handler in module.ROUTES]
+    settings: Settings | None = state.get("settings")
+    state.setdefault("tickets", StreamTickets.for_settings(settings))
+    cors_config = cors.cors_config(settings.http if settings is not None else HttpSettings())
     observability: Observability = state.get("observability") or Observability(state.get("settings"))
     state["observability"] = observability
     app = Litestar(
@@ -79,6 +91,7 @@ def build_app(
         before_send=[before_send],
         request_max_body_size=body_limit,
         openapi_config=openapi_config(),
+        cors_config=cors_config,
         logging_config=observability.logging_config(),
         # metrics and tracing first up and last down, so startup and shutdown work is seen
         on_startup=[observability.start, *on_startup],
@@ -86,6 +99,7 @@ def build_app(
         state=State(state),
         debug=False,
     )
-    # Outermost: every request, routed or not, gets its access line, metrics and span.
-    app.asgi_handler = observability.middleware(app.asgi_handler)
+    # Outermost: every request, routed or not, gets its access line, metrics and span; inside
+    # it a refused preflight gets the error envelope.
+    app.asgi_handler = observability.middleware(cors.wrap(app.asgi_handler, cors_config))
     return app

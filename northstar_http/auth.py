@@ -1,7 +1,11 @@
 """Authentication: verified JWTs in, a :class:`RequestContext` out.
 
-* ``Authorization: Bearer <JWT>`` is required on every route except ``/healthz``, ``/readyz``
-  and the OpenAPI docs (``/schema``).
+* ``Authorization: Bearer <JWT>`` is required on every route except ``/healthz``, ``/readyz``,
+  the OpenAPI docs (``/schema``) and the operator console's static page (``/console``, which
+  holds no data: every call it makes carries the operator's token).
+* The one other credential is a stream ticket (``?ticket=``, :mod:`northstar_http.tickets`),
+  accepted only on the GET of the one SSE path it was minted for — what a browser's
+  ``EventSource``, which cannot send headers, uses instead of a bearer token.
 * HS256 tokens are verified with the configured secret; RS256/ES256 tokens with a key from a
   JWKS (file or URL) chosen by ``kid``. The algorithms are pinned per key type (HS256 only
   with the secret, RS256 only with RSA keys, ES256 only with EC keys; ``oct`` keys in a JWKS
@@ -47,10 +51,11 @@ from northstar_core.identity import (
 )
 from northstar_http.errors import request_id
 from northstar_http.observability import note_tenant, trace_id_of
+from northstar_http.tickets import StreamTicket, StreamTickets, invalid_ticket, ticket_from_query
 
 log = logging.getLogger("northstar.auth")
 
-PUBLIC_PATHS: Final = [r"^/healthz\Z", r"^/readyz\Z", r"^/schema"]
+PUBLIC_PATHS: Final = [r"^/healthz\Z", r"^/readyz\Z", r"^/schema", r"^/console(?:/[a-z0-9_.-]*)?\Z"]
 _ALG_KEY_TYPE: Final = {"RS256": "RSA", "ES256": "EC"}
 # Verified-token cache (see TokenVerifier.verify): entries, and the longest an entry is trusted.
 VERIFIED_CACHE_SIZE: Final = 4096
@@ -223,7 +228,22 @@ class BearerAuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = raw_header(connection.scope, b"authorization") or ""
+        scope = connection.scope
+        raw = raw_header(scope, b"authorization")
+        ticket = ticket_from_query(scope.get("query_string", b""))
+        if ticket is not None:
+            if raw is not None:
+                raise invalid_ticket("ambiguous", "send a bearer token or a stream ticket, not both")
+            tickets: StreamTickets = connection.app.state.tickets
+            claims, verified = tickets.verify(
+                ticket,
+                method=str(scope.get("method", "")),
+                path=scope["path"],
+                resuming=raw_header(scope, b"last-event-id") is not None,
+            )
+            note_tenant(scope, claims.tenant_id)
+            return AuthenticationResult(user=claims, auth=verified)
+        header = raw or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NorthstarError(
@@ -277,6 +297,13 @@ async def provide_ctx(request: Request[Any, Any, Any], state: State) -> RequestC
     rid = request_id(request.scope)
     try:
         presented = presented_identity(request)
+        if isinstance(request.auth, StreamTicket):
+            # The scope the caller presented when minting the ticket (an EventSource cannot
+            # send those headers); a header sent now must agree with it.
+            for field, value in request.auth.scope.items():
+                shown = presented.setdefault(field, value)
+                if shown != value:
+                    raise IdentityMismatch(field, value, shown)
         trace_id = trace_id_of(request.scope)
         if trace_id and not presented.get("trace_id"):
             # The W3C trace (traceparent, or this request's own span) becomes the context's

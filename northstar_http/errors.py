@@ -9,10 +9,11 @@ stack trace server-side, and never shows one to the caller.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import uuid
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, Response
@@ -29,14 +30,41 @@ from litestar.exceptions import (
 )
 from litestar.types import Message, Scope
 
-from northstar_core.errors import NorthstarError
+from northstar_core.errors import Gate, NorthstarError
 from northstar_core.routing import served_by
 
 log = logging.getLogger("northstar.http")
 
+# An error code: a domain and a name, dotted (contracts/error_codes.json lists them all).
+ERROR_CODE_PATTERN: Final = r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$"
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What went wrong: a stable code, a message for humans, the status, the refusing gate (if
+    any), the request id (null in a stream's ``error`` event) and details per code."""
+
+    code: Annotated[str, msgspec.Meta(pattern=ERROR_CODE_PATTERN, description="stable dotted code")]
+    message: Annotated[str, msgspec.Meta(description="for humans; never parse it")]
+    http_status: Annotated[int, msgspec.Meta(ge=400, le=599, description="equal to the response status")]
+    gate: Annotated[Gate | None, msgspec.Meta(description="the safety gate that refused, if any")]
+    request_id: Annotated[
+        str | None, msgspec.Meta(description="equal to the X-Request-Id response header")
+    ]
+    details: Annotated[dict[str, Any], msgspec.Meta(description="structured, per code")]
+
+
+class ErrorEnvelope(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of every 4xx/5xx answer (and the data of a stream's ``error`` event)."""
+
+    error: ErrorBody
+
+
 REQUEST_ID_HEADER: Final = "x-request-id"
 BACKEND_HEADER: Final = "x-northstar-backend"
 _REQUEST_ID_OK: Final = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+_IDS: Final = random.Random(os.urandom(32))
+# a forked worker must not repeat its parent's sequence
+os.register_at_fork(after_in_child=lambda: _IDS.seed(os.urandom(32)))
 
 
 def request_id(scope: Scope) -> str:
@@ -54,11 +82,12 @@ def request_id(scope: Scope) -> str:
                 presented = value.decode("latin-1")
                 break
         # A correlation id, not a secret: a random-module UUID4 avoids a getrandom syscall per
-        # request (benchmark P1); the module is reseeded in every forked process.
+        # request (benchmark P1). A private generator, so code that seeds the global one (a
+        # test framework, a library) never makes two requests share an id.
         rid = (
             presented
             if _REQUEST_ID_OK.fullmatch(presented)
-            else str(uuid.UUID(bytes=random.randbytes(16), version=4))
+            else str(uuid.UUID(bytes=_IDS.randbytes(16), version=4))
         )
         state["northstar_request_id"] = rid
     return str(rid)

@@ -1,10 +1,16 @@
 """Server-Sent Events shared by every live stream (chat, canvas, timeline…).
 
 Usage in a handler: validate the cursor *before* building the response (so a bad cursor is a
-410 envelope, not a broken stream), then return ``sse_response(events, settings)`` where
-``events`` yields ``SseEvent`` or ``None`` (an idle heartbeat) — typically adapted from
-``engines.tails.follow(...)`` (see ``northstar_core.kernel.tail``). The event ``id`` must be the
-event's cursor, so ``Last-Event-ID`` and ``?cursor=`` are interchangeable on reconnect.
+410 envelope, not a broken stream), then return ``sse_response(events, http, start=...)``
+where ``events`` yields ``SseEvent`` or ``None`` (an idle heartbeat) — typically adapted from
+``engines.tails.follow(...)`` (see ``northstar_core.kernel.tail``). The event ``id`` must be
+the event's cursor, so ``Last-Event-ID`` and ``?cursor=`` are interchangeable on reconnect.
+
+``start`` is the cursor of the position the stream starts from (the client's resume cursor,
+or the head's when the subscription was made). The opening frame carries it as an id-only
+frame — ``id:``, ``retry:`` and a comment, no ``data:`` — which sets the client's last event
+id without dispatching a message; so a client that drops before the first event reconnects
+with a ``Last-Event-ID`` and misses nothing written in between.
 
 On shutdown the server calls :func:`close_event_streams`: every open stream sends a last
 comment and ends (see :class:`EventStreams`), so a stopping server is not held open by its
@@ -212,12 +218,23 @@ def _field(value: str) -> bytes:
     return value.replace("\r", "").replace("\n", "").encode()
 
 
+def opening_frame(start: str, retry_ms: int) -> bytes:
+    """The first frame of every stream: a comment, the start position as ``id`` and the
+    ``retry`` hint. Without a ``data`` line no message is dispatched, but the client's last
+    event id becomes ``start`` (the SSE processing model sets it before the empty-data check)."""
+    return b": open\r\nid: " + _field(start) + b"\r\nretry: " + str(retry_ms).encode() + b"\r\n\r\n"
+
+
 async def _frames(
-    events: AsyncGenerator[Any, None], convert: Callable[[Any], SseEvent] | None, http: HttpSettings
+    events: AsyncGenerator[Any, None],
+    convert: Callable[[Any], SseEvent] | None,
+    http: HttpSettings,
+    start: str,
 ) -> AsyncGenerator[bytes, None]:
     """The wire frames of a stream, encoded here in one generator (no per-message objects)."""
-    # An opening comment flushes headers at once, so clients see the stream is live.
-    yield b": open\r\nretry: " + str(http.sse_retry_ms).encode() + b"\r\n\r\n"
+    # Sent at once: it flushes the headers (clients see the stream is live) and pins the
+    # client's resume position before any event exists.
+    yield opening_frame(start, http.sse_retry_ms)
     async with contextlib.aclosing(events):  # closing the stream unsubscribes the tail at once
         try:
             async for item in events:
@@ -263,8 +280,11 @@ def sse_response(
     events: AsyncGenerator[Any, None],
     http: HttpSettings,
     convert: Callable[[Any], SseEvent] | None = None,
+    *,
+    start: str,
 ) -> ServerSentEvent:
     """Stream ``events`` (``SseEvent``, or items ``convert`` maps to one; ``None`` = idle
-    heartbeat). Passing the core's generator with a ``convert`` function, rather than wrapping
-    it in another generator, keeps an idle subscriber's chain short (benchmark P5)."""
-    return EventStream(_frames(events, convert, http), headers=dict(SSE_HEADERS))
+    heartbeat) after an opening frame whose ``id`` is ``start``, the cursor of the position
+    ``events`` begins after. Passing the core's generator with a ``convert`` function, rather
+    than wrapping it in another generator, keeps an idle subscriber's chain short (benchmark P5)."""
+    return EventStream(_frames(events, convert, http, start), headers=dict(SSE_HEADERS))

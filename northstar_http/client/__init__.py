@@ -22,8 +22,8 @@ from northstar_http.client.actions import ActionsClient
 from northstar_http.client.base import BaseClient, SseMessage
 from northstar_http.client.canvas import CanvasClient, TimelineClient
 from northstar_http.client.chat import ChatClient
-from northstar_http.client.events import EventsClient
 from northstar_http.client.policies import BudgetClient, PoliciesClient
+from northstar_http.client.spine import SpineClient
 from northstar_http.client.stores import (
     AnalyticsClient,
     BlackboardClient,
@@ -44,14 +44,12 @@ class NorthstarClient(BaseClient):
         self.notes = NotesClient(self)
         self.tabular = TabularClient(self)
         self.analytics = AnalyticsClient(self)
-        self.events = EventsClient(self)
-        self.spine = self.events  # the name of the library's attribute
+        self.spine = SpineClient(self)
         self.policies = PoliciesClient(self)
         self.budget = BudgetClient(self)
         self.actions = ActionsClient(self)
         self.canvas = CanvasClient(self)
         self.timeline = TimelineClient(self)
-        self.streams = self.timeline
 
     async def __aenter__(self) -> NorthstarClient:
         return self

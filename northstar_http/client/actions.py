@@ -1,6 +1,6 @@
 """``POST /actions/execute`` and ``POST /actions/check`` over HTTP, with the library's signatures
 less the context (a gate block on execute arrives as the 403 ``NorthstarError``; check answers
-it as ``allowed: false``). The body is an :class:`~northstar_core.actions.ActionRequest` or the
+it as ``allowed: false``). The body is an :class:`~northstar_core.safety.actions.ActionRequest` or the
 same fields as a mapping, exactly what ``engines.actions.execute(ctx, body)`` takes."""
 
 from __future__ import annotations

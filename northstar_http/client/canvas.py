@@ -22,20 +22,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
-from northstar_core.canvas import (
+from northstar_core.canvas.model import (
     CanvasLimits,
     CanvasOp,
     CanvasRecord,
-    CanvasService,
     CanvasState,
     CommandIn,
-    CommandRecord,
     CommitResult,
     RecordIn,
     RecordType,
@@ -47,6 +45,9 @@ from northstar_core.identity import RequestContext
 from northstar_core.kernel.paging import Page
 from northstar_core.timeline import StreamEvent
 from northstar_http.client.base import BaseClient, SseMessage
+
+if TYPE_CHECKING:  # only the embedded adapter's annotation: the client needs the model alone
+    from northstar_core.canvas.service import CanvasService
 
 _NO_LIMITS = CanvasLimits(
     max_ops_per_command=2**62,
@@ -430,8 +431,3 @@ class CanvasSession:
             if self.state.rev < int(details.get("expected_rev", 0)):
                 await self.sync()
         return rebase(self.state, pending)
-
-
-def decode_record(raw: bytes) -> CommandRecord:
-    """A command-log entry (for tools that read the log directly)."""
-    return msgspec.json.decode(raw, type=CommandRecord)

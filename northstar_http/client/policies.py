@@ -12,12 +12,14 @@ from urllib.parse import quote
 
 import msgspec
 
-from northstar_core.budget import UsageEntry, UsagePage
 from northstar_core.kernel.paging import Page
-from northstar_core.policies import Licence, LicenceView, LockView, PolicyDocument, StrategyLock
+from northstar_core.safety.budget import UsageEntry, UsagePage
+from northstar_core.safety.documents import PolicyDoc, PolicyDocument
+from northstar_core.safety.licences import Licence, LicenceView
+from northstar_core.safety.locks import LockView, StrategyLock
 from northstar_http.client.base import BaseClient
 
-T = TypeVar("T")
+D = TypeVar("D", bound=PolicyDoc)
 
 # policy document name -> path
 DOCUMENT_PATHS: Final[dict[str, str]] = {
@@ -51,7 +53,7 @@ class PoliciesClient:
         """The document (version 0 and the empty default when never written)."""
         return await self._base.call(PolicyDocument, "GET", DOCUMENT_PATHS[name])
 
-    async def read(self, name: str, type_: type[T]) -> tuple[T, int]:
+    async def read(self, name: str, type_: type[D]) -> tuple[D, int]:
         """The typed document and its version (0 and the empty default when never written)."""
         doc = await self.get_document(name)
         return msgspec.convert(doc.policy, type=type_), doc.version

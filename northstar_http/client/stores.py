@@ -17,9 +17,9 @@ import msgspec
 from northstar_core.analytics import AnalyticsEvent, AnalyticsEventIn
 from northstar_core.blackboard import BlackboardEntry
 from northstar_core.config import ConfigDocument
+from northstar_core.kernel.paging import Page
 from northstar_core.memory import MemoryValue
 from northstar_core.notes import Note, NoteIn, NoteUpdate
-from northstar_core.kernel.paging import Page
 from northstar_core.tabular import TabularRecord, VersionInfo
 from northstar_http.client.base import BaseClient
 

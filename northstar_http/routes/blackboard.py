@@ -12,12 +12,14 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Response, delete, get, put
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from northstar_core.blackboard import BlackboardEntry
+from northstar_core.bounds import MAX_PAGE
 from northstar_core.errors import NorthstarError, invalid
 from northstar_core.kernel.paging import Page
 from northstar_http.deps import Ctx, Eng
+from northstar_http.openapi import IdPath, error_responses, page_limit, success
 
 _ETAG: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
 
@@ -70,12 +72,18 @@ ExpectedVersion = Annotated[int | None, QueryParameter(name="expected_version", 
     "/blackboard/{run_id:str}/entries/{key:str}",
     tags=["blackboard"],
     summary="Write a blackboard entry (create or CAS)",
+    status_code=201,
+    response_description="Created (no expected version was named)",
+    responses={
+        **success(200, BlackboardEntry, "Replaced the expected version (expected_version or If-Match)"),
+        **error_responses(404, 409),
+    },
 )
 async def put_entry(
     ctx: Ctx,
     engines: Eng,
-    run_id: FromPath[str],
-    key: FromPath[str],
+    run_id: IdPath,
+    key: IdPath,
     data: JSONBody[BlackboardWrite],
     if_match: IfMatch = None,
 ) -> Response[BlackboardEntry]:
@@ -84,22 +92,30 @@ async def put_entry(
     return with_etag(entry, entry.version, 201 if version is None else 200)
 
 
-@get("/blackboard/{run_id:str}/entries/{key:str}", tags=["blackboard"], summary="Read one blackboard entry")
+@get(
+    "/blackboard/{run_id:str}/entries/{key:str}",
+    tags=["blackboard"],
+    summary="Read one blackboard entry",
+    responses=error_responses(404),
+)
 async def get_entry(
-    ctx: Ctx, engines: Eng, run_id: FromPath[str], key: FromPath[str]
+    ctx: Ctx, engines: Eng, run_id: IdPath, key: IdPath
 ) -> Response[BlackboardEntry]:
     entry = await engines.blackboard.get(ctx, run_id, key)
     return with_etag(entry, entry.version)
 
 
 @delete(
-    "/blackboard/{run_id:str}/entries/{key:str}", tags=["blackboard"], summary="Delete a blackboard entry"
+    "/blackboard/{run_id:str}/entries/{key:str}",
+    tags=["blackboard"],
+    summary="Delete a blackboard entry",
+    responses=error_responses(404, 409),
 )
 async def delete_entry(
     ctx: Ctx,
     engines: Eng,
-    run_id: FromPath[str],
-    key: FromPath[str],
+    run_id: IdPath,
+    key: IdPath,
     expected_version_param: ExpectedVersion = None,
     if_match: IfMatch = None,
 ) -> None:
@@ -108,14 +124,17 @@ async def delete_entry(
 
 
 @get(
-    "/blackboard/{run_id:str}/entries", tags=["blackboard"], summary="List a run's blackboard entries (paged)"
+    "/blackboard/{run_id:str}/entries",
+    tags=["blackboard"],
+    summary="List a run's blackboard entries (paged)",
+    responses=error_responses(410),
 )
 async def list_entries(
     ctx: Ctx,
     engines: Eng,
-    run_id: FromPath[str],
+    run_id: IdPath,
     cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 50,
+    limit: Annotated[int, page_limit(MAX_PAGE)] = 50,
 ) -> Page[BlackboardEntry]:
     return await engines.blackboard.list(ctx, run_id, cursor=cursor, limit=limit)
 

@@ -10,6 +10,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from northstar_core.memory import MemoryValue
 from northstar_http.deps import Ctx, Eng
+from northstar_http.openapi import error_responses
 
 SessionId = Annotated[str, QueryParameter(name="session_id")]
 Key = Annotated[str | None, QueryParameter(name="key", required=False)]
@@ -35,12 +36,23 @@ class Deleted(msgspec.Struct, kw_only=True):
     deleted: int
 
 
-@post("/memory", tags=["memory"], status_code=200, summary="Set a session-memory value")
+@post(
+    "/memory",
+    tags=["memory"],
+    status_code=200,
+    summary="Set a session-memory value",
+    responses=error_responses(409),
+)
 async def set_value(ctx: Ctx, engines: Eng, data: JSONBody[MemorySet]) -> MemoryValue:
     return await engines.memory.set(ctx, data.session_id, data.key, data.value, ttl_seconds=data.ttl_seconds)
 
 
-@get("/memory", tags=["memory"], summary="Get one value (key) or every value of a session")
+@get(
+    "/memory",
+    tags=["memory"],
+    summary="Get one value (key) or every value of a session",
+    responses=error_responses(404),
+)
 async def get_values(
     ctx: Ctx,
     engines: Eng,
@@ -53,7 +65,11 @@ async def get_values(
 
 
 @delete(
-    "/memory", tags=["memory"], status_code=200, summary="Delete one value (key) or every value of a session"
+    "/memory",
+    tags=["memory"],
+    status_code=200,
+    summary="Delete one value (key) or every value of a session",
+    responses=error_responses(404),
 )
 async def delete_values(
     ctx: Ctx,

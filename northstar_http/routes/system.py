@@ -8,7 +8,7 @@ errors) only to a system token.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -21,6 +21,7 @@ from northstar_core.identity import TENANT_PATTERN, RequestContext
 from northstar_core.routing import TABLE_PATTERN, Route, RouteOptions
 from northstar_http.auth import TokenVerifier, raw_header
 from northstar_http.deps import Ctx, Eng
+from northstar_http.openapi import error_responses, success
 
 # Full match: `$` alone would accept a trailing newline (the registry re-checks with fullmatch).
 TABLE_SCHEMA_PATTERN = "^" + TABLE_PATTERN.pattern + r"$(?!\n)"
@@ -39,10 +40,65 @@ class RouteIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
-def _route_out(engines: Engines, route: Route, version: int) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(route)
-    out.update(version=version, label=engines.registry.label_of(route))
-    return out
+class RouteOut(Route, frozen=True, kw_only=True):
+    """A route as answered: its fields (those at their default omitted), its version in the
+    routing table and the label of the backend it names."""
+
+    version: int
+    label: str
+
+
+class RoutesOut(msgspec.Struct, kw_only=True):
+    routes: list[RouteOut]
+    deployment_mode: str
+
+
+# The registry's diagnostics are built by the core as mappings; these Structs document them.
+
+
+class KindDiagnosis(msgspec.Struct, kw_only=True):
+    """One required kind: routed? to which backend? does it answer (null: not routed)?"""
+
+    routed: bool
+    backend: str | None
+    reachable: bool | None
+    connection: str | msgspec.UnsetType = msgspec.UNSET
+    error: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class RouteOverride(msgspec.Struct, kw_only=True):
+    resource_kind: str
+    tenant_id: str | None
+    backend: str
+    connection: str
+
+
+class Diagnostics(msgspec.Struct, kw_only=True):
+    deployment_mode: str
+    kinds: dict[str, KindDiagnosis]
+    unrouted: list[str]
+    unreachable: list[str]
+    overrides: list[RouteOverride]
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok"]
+
+
+class ReadyReport(msgspec.Struct, kw_only=True):
+    """Ready. The diagnostics (and their age) only for a system token."""
+
+    status: Literal["ready"]
+    deployment_mode: str | msgspec.UnsetType = msgspec.UNSET
+    kinds: dict[str, KindDiagnosis] | msgspec.UnsetType = msgspec.UNSET
+    unrouted: list[str] | msgspec.UnsetType = msgspec.UNSET
+    unreachable: list[str] | msgspec.UnsetType = msgspec.UNSET
+    overrides: list[RouteOverride] | msgspec.UnsetType = msgspec.UNSET
+    checked_seconds_ago: float | msgspec.UnsetType = msgspec.UNSET
+
+
+def _route_out(engines: Engines, route: Route, version: int) -> RouteOut:
+    return RouteOut(**msgspec.structs.asdict(route), version=version, label=engines.registry.label_of(route))
 
 
 def _require_route_admin(ctx: RequestContext, tenant_id: str | None) -> None:
@@ -58,7 +114,7 @@ def _require_route_admin(ctx: RequestContext, tenant_id: str | None) -> None:
 
 
 @get("/routing/routes", tags=["routing"], summary="List the routing table")
-async def list_routes(ctx: Ctx, engines: Eng) -> dict[str, Any]:
+async def list_routes(ctx: Ctx, engines: Eng) -> RoutesOut:
     ctx.require_role("admin")
     await engines.registry.load()
     routes = [
@@ -66,11 +122,17 @@ async def list_routes(ctx: Ctx, engines: Eng) -> dict[str, Any]:
         for r, v in engines.registry.routes()
         if ctx.is_system or r.tenant_id in (None, ctx.tenant_id)
     ]
-    return {"routes": routes, "deployment_mode": engines.registry.deployment_mode}
+    return RoutesOut(routes=routes, deployment_mode=engines.registry.deployment_mode)
 
 
-@post("/routing/routes", tags=["routing"], summary="Set the route of a resource kind", status_code=200)
-async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> dict[str, Any]:
+@post(
+    "/routing/routes",
+    tags=["routing"],
+    summary="Set the route of a resource kind",
+    status_code=200,
+    responses=error_responses(409),
+)
+async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> RouteOut:
     _require_route_admin(ctx, data.tenant_id)
     route = Route(
         resource_kind=data.resource_kind,
@@ -83,7 +145,12 @@ async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> dict[str
     return _route_out(engines, route, version)
 
 
-@get("/routing/diagnostics", tags=["routing"], summary="Unrouted and unreachable kinds")
+@get(
+    "/routing/diagnostics",
+    tags=["routing"],
+    summary="Unrouted and unreachable kinds",
+    responses=success(200, Diagnostics, "Every required kind's route and reachability"),
+)
 async def diagnostics(ctx: Ctx, engines: Eng) -> dict[str, Any]:
     report = await engines.registry.diagnostics()
     # Like the routes list: another tenant's overrides (its id, its backend) are not the
@@ -94,8 +161,8 @@ async def diagnostics(ctx: Ctx, engines: Eng) -> dict[str, Any]:
 
 
 @get("/healthz", tags=["health"], summary="Liveness", exclude_from_auth=True)
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
 class Readiness:
@@ -146,8 +213,13 @@ async def _is_system_caller(request: Request[Any, Any, Any], state: State) -> bo
     return claims.system
 
 
-@get("/readyz", tags=["health"], summary="Readiness: every required kind routed and reachable",
-     exclude_from_auth=True)
+@get(
+    "/readyz",
+    tags=["health"],
+    summary="Readiness: every required kind routed and reachable",
+    exclude_from_auth=True,
+    responses=success(200, ReadyReport, "Ready (the diagnostics only for a system token)"),
+)
 async def readyz(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
     # Without a token: the status only. Which kinds, backends and errors: system tokens only.
     details = await _is_system_caller(request, state)

@@ -1,6 +1,6 @@
 """The realtime timeline: append to and list a tenant's replayable event streams.
 
-Thin handlers over ``engines.streams`` (:class:`northstar_core.timeline.EventStreamService`);
+Thin handlers over ``engines.timeline`` (:class:`northstar_core.timeline.Timeline`);
 subject streams (``canvas:<id>``…) are readable here but written only by the server.
 """
 
@@ -10,10 +10,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Response, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
+from northstar_core.kernel.paging import Page
+from northstar_core.timeline import StreamEvent
 from northstar_http.deps import Ctx, Eng
-from northstar_http.routes.canvas import Cursor, event_to_dict, page_to_dict
+from northstar_http.openapi import IdPath, error_responses, success
+from northstar_http.routes.canvas import Cursor, ReplayableEvent
 
 
 class AppendIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -25,23 +28,32 @@ class AppendIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
 
 
-@post("/realtime/timeline/{stream_id:str}/append", tags=["timeline"], summary="Append an event")
+@post(
+    "/realtime/timeline/{stream_id:str}/append",
+    tags=["timeline"],
+    summary="Append an event",
+    responses=success(200, ReplayableEvent, "The first event with this idempotency key (replayed: true)"),
+)
 async def append(
-    ctx: Ctx, engines: Eng, stream_id: FromPath[str], data: JSONBody[AppendIn]
-) -> Response[dict[str, Any]]:
-    event, replayed = await engines.streams.append(
+    ctx: Ctx, engines: Eng, stream_id: IdPath, data: JSONBody[AppendIn]
+) -> Response[ReplayableEvent]:
+    event, replayed = await engines.timeline.append(
         ctx, stream_id, data.type, data.data, idempotency_key=data.idempotency_key
     )
-    body = event_to_dict(event)
-    body["replayed"] = replayed
+    body = ReplayableEvent(**msgspec.structs.asdict(event), replayed=replayed)
     return Response(body, status_code=200 if replayed else 201)
 
 
-@get("/realtime/timeline/{stream_id:str}/list", tags=["timeline"], summary="Events after a cursor, paged")
+@get(
+    "/realtime/timeline/{stream_id:str}/list",
+    tags=["timeline"],
+    summary="Events after a cursor, paged",
+    responses=error_responses(410),
+)
 async def list_events(
-    ctx: Ctx, engines: Eng, stream_id: FromPath[str], cursor: Cursor = None, limit: Limit = 100
-) -> dict[str, Any]:
-    return page_to_dict(await engines.streams.list(ctx, stream_id, cursor or None, limit))
+    ctx: Ctx, engines: Eng, stream_id: IdPath, cursor: Cursor = None, limit: Limit = 100
+) -> Page[StreamEvent]:
+    return await engines.timeline.list(ctx, stream_id, cursor or None, limit)
 
 
 ROUTES: list[Any] = [append, list_events]

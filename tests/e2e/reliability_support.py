@@ -467,10 +467,11 @@ class SseFollower:
                             elif line.startswith("data:"):
                                 data.append(line[5:].lstrip())
                             elif line == "":
-                                if data:
-                                    last_id = event_id or last_id
-                                    if event == self.want:
-                                        self.seen.append(json.loads("\n".join(data)))
+                                # as a browser does: an id sets the last event id even on a
+                                # frame without data (the stream's opening position)
+                                last_id = event_id or last_id
+                                if data and event == self.want:
+                                    self.seen.append(json.loads("\n".join(data)))
                                 event, event_id, data = "message", "", []
                             if self._done():
                                 return self.seen

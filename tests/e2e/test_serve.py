@@ -223,14 +223,17 @@ async def test_two_processes_on_one_lab_data_dir_deliver_each_others_messages_li
                 seen: list[str] = []
 
                 async def collect() -> None:
+                    # the opening frame's id (where the stream starts), then one per message
                     async for line in live.aiter_lines():
                         if line.startswith("id:"):
                             seen.append(line[3:].strip())
-                            if len(seen) == 5:
+                            if len(seen) == 6:
                                 return
 
                 await asyncio.wait_for(collect(), 30)
-        assert seen == [p.cursor for p in posted]
+        opening, *delivered = seen
+        assert delivered == [p.cursor for p in posted]
+        assert opening not in delivered  # the empty thread's head: before the first message
     finally:
         a.stop()
         b.stop()

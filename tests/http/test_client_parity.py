@@ -19,7 +19,7 @@ from northstar_core.canvas import CommandIn, RecordIn
 from northstar_core.chat import ChatEntry
 from northstar_core.errors import backend_unavailable
 from northstar_core.notes import NoteIn
-from northstar_core.timeline import EventStreamService
+from northstar_core.timeline import Timeline
 from northstar_http.bootstrap import create_app
 from northstar_http.client import NorthstarClient
 from tests.conftest import LiveServer, make_settings
@@ -37,7 +37,7 @@ DOCUMENTED_DIFFERENCES = {
 
 def _library_class(name: str) -> type:
     if name == "timeline":
-        return EventStreamService
+        return Timeline
     source = inspect.getsource(Engines.__init__)
     for line in source.splitlines():
         line = line.strip()
@@ -51,9 +51,9 @@ def _library_class(name: str) -> type:
 
 DOMAINS = [
     ("chat", "chat"), ("memory", "memory"), ("blackboard", "blackboard"), ("config", "config"),
-    ("notes", "notes"), ("tabular", "tabular"), ("analytics", "analytics"), ("events", "spine"),
+    ("notes", "notes"), ("tabular", "tabular"), ("analytics", "analytics"),
     ("spine", "spine"), ("policies", "policies"), ("budget", "budget"), ("actions", "actions"),
-    ("canvas", "canvas"), ("timeline", "timeline"), ("streams", "timeline"),
+    ("canvas", "canvas"), ("timeline", "timeline"),
 ]
 
 
@@ -148,7 +148,7 @@ async def test_spine_and_timeline_results_are_the_library_types_and_values(pair:
     (stored,) = (await engines.spine.replay(ctx, "r1")).items
     same(event, stored)
     same(await ns.spine.replay("r1"), await engines.spine.replay(ctx, "r1"))
-    same(await ns.events.list(event_type="note"), await engines.spine.list(ctx, event_type="note"))
+    same(await ns.spine.list(event_type="note"), await engines.spine.list(ctx, event_type="note"))
     appended = await ns.timeline.append("s1", "note", {"i": 1}, idempotency_key="k")
     again = await engines.timeline.append(ctx, "s1", "note", {"i": 1}, idempotency_key="k")
     same(appended[0], again[0])

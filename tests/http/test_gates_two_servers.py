@@ -152,5 +152,5 @@ async def test_policy_changes_through_one_server_apply_on_the_others_next_call(s
         assert await _outcome(b, cost=10) == "gate.budget.limit_exceeded"
 
         # every decision made by B is on the spine A reads
-        safety = await a.events.list(event_type="safety", limit=500)
+        safety = await a.spine.list(event_type="safety", limit=500)
         assert len(safety.items) == 8

@@ -86,7 +86,8 @@ async def test_server_shutdown_ends_open_streams_with_a_last_comment(
         assert time.monotonic() - began < 1.0
     for lines in results:
         assert [line for line in lines if line][-1] == LAST
-        assert not any(line.startswith("id:") for line in lines)  # nothing after the cursor yet
+        # nothing after the cursor yet: the only id is the opening frame's, the resume cursor
+        assert [line for line in lines if line.startswith("id:")] == [f"id: {posted['cursor']}"]
     assert len(event_streams(app) or ()) == 0
 
 

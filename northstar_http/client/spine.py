@@ -17,7 +17,7 @@ from northstar_core.spine import Event, EventIn
 from northstar_http.client.base import BaseClient
 
 
-class EventsClient:
+class SpineClient:
     def __init__(self, base: BaseClient) -> None:
         self._base = base
 
