@@ -1,7 +1,6 @@
-"""The benchmark harness: one entry point for P1-P5, one table, one JSON file.
+"""The benchmark harness: one entry point for P1-P7, one table, one JSON file.
 
-    python -m bench.run [--only P1,P3] [--quick] [--p3-backends sqlite,dynamodb]
-    northstar bench ...            # the same
+    .venv/bin/python -m bench.run [--only P1,P3] [--quick] [--p3-backends sqlite,dynamodb]
     ./scripts/bench ...            # venv setup, then the same
 
 Every figure is a ratio against a baseline measured in the same run, with the variants
@@ -14,6 +13,15 @@ Markdown for the README).
 * P3 scale (request counts and times at 100 vs 100k history) — ``bench/p3_scale.py``
 * P4 cloud adapter vs raw SDK on each emulator — ``bench/p4_<backend>.py``
 * P5 SSE fan-out and memory per idle subscriber — ``bench/p5_sse.py``
+* P6 store round trips per operation on every backend, and a canvas command's latency vs one
+  raw-SDK atomic write on each emulator — ``bench/p6_round_trips.py``
+* P7 capacity model: one tenant's sustainable ops/s per operation on DynamoDB, Cosmos DB and
+  Firestore from the engines' traced store calls and the providers' published limits, and the
+  live tail's idle reads — ``bench/p7_capacity.py``
+
+Exit status: 1 while any target is missed. The end of the output lists the missed rows per
+bench, so one bench's (expected) misses — P7 reports the issue-12 targets today's layout does
+not meet — never hide another's regression.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PY, RESULTS, row  # noqa: E402
 
-ALL = ("P1", "P2", "P3", "P4", "P5")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
 P4_BACKENDS = ("dynamodb", "firestore", "cosmos")
 P4_TARGET = 1.15
 
@@ -156,12 +164,26 @@ def p5(args: argparse.Namespace) -> dict[str, Any]:
     return p5_sse.run()
 
 
+def p6(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p6_round_trips
+
+    return p6_round_trips.run(quick=args.quick, backends=args.p6_backends.split(","))
+
+
+def p7(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p7_capacity
+
+    return p7_capacity.run(quick=args.quick, backends=args.p7_backends.split(","))
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P1": p1,
     "P2": p2,
     "P3": p3,
     "P4": p4,
     "P5": p5,
+    "P6": p6,
+    "P7": p7,
 }
 
 
@@ -200,8 +222,8 @@ def table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="northstar bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(ALL), help="comma-separated subset of P1,P2,P3,P4,P5")
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(ALL), help="comma-separated subset of " + ",".join(ALL))
     parser.add_argument(
         "--quick", action="store_true", help="short smoke run (smaller histories, fewer rounds)"
     )
@@ -209,6 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         "--p3-backends", default="sqlite,dynamodb,firestore,cosmos", help="P3 backends (comma-separated)"
     )
     parser.add_argument("--p4-backends", default=",".join(P4_BACKENDS))
+    parser.add_argument(
+        "--p6-backends",
+        default="memory,sqlite,dynamodb,firestore,cosmos",
+        help="P6 backends (comma-separated)",
+    )
+    parser.add_argument(
+        "--p7-backends",
+        default="dynamodb,cosmos,firestore",
+        help="backends whose published limits P7 models (comma-separated)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
     chosen = [b.strip().upper() for b in args.only.split(",") if b.strip()]
@@ -247,7 +279,22 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(report["rows"]))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
-    return 0 if all(r["met"] is not False for r in report["rows"]) else 1
+    missed = missed_by_bench(report)
+    for name, rows in missed.items():
+        print(f"targets missed in {name} ({len(rows)}):")
+        for r in rows:
+            print(f"  {r['bench']}: {r['metric']}")
+    return 1 if missed else 0
+
+
+def missed_by_bench(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The rows that miss their target, per bench (in the order run)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, result in report["benches"].items():
+        rows = [r for r in result["rows"] if r["met"] is False]
+        if rows:
+            out[name] = rows
+    return out
 
 
 if __name__ == "__main__":
