@@ -41,9 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import AsyncGenerator
-from typing import Any, Final
-
-import msgspec
+from typing import Final
 
 from northstar_core.errors import NorthstarError
 from northstar_core.kernel.streams import SequencedStream, seq_of
@@ -54,11 +52,11 @@ DEFAULT_POLL_INTERVAL: Final = 0.5
 READ_BATCH: Final = 100
 
 
-def _channel_key(stream: SequencedStream) -> tuple[str, str, Any]:
-    # The route is part of the key so that a tenant re-routed to another backend is tailed
-    # on the backend that now holds its data (encoded: a route's params are not hashable).
-    route = getattr(stream.store, "route", None)
-    return (stream.domain, stream.partition, msgspec.json.encode(route) if route is not None else None)
+def _channel_key(stream: SequencedStream) -> tuple[str, str, int]:
+    # The store holding the items is part of the key, so that a tenant re-routed to another
+    # backend is tailed on the backend that now holds its data. Its identity is stable while
+    # the channel lives: the channel keeps the stream, and so the store, alive.
+    return (stream.domain, stream.partition, id(stream.store.backing))
 
 
 class _Channel:
@@ -66,7 +64,7 @@ class _Channel:
 
     __slots__ = ("changed", "head", "key", "poller", "reads", "stream", "subscribers")
 
-    def __init__(self, key: tuple[str, str, Any], stream: SequencedStream) -> None:
+    def __init__(self, key: tuple[str, str, int], stream: SequencedStream) -> None:
         self.key = key
         self.stream = stream
         self.head = 0
@@ -113,7 +111,7 @@ class TailHub:
 
     def __init__(self, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
         self.poll_interval = poll_interval
-        self._channels: dict[tuple[str, str, Any], _Channel] = {}
+        self._channels: dict[tuple[str, str, int], _Channel] = {}
 
     @property
     def active_streams(self) -> int:
