@@ -150,6 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir = shlex.quote(str(Path(settings.data_dir).resolve()))
         print(f"  more tokens: northstar token --data-dir {data_dir} --tenant t_acme --roles admin")
     print(f"  docs: {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)")
+    print(f"  operator console: {base}/console  (paste a token)")
     sys.stdout.flush()
     # Open SSE streams are ended as shutdown begins (northstar_http/sse.py); the grace period
     # bounds what is left (slow requests). run_server/run_workers bound the time to send a

@@ -100,6 +100,7 @@ async def test_serve_prints_banner_token_docs_and_curl(served: Served) -> None:
     served.stop()
     assert "LAB MODE" in served.output and "sqlite (lab)" in served.output
     assert "lab token" in served.output and "/schema" in served.output and "curl -s -X POST" in served.output
+    assert "/console" in served.output
 
 
 async def first_sse_event(response: httpx.Response) -> tuple[str, str]:
