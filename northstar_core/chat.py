@@ -12,7 +12,9 @@ Layout (all through the routing registry's ``chat_store`` route):
 
 A post costs one store write, plus one read of the key's record when it carries an
 idempotency key (the append then skips its own look-up), plus one write the first time this
-process sees the user post to the thread (the index entry; known entries are remembered).
+process sees the user post to the thread (the index entry; known entries are remembered). On a
+backend without atomic checks the append needs the thread's head read first: a keyed post reads
+it in the same round trip as the key's record, so it is still two round trips (three calls).
 
 Guarantees: a message is acknowledged only once it is stored; posting the same
 ``idempotency_key`` again returns the first message marked ``replayed`` and writes nothing; a
@@ -240,11 +242,13 @@ class ChatService:
             check_id(DOMAIN, "idempotency_key", idempotency_key)
         actor_id = ctx.agent_id or ctx.user_id
         fp = fingerprint({"thread_id": thread_id, "role": role, "content": content, "actor_id": actor_id})
+        head: int | None = None
         if idempotency_key is not None:
             # The one look-up of the key: the append below is told so (key_checked) and goes
             # straight to its batch, whose condition on the record still catches a concurrent
-            # attempt with the same key.
-            prior = await stream.idempotent_result(idempotency_key, fp)
+            # attempt with the same key. Where an append must read the head first (no atomic
+            # checks), the head is read in the same round trip and handed to it.
+            prior, head = await stream.look_up(idempotency_key, fp)
             if prior is not None:
                 return self._posted(ctx, msgspec.json.decode(prior.result, type=ChatMessage), True)
         now = self.clock.now()
@@ -292,6 +296,7 @@ class ChatService:
             idempotency_key=idempotency_key,
             payload_fingerprint=fp,
             key_checked=True,
+            known_head=head,
             result=result,
             extra_ops=lambda first, _last: header_ops(first, meta()) if first == 1 else (),
         )

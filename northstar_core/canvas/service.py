@@ -50,6 +50,11 @@ costs four sequential store round trips and, with the default policies, eight ca
 3. the commit (one atomic batch; the key was looked up in step 1);
 4. the decision and ``op_committed``, with the record in hand (one write).
 
+On a backend without atomic checks (an append there needs a head read from the store, never a
+remembered one) step 1 also reads the command log's head and the canvas stream's head — the
+command stays at four round trips, at ten calls. A log head read there past the revision this
+process holds fails the commit at once (409, as its conditions would), without a read of its own.
+
 The actor is the token's user: a body ``actor_id`` that differs is refused with 403
 ``canvas.actor_mismatch`` (and audited), like every other identity contradiction (SPEC §2.6).
 
@@ -107,7 +112,7 @@ from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.paging import Page
 from northstar_core.kernel.publication import SeriesBehind
 from northstar_core.kernel.records import Item
-from northstar_core.kernel.streams import HeadMoved, SequencedStream, seq_of
+from northstar_core.kernel.streams import HeadMoved, SequencedStream, operation_heads, seq_of
 from northstar_core.ports import ActionGate, AuditSink
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import check_id, partition, subject_stream
@@ -416,6 +421,11 @@ class CanvasService:
 
     async def commit(self, ctx: RequestContext, canvas_id: str, command: CommandIn) -> CommitResult:
         """Commit ``command`` atomically at ``head_rev + 1`` (see module doc for every outcome)."""
+        # Heads read in round trip 1 serve the appends after it (see _warm_stream).
+        with operation_heads():
+            return await self._commit(ctx, canvas_id, command)
+
+    async def _commit(self, ctx: RequestContext, canvas_id: str, command: CommandIn) -> CommitResult:
         check_id(DOMAIN, "canvas_id", canvas_id)
         ctx.require_role("member")
         key = command.idempotency_key or command.correlation_id
@@ -474,8 +484,8 @@ class CanvasService:
         warming: asyncio.Future[int] | None = None
         try:
             warming = await self._warm_stream(ctx, canvas_id)
-            prior, state = await asyncio.gather(
-                log_.idempotent_result(key, fp), self._base_state(log_, limits, command.base_rev)
+            (prior, read_head), state = await asyncio.gather(
+                log_.look_up(key, fp), self._base_state(log_, limits, command.base_rev)
             )
             if prior is not None:
                 return await self._replayed(ctx, canvas_id, prior.result)
@@ -532,6 +542,7 @@ class CanvasService:
             idempotency_key=key,
             payload_fingerprint=fp,
             key_checked=True,
+            known_head=read_head,
             result=lambda first, _last: {"rev": first, "applied_ops": len(ops)},
             extra_ops=lambda _first, _last: checkpoint,
         )
@@ -576,15 +587,19 @@ class CanvasService:
         return CommitResult(canvas_id=canvas_id, head_rev=rev, applied_ops=len(ops), cursor=cursor)
 
     async def _warm_stream(self, ctx: RequestContext, canvas_id: str) -> asyncio.Future[int] | None:
-        """The canvas stream's head read, started now, when this process knows nothing of it
-        (a canvas it has not served yet): the decision and ``op_committed`` published on it
-        then go straight to their writes instead of each reading the head first. ``None``
-        when the head is known (no store call)."""
+        """The canvas stream's head read, started now, when the publication after the commit
+        would otherwise read it: on a backend with atomic checks when this process knows
+        nothing of the stream (a canvas it has not served yet), on one without them always
+        (a head hint never serves there). Read inside the command's
+        :func:`~northstar_core.kernel.streams.operation_heads` scope, the head is handed to
+        the first append on the stream (the decision and ``op_committed``, or a decision
+        published alone), which goes straight to its write. ``None`` when the head is known
+        (no store call)."""
         try:
             stream = await self.timeline.stream(ctx, self.stream_id(canvas_id))
         except NorthstarError:  # the publications will say so (the commit does not need them)
             return None
-        if stream.hints.get(stream.partition) is not None:
+        if not stream.reads_head_to_append and stream.hints.get(stream.partition) is not None:
             return None
         warming = asyncio.ensure_future(stream.head())
         warming.add_done_callback(_retrieve)

@@ -15,7 +15,9 @@ Publishing position ``p`` is ONE atomic batch: the entry at the stream's head + 
 ``i#<series>.<p>`` (``Absent``) and the marker moved to version ``p`` (conditioned on ``p - 1``,
 ``Absent`` for ``p = 1``). The publisher passes the entry in hand, so at steady state — the
 stream head known to this process (:class:`~northstar_core.kernel.streams.HeadHints`), the
-previous position published — the publication costs one write and no read. When that batch
+previous position published — the publication costs one write and no read (on a backend
+without atomic checks, one write after a head read: a hint never serves there, a head the
+caller read earlier in the operation does; see :mod:`~northstar_core.kernel.streams`). When that batch
 fails, the marker, the record and the head are read to decide: the position was published
 concurrently (its record answers), the head moved (the batch is retried at the new head), or
 the series is behind (:class:`SeriesBehind`: the caller publishes the missing positions
@@ -186,18 +188,28 @@ class OrderedSeries:
                 first_seq=done.last_seq, last_seq=done.last_seq, result=done.result, replayed=False
             )
 
-        head = stream.hints.get(stream.partition)
+        # The head to publish at: one read from the store earlier in this operation (a caller
+        # that read it beside its other reads), else the hint — on a backend without atomic
+        # checks the append then reads the head itself before its batch.
+        known = stream.take_head_read()
+        head = known if known is not None else stream.hints.get(stream.partition)
         if head is None:
             # Nothing known about this stream in this process: read its head, and at the same
             # time whether the position can be published at all.
             head, (_, prior) = await asyncio.gather(stream.head(), self._decide(position, fp))
             if prior is not None:
                 return prior
+            known = head
         for _ in range(_ATTEMPTS):
             try:
-                return named(await stream.append(build, now=now, expected_head=head, extra_ops=extra))
+                return named(
+                    await stream.append(
+                        build, now=now, expected_head=head, known_head=known, extra_ops=extra
+                    )
+                )
             except HeadMoved as moved:
-                head = moved.head
+                # read from the store by the append just now: the retry starts from it
+                head = known = moved.head
             prior, preceding = await self._after_failure(position, fp, preceding)
             if prior is not None:
                 return prior

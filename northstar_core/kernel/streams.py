@@ -17,17 +17,25 @@ Gap-freeness needs ``s#<head>`` to exist when ``s#<head+1>`` is created. On back
 costs ONE store round trip: at a caller's ``expected_head`` directly, otherwise at the head this
 process last saw for the stream (:class:`HeadHints`). A hint is only a guess — a wrong one fails
 the batch's conditions, the head is read, the append retried — so correctness never rests on
-it. Backends without atomic checks read the head before every append (entries are never
-deleted, so an entry once read exists at commit).
+it. Backends without atomic checks append only at a head read from the store (entries are
+never deleted, so an entry once read exists at commit): never a hint, but a head read moments
+before in the same operation serves — one the caller read beside its other reads
+(:meth:`SequencedStream.look_up` reads it with the idempotency record, in one round trip,
+and the caller passes it on as ``known_head``), or one read within an operation scope
+(:func:`operation_heads`) whose next append on that stream takes it. Either is a store read
+like the one the append would make itself, only earlier; a concurrent writer still fails the
+batch's ``Absent`` condition, and the append re-reads and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import random
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -113,6 +121,28 @@ def head_hints(store: ItemStore) -> HeadHints:
     return hints
 
 
+# Heads read from the store during the current operation, by (backing store, partition); each
+# is taken by the next append on that stream (see :func:`operation_heads`).
+_READ_HEADS: contextvars.ContextVar[dict[tuple[int, str], int] | None] = contextvars.ContextVar(
+    "northstar_read_heads", default=None
+)
+
+
+@contextlib.contextmanager
+def operation_heads() -> Iterator[None]:
+    """A scope for one operation (and the tasks it starts inside it): a stream head read from
+    the store here is handed to the next append on that stream, which on a backend without
+    atomic checks then goes straight to its batch instead of reading the head again. Each head
+    is used once; nothing outlives the scope, so no append ever starts from a remembered head.
+    An operation that reads a stream's head early, beside its other reads, saves the round
+    trip its append would otherwise spend on it."""
+    token = _READ_HEADS.set({})
+    try:
+        yield
+    finally:
+        _READ_HEADS.reset(token)
+
+
 class SequencedStream:
     """One stream in one partition of an item store (see module doc)."""
 
@@ -127,7 +157,41 @@ class SequencedStream:
         last = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1)
         head = seq_of(last[0].key) if last else 0
         self.hints.replace(self.partition, head)
+        read = _READ_HEADS.get()
+        if read is not None:
+            read[self._scope_key()] = head
         return head
+
+    def _scope_key(self) -> tuple[int, str]:
+        return (id(self.store.backing), self.partition)
+
+    @property
+    def reads_head_to_append(self) -> bool:
+        """Whether an append needs a head read from the store (the backend has no atomic
+        checks): a hint never serves, only a head read in the same operation."""
+        return not self.store.capabilities.atomic_checks
+
+    def take_head_read(self) -> int | None:
+        """The head read from the store earlier in this operation (:func:`operation_heads`),
+        if any, taken: it serves one append."""
+        read = _READ_HEADS.get()
+        return None if read is None else read.pop(self._scope_key(), None)
+
+    async def look_up(self, idempotency_key: str, fp: str) -> tuple[Appended | None, int | None]:
+        """The key's stored outcome (:meth:`idempotent_result`) and, on a backend without atomic
+        checks, the head read in the same round trip — pass it to :meth:`append` as
+        ``known_head`` (with ``key_checked``) and the append is one write. The head is ``None``
+        where an append needs no read (the batch checks the head it appends at)."""
+        if not self.reads_head_to_append:
+            return await self.idempotent_result(idempotency_key, fp), None
+        prior, head = await asyncio.gather(
+            self.idempotent_result(idempotency_key, fp), self.head(), return_exceptions=True
+        )
+        if isinstance(prior, BaseException):
+            raise prior
+        if isinstance(head, BaseException):
+            raise head
+        return prior, head
 
     async def idempotent_result(self, key: str, fp: str) -> Appended | None:
         """The stored outcome for ``key``; 422 ``<domain>.idempotency_mismatch`` if ``fp`` differs."""
@@ -151,6 +215,7 @@ class SequencedStream:
         idempotency_key: str | None = None,
         payload_fingerprint: str = "",
         key_checked: bool = False,
+        known_head: int | None = None,
         result: Callable[[int, int], dict[str, Any]] | None = None,
         extra_ops: Callable[[int, int], Sequence[Op]] | None = None,
     ) -> Appended:
@@ -162,7 +227,11 @@ class SequencedStream:
         the original ``result`` marked ``replayed`` and writes nothing; ``key_checked`` says the
         caller has just looked the key up (:meth:`idempotent_result`) and found it unused, so
         the append goes straight to its batch (whose ``Absent`` condition on the record still
-        catches a concurrent attempt with the same key). ``result(first, last)``
+        catches a concurrent attempt with the same key). ``known_head`` is the head the caller
+        read from the store moments ago, in this operation (:meth:`look_up`, :meth:`head`),
+        never a remembered one: the first attempt goes at it without a read of its own (a head
+        read in an :func:`operation_heads` scope serves alike), and when it is not
+        ``expected_head`` the append is :class:`HeadMoved` at once. ``result(first, last)``
         is stored (JSON) with the idempotency record; ``extra_ops(first, last)`` are further
         operations committed in the same batch (e.g. checkpoints).
         """
@@ -175,19 +244,30 @@ class SequencedStream:
                 return prior
         capabilities = self.store.capabilities
         checks = capabilities.atomic_checks
+        taken = self.take_head_read()
+        read = known_head if known_head is not None else taken
+        if read is not None and expected_head is not None and read != expected_head:
+            if known_head is not None:
+                raise HeadMoved(known_head)
+            read = None  # read earlier in the operation for another purpose: not this head
         # With atomic checks the batch itself verifies the head it appends at, so the first
-        # attempt goes straight to the write: at the caller's expected head, else at the hint.
-        guess = expected_head if expected_head is not None else self.hints.get(self.partition)
+        # attempt goes straight to the write: at the caller's expected head, else at a head
+        # just read, else at the hint. Without them only a head just read serves.
+        guess = expected_head if expected_head is not None else read
+        if guess is None:
+            guess = self.hints.get(self.partition)
         for attempt in range(MAX_APPEND_ATTEMPTS):
             guessed = checks and guess is not None
             if guessed:
                 assert guess is not None
                 head = guess
+            elif read is not None:
+                head = read
             else:
                 head = await self.head()
                 if expected_head is not None and head != expected_head:
                     raise HeadMoved(head)
-            guess = None
+            guess = read = None
             first = head + 1
             entries = list(build(first))
             last = first + len(entries) - 1

@@ -487,6 +487,40 @@ async def test_a_command_on_the_revision_this_process_holds_reads_no_log_and_a_s
     assert (await ours.canvas.snapshot(ctx, c)).atoms["a"].props == {"n": 4}
 
 
+def _unchecked(store: ItemStore) -> ItemStore:
+    """``store`` declaring no atomic checks (as Firestore and Cosmos do)."""
+    store.capabilities = msgspec.structs.replace(store.capabilities, atomic_checks=False)
+    return store
+
+
+async def test_without_atomic_checks_the_head_read_beside_the_key_serves_the_commit() -> None:
+    shared = _unchecked(MemoryItemStore())
+    canvas_store = _unchecked(CountingStore(shared))
+    stream_store = _unchecked(MemoryItemStore())
+    gate = RecordingGate(announce=True)
+    ours = await canvas_rig(await registry_by_kind(canvas_store, event_stream=stream_store), gate=gate)
+    theirs = await canvas_rig(await registry_by_kind(shared, event_stream=stream_store))
+    ctx, c = make_ctx(), cid()
+    await ours.canvas.commit(ctx, c, command(0, create("a")))
+    canvas_store.reset()
+    await ours.canvas.commit(ctx, c, command(1, update("a", n=1)))
+    assert canvas_store.reads == 2  # the key and the head, in one round trip; no log read
+    await theirs.canvas.commit(ctx, c, command(2, update("a", n=2)))  # another process
+    canvas_store.reset()
+    with pytest.raises(NorthstarError) as err:
+        await ours.canvas.commit(ctx, c, command(2, update("a", n=9), key="late"))
+    assert (err.value.code, err.value.details["expected_rev"]) == ("canvas.rev_conflict", 3)
+    assert [r["rev"] for r in err.value.details["recovery_ops"]] == [3]
+    assert canvas_store.reads == 3  # key and head, then the missed commands: no second head read
+    done = await ours.canvas.commit(ctx, c, command(3, update("a", n=4)))
+    assert done.head_rev == 4
+    events = (await ours.canvas.replay(ctx, c, None)).items
+    assert [e.type for e in events] == [
+        "safety_decision", "op_committed", "safety_decision", "op_committed", "op_committed",
+        "safety_decision", "safety_decision", "op_committed",
+    ]
+    assert [e.seq for e in events] == list(range(1, 9))
+
 # --- bounded snapshots -------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from contracts.round_trips import (
@@ -25,7 +26,8 @@ from contracts.round_trips import (
     measure_operations,
 )
 from northstar_adapters import AdapterFactory
-from northstar_core.routing import Connection
+from northstar_core.routing import Connection, Target
+from northstar_core.storage import ItemStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -75,3 +77,28 @@ async def test_every_operation_reaches_the_store(measured: dict[str, RoundTrips]
         rt = measured[op.name]
         print(f"{op.label}: {rt}")
         assert rt.total >= 1 and any(c.method == "write" for c in rt.calls), op.label
+
+
+class _WithoutAtomicChecks(AdapterFactory):
+    """Memory stores declaring no atomic checks: the call shape of Firestore and Cosmos."""
+
+    def open(self, target: Target) -> ItemStore:
+        store = super().open(target)
+        store.capabilities = msgspec.structs.replace(store.capabilities, atomic_checks=False)
+        return store
+
+
+async def test_without_atomic_checks_the_head_reads_join_the_first_round_trip() -> None:
+    """Where every append needs a head read from the store, the reads are made beside the
+    operation's others: the depth targets hold; the canvas command spends two more calls (the
+    command log's head and the canvas stream's) than on a backend with atomic checks."""
+    connection = Connection(name="rt", backend="memory", params={"name": f"rt-{uuid.uuid4().hex}"})
+    trace = Trace()
+    async with instrumented_engines(_WithoutAtomicChecks(), connection, trace) as engines:
+        measured = await measure_operations(Scenario(engines), trace)
+    keyed, canvas = measured["chat_post_keyed"], measured["canvas_command"]
+    print(f"keyed chat post: {keyed}\ncanvas command: {canvas}")
+    assert (keyed.depth, keyed.total) == (2, 3)
+    assert (canvas.depth, canvas.total) == (4, 10)
+    heads = [c for c in canvas.calls if c.method == "query" and c.keys == ("s#*",)]
+    assert len(heads) == 2 and all(c.depth == 1 for c in heads)

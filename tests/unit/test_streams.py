@@ -18,7 +18,14 @@ from northstar_core.kernel.checkpoints import CHUNK_BYTES, Checkpoints, checkpoi
 from northstar_core.kernel.headers import header_ops, read_header
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.publication import KeyedEntry, OrderedSeries, SeriesBehind
-from northstar_core.kernel.streams import HeadMoved, SequencedStream, head_hints, seq_key, seq_of
+from northstar_core.kernel.streams import (
+    HeadMoved,
+    SequencedStream,
+    head_hints,
+    operation_heads,
+    seq_key,
+    seq_of,
+)
 from northstar_core.storage import Absent, Item, ItemStore, Op, Put
 
 NOW = 1_800_000_000.0
@@ -274,6 +281,133 @@ async def test_without_atomic_checks_every_append_reads_the_head_first() -> None
     await stream.append(entries(b"b"), now=NOW)
     assert store.calls == ["query", "write", "query", "write"]
     assert [seq_of(i.key) for i in await stream.read(0, 10)] == [1, 2]
+
+
+
+def _unchecked(inner: ItemStore) -> Calls:
+    """``inner`` declaring no atomic checks (as Firestore and Cosmos do), its calls recorded."""
+    store = Calls(inner)
+    store.capabilities = msgspec.structs.replace(inner.capabilities, atomic_checks=False)
+    return store
+
+
+async def test_without_atomic_checks_a_key_look_up_reads_the_head_in_the_same_round_trip() -> None:
+    store = _unchecked(MemoryItemStore())
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    store.calls.clear()
+    prior, head = await stream.look_up("k", "f")
+    assert (prior, head) == (None, 1)
+    done = await stream.append(
+        entries(b"b"), now=NOW, idempotency_key="k", payload_fingerprint="f", key_checked=True,
+        known_head=head,
+    )
+    assert sorted(store.calls[:2]) == ["get", "query"] and store.calls[2:] == ["write"]
+    assert done.first_seq == 2
+    prior, head = await stream.look_up("k", "f")
+    assert prior is not None and prior.replayed and prior.first_seq == 2 and head == 2
+    with pytest.raises(NorthstarError) as info:
+        await stream.look_up("k", "other")
+    assert info.value.code == "chat.idempotency_mismatch"
+
+
+async def test_with_atomic_checks_a_key_look_up_reads_only_the_record() -> None:
+    store = Calls(MemoryItemStore())
+    assert await SequencedStream(store, "p", "chat").look_up("k", "f") == (None, None)
+    assert store.calls == ["get"]
+
+
+async def test_a_known_head_other_than_the_expected_one_is_head_moved_without_a_call() -> None:
+    store = _unchecked(MemoryItemStore())
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a", b"b"), now=NOW)
+    store.calls.clear()
+    with pytest.raises(HeadMoved) as info:
+        await stream.append(entries(b"c"), now=NOW, expected_head=1, known_head=2)
+    assert (info.value.head, store.calls) == (2, [])
+
+
+async def test_a_known_head_overtaken_by_another_writer_fails_the_batch_and_is_read_again() -> None:
+    shared = MemoryItemStore()
+    ours = _unchecked(shared)
+    stream = SequencedStream(ours, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    _, head = await stream.look_up("k", "f")
+    await SequencedStream(_unchecked(shared), "p", "chat").append(entries(b"b"), now=NOW)
+    ours.calls.clear()
+    done = await stream.append(
+        entries(b"c"), now=NOW, idempotency_key="k", payload_fingerprint="f", key_checked=True,
+        known_head=head,
+    )
+    assert done.first_seq == 3 and ours.calls == ["write", "get", "query", "write"]
+    with pytest.raises(HeadMoved) as info:  # at an expected head: the loser learns the real one
+        await stream.append(entries(b"d"), now=NOW, expected_head=2, known_head=2)
+    assert info.value.head == 3
+    assert [i.value for i in await stream.read(0, 10)] == [b"a", b"b", b"c"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(writers=st.integers(2, 8), head=st.integers(0, 3), at_expected=st.booleans())
+def test_concurrent_appends_at_one_head_read_beside_their_key_have_one_winner_and_no_gap(
+    writers: int, head: int, at_expected: bool
+) -> None:
+    """Without atomic checks, every writer reads the head beside its key's record and appends
+    at it: of those at one expected head exactly one wins; without one all land, gap-free."""
+
+    async def run() -> None:
+        shared = MemoryItemStore()
+        if head:
+            await SequencedStream(shared, "p", "chat").append(lambda first: [b"seed"] * head, now=NOW)
+
+        async def writer(w: int) -> bool:
+            store = Interleaving(shared)
+            store.capabilities = msgspec.structs.replace(shared.capabilities, atomic_checks=False)
+            stream = SequencedStream(store, "p", "chat")
+            _, known = await stream.look_up(f"k{w}", "f")
+            try:
+                await stream.append(
+                    entries(str(w).encode()),
+                    now=NOW,
+                    expected_head=head if at_expected else None,
+                    idempotency_key=f"k{w}",
+                    payload_fingerprint="f",
+                    key_checked=True,
+                    known_head=known,
+                )
+            except HeadMoved as moved:
+                assert moved.head > head
+                return False
+            return True
+
+        won = await asyncio.gather(*(writer(w) for w in range(writers)))
+        assert sum(won) == (1 if at_expected else writers)
+        items = await SequencedStream(shared, "p", "chat").read(0, 100)
+        assert [seq_of(i.key) for i in items] == list(range(1, len(items) + 1))
+        assert len(items) == head + sum(won)
+
+    asyncio.run(run())
+
+
+async def test_a_head_read_in_an_operation_serves_its_next_append_once() -> None:
+    store = _unchecked(MemoryItemStore())
+    stream = SequencedStream(store, "p", "chat")
+    await stream.append(entries(b"a"), now=NOW)
+    with operation_heads():
+        await SequencedStream(store, "p", "chat").head()
+        store.calls.clear()
+        await stream.append(entries(b"b"), now=NOW)  # the head read above, taken
+        await stream.append(entries(b"c"), now=NOW)  # nothing left: read again
+        assert store.calls == ["write", "query", "write"]
+        await stream.head()
+        store.calls.clear()
+        with pytest.raises(HeadMoved) as info:  # not the expected head: read for itself
+            await SequencedStream(store, "p", "chat").append(entries(b"d"), now=NOW, expected_head=0)
+        assert (info.value.head, store.calls) == (3, ["query"])
+    store.calls.clear()
+    await stream.head()
+    await stream.append(entries(b"e"), now=NOW)  # outside a scope a head read is not kept
+    assert store.calls == ["query", "query", "write"]
+    assert [i.value for i in await stream.read(0, 10)] == [b"a", b"b", b"c", b"e"]
 
 
 Step = tuple[int, str, int]  # (process, kind, argument)
