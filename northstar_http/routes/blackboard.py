@@ -7,52 +7,18 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Response, delete, get, put
-from litestar.params import FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody
 
 from northstar_core.blackboard import BlackboardEntry
 from northstar_core.bounds import MAX_PAGE
-from northstar_core.errors import NorthstarError, invalid
 from northstar_core.kernel.paging import Page
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import IdPath, error_responses, page_limit, success
-
-_ETAG: Final = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
-
-
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def expected_version(domain: str, body_version: int | None, if_match: str | None) -> int | None:
-    """The expected version from the body and/or ``If-Match`` (422 if malformed or they differ)."""
-    header_version: int | None = None
-    if if_match is not None:
-        match = _ETAG.fullmatch(if_match)
-        if match is None:
-            raise NorthstarError(
-                f"{domain}.invalid_request",
-                'If-Match must be the ETag of a version, e.g. "3"',
-                422,
-                details={"if_match": if_match[:100]},
-            )
-        header_version = int(match.group(1))
-    if body_version is not None and header_version is not None and body_version != header_version:
-        raise invalid(
-            domain,
-            "expected_version and If-Match disagree",
-            expected_version=body_version,
-            if_match=if_match,
-        )
-    return body_version if body_version is not None else header_version
-
-
-def with_etag(content: Any, version: int, status_code: int = 200) -> Response[Any]:
-    return Response(content, status_code=status_code, headers={"ETag": etag(version)})
+from northstar_http.versions import ExpectedVersion, IfMatch, expected_version, with_etag
 
 
 class BlackboardWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -62,10 +28,6 @@ class BlackboardWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expected_version: int | None = None
 
 
-IfMatch = Annotated[
-    str | None, HeaderParameter(name="If-Match", required=False, description="ETag of the version replaced")
-]
-ExpectedVersion = Annotated[int | None, QueryParameter(name="expected_version", required=False)]
 
 
 @put(

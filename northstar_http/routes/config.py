@@ -15,7 +15,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from northstar_core.config import SCOPES, ConfigDocument
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import error_responses, success
-from northstar_http.routes.blackboard import IfMatch, expected_version, with_etag
+from northstar_http.versions import IfMatch, expected_version, with_etag
 
 
 class ConfigWrite(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -12,7 +12,7 @@ from northstar_core.kernel.paging import Page
 from northstar_core.notes import Note, NoteIn, NoteUpdate
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import IdPath, error_responses, page_limit
-from northstar_http.routes.blackboard import ExpectedVersion, IfMatch, expected_version, with_etag
+from northstar_http.versions import ExpectedVersion, IfMatch, expected_version, with_etag
 
 
 @post("/notes", tags=["notes"], summary="Create a note owned by the caller")

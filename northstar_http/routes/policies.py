@@ -7,12 +7,11 @@ the current version. Reads answer the version in the body and as an ``ETag``.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Response, get, patch, post, put
-from litestar.params import Body, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import Body, JSONBody, QueryParameter
 
 from northstar_core.errors import NorthstarError
 from northstar_core.kernel.paging import Page
@@ -23,40 +22,23 @@ from northstar_core.safety.locks import LockIn, LockPatch, LockView, StrategyLoc
 from northstar_core.safety.policies import PolicyStores
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import IdPath, body_schema, error_responses, success
+from northstar_http.versions import IfMatch, expected_version, with_etag
 
 Cursor = Annotated[str | None, QueryParameter(description="opaque position; reads are exclusive")]
 Limit = Annotated[int, QueryParameter(ge=1, le=500)]
 Text = Annotated[str | None, QueryParameter()]
-IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", required=False)]
 OptionalBody = Annotated[dict[str, Any] | None, Body()]
-_ETAG: Final = re.compile(r'^(?:W/)?"?(\d{1,18})"?$')
 
 
 def _doc(doc: PolicyDocument, status: int = 200) -> Response[PolicyDocument]:
-    return Response(doc, status_code=status, headers={"ETag": f'"{doc.version}"'})
+    return with_etag(doc, doc.version, status)
 
 
 def _expected(domain: str, body: dict[str, Any], if_match: str | None) -> dict[str, Any]:
     """Merge ``If-Match`` into the body's ``expected_version`` (422 if malformed or different)."""
     if if_match is None:
         return body
-    match = _ETAG.fullmatch(if_match.strip())
-    if match is None:
-        raise NorthstarError(
-            f"{domain}.invalid_request",
-            'If-Match must be the ETag of a version, e.g. "3"',
-            422,
-            details={"if_match": if_match[:100]},
-        )
-    version = int(match.group(1))
-    if "expected_version" in body and body["expected_version"] != version:
-        raise NorthstarError(
-            f"{domain}.invalid_request",
-            "If-Match and expected_version disagree",
-            422,
-            details={"if_match": version, "expected_version": body["expected_version"]},
-        )
-    return {**body, "expected_version": version}
+    return {**body, "expected_version": expected_version(domain, body.get("expected_version"), if_match)}
 
 
 _WRITES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {}

@@ -18,7 +18,7 @@ from northstar_core.kernel.paging import Page
 from northstar_core.tabular import TABLES, TabularRecord, VersionInfo
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import IdPath, error_responses, page_limit, success
-from northstar_http.routes.blackboard import ExpectedVersion, IfMatch, expected_version, with_etag
+from northstar_http.versions import ExpectedVersion, IfMatch, expected_version, with_etag
 
 Table = Annotated[str, PathParameter(description="the table", schema_extra={"enum": sorted(TABLES)})]
 Limit = Annotated[int, page_limit(MAX_PAGE)]
