@@ -160,6 +160,74 @@ def test_closed_request_bodies_refuse_unknown_fields_and_mark_required_ones() ->
     assert set(action["required"]) == {"action_name", "subject_type", "subject_id"}
 
 
+def _body(path: str, method: str) -> dict[str, Any]:
+    return _resolve(DOC["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"])
+
+
+def test_every_if_match_header_is_a_version_etag() -> None:
+    # every versioned write takes If-Match; a header is absent or a string (never "null"), and
+    # its pattern admits exactly the ETags of storable versions the service sends
+    from northstar_core.storage import MAX_VERSION
+
+    headers = [
+        (method, path, param)
+        for method, path, op in OPERATIONS
+        for param in op.get("parameters", [])
+        if param["in"] == "header" and param["name"] == "If-Match"
+    ]
+    assert len(headers) >= 14, headers
+    for method, path, param in headers:
+        assert method in {"put", "patch", "delete"}, (method, path)
+        schema = param["schema"]
+        assert schema["type"] == "string" and "oneOf" not in schema, (method, path)
+        pattern = re.compile(schema["pattern"])
+        assert pattern.fullmatch('"3"') and pattern.fullmatch('W/"3"') and pattern.fullmatch("3")
+        assert not pattern.fullmatch("") and not pattern.fullmatch("null") and not pattern.fullmatch('"0"')
+        largest = "9" * (len(str(MAX_VERSION)) - 1)
+        assert pattern.fullmatch(largest) and int(largest) < MAX_VERSION
+
+
+def test_request_rules_enforced_in_code_are_in_the_document() -> None:
+    from northstar_core.identity import ID_PATTERN
+    from northstar_core.spine import EVENT_TYPE_PATTERN as SPINE_TYPE
+    from northstar_core.timeline import EVENT_TYPE_PATTERN as TIMELINE_TYPE
+
+    action = _body("/actions/execute", "post")["properties"]
+    for field in ("action_name", "subject_type", "subject_id", "idempotency_key", "surface_id"):
+        assert action[field]["pattern"] == ID_PATTERN.pattern, field
+    assert _body("/events/append", "post")["properties"]["event_type"]["pattern"] == SPINE_TYPE.pattern
+    timeline = _body("/realtime/timeline/{stream_id}/append", "post")
+    assert timeline["properties"]["type"]["pattern"] == TIMELINE_TYPE.pattern
+    # fields required only in code
+    replay = {p["name"]: p for p in DOC["paths"]["/events/replay"]["get"]["parameters"]}
+    assert replay["run_id"]["required"] is True and replay["run_id"]["schema"]["type"] == "string"
+    assert "surface_id" in _body("/notes", "post")["required"]
+    assert {"run_id", "step_id"} <= set(_body("/events/append", "post")["required"])
+    assert "expected_version" in _body("/kill-switches", "put")["required"]
+    record = _body("/canvas/{canvas_id}/artifacts", "post")
+    _validate({"kind": "doc", "uri": "s3://x"}, record)
+    for wrong in ({"kind": "doc"}, {"kind": "doc", "uri": "s3://x", "body": "b"}):
+        with pytest.raises(jsonschema.ValidationError):
+            _validate(wrong, record)
+    command = _body("/canvas/{canvas_id}/commands", "post")
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"base_rev": 0, "ops": [{"op": "delete", "atom_id": "a"}]}, command)
+    _validate({"base_rev": 0, "ops": [{"op": "delete", "atom_id": "a"}], "correlation_id": "c"}, command)
+    chat = _body("/chat/threads/{thread_id}/messages", "post")
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"role": "user", "content": ""}, chat)
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"title": "t", "surface_id": "s", "tags": [""]}, _body("/notes", "post"))
+    # versions: a write's expected_version is a storable version; a tabular read's is one or more
+    blackboard = _body("/blackboard/{run_id}/entries/{key}", "put")
+    assert blackboard["properties"]["expected_version"]["minimum"] == 1
+    version = {p["name"]: p for p in DOC["paths"]["/tabular/{table}/{record_id}"]["get"]["parameters"]}
+    assert version["version"]["schema"]["minimum"] == 1
+    since = {p["name"]: p for p in DOC["paths"]["/events/list"]["get"]["parameters"]}["since"]
+    assert since["schema"]["format"] == "date-time"
+    assert _body("/canvas/{canvas_id}/gestures", "post")["properties"]["gesture"]["pattern"]
+
+
 def test_page_components_have_short_names() -> None:
     pages = [name for name in SCHEMAS if name.startswith("Page")]
     assert "Page_Note" in pages and "Page_ChatEntry" in pages
