@@ -24,6 +24,12 @@ When the server begins to shut down (SIGTERM, SIGINT), the protocols and :class:
 the app's open event streams (:func:`northstar_http.sse.close_event_streams`): each sends a
 last comment and completes, so in-flight requests drain, the stores close and nothing is cut.
 
+A connection serving an event stream lives as long as its subscriber, so what each connection
+keeps is the server's memory per idle subscriber (benchmark P5): the protocols keep their own
+state in slots (new attributes on uvicorn's protocol would grow each instance's dict to the
+next size), and swap uvicorn's per-connection ``asyncio.Event`` objects (each with a
+64-slot deque) and request-pipeline deque for :class:`_SlimEvent` and :class:`_Pipeline`.
+
 ``northstar serve`` runs :func:`run_server` (one process) or :func:`run_workers`
 (``--workers N``); tests and embedders use :func:`build_server`.
 """
@@ -81,8 +87,58 @@ def timeout_response(default_headers: list[tuple[bytes, bytes]], timeout: float)
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+class _SlimEvent:
+    """What uvicorn uses of :class:`asyncio.Event` (``set``, ``clear``, ``is_set``, ``wait``),
+    without a deque per instance: uvicorn keeps two events per connection and at most one
+    task ever waits on each."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self, value: bool = False) -> None:
+        self._value = value
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            waiters, self._waiters = self._waiters, None
+            for fut in waiters or ():
+                if not fut.done():
+                    fut.set_result(True)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(fut)
+        try:
+            return await fut
+        finally:
+            if self._waiters is not None and fut in self._waiters:
+                self._waiters.remove(fut)
+
+
+class _Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (``appendleft``, ``pop``, truth), as a list:
+    almost always empty, and an empty deque costs a 64-slot block."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 class _HeadDeadline:
-    """The deadline's timer and expiry, shared by both protocols (hooks in the subclasses)."""
+    """The deadline's timer and expiry, shared by both protocols (hooks in the subclasses,
+    which hold this state in their ``__slots__``)."""
 
     # set by uvicorn's protocol constructor / connection_made
     config: uvicorn.Config
@@ -90,9 +146,14 @@ class _HeadDeadline:
     transport: asyncio.Transport
     server_state: ServerState
     app: Any
+    flow: Any
+    _head_timer: asyncio.TimerHandle | None
+    _lingering: bool
 
-    _head_timer: asyncio.TimerHandle | None = None
-    _lingering = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._head_timer = None
+        self._lingering = False
+        super().__init__(*args, **kwargs)
 
     def _head_timeout(self) -> float:
         return float(getattr(self.config, "header_timeout_seconds", DEFAULT_HEADER_TIMEOUT_SECONDS))
@@ -122,6 +183,8 @@ class _HeadDeadline:
     # uvicorn's protocol).
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
+        # uvicorn's flow control starts writable (its event set)
+        self.flow._is_writable_event = _SlimEvent(self.flow._is_writable_event.is_set())
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -147,14 +210,43 @@ class _HeadDeadline:
             self.transport.close()
 
 
+# The attributes uvicorn's protocols set on each instance (uvicorn 0.3x-0.5x). Declared as
+# slots of the subclasses, they are stored in the instance itself instead of a per-connection
+# dict; one uvicorn adds later just lands in the dict, and one it drops leaves an unused slot.
+_PROTOCOL_STATE: Final = (
+    "access_log", "access_logger", "app", "app_state", "asgi_version", "client", "config",
+    "connections", "cycle", "flow", "headers", "limit_concurrency", "logger", "loop",
+    "root_path", "scheme", "scope", "server", "server_state", "tasks", "timeout_keep_alive",
+    "timeout_keep_alive_task", "transport", "ws_protocol_class",
+)
+_HTTPTOOLS_STATE: Final = (*_PROTOCOL_STATE, "expect_100_continue", "parser", "pipeline", "url")
+_H11_STATE: Final = (*_PROTOCOL_STATE, "conn")
+
+
+def _instance_slots(base: type, names: tuple[str, ...]) -> tuple[str, ...]:
+    # a name the base defines on the class (a default, a property) must stay a class attribute
+    return tuple(name for name in names if not hasattr(base, name))
+
+
+def _slim_message_event(cycle: Any) -> None:
+    """Swap a new request cycle's ``asyncio.Event`` for a :class:`_SlimEvent` in the same
+    state. Its task is only scheduled yet, so nothing waits on the event being replaced."""
+    event = getattr(cycle, "message_event", None)
+    if isinstance(event, asyncio.Event):
+        cycle.message_event = _SlimEvent(event.is_set())
+
+
 class H11HeadTimeoutProtocol(_HeadDeadline, H11Protocol):
     """uvicorn's h11 protocol with the request-head deadline."""
+
+    __slots__ = ("_head_timer", "_lingering", *_instance_slots(H11Protocol, _H11_STATE))
 
     def handle_events(self) -> None:
         cycle = self.cycle
         super().handle_events()
         if self.cycle is not cycle:  # a request head was complete: its request is being served
             self._disarm_head_deadline()
+            _slim_message_event(self.cycle)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._disarm_head_deadline()
@@ -178,8 +270,16 @@ else:
     class _HttpToolsHeadTimeoutProtocol(_HeadDeadline, HttpToolsProtocol):
         """uvicorn's httptools protocol with the request-head deadline."""
 
-        _in_head = False
-        _head_bytes = 0
+        __slots__ = (
+            "_head_bytes", "_head_timer", "_in_head", "_lingering",
+            *_instance_slots(HttpToolsProtocol, _HTTPTOOLS_STATE),
+        )
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._in_head = False
+            self._head_bytes = 0
+            super().__init__(*args, **kwargs)
+            self.pipeline = _Pipeline()  # type: ignore[assignment]  # the deque's methods it uses
 
         def on_message_begin(self) -> None:
             self._in_head = True
@@ -204,6 +304,7 @@ else:
             self._in_head = False
             self._disarm_head_deadline()
             super().on_headers_complete()
+            _slim_message_event(self.cycle)
 
         def handle_websocket_upgrade(self) -> None:
             self._disarm_head_deadline()

@@ -97,29 +97,11 @@ class EventStreams:
         for task in self._tasks:
             task.cancel(_SHUTDOWN_MESSAGE)
 
-    async def serve(self, response: _EventStreamASGI, send: Send, receive: Receive) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self.closing:
-            aclose = getattr(response.iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            await _send_last_frame(send)
-            return
+    def opened(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)
-        try:
-            await response.send_body(send=send, receive=receive)
-        except asyncio.CancelledError:
-            # Only the cancellation close() asked for ends the stream cleanly; any other one
-            # (the server's own timeout, say) stays a cancellation.
-            self._tasks.discard(task)
-            if not self.closing or task.uncancel() > 0:
-                raise
-            await _send_last_frame(send)
-        finally:
-            # No await between the end of the stream and this: close() only ever cancels a
-            # task suspended inside the try above.
-            self._tasks.discard(task)
+
+    def ended(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
 
 
 async def _send_last_frame(send: Send) -> None:
@@ -165,54 +147,6 @@ async def _client_gone(receive: Receive) -> bool:
         return False
 
 
-class _EventStreamASGI(ASGIStreamingResponse):
-    """Litestar's streaming response without its per-response anyio task group and without a
-    watcher task: the body is sent from the request's own task, and a disconnect is noticed
-    at the next heartbeat (or, on a busy stream, at most once a second) by a non-blocking
-    ``receive``. An idle subscriber holds its connection, its request task and its generator
-    chain, nothing else (benchmark P5: server memory per idle subscriber)."""
-
-    __slots__ = ()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = scope.get("litestar_app")
-        streams = app.state.get(STREAMS_STATE_KEY) if app is not None else None
-        await self.start_response(send=send)
-        # The request is answered: what was kept to build the response (its headers, the
-        # parsed request headers, the dependency cache) is dead weight for the stream's life.
-        self.headers = MutableScopeHeaders()
-        state = ScopeState.from_scope(scope)
-        state.headers = Empty
-        state.dependency_cache = Empty
-        state.parsed_query = Empty
-        if isinstance(streams, EventStreams):
-            await streams.serve(self, send, receive)
-        else:
-            await self.send_body(send=send, receive=receive)
-        await self.after_response()
-
-    async def send_body(self, send: Send, receive: Receive) -> None:
-        iterator = self.iterator
-        loop = asyncio.get_running_loop()
-        probed = loop.time()
-        sse_subscribers(1)
-        try:
-            async for chunk in iterator:
-                body = chunk if isinstance(chunk, bytes) else chunk.encode(self.encoding)
-                now = loop.time()
-                if body.startswith(HEARTBEAT) or now - probed >= PROBE_SECONDS:
-                    probed = now
-                    if await _client_gone(receive):
-                        return  # sends to a gone client are dropped silently: stop here
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            sse_subscribers(-1)
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()  # unsubscribes the live tail now, not at garbage collection
-
-
 def _field(value: str) -> bytes:
     # SSE fields end at a line break: never let one inside an id or event name split a frame
     return value.replace("\r", "").replace("\n", "").encode()
@@ -225,39 +159,155 @@ def opening_frame(start: str, retry_ms: int) -> bytes:
     return b": open\r\nid: " + _field(start) + b"\r\nretry: " + str(retry_ms).encode() + b"\r\n\r\n"
 
 
-async def _frames(
-    events: AsyncGenerator[Any, None],
-    convert: Callable[[Any], SseEvent] | None,
-    http: HttpSettings,
-    start: str,
-) -> AsyncGenerator[bytes, None]:
-    """The wire frames of a stream, encoded here in one generator (no per-message objects)."""
-    # Sent at once: it flushes the headers (clients see the stream is live) and pins the
-    # client's resume position before any event exists.
-    yield opening_frame(start, http.sse_retry_ms)
-    async with contextlib.aclosing(events):  # closing the stream unsubscribes the tail at once
+HEARTBEAT_FRAME: Final = HEARTBEAT + b"\r\n\r\n"
+
+
+class _Frames:
+    """What a stream sends: its opening frame, then ``events`` encoded as they come (by
+    ``convert`` first, when given). Held by the response, which encodes and sends each event
+    itself: no generator of frames between the events and the connection."""
+
+    __slots__ = ("convert", "events", "opening")
+
+    def __init__(
+        self,
+        opening: bytes,
+        events: AsyncGenerator[Any, None],
+        convert: Callable[[Any], SseEvent] | None,
+    ) -> None:
+        self.opening = opening
+        self.events = events
+        self.convert = convert
+
+    def __aiter__(self) -> AsyncGenerator[bytes, None]:
+        return _frames(self)
+
+    def encode(self, item: Any) -> bytes:
+        """The frame of one item of ``events`` (``None``: an idle heartbeat)."""
+        if item is None:
+            return HEARTBEAT_FRAME
+        ev: SseEvent = self.convert(item) if self.convert is not None else item
+        return (
+            b"id: " + _field(ev.id) + b"\r\nevent: " + _field(ev.event)
+            + b"\r\ndata: " + msgspec.json.encode(ev.data) + b"\r\n\r\n"
+        )
+
+
+def _error_frame(exc: NorthstarError) -> bytes:
+    """The last frame of a stream whose store failed mid-stream (e.g. backend unavailable):
+    the error in the envelope's shape. It has no id, so the client's Last-Event-ID stays on
+    the last delivered event and its reconnect resumes exactly there."""
+    if exc.http_status >= 500:  # the fault's one log record (the response was a 200)
+        log.error(
+            "event stream ended: %s (%s)",
+            exc.code,
+            describe_cause(exc) or exc.message,
+            extra={"error_code": exc.code, "cause": describe_cause(exc) or exc.message},
+        )
+    return b"event: error\r\ndata: " + msgspec.json.encode(exc.envelope()) + b"\r\n\r\n"
+
+
+async def _frames(source: _Frames) -> AsyncGenerator[bytes, None]:
+    """The frames of ``source`` as a generator, for a consumer other than the response."""
+    yield source.opening
+    async with contextlib.aclosing(source.events):  # closing unsubscribes the tail at once
         try:
-            async for item in events:
-                if item is None:
-                    yield HEARTBEAT + b"\r\n\r\n"
-                    continue
-                ev: SseEvent = convert(item) if convert is not None else item
-                yield (
-                    b"id: " + _field(ev.id) + b"\r\nevent: " + _field(ev.event)
-                    + b"\r\ndata: " + msgspec.json.encode(ev.data) + b"\r\n\r\n"
-                )
+            async for item in source.events:
+                yield source.encode(item)
         except NorthstarError as exc:
-            # The store failed mid-stream (e.g. backend unavailable): say so in the envelope's
-            # shape and end the stream. The event has no id, so the client's Last-Event-ID
-            # stays on the last delivered event and its reconnect resumes exactly there.
-            if exc.http_status >= 500:  # the fault's one log record (the response was a 200)
-                log.error(
-                    "event stream ended: %s (%s)",
-                    exc.code,
-                    describe_cause(exc) or exc.message,
-                    extra={"error_code": exc.code, "cause": describe_cause(exc) or exc.message},
-                )
-            yield b"event: error\r\ndata: " + msgspec.json.encode(exc.envelope()) + b"\r\n\r\n"
+            yield _error_frame(exc)
+
+
+class _EventStreamASGI(ASGIStreamingResponse):
+    """Litestar's streaming response without its per-response anyio task group and without a
+    watcher task: the frames are encoded and sent from the request's own task, all in this
+    one coroutine, and a disconnect is noticed at the next heartbeat (or, on a busy stream, at
+    most once a second) by a non-blocking ``receive``. An idle subscriber holds its
+    connection, its request task and its events generator, nothing else (benchmark P5:
+    server memory per idle subscriber). A stream registers with the app's
+    :class:`EventStreams`, and takes its shutdown cancellation as the signal to send
+    :data:`SHUTDOWN_FRAME` and finish normally."""
+
+    __slots__ = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope.get("litestar_app")
+        streams = app.state.get(STREAMS_STATE_KEY) if app is not None else None
+        if not isinstance(streams, EventStreams):
+            streams = None
+        source = self.iterator
+        assert isinstance(source, _Frames)
+        await self.start_response(send=send)
+        # The request is answered: what was kept to build the response (its headers, the
+        # parsed request headers, the dependency cache) is dead weight for the stream's life.
+        self.headers = MutableScopeHeaders()
+        state = ScopeState.from_scope(scope)
+        state.headers = Empty
+        state.dependency_cache = Empty
+        state.parsed_query = Empty
+        # So are the request's headers and its credential (the bearer token, in "auth"): every
+        # middleware and the handler have read them by now. The headers are emptied in place,
+        # which frees the server's reference to them too.
+        request_headers = scope.get("headers")
+        if isinstance(request_headers, list):
+            request_headers.clear()
+        if "auth" in scope:
+            scope["auth"] = None
+        events = source.events
+        if streams is not None and streams.closing:
+            await events.aclose()
+            await _send_last_frame(send)
+            await self.after_response()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        if streams is not None:
+            streams.opened(task)
+        try:
+            sse_subscribers(1)
+            try:
+                # Sent at once: it flushes the headers (clients see the stream is live) and
+                # pins the client's resume position before any event exists.
+                opening, source.opening = source.opening, b""  # sent once: not kept
+                await send({"type": "http.response.body", "body": opening, "more_body": True})
+                del opening
+                loop = asyncio.get_running_loop()
+                probed = loop.time()
+                gone = False
+                try:
+                    async for item in events:
+                        body = source.encode(item)
+                        now = loop.time()
+                        if item is None or now - probed >= PROBE_SECONDS:
+                            probed = now
+                            # sends to a gone client are dropped silently: stop here
+                            gone = await _client_gone(receive)
+                            if gone:
+                                break
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                except NorthstarError as exc:
+                    error = _error_frame(exc)
+                    await send({"type": "http.response.body", "body": error, "more_body": True})
+                if not gone:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                sse_subscribers(-1)
+                await events.aclose()  # unsubscribes the live tail now, not at garbage collection
+        except asyncio.CancelledError:
+            # Only the cancellation close() asked for ends the stream cleanly; any other one
+            # (the server's own timeout, say) stays a cancellation.
+            if streams is None:
+                raise
+            streams.ended(task)
+            if not streams.closing or task.uncancel() > 0:
+                raise
+            await _send_last_frame(send)
+        finally:
+            # No await between the end of the stream and this: close() only ever cancels a
+            # task suspended inside the try above.
+            if streams is not None:
+                streams.ended(task)
+        await self.after_response()
 
 
 class EventStream(ServerSentEvent):
@@ -266,7 +316,7 @@ class EventStream(ServerSentEvent):
     Litestar's SSE iterator would first hop to a worker thread and then keep that exception's
     traceback alive for the whole life of the stream.)"""
 
-    def __init__(self, frames: AsyncGenerator[bytes, None], *, headers: dict[str, str]) -> None:
+    def __init__(self, frames: _Frames, *, headers: dict[str, str]) -> None:
         Stream.__init__(self, frames, media_type="text/event-stream", headers=headers)
         self.headers.setdefault("Connection", "keep-alive")
 
@@ -287,4 +337,5 @@ def sse_response(
     heartbeat) after an opening frame whose ``id`` is ``start``, the cursor of the position
     ``events`` begins after. Passing the core's generator with a ``convert`` function, rather
     than wrapping it in another generator, keeps an idle subscriber's chain short (benchmark P5)."""
-    return EventStream(_frames(events, convert, http, start), headers=dict(SSE_HEADERS))
+    frames = _Frames(opening_frame(start, http.sse_retry_ms), events, convert)
+    return EventStream(frames, headers=dict(SSE_HEADERS))

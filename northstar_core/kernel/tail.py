@@ -16,12 +16,13 @@ How a subscriber learns that there is something new to read:
   subscribers when it moved.
 
 Sharing: all subscribers of one stream in one process share one :class:`_Channel` — one
-poller task and one :class:`asyncio.Event` that is replaced each time the head moves. An idle
-subscriber therefore costs its own suspended generator and one waiter on that shared event
-(no task, no queue, no buffer of its own); 1,000 idle subscribers on one stream do one head
-read per poll interval between them, and subscribers at the same position share one store read
-per wake-up (measured in-process: about 3 KB per idle subscriber; heartbeats use
-``asyncio.timeout``, so they add no task). The poller stops when the last subscriber leaves.
+poller task and one set of waiting subscribers, all woken each time the head moves. An idle
+subscriber therefore costs its own suspended generator, one future in that set and, with a
+heartbeat, one entry in the channel's heartbeat queue (one timer per channel and interval, not
+per subscriber; no task, no buffer, no event of its own; benchmark P5); 1,000 idle
+subscribers on one stream do one head read per poll interval between them, and subscribers at
+the same position share one store read per wake-up. The poller stops when the last subscriber
+leaves.
 
 Reusing it (canvas, timeline…)::
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Final
 
@@ -50,6 +52,8 @@ from northstar_core.storage import Item
 
 DEFAULT_POLL_INTERVAL: Final = 0.5
 READ_BATCH: Final = 100
+# A timer may fire this early by the loop's clock (its resolution is a millisecond).
+_TIMER_SLACK: Final = 0.001
 
 
 def _channel_key(stream: SequencedStream) -> tuple[str, str, int]:
@@ -59,31 +63,92 @@ def _channel_key(stream: SequencedStream) -> tuple[str, str, int]:
     return (stream.domain, stream.partition, id(stream.store.backing))
 
 
+class _Heartbeats:
+    """The waiters of one channel with the same heartbeat interval, in deadline order (they
+    join in time order), and one timer for the earliest: an idle subscriber's heartbeat costs
+    a queue entry, not a timer handle of its own. Waking the channel drops them all."""
+
+    __slots__ = ("interval", "queue", "timer")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.queue: deque[tuple[float, asyncio.Future[bool]]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[bool]) -> None:
+        deadline = loop.time() + self.interval
+        self.queue.append((deadline, waiter))
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self.expire, loop)
+
+    def expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Resolve (False: a heartbeat is due) every waiter whose deadline has passed."""
+        self.timer = None
+        queue = self.queue
+        due = loop.time() + _TIMER_SLACK
+        while queue and queue[0][0] <= due:
+            waiter = queue.popleft()[1]
+            if not waiter.done():  # else woken, or its subscriber left
+                waiter.set_result(False)
+        if queue:
+            self.timer = loop.call_at(queue[0][0], self.expire, loop)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.queue.clear()
+
+
 class _Channel:
     """Shared state of one followed stream in this process."""
 
-    __slots__ = ("changed", "head", "key", "poller", "reads", "stream", "subscribers")
+    __slots__ = (
+        "head", "heartbeats", "key", "poller", "reads", "stream", "subscribers", "waiters", "wakeups",
+    )
 
     def __init__(self, key: tuple[str, str, int], stream: SequencedStream) -> None:
         self.key = key
         self.stream = stream
         self.head = 0
         self.subscribers = 0
-        self.changed = asyncio.Event()
+        # Counts head moves: a subscriber that saw it change during its read reads again
+        # instead of waiting.
+        self.wakeups = 0
+        # The futures of the subscribers waiting for the head to move (result: True), or for
+        # their heartbeat (result: False; by heartbeat interval in `heartbeats`).
+        self.waiters: set[asyncio.Future[bool]] = set()
+        self.heartbeats: dict[float, _Heartbeats] = {}
         self.poller: asyncio.Task[None] | None = None
         # Store reads in flight since the last wake-up, by (after_seq, batch): subscribers at
         # the same position share one read instead of each doing their own.
         self.reads: dict[tuple[int, int], asyncio.Future[list[Item]]] = {}
 
     def advance(self, head: int) -> None:
-        """Record a new head; wake every subscriber waiting on the old event."""
+        """Record a new head; wake every waiting subscriber."""
         if head > self.head:
             self.head = head
-            old, self.changed = self.changed, asyncio.Event()
+            self.wakeups += 1
             # A read started before this wake-up may miss the new entries: never share it
             # with subscribers that wake up now.
             self.reads = {}
-            old.set()
+            waiters, self.waiters = self.waiters, set()
+            # every waiter wakes now: the heartbeats pending for them are moot
+            self.stop_heartbeats()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def heartbeat(self, interval: float) -> _Heartbeats:
+        beats = self.heartbeats.get(interval)
+        if beats is None:
+            beats = self.heartbeats[interval] = _Heartbeats(interval)
+        return beats
+
+    def stop_heartbeats(self) -> None:
+        for beats in self.heartbeats.values():
+            beats.stop()
+        self.heartbeats.clear()
 
     async def read(self, stream: SequencedStream, after_seq: int, batch: int) -> list[Item]:
         """``stream.read(after_seq, batch)``, shared with the subscribers reading the same
@@ -159,6 +224,7 @@ class TailHub:
         channel.subscribers -= 1
         if channel.subscribers <= 0:
             self._channels.pop(channel.key, None)
+            channel.stop_heartbeats()
             if channel.poller is not None:
                 channel.poller.cancel()
 
@@ -177,35 +243,40 @@ class TailHub:
         that many idle seconds so the caller can send a keep-alive. Each entry is yielded
         exactly once. Closing the generator (or cancelling its consumer) unsubscribes.
         """
+        loop = asyncio.get_running_loop()
         channel = self._join(stream)
         position = after_seq
         try:
             while True:
-                # Take the event before reading: a wake-up that happens during the read sets
-                # this event, so the wait below returns at once instead of missing it.
-                changed = channel.changed
+                # Count wake-ups before reading: one that happens during the read (or while the
+                # entries are being consumed) makes the check below read again at once instead
+                # of missing it.
+                wakeups = channel.wakeups
                 items = await channel.read(stream, position, batch)
                 for item in items:
                     position = seq_of(item.key)
                     yield item
-                if len(items) == batch:
+                if len(items) == batch or channel.wakeups != wakeups:
                     continue  # more may be stored already
-                # `changed` was taken before the read, so a wake-up during the read is not lost;
-                # with nothing new we sleep until an append (local or polled) replaces it.
+                # Nothing new: sleep until an append (local or polled) or the heartbeat, on one
+                # future (no coroutine, task, timeout or timer of this subscriber's own).
+                waiter: asyncio.Future[bool] = loop.create_future()
+                waiters = channel.waiters
+                waiters.add(waiter)
+                if heartbeat is not None:
+                    channel.heartbeat(heartbeat).add(loop, waiter)
                 try:
-                    if heartbeat is None:
-                        await changed.wait()
-                    else:
-                        # asyncio.timeout, not wait_for: no extra task per idle subscriber.
-                        async with asyncio.timeout(heartbeat):
-                            await changed.wait()
-                except TimeoutError:
+                    woken = await waiter
+                finally:
+                    waiters.discard(waiter)
+                if not woken:
                     yield None
         finally:
             self._leave(channel)
 
     async def close(self) -> None:
         for channel in list(self._channels.values()):
+            channel.stop_heartbeats()
             if channel.poller is not None:
                 channel.poller.cancel()
         self._channels.clear()

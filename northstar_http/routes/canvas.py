@@ -7,7 +7,6 @@ gates, toggles, limits, cursors) lives in :mod:`northstar_core.canvas`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -18,7 +17,6 @@ from litestar.response import ServerSentEvent
 
 from northstar_core.canvas import (
     CanvasRecord,
-    CanvasService,
     CommandIn,
     CommitResult,
     RecordIn,
@@ -110,11 +108,8 @@ async def get_replay(
     return await engines.canvas.replay(ctx, canvas_id, cursor or after_event_id or None, limit, types=wanted)
 
 
-async def _events(
-    canvas: CanvasService, ctx: RequestContext, canvas_id: str, after: int, heartbeat: float
-) -> AsyncGenerator[SseEvent | None, None]:
-    async for event in canvas.timeline.follow(ctx, canvas.stream_id(canvas_id), after, heartbeat=heartbeat):
-        yield None if event is None else SseEvent(event.type, event, event.event_id)
+def _to_sse(event: StreamEvent) -> SseEvent:
+    return SseEvent(event.type, event, event.event_id)
 
 
 @get(
@@ -145,8 +140,11 @@ async def canvas_sse(
     # The first frame pins the client's Last-Event-ID to this position (see routes/chat.py).
     start = resume or engines.canvas.timeline.cursor(ctx, engines.canvas.stream_id(canvas_id), after)
     http = state.settings.http
-    events = _events(engines.canvas, ctx, canvas_id, after, http.sse_heartbeat_seconds)
-    return sse_response(events, http, start=start)
+    # the timeline's own generator with a convert function: no wrapping generator per subscriber
+    timeline = engines.canvas.timeline
+    stream_id = engines.canvas.stream_id(canvas_id)
+    events = timeline.follow(ctx, stream_id, after, heartbeat=http.sse_heartbeat_seconds)
+    return sse_response(events, http, _to_sse, start=start)
 
 
 @post("/canvas/{canvas_id:str}/gestures", tags=["canvas"], summary="Publish a gesture on the canvas stream")

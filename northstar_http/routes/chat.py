@@ -7,6 +7,7 @@ and encode its result. No rule lives here.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import msgspec
@@ -15,7 +16,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
-from northstar_core.chat import ChatEntry, Role, Snapshot, ThreadEntry
+from northstar_core.chat import ChatEntry, ChatTail, Role, Snapshot, ThreadEntry
 from northstar_core.kernel.paging import Page
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import IdPath, error_responses, sse_stream, success
@@ -110,6 +111,10 @@ def _to_sse(entry: ChatEntry) -> SseEvent:
     return SseEvent("message", entry, entry.cursor)
 
 
+def _item_to_sse(tail: ChatTail, item: Any) -> SseEvent:
+    return _to_sse(tail.decode(item))
+
+
 @get(
     "/sse/chat/{thread_id:str}",
     tags=["chat"],
@@ -138,7 +143,8 @@ async def chat_sse(
     start = resume or engines.chat.cursor(ctx, thread_id, tail.after_seq)
     http = state.settings.http
     items = tail.items(heartbeat=http.sse_heartbeat_seconds)
-    return sse_response(items, http, lambda item: _to_sse(tail.decode(item)), start=start)
+    # a partial, not a closure: one small object per subscriber for the stream's life
+    return sse_response(items, http, partial(_item_to_sse, tail), start=start)
 
 
 ROUTES: list[Any] = [post_message, list_messages, snapshot, list_threads, chat_sse]
