@@ -13,8 +13,8 @@ measures request handling, not log I/O.
 
 from __future__ import annotations
 
+import argparse
 import sqlite3
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,13 @@ def full_app(data_dir: Path) -> Litestar:
 
 
 def main() -> None:
-    kind, data_dir, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    app = bare_app(data_dir) if kind == "bare" else full_app(data_dir)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, workers=1)
+    parser = argparse.ArgumentParser(description="a P1 server: the full app or the bare baseline")
+    parser.add_argument("kind", choices=("full", "bare"))
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    app = bare_app(args.data_dir) if args.kind == "bare" else full_app(args.data_dir)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, workers=1)
 
 
 if __name__ == "__main__":

@@ -101,28 +101,58 @@ def token(secret: str, tenant: str = "t_bench", user: str = "u_bench") -> str:
 
 
 class Server:
-    """A uvicorn server subprocess (``bench/_serve.py``) pinned to one core, stopped by PID."""
+    """A server subprocess pinned to one core, up once ``/healthz`` answers, stopped by PID:
+    a bench app (``bench/_serve.py``, :meth:`bench_app`) or the shipped ``northstar serve``
+    (:meth:`northstar_serve`)."""
 
-    def __init__(self, kind: str, data_dir: Path, core: int | None, extra_env: dict[str, str] | None = None):
-        self.kind = kind
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        data_dir: Path,
+        core: int | None,
+        extra_env: dict[str, str] | None = None,
+        *,
+        stop_seconds: float = 10.0,
+    ) -> None:
+        self.name = name
         self.port = free_port()
         self.data_dir = data_dir
+        self.stop_seconds = stop_seconds
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
-        cmd = pinned([PY, str(ROOT / "bench" / "_serve.py"), kind, str(data_dir), str(self.port)], core)
-        self.log = open(data_dir.parent / f"{data_dir.name}-{kind}.log", "wb")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(data_dir.parent / f"{data_dir.name}-{name}.log", "wb")
+        self.proc = subprocess.Popen(
+            pinned([*cmd, "--port", str(self.port)], core), env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{kind} server exited: see {self.log.name}")
+                raise RuntimeError(f"{name} server exited: see {self.log.name}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
                     return
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"{kind} server did not come up")
+        raise RuntimeError(f"{name} server did not come up")
+
+    @classmethod
+    def bench_app(
+        cls, kind: str, data_dir: Path, core: int | None, extra_env: dict[str, str] | None = None
+    ) -> Server:
+        """``bench/_serve.py``'s ``kind`` app under plain uvicorn."""
+        cmd = [PY, str(ROOT / "bench" / "_serve.py"), kind, str(data_dir)]
+        return cls(kind, cmd, data_dir, core, extra_env)
+
+    @classmethod
+    def northstar_serve(
+        cls, data_dir: Path, core: int | None, extra_env: dict[str, str] | None = None
+    ) -> Server:
+        """``northstar serve`` (lab, one process) on ``data_dir``; a graceful stop may have
+        thousands of open streams to end, so it is given longer."""
+        cmd = [PY, "-m", "northstar_http.cli", "serve", "--data-dir", str(data_dir), "--log-level", "warning"]
+        return cls("serve", cmd, data_dir, core, extra_env, stop_seconds=30.0)
 
     @property
     def pid(self) -> int:
@@ -138,7 +168,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.stop_seconds)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

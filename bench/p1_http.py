@@ -103,8 +103,8 @@ def run(quick: bool = False, connections: int = 32) -> dict[str, Any]:
         tok = token(lab_data_dir(full_dir))
         bare_dir.mkdir()
         servers = {
-            "full": Server("full", full_dir, server_core),
-            "bare": Server("bare", bare_dir, server_core),
+            "full": Server.bench_app("full", full_dir, server_core),
+            "bare": Server.bench_app("bare", bare_dir, server_core),
         }
         use_wrk = shutil.which("wrk") is not None
         script = Path(tmp) / "post.lua"

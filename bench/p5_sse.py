@@ -18,19 +18,19 @@ import asyncio
 import json
 import os
 import resource
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, ROOT, cpus, free_port, lab_data_dir, pinned, row, token
+from bench.common import Server, cpus, lab_data_dir, row, token
 
 THREAD = "sse-bench"
 TARGET_KB = 15
+# the access log off: a log line per connection is not what P5 measures
+QUIET = {"NORTHSTAR_LOG_ACCESS": "false"}
 # Idle subscribers opened at once (the server's listen backlog is 2048).
 OPEN_BATCH = 500
 
@@ -44,47 +44,7 @@ def _raise_fd_limit(want: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
-class _Serve:
-    """``northstar serve`` on DATA_DIR (lab), pinned to ``core``, stopped by PID."""
-
-    def __init__(self, data_dir: Path, core: int | None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "NORTHSTAR_LOG_ACCESS": "false"}
-        cmd = [PY, "-m", "northstar_http.cli", "serve", "--data-dir", str(data_dir),
-               "--port", str(self.port), "--log-level", "warning"]
-        self.log = open(data_dir.parent / f"{data_dir.name}-serve.log", "wb")
-        self.proc = subprocess.Popen(pinned(cmd, core), env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"northstar serve exited: see {self.log.name}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("northstar serve did not come up")
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-async def _rss(server: _Serve, samples: int = 5) -> float:
+async def _rss(server: Server, samples: int = 5) -> float:
     values = []
     for _ in range(samples):
         values.append(server.rss_kb())
@@ -92,7 +52,7 @@ async def _rss(server: _Serve, samples: int = 5) -> float:
     return float(statistics.median(values))
 
 
-def _post(server: _Serve, tok: str, i: int) -> int:
+def _post(server: Server, tok: str, i: int) -> int:
     body = json.dumps({"role": "user", "content": f"event {i}", "idempotency_key": f"p5-{i}"}).encode()
     request = urllib.request.Request(
         f"{server.url}/chat/threads/{THREAD}/messages",
@@ -103,7 +63,7 @@ def _post(server: _Serve, tok: str, i: int) -> int:
         return int(json.load(resp)["seq"])
 
 
-async def _scenario(server: _Serve, tok: str, subscribers: int, events: int) -> dict[str, Any]:
+async def _scenario(server: Server, tok: str, subscribers: int, events: int) -> dict[str, Any]:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {tok}"}
@@ -185,7 +145,7 @@ async def _scenario(server: _Serve, tok: str, subscribers: int, events: int) -> 
     }
 
 
-async def _idle(server: _Serve, tok: str, subscribers: int) -> dict[str, Any]:
+async def _idle(server: Server, tok: str, subscribers: int) -> dict[str, Any]:
     """``subscribers`` idle raw-socket subscribers: each sends its request and reads up to the
     end of the opening frame, then holds the connection."""
     request = (
@@ -241,13 +201,13 @@ def run(
         try:
             if client_core is not None:
                 os.sched_setaffinity(0, {client_core})
-            server = _Serve(Path(tmp) / "fanout", server_core)
+            server = Server.northstar_serve(Path(tmp) / "fanout", server_core, QUIET)
             try:
                 result = asyncio.run(_scenario(server, tok, subscribers, events))
             finally:
                 server.stop()
             idle_tok = token(lab_data_dir(Path(tmp) / "idle"))
-            server = _Serve(Path(tmp) / "idle", server_core)
+            server = Server.northstar_serve(Path(tmp) / "idle", server_core, QUIET)
             try:
                 held = asyncio.run(_idle(server, idle_tok, idle))
             finally:
