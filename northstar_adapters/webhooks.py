@@ -127,13 +127,7 @@ class WebhookHandler:
     def body(ctx: RequestContext, request: ActionRequest) -> bytes:
         return msgspec.json.encode(
             {
-                "action_name": request.action_name,
-                "subject_type": request.subject_type,
-                "subject_id": request.subject_id,
-                "surface_id": request.surface_id or ctx.surface_id,
-                "app_id": request.app_id or ctx.app_id,
-                "params": request.params,
-                "estimated_cost": request.estimated_cost,
+                **request.resolved(ctx),
                 "idempotency_key": request.idempotency_key,
                 "context": {
                     "tenant_id": ctx.tenant_id,

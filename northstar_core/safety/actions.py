@@ -88,6 +88,20 @@ class ActionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Handlers always see a key: the caller's, else ``decision-<the gate decision's event id>``.
     idempotency_key: str | None = None
 
+    def resolved(self, ctx: RequestContext) -> dict[str, Any]:
+        """The action as it runs: the surface and app the caller's context supplies when the
+        request names none. Its digest is the key's payload fingerprint, and a webhook handler
+        receives it."""
+        return {
+            "action_name": self.action_name,
+            "subject_type": self.subject_type,
+            "subject_id": self.subject_id,
+            "surface_id": self.surface_id or ctx.surface_id,
+            "app_id": self.app_id or ctx.app_id,
+            "params": self.params,
+            "estimated_cost": self.estimated_cost,
+        }
+
 
 class ActionOutcome(msgspec.Struct, kw_only=True):
     """What a handler may return to report the actual cost (else the estimate is recorded)."""
@@ -361,17 +375,7 @@ class ActionService:
         key = request.idempotency_key
         if key is None:
             return await self._run(ctx, request, handler, None, "", await self._prepare(ctx, request))
-        fp = fingerprint(
-            {
-                "action_name": request.action_name,
-                "subject_type": request.subject_type,
-                "subject_id": request.subject_id,
-                "surface_id": request.surface_id or ctx.surface_id,
-                "app_id": request.app_id or ctx.app_id,
-                "params": request.params,
-                "estimated_cost": request.estimated_cost,
-            }
-        )
+        fp = fingerprint(request.resolved(ctx))
         claimed, prepared = await asyncio.gather(
             self._claim(ctx, key, fp, handler_lease(handler)),
             self._prepare(ctx, request),
