@@ -1,9 +1,9 @@
 """P3 scale: backend requests and time per chat page read, canvas snapshot and idempotent
 replay at a short history vs a long one, per backend.
 
-Every store the registry opens is wrapped in :class:`CountingStore` (an instrumented
-``ItemStore`` counting ``get``/``query``/``write`` calls), so the counts are what really went
-to the backend. Two threads (chat) and two canvases are built per backend — ``small`` (100)
+Every store the registry opens is wrapped in the instrumented ``ItemStore`` of
+``contracts/round_trips.py`` (counting ``get``/``query``/``write`` calls), so the counts are
+what really went to the backend. Two threads (chat) and two canvases are built per backend — ``small`` (100)
 and ``large`` (100,000 on SQLite; smaller on emulators, stated in the output) — and the three
 operations are measured on both, interleaved rep by rep; the reported time is the median.
 
@@ -32,14 +32,14 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from bench.common import ratio, row
+from contracts.round_trips import InstrumentedFactory, Trace
 from northstar_adapters import AdapterFactory
 from northstar_core.canvas import CommandIn, CommandRecord, UpdateOp
 from northstar_core.chat import ChatMessage
@@ -49,51 +49,28 @@ from northstar_core.engines import Engines
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.idempotency import IdempotencyRecord, fingerprint
 from northstar_core.routing import Connection, Route, RoutingRegistry, Target
-from northstar_core.storage import Absent, Item, ItemStore, Op, Put, VersionIs
+from northstar_core.storage import Absent, Op, Put, VersionIs
 
-COUNTS: Counter[str] = Counter()
+T = TypeVar("T")
 
-
-class CountingStore(ItemStore):
-    """Passes every call to ``inner`` and counts it (``get``, ``query``, ``write``)."""
-
-    def __init__(self, inner: ItemStore) -> None:
-        self.inner = inner
-        self.capabilities = inner.capabilities
-
-    async def get(self, partition: str, key: str) -> Item | None:
-        COUNTS["get"] += 1
-        return await self.inner.get(partition, key)
-
-    async def query(self, partition: str, prefix: str, **kw: Any) -> list[Item]:
-        COUNTS["query"] += 1
-        return await self.inner.query(partition, prefix, **kw)
-
-    async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        COUNTS["write"] += 1
-        await self.inner.write(partition, ops)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()
+# Every store call counted, without the delay P6 adds to measure sequential depth.
+TRACE = Trace(delay=0)
 
 
-class CountingFactory:
-    def __init__(self) -> None:
-        self.inner = AdapterFactory()
-
-    def open(self, target: Target) -> ItemStore:
-        return CountingStore(self.inner.open(target))
-
-
-def counted() -> dict[str, int]:
-    return {k: COUNTS[k] for k in ("get", "query", "write")}
+async def counted(operation: Awaitable[T]) -> tuple[T, dict[str, int], float]:
+    """``operation``'s result, its store calls by method and its duration in seconds."""
+    TRACE.start()
+    t = time.perf_counter()
+    try:
+        result = await operation
+    finally:
+        elapsed = time.perf_counter() - t
+        calls = TRACE.stop()
+    return result, calls.by_method(), elapsed
 
 
 async def open_engines(routes: list[Target], registry_route: Target) -> Engines:
-    factory = CountingFactory()
+    factory = InstrumentedFactory(AdapterFactory(), TRACE)
     # The registry's own store is not counted: its periodic route refresh (every few seconds)
     # would land on whichever operation happens to run then.
     connection = Connection(name="bench", backend=registry_route.backend, params=dict(registry_route.params))
@@ -221,24 +198,16 @@ async def measure(engines: Engines, thread: str, canvas_id: str, head: int) -> d
     chat, canvas = engines.chat, engines.canvas
     out: dict[str, Any] = {}
     cursor = chat.cursor(CTX, thread, head // 2)
-    before = counted()
-    t = time.perf_counter()
-    page = await chat.list_messages(CTX, thread, cursor=cursor, limit=50)
-    out["page_s"] = time.perf_counter() - t
-    out["page_ops"] = {k: v - before[k] for k, v in counted().items()}
+    page, out["page_ops"], out["page_s"] = await counted(
+        chat.list_messages(CTX, thread, cursor=cursor, limit=50)
+    )
     assert len(page.items) == 50
     canvas._cache.clear()
-    before = counted()
-    t = time.perf_counter()
-    snap = await canvas.snapshot(CTX, canvas_id)
-    out["snapshot_s"] = time.perf_counter() - t
-    out["snapshot_ops"] = {k: v - before[k] for k, v in counted().items()}
+    snap, out["snapshot_ops"], out["snapshot_s"] = await counted(canvas.snapshot(CTX, canvas_id))
     assert snap.atoms["a1"].props["n"] in (0, snap.head_rev), snap.atoms["a1"]
-    before = counted()
-    t = time.perf_counter()
-    posted = await chat.post(CTX, thread, role="user", content="last", idempotency_key="replay-me")
-    out["replay_s"] = time.perf_counter() - t
-    out["replay_ops"] = {k: v - before[k] for k, v in counted().items()}
+    posted, out["replay_ops"], out["replay_s"] = await counted(
+        chat.post(CTX, thread, role="user", content="last", idempotency_key="replay-me")
+    )
     assert posted.replayed
     return out
 
