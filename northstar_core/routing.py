@@ -55,6 +55,14 @@ RESOURCE_KINDS: Final[tuple[str, ...]] = (
     "strategy_lock_store",
     "analytics_store",
 )
+# The data layout each kind's services write (key and partition scheme). A route records the
+# layout of the data behind it when it is stored; a route written for another layout is reported
+# and not served, rather than read with the wrong scheme. There is no migration between layouts:
+# a layout change ships with a new number and the routes are written again.
+DATA_LAYOUTS: Final[Mapping[str, int]] = {kind: 1 for kind in RESOURCE_KINDS}
+# Routes stored before layouts were recorded carry none: they were written in layout 1.
+UNRECORDED_LAYOUT: Final = 1
+MAX_LAYOUT: Final = 1_000
 LAB_ONLY_BACKENDS: Final = frozenset({"memory", "sqlite"})
 CLOUD_BACKENDS: Final = frozenset({"dynamodb", "firestore", "cosmos"})
 BACKENDS: Final = LAB_ONLY_BACKENDS | CLOUD_BACKENDS
@@ -130,10 +138,17 @@ class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     table: str | None = None
     tenant_id: str | None = None
     options: RouteOptions = RouteOptions()
+    # The data layout of the kind when the route was stored (DATA_LAYOUTS); the registry
+    # records it, a caller may only name the current one.
+    layout: Annotated[int, msgspec.Meta(ge=1, le=MAX_LAYOUT)] | None = None
 
     @property
     def table_name(self) -> str:
         return self.table or self.resource_kind
+
+    @property
+    def data_layout(self) -> int:
+        return self.layout if self.layout is not None else UNRECORDED_LAYOUT
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -347,6 +362,15 @@ class RoutingRegistry:
                     tenant_id = None if tenant in ("", "*") else tenant
                     broken[(kind, tenant_id)] = _Broken(kind, tenant_id, f"stored route unreadable: {exc}")
                     continue
+                expected = DATA_LAYOUTS.get(route.resource_kind)
+                if expected is not None and route.data_layout != expected:
+                    broken[(route.resource_kind, route.tenant_id)] = _Broken(
+                        route.resource_kind,
+                        route.tenant_id,
+                        f"the route's data is in layout {route.data_layout}; this build reads "
+                        f"layout {expected} (store the route again for an empty table)",
+                    )
+                    continue
                 routes[(route.resource_kind, route.tenant_id)] = (route, item.version)
             if len(page) < 200:
                 break
@@ -399,6 +423,15 @@ class RoutingRegistry:
                 f"unknown resource kind '{route.resource_kind}'",
                 422,
                 details={"resource_kind": route.resource_kind, "known": list(RESOURCE_KINDS)},
+            )
+        current_layout = DATA_LAYOUTS[route.resource_kind]
+        if route.layout is not None and route.layout != current_layout:
+            raise invalid_params(
+                f"layout {route.layout} is not the data layout this build writes for "
+                f"'{route.resource_kind}' ({current_layout})",
+                "layout",
+                layout=route.layout,
+                current_layout=current_layout,
             )
         connection = self.connections.get(route.connection)
         if connection is None:
@@ -465,6 +498,7 @@ class RoutingRegistry:
         if expected_version is not None and not 0 <= expected_version < 2**63:
             raise invalid_params("expected_version must be between 0 and 2**63-1", "expected_version")
         await self._test_open(route, connection, probe=probe)
+        route = msgspec.structs.replace(route, layout=DATA_LAYOUTS[route.resource_kind])
         key = _route_key(route.resource_kind, route.tenant_id)
         current = await self._store.get(_PARTITION, key)
         if expected_version is not None and (current.version if current else 0) != expected_version:

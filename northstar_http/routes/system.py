@@ -18,7 +18,7 @@ from litestar.params import JSONBody
 from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import TENANT_PATTERN, RequestContext
-from northstar_core.routing import TABLE_PATTERN, Route, RouteOptions
+from northstar_core.routing import DATA_LAYOUTS, TABLE_PATTERN, Route, RouteOptions
 from northstar_http.auth import TokenVerifier, raw_header
 from northstar_http.deps import Ctx, Eng
 from northstar_http.openapi import error_responses, success
@@ -142,7 +142,8 @@ async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> RouteOut
         options=data.options or RouteOptions(),
     )
     version = await engines.registry.set_route(route, data.expected_version, by_system=ctx.is_system)
-    return _route_out(engines, route, version)
+    stored = msgspec.structs.replace(route, layout=DATA_LAYOUTS[route.resource_kind])
+    return _route_out(engines, stored, version)
 
 
 @get(

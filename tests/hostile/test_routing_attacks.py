@@ -21,7 +21,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from northstar_core.engines import Engines
-from northstar_core.routing import PROTECTED_KINDS
+from northstar_core.routing import DATA_LAYOUTS, PROTECTED_KINDS
 from northstar_http.bootstrap import create_app
 from tests.conftest import make_settings
 
@@ -171,6 +171,10 @@ async def test_a_tenant_admin_may_move_its_own_ordinary_kind_to_an_open_connecti
     )
     assert r.status_code == 200, r.text
     assert (r.json()["label"], r.json()["table"]) == ("sqlite (lab)", "alpha_notes")
+    # the stored route records the data layout it was written for, and the table lists it
+    assert r.json()["layout"] == DATA_LAYOUTS["notes_store"]
+    listed = (await client.get("/routing/routes", headers=admin)).json()["routes"]
+    assert [x["layout"] for x in listed if x.get("tenant_id") == "t_alpha"] == [DATA_LAYOUTS["notes_store"]]
     created = await client.post("/notes", json={"title": "n", "surface_id": "chat"}, headers=auth())
     assert created.status_code == 201, created.text
     assert created.headers["x-northstar-backend"] == "sqlite (lab)"

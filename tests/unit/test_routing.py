@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from northstar_adapters import AdapterFactory
@@ -14,9 +15,11 @@ from northstar_adapters.memory import MemoryItemStore
 from northstar_adapters.sqlite import SqliteItemStore
 from northstar_core.errors import NorthstarError
 from northstar_core.routing import (
+    DATA_LAYOUTS,
     PROTECTED_KINDS,
     RESOURCE_KINDS,
     RETIRE_GRACE_SECONDS,
+    UNRECORDED_LAYOUT,
     Connection,
     Route,
     RouteOptions,
@@ -322,6 +325,53 @@ async def test_an_unreadable_stored_route_is_503_route_misconfigured_never_500()
         saas.check_startup()
     # the operator fixes it by setting the route again
     await reg.set_route(route())
+    assert (await reg.store_for("chat_store", "t_a")).backend == "memory"
+
+
+async def test_a_stored_route_records_the_data_layout_of_its_kind() -> None:
+    table = MemoryItemStore()
+    reg = registry("lab", table, required_kinds=("chat_store",))
+    await reg.set_route(route())
+    stored = await table.get("routing_registry", "route#chat_store#*")
+    assert stored is not None
+    assert msgspec.json.decode(stored.value)["layout"] == DATA_LAYOUTS["chat_store"]
+    assert [r.layout for r, _ in reg.routes()] == [DATA_LAYOUTS["chat_store"]]
+
+
+async def test_a_route_naming_another_layout_is_refused_and_nothing_is_stored() -> None:
+    table = MemoryItemStore()
+    reg = registry("lab", table, required_kinds=("chat_store",))
+    other = DATA_LAYOUTS["chat_store"] + 1
+    err = await _err(reg.set_route(route(layout=other)))
+    assert (err.code, err.http_status, err.details["field"]) == ("routing.invalid_params", 422, "layout")
+    assert await table.get("routing_registry", "route#chat_store#*") is None
+    # naming the current layout is accepted
+    await reg.set_route(route(layout=DATA_LAYOUTS["chat_store"]))
+    assert (await reg.store_for("chat_store", "t_a")).backend == "memory"
+
+
+async def test_a_route_stored_for_another_layout_is_not_served_and_stops_startup() -> None:
+    table = MemoryItemStore()
+    reg = registry("lab", table, required_kinds=("chat_store",))
+    await reg.set_route(route())
+    stored = await table.get("routing_registry", "route#chat_store#*")
+    assert stored is not None
+    body = msgspec.json.decode(stored.value)
+    body["layout"] = DATA_LAYOUTS["chat_store"] + 1  # written by a build with another layout
+    await table.write("routing_registry", [Put("route#chat_store#*", msgspec.json.encode(body), version=2)])
+    await reg.load()
+    err = await _err(reg.store_for("chat_store", "t_a"))
+    assert (err.code, err.http_status) == ("chat_store.route_misconfigured", 503)
+    assert "layout" in err.details["reason"]
+    saas = registry("saas", table, required_kinds=("chat_store",))
+    await saas.load()
+    with pytest.raises(RoutingError, match="layout"):
+        saas.check_startup()
+    # a route stored before layouts were recorded is in the first layout
+    del body["layout"]
+    await table.write("routing_registry", [Put("route#chat_store#*", msgspec.json.encode(body), version=3)])
+    await reg.load()
+    assert DATA_LAYOUTS["chat_store"] == UNRECORDED_LAYOUT
     assert (await reg.store_for("chat_store", "t_a")).backend == "memory"
 
 
