@@ -62,7 +62,9 @@ from northstar_adapters import AdapterFactory
 from northstar_core.canvas import CommandIn
 from northstar_core.engines import Engines
 from northstar_core.identity import RequestContext
-from northstar_core.routing import Connection, Target
+from northstar_core.kernel import eventlog
+from northstar_core.kernel.ids import UUIDv7Generator
+from northstar_core.routing import Connection, Route, RouteOptions, Target
 from northstar_core.safety.actions import ActionOutcome, ActionRequest
 from northstar_core.storage import ItemStore
 
@@ -160,10 +162,20 @@ _SEQUENTIAL_KEY: Final = re.compile(
 )
 _MONTH: Final = re.compile(r"^[0-9]{4}-[0-9]{2}$")
 _DAY: Final = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_HOUR: Final = re.compile(r"^[0-9]{10}$")  # a time-bucketed log's bucket (kernel/buckets.py)
+_NUMBER: Final = re.compile(r"^[0-9]{2,3}$")
 # Placeholders that bound a partition in time (a new partition per period).
-TIME_BUCKETS: Final = frozenset({"<month>", "<day>"})
-# Placeholders that do not spread a tenant's load (one value per tenant, or a time bucket).
-TENANT_WIDE: Final = frozenset({"<tenant>", "<mode>", "<project>", *TIME_BUCKETS})
+TIME_BUCKETS: Final = frozenset({"<month>", "<day>", "<hour>"})
+# The shard count the modelled engines' spine and analytics routes are given (RouteOptions
+# shards): a list page's fan-out, and how many partitions share one hour of a tenant's log.
+MODEL_SHARDS: Final = 128
+# Placeholders that spread a tenant's load evenly over a fixed number of partitions: the shards
+# of a bucketed log (by run id / event id) and the hashed slots of the spine's run registry and
+# idempotency claims (by run id / key).
+SPREAD: Final[dict[str, int]] = {"<shard>": MODEL_SHARDS, "<slot>": eventlog.KEY_SLOTS}
+# Placeholders that do not spread a tenant's load with its entities (one value per tenant, a
+# time bucket, or a fixed spread).
+TENANT_WIDE: Final = frozenset({"<tenant>", "<mode>", "<project>", *TIME_BUCKETS, *SPREAD})
 
 
 def is_sequential_key(key: str) -> bool:
@@ -241,13 +253,18 @@ MIX: Final[dict[str, float]] = {
 }
 
 
-def _context(**kw: Any) -> RequestContext:
+# An agent run's length in operations: the workload starts a new run after this many. Run ids
+# are UUIDv7s, as agents mint them (the spine then needs no run registry entry for them).
+RUN_OPS: Final = 20
+
+
+def _context(run_id: str = "run-cap", **kw: Any) -> RequestContext:
     return RequestContext(
         tenant_id=TENANT,
         mode="lab",
         user_id=USER,
         roles=("member", "admin"),
-        run_id="run-cap",
+        run_id=run_id,
         step_id="step-1",
         **kw,
     )
@@ -258,8 +275,9 @@ class Workload:
 
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
-        self.ctx = _context()
-        self.agent = _context(agent_id=AGENT)
+        self.run_ids = UUIDv7Generator()
+        self.ops = 0
+        self._new_run()
         self.n = 0
         self.canvas_heads: dict[str, int] = {}
 
@@ -283,7 +301,15 @@ class Workload:
         for _ in CANVASES:
             await self.canvas_command()
 
+    def _new_run(self) -> None:
+        run_id = f"agent-run:{self.run_ids.next(time.time())}"
+        self.ctx = _context(run_id)
+        self.agent = _context(run_id, agent_id=AGENT)
+
     async def run(self, name: str) -> None:
+        self.ops += 1
+        if self.ops % RUN_OPS == 0:
+            self._new_run()
         method: Callable[[], Awaitable[None]] = getattr(self, name)
         await method()
 
@@ -374,8 +400,9 @@ class Workload:
 
 
 def shape_of(partition: str, placeholders: Mapping[str, str]) -> str:
-    """The partition's shape: known id segments and time buckets replaced by placeholders."""
-    out = []
+    """The partition's shape: known id segments, time buckets, shards and slots replaced by
+    placeholders."""
+    out: list[str] = []
     for segment in partition.split("|"):
         if segment in placeholders:
             out.append(placeholders[segment])
@@ -383,9 +410,23 @@ def shape_of(partition: str, placeholders: Mapping[str, str]) -> str:
             out.append("<month>")
         elif _DAY.fullmatch(segment):
             out.append("<day>")
+        elif _HOUR.fullmatch(segment):
+            out.append("<hour>")
+        elif _NUMBER.fullmatch(segment) and out and out[-1] == "<hour>":
+            out.append("<shard>")
+        elif _NUMBER.fullmatch(segment) and out and out[-1] in ("runs", "keys"):
+            out.append("<slot>")
         else:
             out.append(segment)
     return "|".join(out)
+
+
+def spread_of(shape: str) -> int:
+    """Over how many partitions of this shape a tenant's load spreads evenly (1: one)."""
+    n = 1
+    for p in re.findall(r"<[a-z]+>", shape):
+        n *= SPREAD.get(p, 1)
+    return n
 
 
 def is_per_entity(shape: str) -> bool:
@@ -395,6 +436,15 @@ def is_per_entity(shape: str) -> bool:
 
 def is_time_bucketed(shape: str) -> bool:
     return any(p in TIME_BUCKETS for p in re.findall(r"<[a-z]+>", shape))
+
+
+BUCKET_SECONDS: Final[dict[str, float]] = {"<hour>": 3_600, "<day>": DAY, "<month>": 31 * DAY}
+
+
+def bucket_seconds(shape: str) -> float:
+    """How long one partition of this shape receives writes (its time bucket), inf if unbucketed."""
+    spans = [BUCKET_SECONDS[p] for p in re.findall(r"<[a-z]+>", shape) if p in BUCKET_SECONDS]
+    return min(spans) if spans else math.inf
 
 
 # --- the trace: instrumented engines on memory, with a backend's call shape --------------------
@@ -473,6 +523,10 @@ async def trace_workload(
     connection = Connection(name="p7", backend="memory", params={"name": f"p7-{secrets.token_hex(4)}"})
     trace = Trace(delay=0)  # depth is not modelled here; no need to hold calls
     async with instrumented_engines(factory, connection, trace) as engines:
+        for kind in ("event_spine", "analytics_store"):
+            options = RouteOptions(shards=MODEL_SHARDS)
+            route = Route(resource_kind=kind, connection=connection.name, options=options)
+            await engines.registry.set_route(route, probe=False)
         samples = await drive(engines, trace, factory.opened, reps, names)
         return {"samples": samples, "placeholders": Workload(engines).placeholders()}
 
@@ -746,7 +800,9 @@ def capacity(loads: Mapping[tuple[str, str], Load], backend: str) -> Capacity:
     best: tuple[float, Load | None, str] = (math.inf, None, "")
     entity: tuple[float, Load | None, str] = (math.inf, None, "")
     for load in loads.values():
-        for name, rate in limits_of(load, backend).items():
+        for name, per_partition in limits_of(load, backend).items():
+            # an evenly spread load reaches one partition's limit at spread times the rate
+            rate = per_partition * spread_of(load.shape)
             if load.per_entity:
                 if rate < entity[0]:
                     entity = (rate, load, name)
@@ -919,10 +975,14 @@ def _figures(loads: Mapping[tuple[str, str], Load], backend: str) -> dict[str, A
     tenant_wide = not math.isinf(cap.ops_per_s)
     rate = cap.ops_per_s if tenant_wide else cap.entity_ops_per_s
     hottest = cap.hottest if tenant_wide else cap.entity_hottest
-    gained = hottest.gained.get(backend, 0) if hottest is not None else 0.0
+    # bytes one partition of the hottest shape gains: a spread load is shared by its partitions
+    gained = hottest.gained.get(backend, 0) / spread_of(hottest.shape) if hottest is not None else 0.0
     per_day = gained * rate * DAY if not math.isinf(rate) else 0.0
+    # a time-bucketed partition only receives its bucket's writes, then never grows again
+    span = bucket_seconds(hottest.shape) if hottest is not None else math.inf
+    per_partition = gained * rate * span if not math.isinf(rate) and not math.isinf(span) else None
     ceilings = sorted(
-        (min(limits.values()), x.label, min(limits, key=limits.__getitem__))
+        (min(limits.values()) * spread_of(x.shape), x.label, min(limits, key=limits.__getitem__))
         for x in loads.values()
         if not x.per_entity and (limits := limits_of(x, backend))
     )
@@ -939,9 +999,11 @@ def _figures(loads: Mapping[tuple[str, str], Load], backend: str) -> dict[str, A
         "cost_per_op": costs,
         "hottest_bytes_per_op": gained,
         "hottest_bytes_per_day": per_day,
+        # the most one partition of it ever holds (time-bucketed), None when it never stops growing
+        "hottest_partition_bytes_at_most": per_partition,
         "partitions": [_load_summary(x, backend) for x in loads.values()],
     }
-    if backend == "cosmos" and per_day > 0:
+    if backend == "cosmos" and per_day > 0 and per_partition is None:
         out["days_to_20GB"] = COSMOS_PARTITION_BYTES / per_day
     if backend == "dynamodb":
         out["hottest_wcu_per_op"] = hottest.wcu if hottest is not None else 0.0
@@ -983,7 +1045,10 @@ def unbounded_partitions(traces: Mapping[str, Mapping[str, Any]]) -> list[str]:
             for calls in samples:
                 for call in calls:
                     shape = shape_of(call.partition, traced["placeholders"])
-                    grows = any(m.op == "put" and m.condition == "absent" for m in call.moved)
+                    # a put with an expiry (idempotency claims) is bounded by its lifetime
+                    grows = any(
+                        m.op == "put" and m.condition == "absent" and not m.expires for m in call.moved
+                    )
                     if grows and not is_per_entity(shape) and not is_time_bucketed(shape):
                         found.add(f"{call.kind} {shape}")
     return sorted(found)
@@ -1010,6 +1075,8 @@ def rows_for(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 )
             if "days_to_20GB" in f:
                 ours += f"; 20 GB in {f['days_to_20GB']:.3g} days"
+            elif (at_most := f.get("hottest_partition_bytes_at_most")) is not None:
+                ours += f" (time-bucketed: a partition holds at most {_bytes(at_most)})"
             rows.append(
                 row(
                     f"P7 {backend}",
@@ -1090,8 +1157,17 @@ def rows_for(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     cosmos_spine = figures.get("cosmos", {}).get("groups", {}).get("spine_append")
     note = ""
     if cosmos_spine is not None and cosmos_spine["hottest_bytes_per_op"] > 0:
-        hours = COSMOS_PARTITION_BYTES / (cosmos_spine["hottest_bytes_per_op"] * TARGET_EVENTS_PER_S) / 3600
-        note = f"; at {TARGET_EVENTS_PER_S} spine events/s Cosmos' 20 GB wall comes in {hours:.3g} h"
+        per_s = cosmos_spine["hottest_bytes_per_op"] * TARGET_EVENTS_PER_S
+        hottest = cosmos_spine["hottest"] or ""
+        span = bucket_seconds(hottest)
+        if math.isinf(span):
+            hours = COSMOS_PARTITION_BYTES / per_s / 3600
+            note = f"; at {TARGET_EVENTS_PER_S} spine events/s Cosmos' 20 GB wall comes in {hours:.3g} h"
+        else:
+            note = (
+                f"; at {TARGET_EVENTS_PER_S} spine events/s the hottest spine partition holds at most "
+                f"{_bytes(per_s * span)} (Cosmos' wall: 20 GB)"
+            )
     rows.append(
         row(
             "P7",

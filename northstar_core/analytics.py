@@ -8,6 +8,7 @@ anything is written (422 ``analytics.invalid_event``).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
@@ -16,16 +17,17 @@ import msgspec
 from northstar_core.bounds import check_limit
 from northstar_core.clock import Clock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import invalid_event
+from northstar_core.errors import NorthstarError, invalid_event
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.buckets import DEFAULT_SHARDS, BucketedLog, page_of_scan
 from northstar_core.kernel.idempotency import fingerprint
-from northstar_core.kernel.paging import Page, page_of
-from northstar_core.kernel.write_once import WriteOnceEntries, entry_key
+from northstar_core.kernel.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
 
 KIND: Final = "analytics_store"
+ENTRY_PREFIX: Final = "e#"
 DOMAIN: Final = "analytics"
 MAX_PROPERTIES_BYTES: Final = 16 * 1024
 
@@ -119,9 +121,13 @@ class AnalyticsService:
         self.clock = clock
         self.spine = spine
 
-    async def _entries(self, ctx: RequestContext) -> WriteOnceEntries:
+    async def _entries(self, ctx: RequestContext) -> BucketedLog:
+        """The tenant's events: one item ``e#<event id>`` each, in the hour of the id and a
+        shard of it (:mod:`~northstar_core.kernel.buckets`), so a tenant's analytics spread
+        over partitions that each hold one hour of one shard."""
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        return WriteOnceEntries(store, partition(ctx, "analytics"))
+        shards = store.route.options.shards or DEFAULT_SHARDS
+        return BucketedLog(store, partition(ctx, "analytics"), shards=shards)
 
     async def record(
         self, ctx: RequestContext, event: bytes | Mapping[str, Any] | AnalyticsEventIn
@@ -162,7 +168,9 @@ class AnalyticsService:
             source=source,
             **fields,
         )
-        existing = await entries.create(stored.event_id, msgspec.json.encode(stored))
+        existing = await entries.create(
+            ENTRY_PREFIX, stored.event_id, stored.event_id, msgspec.json.encode(stored)
+        )
         if existing is not None:
             # A retry (same idempotency key) got the first spine event back, and that event was
             # already stored: answer with what is stored rather than writing it again.
@@ -177,12 +185,29 @@ class AnalyticsService:
         after = (
             self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, "events", cursor) if cursor else None
         )
-        items = await (await self._entries(ctx)).list(after_key=after, limit=limit + 1)
-        return page_of(
-            items,
-            limit,
-            lambda item: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, "events", entry_key(item)),
-            lambda item: msgspec.json.decode(item.value, type=AnalyticsEvent),
-            resume_from=cursor,
-            stream=True,  # a poller resumes after the last event it saw, also at the end
+        if after is not None:
+            _check_position(after, cursor or "")
+        entries = await self._entries(ctx)
+        scanned = await entries.scan(
+            ENTRY_PREFIX, after=after, before=None, limit=limit + 1, now=self.clock.now()
         )
+        # a poller resumes after the last event it saw, also at the end
+        return page_of_scan(
+            scanned,
+            limit,
+            lambda position: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, "events", position),
+            lambda item: msgspec.json.decode(item.value, type=AnalyticsEvent),
+            resume_from=after,
+        )
+
+
+def _check_position(position: str, cursor: str) -> None:
+    try:
+        uuid.UUID(position)
+    except ValueError:
+        raise NorthstarError(
+            f"{DOMAIN}.cursor_invalid",
+            "cursor is invalid: malformed position",
+            410,
+            details={"cursor": cursor, "reason": "malformed position"},
+        ) from None

@@ -20,6 +20,7 @@ import msgspec
 
 from northstar_core.errors import NorthstarError, backend_unavailable, missing_route
 from northstar_core.identity import TENANT_PATTERN
+from northstar_core.kernel.buckets import MAX_SHARDS
 from northstar_core.observe import current as observer
 from northstar_core.storage import (
     Absent,
@@ -59,7 +60,12 @@ RESOURCE_KINDS: Final[tuple[str, ...]] = (
 # layout of the data behind it when it is stored; a route written for another layout is reported
 # and not served, rather than read with the wrong scheme. There is no migration between layouts:
 # a layout change ships with a new number and the routes are written again.
-DATA_LAYOUTS: Final[Mapping[str, int]] = {kind: 1 for kind in RESOURCE_KINDS}
+DATA_LAYOUTS: Final[Mapping[str, int]] = {
+    **{kind: 1 for kind in RESOURCE_KINDS},
+    # 2: time-bucketed, sharded partitions (kernel/buckets.py)
+    "event_spine": 2,
+    "analytics_store": 2,
+}
 # Routes stored before layouts were recorded carry none: they were written in layout 1.
 UNRECORDED_LAYOUT: Final = 1
 MAX_LAYOUT: Final = 1_000
@@ -127,6 +133,10 @@ class RouteOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_value_bytes: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUTE_VALUE_BYTES)] | None = None
     default_ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_ROUTE_TTL_SECONDS)] | None = None
     canvas_limits: dict[str, Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]] | None = None
+    # Shards of a time-bucketed log (event spine, analytics): a list page reads one bucket's
+    # shards concurrently, so this is the fan-out of a page; writes spread over as many
+    # partitions. Takes effect at the next hour's bucket.
+    shards: Annotated[int, msgspec.Meta(ge=1, le=MAX_SHARDS)] | None = None
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
@@ -28,10 +28,11 @@ from northstar_core.clock import Clock, SystemClock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid_event
 from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
-from northstar_core.kernel.eventlog import MAX_EVENT_BYTES, EventIdTaken, EventLog, index_prefix
+from northstar_core.kernel.buckets import DEFAULT_SHARDS, Scanned, bucket_of_ms, page_of_scan
+from northstar_core.kernel.eventlog import MAX_EVENT_BYTES, EventIdTaken, EventLog, request_run_id
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.ids import UUIDv7Generator, uuid7_floor
-from northstar_core.kernel.paging import Page, page_of
+from northstar_core.kernel.paging import Page
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 
@@ -176,7 +177,8 @@ class EventSpine:
     async def _log(self, ctx: RequestContext) -> tuple[EventLog, str]:
         """The tenant's log and the backend serving it (an event's ``route``)."""
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        return EventLog(store, partition(ctx, "spine"), DOMAIN), store.backend
+        shards = store.route.options.shards or DEFAULT_SHARDS
+        return EventLog(store, partition(ctx, "spine"), DOMAIN, shards=shards), store.backend
 
     def new_event_id(self) -> str:
         """A fresh event id (UUIDv7) for :meth:`record`'s ``event_id``: a caller that must name
@@ -298,15 +300,19 @@ class EventSpine:
         """Append a server-originated event (safety, budget, audit…); raises if not recorded.
 
         ``run_id``/``step_id`` come from the context; without a run the request id stands in
-        (``request:<id>``) so every event still has provenance. With ``idempotency_key`` a
+        (``request:<hour>:<id>``) so every event still has provenance. With ``idempotency_key`` a
         repeat returns the first event (see :meth:`_write`); ``request_fingerprint`` is then
         what identifies "the same request" when the payload holds server-filled values (times).
         ``event_id`` (from :meth:`new_event_id`) is the id the event gets; 503
         ``event_spine.contention`` if it is taken.
         """
-        run_id = ctx.run_id or f"request:{ctx.request_id or uuid.uuid4()}"
-        if not ID_PATTERN.fullmatch(run_id):
-            run_id = f"request:{uuid.uuid4()}"
+        run_id = ctx.run_id
+        if run_id is None:
+            # names its first bucket, so the request's events need no run registry entry
+            bucket = bucket_of_ms(int(self.clock.now() * 1000))
+            run_id = request_run_id(bucket, ctx.request_id or str(uuid.uuid4()))
+            if not ID_PATTERN.fullmatch(run_id):
+                run_id = request_run_id(bucket, str(uuid.uuid4()))
         step_id = ctx.step_id or event_type
         return await self._write(
             ctx,
@@ -352,10 +358,6 @@ class EventSpine:
         fp = request_fingerprint or fingerprint(
             [event_type, source, payload, run_id, step_id, parent_event_id, msgspec.to_builtins(causality)]
         )
-        if idempotency_key is not None:
-            prior = await log.replayed(idempotency_key, fp)
-            if prior is not None:
-                return _decode(prior)
         # A caller-made id is already known elsewhere: it is written once or not at all.
         attempts = 1 if event_id is not None else _APPEND_ATTEMPTS
         for _ in range(attempts):
@@ -389,21 +391,28 @@ class EventSpine:
                     413,
                     details={"bytes": len(data), "limit": MAX_EVENT_BYTES},
                 )
+            head = msgspec.json.encode(msgspec.structs.replace(event, payload={}))
+
+            def rebuild(claimed: bytes, payload: dict[str, Any] = payload) -> bytes:
+                # the claimed event (another attempt's id, run, time and identity) with this
+                # attempt's payload, which the fingerprint vouches is the same request's
+                return msgspec.json.encode(msgspec.structs.replace(_decode(claimed), payload=payload))
+
             try:
-                prior = await log.append(
+                stored = await log.append(
                     this_id,
                     data,
                     run_id=run_id,
-                    event_type=event_type,
-                    source=source,
                     now=now,
                     idempotency_key=idempotency_key,
                     payload_fingerprint=fp,
+                    head=head,
+                    rebuild=rebuild,
                 )
             except EventIdTaken:
                 # an id collision with another process (vanishingly rare): take a fresh id
                 continue
-            return event if prior is None else _decode(prior)
+            return event if stored == data else _decode(stored)
         raise NorthstarError(
             f"{DOMAIN}.contention", "could not allocate an event id; retry", 503, headers={"Retry-After": "1"}
         )
@@ -423,35 +432,22 @@ class EventSpine:
             )
         return limit
 
-    async def _page(
-        self,
-        ctx: RequestContext,
-        *,
-        stream: str,
-        prefix: str,
-        cursor: str | None,
-        limit: int | None,
-        floor: str | None = None,
-        ceiling: str | None = None,
+    def _cursor_position(self, ctx: RequestContext, stream: str, cursor: str | None) -> str | None:
+        if not cursor:
+            return None
+        position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
+        _check_cursor_position(position, cursor)
+        return position
+
+    def _page(
+        self, ctx: RequestContext, stream: str, n: int, scanned: Scanned, resume: str | None
     ) -> Page[Event]:
-        """A page of the index ``prefix`` between the id bounds ``floor`` (exclusive, raised to
-        the cursor's position) and ``ceiling`` (exclusive). Resumable at its end: a later page
-        from ``next_cursor`` returns the events appended since."""
-        n = self._limit(limit)
-        after = floor
-        if cursor:
-            position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
-            _check_cursor_position(position, cursor)
-            after = position if after is None else max(after, position)
-        log, _ = await self._log(ctx)
-        events = [_decode(data) for data in await log.read(prefix, after=after, before=ceiling, limit=n + 1)]
-        return page_of(
-            events,
+        return page_of_scan(
+            scanned,
             n,
-            lambda event: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, event.event_id),
-            lambda event: event,
-            resume_from=cursor or None,
-            stream=True,
+            lambda position: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, position),
+            lambda item: _decode(item.value),
+            resume_from=resume,
         )
 
     async def replay(
@@ -463,9 +459,12 @@ class EventSpine:
                 f"{DOMAIN}.invalid_request", "'run_id' is required", 422, details={"field": "run_id"}
             )
         _check_field_id("run_id", run_id)
-        return await self._page(
-            ctx, stream=f"run:{run_id}", prefix=index_prefix(run_id=run_id), cursor=cursor, limit=limit
-        )
+        n = self._limit(limit)
+        stream = f"run:{run_id}"
+        after = self._cursor_position(ctx, stream, cursor)
+        log, _ = await self._log(ctx)
+        scanned = await log.read_run(run_id, after=after, limit=n + 1, now=self.clock.now())
+        return self._page(ctx, stream, n, scanned, after)
 
     async def list(
         self,
@@ -479,7 +478,9 @@ class EventSpine:
         limit: int | None = None,
     ) -> Page[Event]:
         """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
-        oldest first. ``since``/``until`` are RFC 3339 timestamps."""
+        oldest first. ``since``/``until`` are RFC 3339 timestamps. A filtered page may hold
+        fewer events than ``limit`` while ``has_more`` is true: it then continues where the
+        scan stopped (a page reads a bounded number of hours of the log)."""
         if event_type is not None and not EVENT_TYPE_PATTERN.fullmatch(event_type):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request",
@@ -494,7 +495,7 @@ class EventSpine:
                 422,
                 details={"field": "source", "value": source[:200]},
             )
-        prefix = index_prefix(event_type=event_type or None, source=source or None)
+        n = self._limit(limit)
         since_ms = _parse_time("since", since)
         until_ms = _parse_time("until", until)
         # The smallest id of a millisecond is below every event of it: as an exclusive lower
@@ -502,14 +503,41 @@ class EventSpine:
         floor = uuid7_floor(since_ms) if since_ms is not None else None
         ceiling = uuid7_floor(until_ms) if until_ms is not None else None
         stream = f"list:{event_type or ''}:{source or ''}:{since_ms or ''}:{until_ms or ''}"
-        return await self._page(
-            ctx, stream=stream, prefix=prefix, cursor=cursor, limit=limit, floor=floor, ceiling=ceiling
+        position = self._cursor_position(ctx, stream, cursor)
+        after = floor if position is None else (position if floor is None else max(floor, position))
+        match = _filter(event_type or None, source or None)
+        log, _ = await self._log(ctx)
+        scanned = await log.read_time(
+            after=after, before=ceiling, limit=n + 1, now=self.clock.now(), match=match
         )
+        return self._page(ctx, stream, n, scanned, position)
 
     async def get(self, ctx: RequestContext, event_id: str) -> Event | None:
         log, _ = await self._log(ctx)
         data = await log.get(_check_event_id("event_id", event_id))
         return _decode(data) if data is not None else None
+
+
+class _Kind(msgspec.Struct):
+    event_type: str
+    source: str
+
+
+_KIND_DECODER: Final = msgspec.json.Decoder(_Kind)
+
+
+def _filter(event_type: str | None, source: str | None) -> Callable[[bytes], bool] | None:
+    """Whether a stored event passes the type/source filter (decoding only those fields)."""
+    if event_type is None and source is None:
+        return None
+
+    def match(data: bytes) -> bool:
+        kind = _KIND_DECODER.decode(data)
+        return (event_type is None or kind.event_type == event_type) and (
+            source is None or kind.source == source
+        )
+
+    return match
 
 
 def _check_cursor_position(position: str, cursor: str) -> None:

@@ -1,95 +1,200 @@
-"""The event spine's log: each event stored once per index, in one atomic batch.
+"""The event spine's log: time-bucketed and sharded, each event written as two items at once.
 
-Layout inside one partition (one partition per tenant and mode):
+Layout under ``<base>`` (one per tenant and mode, ``<tenant>|<mode>|spine``), on
+:mod:`~northstar_core.kernel.buckets`:
 
-* ``ev#<event_id>``                            — the event (list by time = key range);
-* ``er#<run_id>#<event_id>``                   — replay by run, in order;
-* ``et#<event_type>#<event_id>``               — list by type;
-* ``es#<source>#<event_id>``                   — list by source;
-* ``ex#<event_type>#<source>#<event_id>``      — list by type and source;
-* ``i#<key>``                                  — idempotency record (:mod:`~northstar_core.kernel.
-  idempotency`), whose result names the event first appended with the key.
+* ``<base>|<bucket>|<shard>`` — the bucket is the UTC hour of the event id, the shard
+  ``shard_of(run_id)``. Two items per event, in one atomic batch, both ``Absent``:
+  ``ev#<event_id>`` (time order) and ``er#<run_id>#<event_id>`` (the run's order). Every event
+  of a run in one hour is in one partition, so a run replays from one partition per bucket.
+* ``<base>|buckets`` — the directory of buckets (and their shard counts).
+* ``<base>|runs|<slot>`` — ``r#<run_id>``: the first bucket of each run (``slot`` =
+  ``shard_of(run_id, RUN_SLOTS)``), written once per run before its first event, lowered if an
+  earlier event of the run lands later; replay starts there.
+* ``<base>|keys|<slot>`` — ``i#<key>``: the idempotency claim of a keyed append (``slot`` =
+  ``shard_of(key, KEY_SLOTS)``): the payload fingerprint and the event's *head* — the event
+  without its payload (id, run, time, identity), which the fingerprint vouches for. It is
+  written *before* the event (``Absent``): of concurrent attempts with one key exactly one
+  claims it, and every attempt — the winner, a loser, a retry after a crash between the two
+  writes — then writes the claimed event (head + its own payload) under the claimed id; the
+  first of those writes stores it (``Absent``) and the others get the stored event back. A
+  claim expires after ``IDEMPOTENCY_SECONDS``; a retry after that is a new event.
 
-Index items carry the whole event (not a pointer), so a page costs one range query whatever
-the length of the history. Event ids are UUIDv7 strings: time-ordered, so key order within an
-index is append-time order, and a time range is a key range of ids.
+Events are filtered by type and source while scanning the time order (no index copies), so an
+event costs two items, not one per filter; a filtered page scans a bounded number of buckets
+and may come back short with a cursor where the scan stopped.
 
-Every item is written under an ``Absent`` condition: nothing is ever overwritten, and an event
-is either stored with all its index items (and its idempotency record) or not at all.
+Run ids that name their own start need no registry entry (:func:`named_start`): the server's
+``request:<YYYYMMDDHH>:<request id>`` runs and UUIDv7 run ids (an event of such a run before
+the named hour is registered as any other). Other run ids cost one registry write per run and
+process, and the registry is the one spine partition set that grows with the tenant's history:
+by one ~100-byte item per such run, spread over ``RUN_SLOTS`` partitions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+import uuid
+import weakref
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
 
-from northstar_core.errors import NorthstarError
-from northstar_core.kernel.idempotency import lookup, record_op
-from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, ItemStore, Op, Put
+from northstar_core.errors import NorthstarError, idempotency_mismatch
+from northstar_core.kernel.buckets import (
+    DEFAULT_SHARDS,
+    BucketedLog,
+    Scanned,
+    bucket_of,
+    shard_of,
+)
+from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, ItemStore, Put, VersionIs
 
 EVENT_PREFIX: Final = "ev#"
 RUN_PREFIX: Final = "er#"
-TYPE_PREFIX: Final = "et#"
-SOURCE_PREFIX: Final = "es#"
-TYPE_SOURCE_PREFIX: Final = "ex#"
-# The largest encoded event the log stores (one item per index holds all of it).
+RUN_ENTRY_PREFIX: Final = "r#"
+CLAIM_PREFIX: Final = "i#"
+# Slots spread a tenant's run registry and idempotency claims over partitions (one hashed
+# slot per run or key), so that neither becomes the tenant's hottest partition.
+RUN_SLOTS: Final = 64
+KEY_SLOTS: Final = 64
+# How long an idempotency key is remembered: retries come within minutes; a day bounds the
+# claims a partition holds to one day of keyed appends.
+IDEMPOTENCY_SECONDS: Final = 86_400.0
+# The largest encoded event the log stores (one item holds all of it).
 MAX_EVENT_BYTES: Final = MAX_VALUE_BYTES
+REQUEST_RUN: Final = re.compile(r"^request:([0-9]{10}):")
+
+
+def named_start(run_id: str) -> str | None:
+    """The first bucket a run id names, if it names one: ``request:<YYYYMMDDHH>:…`` (the
+    server's runs outside a run), or a UUIDv7 — alone or as the id's last ``:`` segment — whose
+    time is the run's start (what agents that mint their run ids as UUIDv7s get for free)."""
+    named = REQUEST_RUN.match(run_id)
+    if named:
+        return named.group(1)
+    tail = run_id.rsplit(":", 1)[-1]
+    if len(tail) != 36:
+        return None
+    try:
+        parsed = uuid.UUID(tail)
+    except ValueError:
+        return None
+    return bucket_of(str(parsed)) if parsed.version == 7 else None
 
 
 class EventIdTaken(Exception):
     """An item of the event's id already exists (another event holds the id); nothing written."""
 
 
-class _Appended(msgspec.Struct, frozen=True):
-    event_id: str
+class _Claim(msgspec.Struct, frozen=True):
+    fingerprint: str
+    head: msgspec.Raw  # the event without its payload: id, run, time, identity
+    created_at: float
 
 
-def index_prefix(
-    *, run_id: str | None = None, event_type: str | None = None, source: str | None = None
-) -> str:
-    """The key prefix of the index serving a filter (by run; by type and/or source; else all)."""
-    if run_id is not None:
-        return f"{RUN_PREFIX}{run_id}#"
-    if event_type is not None and source is not None:
-        return f"{TYPE_SOURCE_PREFIX}{event_type}#{source}#"
-    if event_type is not None:
-        return f"{TYPE_PREFIX}{event_type}#"
-    if source is not None:
-        return f"{SOURCE_PREFIX}{source}#"
-    return EVENT_PREFIX
+class _RunStart(msgspec.Struct, frozen=True):
+    bucket: str
+
+
+class _Runs:
+    """Runs whose registry entry this process has written or read: run → first bucket."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[str, str], str] = {}
+
+
+_RUNS: weakref.WeakKeyDictionary[ItemStore, _Runs] = weakref.WeakKeyDictionary()
+
+
+def _runs(store: ItemStore) -> _Runs:
+    backing = store.backing
+    runs = _RUNS.get(backing)
+    if runs is None:
+        runs = _RUNS[backing] = _Runs()
+    return runs
+
+
+def request_run_id(bucket: str, request_id: str) -> str:
+    """The run id of a server event made outside any run: it names its first bucket."""
+    return f"request:{bucket}:{request_id}"
 
 
 class EventLog:
-    """The spine's items in one partition of an item store (see module doc)."""
+    """The spine's items under ``base`` in an item store (see module doc)."""
 
-    def __init__(self, store: ItemStore, partition: str, domain: str) -> None:
+    def __init__(self, store: ItemStore, base: str, domain: str, *, shards: int = DEFAULT_SHARDS) -> None:
         self.store = store
-        self.partition = partition
+        self.base = base
         self.domain = domain
+        self.log = BucketedLog(store, base, shards=shards)
+        self._runs = _runs(store)
 
-    async def get(self, event_id: str) -> bytes | None:
-        item = await self.store.get(self.partition, EVENT_PREFIX + event_id)
-        return item.value if item is not None else None
+    def _slot(self, kind: str, key: str, slots: int) -> str:
+        return f"{self.base}|{kind}|{shard_of(key, slots):02d}"
 
-    async def replayed(self, key: str, fp: str) -> bytes | None:
-        """The event first appended with idempotency ``key``, or ``None`` when it is unused.
+    # --- writing -------------------------------------------------------------------------
 
-        422 ``<domain>.idempotency_mismatch`` when the key was used for another event.
+    async def _start_run(self, run_id: str, bucket: str) -> None:
+        """Record ``bucket`` as the run's first unless an earlier one is recorded."""
+        named = named_start(run_id)
+        if named is not None and named <= bucket:
+            return  # the run id names a start no later than this event
+        known = self._runs.first.get((self.base, run_id))
+        if known is not None and known <= bucket:
+            return
+        partition = self._slot("runs", run_id, RUN_SLOTS)
+        key = RUN_ENTRY_PREFIX + run_id
+        value = msgspec.json.encode(_RunStart(bucket))
+        for _ in range(8):
+            try:
+                await self.store.write(partition, [Put(key, value, condition=Absent())])
+                self._runs.first[(self.base, run_id)] = bucket
+                return
+            except ConditionFailed:
+                item = await self.store.get(partition, key)
+                if item is None:
+                    continue
+                stored = msgspec.json.decode(item.value, type=_RunStart).bucket
+                if stored <= bucket:
+                    self._runs.first[(self.base, run_id)] = stored
+                    return
+                try:  # an earlier event of the run: the run starts earlier than recorded
+                    lowered = Put(key, value, version=item.version + 1, condition=VersionIs(item.version))
+                    await self.store.write(partition, [lowered])
+                    self._runs.first[(self.base, run_id)] = bucket
+                    return
+                except ConditionFailed:
+                    continue
+        raise NorthstarError(
+            f"{self.domain}.contention", "could not record the run's start; retry", 503,
+            headers={"Retry-After": "1"},
+        )
+
+    async def _write(self, event_id: str, data: bytes, run_id: str, *, claimed: bool = False) -> bytes:
+        """Write the event's two items; returns the event as stored.
+
+        :class:`EventIdTaken` when the id holds another event — unless the id is ``claimed``
+        (an idempotency claim names it): then whatever is stored under it is this key's event,
+        written by an earlier or concurrent attempt, and is returned.
         """
-        result = await lookup(self.store, self.partition, key, fp, self.domain)
-        if result is None:
-            return None
-        event_id = msgspec.json.decode(result, type=_Appended).event_id
-        event = await self.get(event_id)
-        if event is None:  # written in one batch with the record: cannot be absent
-            raise NorthstarError(
-                f"{self.domain}.idempotency_record_orphaned",
-                "the idempotency record's event is missing; the backend lost data",
-                503,
-                details={"idempotency_key": key},
-            )
-        return event
+        bucket = bucket_of(event_id)
+        shards, _ = await asyncio.gather(self.log.open_bucket(bucket), self._start_run(run_id, bucket))
+        partition = self.log.partition(bucket, shard_of(run_id, shards))
+        ops = [
+            Put(EVENT_PREFIX + event_id, data, condition=Absent()),
+            Put(f"{RUN_PREFIX}{run_id}#{event_id}", data, condition=Absent()),
+        ]
+        try:
+            await self.store.write(partition, ops)
+        except ConditionFailed:
+            existing = await self.store.get(partition, EVENT_PREFIX + event_id)
+            if existing is not None and (claimed or existing.value == data):
+                return existing.value
+            raise EventIdTaken(event_id) from None
+        return data
 
     async def append(
         self,
@@ -97,63 +202,108 @@ class EventLog:
         data: bytes,
         *,
         run_id: str,
-        event_type: str,
-        source: str,
         now: float,
         idempotency_key: str | None = None,
         payload_fingerprint: str = "",
-    ) -> bytes | None:
-        """Store the event ``data`` under every index, atomically.
+        head: bytes = b"",
+        rebuild: Callable[[bytes], bytes] | None = None,
+    ) -> bytes:
+        """Store the event ``data`` (both items, atomically), at most once per key; returns
+        the event as stored.
 
-        Returns ``None`` once written. With ``idempotency_key`` its record commits in the same
-        batch; if a concurrent attempt with the key won, that attempt's event is returned
-        instead (nothing written). :class:`EventIdTaken` when the id is already in use.
-        The caller has looked the key up beforehand (:meth:`replayed`).
+        With ``idempotency_key`` the key is claimed first, the claim holding ``head`` (the
+        event without its payload; the payload is what the fingerprint vouches for). If an
+        earlier attempt claimed the key, its event is returned — completed first
+        from ``rebuild(claimed head)`` if that attempt stopped before writing it — or 422
+        ``<domain>.idempotency_mismatch`` when the key was used for another request.
+        :class:`EventIdTaken` when the id is already in use by another event.
         """
-        keys = (
-            EVENT_PREFIX + event_id,
-            index_prefix(run_id=run_id) + event_id,
-            index_prefix(event_type=event_type) + event_id,
-            index_prefix(source=source) + event_id,
-            index_prefix(event_type=event_type, source=source) + event_id,
+        if idempotency_key is None:
+            return await self._write(event_id, data, run_id)
+        partition = self._slot("keys", idempotency_key, KEY_SLOTS)
+        key = CLAIM_PREFIX + idempotency_key
+        claim = msgspec.json.encode(_Claim(payload_fingerprint, msgspec.Raw(head), now))
+        for _ in range(4):
+            try:
+                await self.store.write(
+                    partition,
+                    [Put(key, claim, expires_at=now + IDEMPOTENCY_SECONDS, condition=Absent())],
+                )
+            except ConditionFailed:
+                item = await self.store.get(partition, key)
+                if item is None:  # it expired in between: claim it again
+                    continue
+                prior = msgspec.json.decode(item.value, type=_Claim)
+                if prior.fingerprint != payload_fingerprint:
+                    raise idempotency_mismatch(self.domain, idempotency_key) from None
+                located = msgspec.json.decode(prior.head, type=_Located)
+                full = rebuild(bytes(prior.head)) if rebuild is not None else data
+                return await self._write(located.event_id, full, located.run_id, claimed=True)
+            return await self._write(event_id, data, run_id, claimed=True)
+        raise NorthstarError(
+            f"{self.domain}.contention", "could not claim the idempotency key; retry", 503,
+            headers={"Retry-After": "1"},
         )
-        ops: list[Op] = [Put(key, data, condition=Absent()) for key in keys]
-        if idempotency_key is not None:
-            result = msgspec.json.encode(_Appended(event_id))
-            ops.append(record_op(idempotency_key, payload_fingerprint, result, now))
-        try:
-            await self.store.write(self.partition, ops)
-        except ConditionFailed:
-            if idempotency_key is not None:
-                prior = await self.replayed(idempotency_key, payload_fingerprint)
-                if prior is not None:  # a concurrent attempt with the same key won
-                    return prior
-            raise EventIdTaken(event_id) from None
-        return None
 
-    async def read(
-        self,
-        prefix: str,
-        *,
-        after: str | None = None,
-        before: str | None = None,
-        limit: int,
-    ) -> list[bytes]:
-        """Events of the index ``prefix`` (:func:`index_prefix`) with ``after < event_id <
-        before`` (ids or id bounds), in id order, at most ``limit``."""
-        items = await self.store.query(
-            self.partition,
-            prefix,
-            after=prefix + after if after is not None else None,
-            before=prefix + before if before is not None else None,
+    # --- reading -------------------------------------------------------------------------
+
+    async def get(self, event_id: str) -> bytes | None:
+        item = await self.log.find(EVENT_PREFIX, event_id)
+        return item.value if item is not None else None
+
+    async def run_start(self, run_id: str) -> str | None:
+        """The first bucket of the run, ``None`` for a run with no event."""
+        item = await self.store.get(self._slot("runs", run_id, RUN_SLOTS), RUN_ENTRY_PREFIX + run_id)
+        registered = msgspec.json.decode(item.value, type=_RunStart).bucket if item is not None else None
+        named = named_start(run_id)
+        if named is not None:
+            # an event before the named hour (a client's clock, a crafted id) was registered
+            return min(named, registered) if registered is not None else named
+        return registered
+
+    async def read_run(self, run_id: str, *, after: str | None, limit: int, now: float) -> Scanned:
+        """The run's events after the id ``after``, in order, at most ``limit``."""
+        start = None
+        if after is None:
+            start = await self.run_start(run_id)
+            if start is None:
+                return Scanned([], [], None, False)
+        return await self.log.scan(
+            f"{RUN_PREFIX}{run_id}#",
+            after=after,
+            before=None,
             limit=limit,
+            now=now,
+            shards=lambda count: (shard_of(run_id, count),),
+            start_bucket=start,
         )
-        return [item.value for item in items]
+
+    async def read_time(
+        self,
+        *,
+        after: str | None,
+        before: str | None,
+        limit: int,
+        now: float,
+        match: Callable[[bytes], bool] | None = None,
+    ) -> Scanned:
+        """Events with ``after < id < before`` in id order whose data ``match`` accepts."""
+        accepts = (lambda item: match(item.value)) if match is not None else None
+        return await self.log.scan(
+            EVENT_PREFIX, after=after, before=before, limit=limit, now=now, match=accepts
+        )
+
+
+class _Located(msgspec.Struct):
+    event_id: str
+    run_id: str
 
 
 __all__ = [
+    "IDEMPOTENCY_SECONDS",
     "MAX_EVENT_BYTES",
     "EventIdTaken",
     "EventLog",
-    "index_prefix",
+    "named_start",
+    "request_run_id",
 ]

@@ -1,9 +1,10 @@
 """The capacity model of benchmark P7 (``bench/p7_capacity.py``): its arithmetic on small cases
 computed by hand, and what its workload driver records for today's layout.
 
-The driver tests pin the layout's shape as the model sees it (a spine append is ONE partition,
-one transaction of five copies): a layout change must show up here and in the README's P7 rows,
-not silently change the model's figures.
+The driver tests pin the layout's shape as the model sees it (a spine append is one transaction
+of two items in the partition of its hour and its run's shard; a keyed one claims its key
+first): a layout change must show up here and in the README's P7 rows, not silently change the
+model's figures.
 """
 
 from __future__ import annotations
@@ -178,10 +179,25 @@ def test_partition_shapes() -> None:
     names = {"t_cap": "<tenant>", "lab": "<mode>", "th-a": "<thread>"}
     assert p7.shape_of("t_cap|lab|budget|2026-12", names) == "<tenant>|<mode>|budget|<month>"
     assert p7.shape_of("t_cap|lab|thread|th-a", names) == "<tenant>|<mode>|thread|<thread>"
+    assert p7.shape_of("t_cap|lab|spine|2026120105|07", names) == "<tenant>|<mode>|spine|<hour>|<shard>"
+    assert p7.shape_of("t_cap|lab|spine|2026120105|115", names) == "<tenant>|<mode>|spine|<hour>|<shard>"
+    assert p7.shape_of("t_cap|lab|spine|keys|63", names) == "<tenant>|<mode>|spine|keys|<slot>"
     assert not p7.is_per_entity("<tenant>|<mode>|budget|<month>")
     assert p7.is_time_bucketed("<tenant>|<mode>|budget|<month>")
     assert p7.is_per_entity("<tenant>|<mode>|thread|<thread>")
     assert not p7.is_time_bucketed("<tenant>|<mode>|spine")
+    assert not p7.is_per_entity("<tenant>|<mode>|spine|<hour>|<shard>")
+    assert p7.is_time_bucketed("<tenant>|<mode>|spine|<hour>|<shard>")
+    assert p7.bucket_seconds("<tenant>|<mode>|spine|<hour>|<shard>") == 3_600
+    assert math.isinf(p7.bucket_seconds("<tenant>|<mode>|spine|keys|<slot>"))
+
+
+def test_a_spread_load_reaches_its_limit_at_spread_times_the_rate() -> None:
+    shape = "<tenant>|<mode>|spine|<hour>|<shard>"
+    spine = p7.Load("event_spine", shape, wcu=4)  # 250/s per partition
+    cap = p7.capacity({(spine.kind, shape): spine}, "dynamodb")
+    assert p7.spread_of(shape) == p7.MODEL_SHARDS
+    assert cap.ops_per_s == 250 * p7.MODEL_SHARDS and cap.hottest is spine
 
 
 def test_only_new_items_add_stored_bytes() -> None:
@@ -190,7 +206,7 @@ def test_only_new_items_add_stored_bytes() -> None:
     assert load.gained["dynamodb"] == p7.ddb_item_bytes("p", put("r#a", 100)) + p7.DDB_STORAGE_OVERHEAD_BYTES
 
 
-# --- the workload driver, on today's layout -------------------------------------------------------
+# --- the workload driver, on the layout -------------------------------------------------------
 
 
 def test_the_models_call_shapes_are_the_adapters() -> None:
@@ -199,19 +215,26 @@ def test_the_models_call_shapes_are_the_adapters() -> None:
     assert p7.atomic_checks_of("firestore") is False
 
 
-async def test_a_spine_append_touches_one_partition_with_five_items_in_one_transaction() -> None:
+async def test_a_spine_append_is_two_items_in_one_transaction_in_its_hours_shard() -> None:
     traced = await p7.trace_workload(True, reps=2, names=["spine_ui", "spine_keyed", "spine_server_audit"])
-    for name, items in (("spine_ui", 5), ("spine_keyed", 6), ("spine_server_audit", 5)):
+    for name in ("spine_ui", "spine_keyed", "spine_server_audit"):
         for calls in traced["samples"][name]:
+            shapes = {(c.kind, p7.shape_of(c.partition, traced["placeholders"])) for c in calls}
             writes = [c for c in calls if c.method == "write"]
-            assert {(c.kind, c.partition) for c in calls} == {("event_spine", "t_cap|lab|spine")}, name
-            assert len(writes) == 1 and len(writes[0].moved) == items, name
-            assert all(m.op == "put" and m.condition == "absent" for m in writes[0].moved)
+            event = [c for c in writes if "<shard>" in p7.shape_of(c.partition, traced["placeholders"])]
+            assert len(event) == 1 and [m.key[:3] for m in event[0].moved] == ["ev#", "er#"], name
+            assert all(m.op == "put" and m.condition == "absent" for m in event[0].moved)
+            expected = {("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")}
+            if name == "spine_keyed":  # the idempotency claim, in its key's slot, with an expiry
+                expected.add(("event_spine", "<tenant>|<mode>|spine|keys|<slot>"))
+                (claim,) = [c for c in writes if c is not event[0]]
+                assert [(m.key[:2], m.condition, m.expires) for m in claim.moved] == [("i#", "absent", True)]
+            assert shapes == expected, name
     loads = p7.loads_of(traced["samples"]["spine_ui"], "dynamodb", traced["placeholders"])
-    assert list(loads) == [("event_spine", "<tenant>|<mode>|spine")]
+    assert list(loads) == [("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")]
     (load,) = loads.values()
-    assert (load.items_written, load.transactional_writes) == (5, 1)
-    assert load.wcu == 10  # five items under 1 KB, transactional
+    assert (load.items_written, load.transactional_writes) == (2, 1)
+    assert load.wcu == 4  # two items under 1 KB, transactional
 
 
 @pytest.mark.parametrize(("atomic_checks", "reads_head"), [(True, False), (False, True)])
@@ -228,11 +251,11 @@ async def test_a_chat_post_follows_the_backends_call_shape(atomic_checks: bool, 
         assert shapes == {"<tenant>|<mode>|thread|<thread>"}
 
 
-async def test_a_gated_action_reaches_the_tenant_wide_spine_and_budget_partitions() -> None:
+async def test_a_gated_action_reaches_the_spine_shards_and_the_budget_partitions() -> None:
     traced = await p7.trace_workload(True, reps=2, names=["gated_action"])
     loads = p7.loads_of(traced["samples"]["gated_action"], "dynamodb", traced["placeholders"])
     assert ("budget_store", "<tenant>|<mode>|budget|<month>") in loads
-    spine = loads[("event_spine", "<tenant>|<mode>|spine")]
+    spine = loads[("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")]
     assert spine.writes == 3  # the safety decision, the budget charge, the analytics report
     budget = loads[("budget_store", "<tenant>|<mode>|budget|<month>")]
     assert budget.sequenced_appends == 1

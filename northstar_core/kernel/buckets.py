@@ -1,0 +1,323 @@
+"""Time-bucketed, sharded logs: append-only data whose partitions never grow without bound.
+
+A log whose items are keyed by UUIDv7 ids (time-ordered) is spread over many partitions:
+
+* ``<base>|<bucket>|<shard>`` — the items of one **time bucket** (a UTC hour, ``YYYYMMDDHH``,
+  from the id's milliseconds) and one **shard** (``00`` … ``S-1``). A partition therefore only
+  ever receives one hour of one shard's share of the log: its size is bounded by the log's rate,
+  never by its age (Cosmos DB's 20 GB logical-partition wall), and its write rate is the log's
+  rate divided by ``S`` (DynamoDB's 1,000 WCU/s per partition key, Firestore's per-collection
+  rate for increasing keys).
+* ``<base>|buckets`` — the **directory**: one item ``b#<bucket>`` per bucket that holds data,
+  carrying the shard count its writers use. The first writer of a bucket creates it
+  (``Absent``); every later writer — in any process — reads the count from it, so a changed
+  shard setting takes effect at the next bucket and readers always know where to look.
+  Readers walk it to skip empty hours, so a page costs a bounded number of requests whatever
+  the length of the history. It gains one small item per hour that has data.
+
+Which shard an item goes to is the caller's choice through a *shard key* (the spine uses the
+run id, so that a run's copy of each event lands in one partition per bucket; the analytics
+view uses the event id). ``shard_of`` is a stable hash (SHA-256), the same in every process.
+
+Reading in time order (:meth:`BucketedLog.scan`) merges the shards of each bucket: one query
+per shard, concurrently (one round trip, a fan-out of ``S`` requests), each for at most
+``limit + 1`` items. Items are returned only up to the **frontier** — the smallest last id
+among shards that returned a full batch (beyond it a shard may hold unread items) — so the
+merged order is exact. A filter may leave a page short; the page then still says where the scan
+stopped; its position moves past a bucket's end only once the bucket is closed (its hour
+ended more than ``CLOSE_AFTER_SECONDS`` ago), so a writer whose clock lags a little is not
+skipped by a reader that has read the bucket to its end.
+Each page reads at most ``max_buckets`` buckets (sequential rounds).
+
+Processes remember which directory entries exist (per backing store), so a bucket costs its
+writers one extra request per process and hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Final, TypeVar
+
+import msgspec
+
+from northstar_core.kernel.ids import uuid7_floor, uuid7_ms
+from northstar_core.kernel.paging import Page
+from northstar_core.storage import Absent, ConditionFailed, Item, ItemStore, Put
+
+T = TypeVar("T")
+
+BUCKET_MS: Final = 3_600_000
+DIRECTORY: Final = "buckets"
+DIRECTORY_PREFIX: Final = "b#"
+DEFAULT_SHARDS: Final = 8
+MAX_SHARDS: Final = 256
+# How long after its hour a bucket may still receive items (writers' clocks lag, requests in
+# flight): until then a scan never moves its position past the bucket's end.
+CLOSE_AFTER_SECONDS: Final = 120.0
+DEFAULT_MAX_BUCKETS: Final = 4
+
+
+class BucketEntry(msgspec.Struct, frozen=True):
+    shards: int
+
+
+# The last hour a bucket name can hold (datetimes end with year 9999).
+_LAST_MS: Final = 253_402_297_200_000
+
+
+def bucket_of_ms(ms: int) -> str:
+    return datetime.fromtimestamp(min(max(ms, 0), _LAST_MS) / 1000, UTC).strftime("%Y%m%d%H")
+
+
+def bucket_of(item_id: str) -> str:
+    """The bucket (UTC hour ``YYYYMMDDHH``) of a UUIDv7 id."""
+    return bucket_of_ms(uuid7_ms(item_id))
+
+
+def bucket_start_ms(bucket: str) -> int:
+    start = datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC)
+    return int(start.timestamp() * 1000)
+
+
+def shard_of(shard_key: str, shards: int) -> int:
+    digest = hashlib.sha256(shard_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shards
+
+
+def _below(bucket: str) -> str:
+    """An exclusive lower bound just below ``bucket`` among directory keys: every real bucket
+    before it sorts below it (``2026120100`` → ``2026120099``)."""
+    return DIRECTORY_PREFIX + str(int(bucket) - 1).zfill(len(bucket))
+
+
+class _Known:
+    """Directory entries this process has seen, per backing store (they are never removed)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], int] = {}
+
+
+_KNOWN: weakref.WeakKeyDictionary[ItemStore, _Known] = weakref.WeakKeyDictionary()
+
+
+def _known(store: ItemStore) -> _Known:
+    backing = store.backing
+    known = _KNOWN.get(backing)
+    if known is None:
+        known = _KNOWN[backing] = _Known()
+    return known
+
+
+class Scanned(msgspec.Struct, frozen=True):
+    """What a scan found: ``items`` (matching, in id order, at most the limit asked for) and
+    their ``ids``; ``position`` — the id bound the scan reached (resume strictly after it), or
+    ``None`` when it read nothing and may not move. ``more``: a later scan may find more now."""
+
+    items: list[Item]
+    ids: list[str]
+    position: str | None
+    more: bool
+
+
+def page_of_scan(
+    scanned: Scanned,
+    limit: int,
+    encode: Callable[[str], str],
+    convert: Callable[[Item], T],
+    *,
+    resume_from: str | None,
+) -> Page[T]:
+    """The page for a scan that asked for ``limit + 1`` items (the paging rule of
+    :mod:`~northstar_core.kernel.paging` for a stream): ``encode`` turns a position (an id)
+    into a cursor. A short page continues where the scan stopped; at the end of the log the
+    cursor stays where the read started (``resume_from``) so a poller resumes there."""
+    items = scanned.items
+    if len(items) > limit:
+        return Page([convert(item) for item in items[:limit]], encode(scanned.ids[limit - 1]), True)
+    position = scanned.position if scanned.position is not None else resume_from
+    return Page(
+        [convert(item) for item in items], encode(position) if position is not None else None, scanned.more
+    )
+
+
+class BucketedLog:
+    """One time-bucketed, sharded log under ``base`` in an item store (see module doc)."""
+
+    def __init__(self, store: ItemStore, base: str, *, shards: int = DEFAULT_SHARDS) -> None:
+        if not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be between 1 and {MAX_SHARDS}")
+        self.store = store
+        self.base = base
+        self.shards = shards
+        self._known = _known(store)
+
+    def partition(self, bucket: str, shard: int) -> str:
+        return f"{self.base}|{bucket}|{shard:02d}"
+
+    @property
+    def directory(self) -> str:
+        return f"{self.base}|{DIRECTORY}"
+
+    # --- the directory -------------------------------------------------------------------
+
+    async def open_bucket(self, bucket: str) -> int:
+        """Make sure ``bucket`` is in the directory; its shard count (this log's for a new
+        bucket, else the one its first writer recorded)."""
+        cached = self._known.entries.get((self.base, bucket))
+        if cached is not None:
+            return cached
+        key = DIRECTORY_PREFIX + bucket
+        try:
+            await self.store.write(
+                self.directory, [Put(key, msgspec.json.encode(BucketEntry(self.shards)), condition=Absent())]
+            )
+            shards = self.shards
+        except ConditionFailed:
+            item = await self.store.get(self.directory, key)
+            if item is None:  # directory entries are never deleted
+                raise
+            shards = msgspec.json.decode(item.value, type=BucketEntry).shards
+        self._known.entries[(self.base, bucket)] = shards
+        return shards
+
+    async def shards_of(self, bucket: str) -> int | None:
+        """The shard count of ``bucket`` if it holds data, else ``None``."""
+        cached = self._known.entries.get((self.base, bucket))
+        if cached is not None:
+            return cached
+        item = await self.store.get(self.directory, DIRECTORY_PREFIX + bucket)
+        if item is None:
+            return None
+        shards = msgspec.json.decode(item.value, type=BucketEntry).shards
+        self._known.entries[(self.base, bucket)] = shards
+        return shards
+
+    async def buckets(self, start: str | None, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` buckets holding data, from ``start`` (inclusive) on, oldest first."""
+        items = await self.store.query(
+            self.directory, DIRECTORY_PREFIX, after=_below(start) if start else None, limit=limit
+        )
+        out: list[tuple[str, int]] = []
+        for item in items:
+            bucket = item.key[len(DIRECTORY_PREFIX) :]
+            shards = msgspec.json.decode(item.value, type=BucketEntry).shards
+            self._known.entries[(self.base, bucket)] = shards
+            out.append((bucket, shards))
+        return out
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def scan(
+        self,
+        prefix: str,
+        *,
+        after: str | None,
+        before: str | None,
+        limit: int,
+        now: float,
+        shards: Callable[[int], Sequence[int]] | None = None,
+        match: Callable[[Item], bool] | None = None,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+        start_bucket: str | None = None,
+    ) -> Scanned:
+        """Items ``prefix + <id>`` with ``after < id < before``, in id order across buckets and
+        shards, at most ``limit`` of those ``match`` accepts (see module doc).
+
+        ``shards(n)`` picks the shards to read in a bucket of ``n`` shards (default: all);
+        ``start_bucket`` starts the walk there when there is no ``after`` position.
+        """
+        start = bucket_of(after) if after is not None else start_bucket
+        last_bucket = bucket_of(before) if before is not None else None
+        buckets = await self.buckets(start, max_buckets + 1)
+        more_buckets = len(buckets) > max_buckets
+        found: list[Item] = []
+        ids: list[str] = []
+        position = after
+        for bucket, count in buckets[:max_buckets]:
+            if last_bucket is not None and bucket > last_bucket:
+                return Scanned(found, ids, position, False)
+            picked = list(shards(count)) if shards is not None else list(range(count))
+            batch = limit + 1
+            results = await asyncio.gather(
+                *(
+                    self.store.query(
+                        self.partition(bucket, shard),
+                        prefix,
+                        after=prefix + after if after is not None else None,
+                        before=prefix + before if before is not None else None,
+                        limit=batch,
+                    )
+                    for shard in picked
+                )
+            )
+            full = [r[-1].key for r in results if len(r) == batch]
+            frontier = min(full) if full else None
+            merged = sorted((item for r in results for item in r), key=lambda item: item.key)
+            for item in merged:
+                if frontier is not None and item.key > frontier:
+                    break
+                position = item.key[len(prefix) :]
+                if match is None or match(item):
+                    found.append(item)
+                    ids.append(position)
+                    if len(found) >= limit:
+                        return Scanned(found, ids, position, True)
+            if frontier is not None:
+                return Scanned(found, ids, position, True)
+            # The bucket is read to its end. The position passes its end only once no writer
+            # can add to it any more; the walk goes on either way (a later bucket may already
+            # hold items of writers whose clocks run ahead).
+            end_ms = bucket_start_ms(bucket) + BUCKET_MS
+            if end_ms / 1000 + CLOSE_AFTER_SECONDS <= now:
+                floor = uuid7_floor(end_ms)
+                if position is None or floor > position:
+                    position = floor
+            if before is not None and position is not None and position >= before:
+                return Scanned(found, ids, position, False)
+        return Scanned(found, ids, position, more_buckets)
+
+    async def create(self, prefix: str, item_id: str, shard_key: str, value: bytes) -> bytes | None:
+        """Write ``prefix + item_id`` once in its bucket and the shard of ``shard_key``:
+        ``None`` when this call stored it, else the value stored before (never replaced)."""
+        bucket = bucket_of(item_id)
+        count = await self.open_bucket(bucket)
+        partition = self.partition(bucket, shard_of(shard_key, count))
+        try:
+            await self.store.write(partition, [Put(prefix + item_id, value, condition=Absent())])
+        except ConditionFailed:
+            existing = await self.store.get(partition, prefix + item_id)
+            if existing is None:  # items are never deleted: the store broke its own condition
+                raise
+            return existing.value
+        return None
+
+    async def find(self, prefix: str, item_id: str) -> Item | None:
+        """The item ``prefix + item_id`` in whichever shard of its bucket holds it."""
+        bucket = bucket_of(item_id)
+        count = await self.shards_of(bucket)
+        if count is None:
+            return None
+        results = await asyncio.gather(
+            *(self.store.get(self.partition(bucket, shard), prefix + item_id) for shard in range(count))
+        )
+        return next((item for item in results if item is not None), None)
+
+
+__all__ = [
+    "BUCKET_MS",
+    "CLOSE_AFTER_SECONDS",
+    "DEFAULT_MAX_BUCKETS",
+    "DEFAULT_SHARDS",
+    "MAX_SHARDS",
+    "BucketedLog",
+    "Scanned",
+    "bucket_of",
+    "bucket_of_ms",
+    "bucket_start_ms",
+    "page_of_scan",
+    "shard_of",
+]
