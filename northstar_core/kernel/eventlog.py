@@ -65,14 +65,14 @@ KEY_SLOTS: Final = 64
 IDEMPOTENCY_SECONDS: Final = 86_400.0
 # The largest encoded event the log stores (one item holds all of it).
 MAX_EVENT_BYTES: Final = MAX_VALUE_BYTES
-REQUEST_RUN: Final = re.compile(r"^request:([0-9]{10}):")
+REQUEST_RUN: Final = re.compile(r"request:([0-9]{10}):.*", re.DOTALL)
 
 
 def named_start(run_id: str) -> str | None:
     """The first bucket a run id names, if it names one: ``request:<YYYYMMDDHH>:…`` (the
     server's runs outside a run), or a UUIDv7 — alone or as the id's last ``:`` segment — whose
     time is the run's start (what agents that mint their run ids as UUIDv7s get for free)."""
-    named = REQUEST_RUN.match(run_id)
+    named = REQUEST_RUN.fullmatch(run_id)
     if named:
         return named.group(1)
     tail = run_id.rsplit(":", 1)[-1]

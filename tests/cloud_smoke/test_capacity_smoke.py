@@ -9,7 +9,7 @@ partition prefix), and reports per operation:
 * DynamoDB: the capacity AWS says it consumed — ``ReturnConsumedCapacity=TOTAL`` is added to
   every request through botocore's event hooks on the adapter's client (the adapter's public
   ``client_wrapper``; the adapter itself is unchanged) — beside the model's WCU/RCU. A spine
-  append's measured WCU must equal the model's (five small items in one transaction = 10);
+  append's measured WCU must equal the model's (two small items in one transaction = 4);
 * Firestore and Cosmos DB: the adapters expose no per-request charge without changes to them
   (Cosmos returns ``x-ms-request-charge`` inside the SDK's connection, Firestore bills no
   per-request figure), so the store calls and items are reported, with the model's RU /
@@ -152,7 +152,7 @@ async def _measure(route: Target) -> dict[str, Any]:
                 "measured_per_op": {k: v / REPS for k, v in capacity.units.get(name, {}).items()},
                 "responses_without_consumed_capacity": capacity.missing.get(name, 0),
                 "spine_writes": [
-                    len(c.moved)
+                    (p7.shape_of(c.partition, placeholders), len(c.moved))
                     for s in samples
                     for c in s
                     if c.kind == "event_spine" and c.method == "write"
@@ -195,8 +195,12 @@ async def test_p7_workload_on_the_real_cloud(capacity_route: Target, monkeypatch
     _print(backend, report)
     for name in OPERATIONS:
         if p7.WORK_BY_NAME[name].group == "spine_append":
-            # the same layout the model prices: one write of five copies (six with a key)
-            assert set(report[name]["spine_writes"]) == {6 if name == "spine_keyed" else 5}, name
+            # the same layout the model prices: the event's two items in one write into its
+            # hour's shard; with a key, the claim (one item) in its slot first
+            writes = report[name]["spine_writes"]
+            assert {n for shape, n in writes if shape.endswith("|<hour>|<shard>")} == {2}, name
+            claims = [n for shape, n in writes if shape.endswith("|keys|<slot>")]
+            assert claims == ([1] * REPS if name == "spine_keyed" else []), name
     if backend == "dynamodb":
         measured = report["spine_ui"]["measured_per_op"]
         if measured:  # AWS returns it; an emulator may not

@@ -132,8 +132,11 @@ RETRYABLE = (httpx.TransportError,)
 
 @dataclass
 class Ledger:
+    tag: str = "rel"
     chat_attempted: dict[str, str] = field(default_factory=dict)  # key -> content
     chat_acked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spine_attempted: dict[str, str] = field(default_factory=dict)  # key -> run id
+    spine_acked: dict[str, dict[str, Any]] = field(default_factory=dict)
     canvas_attempted: set[str] = field(default_factory=set)
     canvas_acked: dict[str, dict[str, Any]] = field(default_factory=dict)
     canvas_refused: set[str] = field(default_factory=set)  # 409: never committed under this key
@@ -166,7 +169,7 @@ class Workload:
         self.retry_deadline = retry_deadline
         self.thread = thread
         self.canvas = canvas
-        self.ledger = Ledger()
+        self.ledger = Ledger(tag=tag)
         self.acks = 0
         self._acked = asyncio.Event()
 
@@ -226,6 +229,25 @@ class Workload:
                     self._ack()
                 else:
                     led.unexpected.append(f"chat {key}: {r.status_code} {r.text[:300]}")
+                # a keyed spine event of this client's run (a plain run id: the spine registers
+                # where the run starts)
+                skey = f"{self.tag}-c{c}-e{i}"
+                run = f"{self.tag}-run-c{c}"
+                led.spine_attempted[skey] = run
+                event = {
+                    "event_type": "rel.step",
+                    "source": "agent",
+                    "run_id": run,
+                    "step_id": f"s{i}",
+                    "idempotency_key": skey,
+                    "payload": {"key": skey},
+                }
+                r = await self._send(http, "/events/append", event)
+                if r.status_code in (200, 201):
+                    led.spine_acked[skey] = r.json()
+                    self._ack()
+                else:
+                    led.unexpected.append(f"spine {skey}: {r.status_code} {r.text[:300]}")
                 if i % 2:
                     continue
                 attempt = 0
@@ -337,6 +359,26 @@ async def verify(
             assert committed[key] == ack["head_rev"], (key, committed[key], ack)
         if all_acked:
             assert set(committed) == set(ledger.canvas_acked)
+
+        # --- spine: each key at most once, acknowledged events kept, runs replay in order ---
+        listed = await _pages(http, "/events/list", {"limit": 50, "event_type": "rel.step"})
+        ours = [e for e in listed if str(e["payload"].get("key", "")).startswith(f"{ledger.tag}-")]
+        ids = [e["event_id"] for e in listed]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids), "the spine list is not in id order"
+        skeys = [e["payload"]["key"] for e in ours]
+        sdupes = {k for k in skeys if skeys.count(k) > 1}
+        assert not sdupes, f"spine events appended more than once: {sorted(sdupes)}"
+        assert set(skeys) <= set(ledger.spine_attempted), "a spine event nobody attempted"
+        stored = {e["payload"]["key"]: e for e in ours}
+        for key, ack in ledger.spine_acked.items():
+            assert key in stored, f"acknowledged spine event {key} lost"
+            assert stored[key]["event_id"] == ack["event_id"], (key, stored[key], ack)
+        if all_acked:
+            assert set(stored) == set(ledger.spine_acked)
+        for run in sorted(set(ledger.spine_attempted.values())):
+            replayed = await _pages(http, "/events/replay", {"limit": 3, "run_id": run})
+            expected = [e["event_id"] for e in ours if e["run_id"] == run]
+            assert [e["event_id"] for e in replayed] == expected, run
         r = await http.get(f"/canvas/{canvas}/snapshot")
         assert r.status_code == 200, r.text
         snap = r.json()

@@ -6,8 +6,9 @@ For each of DynamoDB (moto), Firestore (emulator) and Cosmos DB (patched launche
 store — to that emulator (so this also proves the service starts outside lab on cloud routes
 only); ``northstar provision`` runs twice (idempotent); two server processes start on it; an SSE
 client on process A follows a chat thread (and a canvas) while messages (commands) are posted to
-process B; A's client must receive every one, in order, exactly once. Processes are stopped by
-PID in ``finally``; every wait is bounded.
+process B; A's client must receive every one, in order, exactly once. Spine events appended to
+one run on both processes (each retried on the other) list and replay once each, in id order,
+from either. Processes are stopped by PID in ``finally``; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -257,6 +258,44 @@ async def test_sse_on_one_process_receives_in_order_exactly_once_what_the_other_
         assert len({e.id for e in seen}) == N + 1
         snapshot = (await a.get("/canvas/xproc/snapshot")).json()
         assert snapshot["head_rev"] == N + 1 and len(snapshot["atoms"]) == N - 1
+
+        # --- spine: both processes append to one run (and retry keys on the other process);
+        # either lists and replays every event once, in id order, across the shards ---
+        async def append(client: httpx.AsyncClient, name: str) -> list[str]:
+            ids = []
+            for i in range(N // 2):
+                body = {
+                    "event_type": "xproc.step",
+                    "source": "agent",
+                    "run_id": "xproc-run",
+                    "step_id": f"{name}{i}",
+                    "idempotency_key": f"e-{name}{i}",
+                    "payload": {"n": f"{name}{i}"},
+                }
+                r = await client.post("/events/append", json=body)
+                assert r.status_code == 201, r.text
+                retried = await (b if client is a else a).post("/events/append", json=body)
+                assert retried.json()["event_id"] == r.json()["event_id"], retried.text
+                ids.append(r.json()["event_id"])
+            return ids
+
+        from_a, from_b = await asyncio.gather(append(a, "a"), append(b, "b"))
+        appended = from_a + from_b
+        for client in (a, b):
+            for path, params in (
+                ("/events/replay", {"run_id": "xproc-run", "limit": 4}),
+                ("/events/list", {"event_type": "xproc.step", "limit": 4}),
+            ):
+                got: list[str] = []
+                cursor = None
+                while True:
+                    query = {**params, **({"cursor": cursor} if cursor else {})}
+                    page = (await client.get(path, params=query)).json()
+                    got += [e["event_id"] for e in page["items"]]
+                    cursor = page["next_cursor"]
+                    if not page["has_more"]:
+                        break
+                assert got == sorted(appended), (path, got)
     deployment.stop_all()
     for _proc, port in deployment.ports:
         assert "LAB MODE" not in deployment.log(port)
