@@ -20,7 +20,7 @@ import msgspec
 
 from northstar_core.errors import NorthstarError, backend_unavailable, missing_route
 from northstar_core.identity import TENANT_PATTERN
-from northstar_core.kernel.buckets import MAX_SHARDS
+from northstar_core.kernel.buckets import MAX_SHARDS, forget
 from northstar_core.observe import current as observer
 from northstar_core.storage import (
     Absent,
@@ -258,6 +258,8 @@ class KindStore(ItemStore):
 
     def _wrap(self, exc: Exception) -> NorthstarError:
         if isinstance(exc, BackendUnavailable):
+            # what this process remembers about the data may not survive the outage
+            forget(self.inner)
             return backend_unavailable(self.kind, exc.reason, exc.retry_after)
         return NorthstarError(
             f"{self.kind}.invalid_item", str(exc), 422, details={"resource_kind": self.kind}

@@ -29,15 +29,18 @@ ended more than ``CLOSE_AFTER_SECONDS`` ago), so a writer whose clock lags a lit
 skipped by a reader that has read the bucket to its end.
 Each page reads at most ``max_buckets`` buckets (sequential rounds).
 
-Processes remember which directory entries exist (per backing store), so a bucket costs its
-writers one extra request per process and hour.
+Processes remember which directory entries exist (per backing store, :class:`Remembered`), so
+a bucket costs its writers one extra request per process and hour (and one a minute after, to
+re-check it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -59,6 +62,10 @@ MAX_SHARDS: Final = 256
 # flight): until then a scan never moves its position past the bucket's end.
 CLOSE_AFTER_SECONDS: Final = 120.0
 DEFAULT_MAX_BUCKETS: Final = 4
+# How long a process trusts that a directory entry it wrote or read still exists before it
+# writes it again (an ``Absent`` put, refused when it does): a directory lost with its backend's
+# data is back within this long of the next write.
+DIRECTORY_RECHECK_SECONDS: Final = 5.0
 
 
 class BucketEntry(msgspec.Struct, frozen=True):
@@ -94,22 +101,56 @@ def _below(bucket: str) -> str:
     return DIRECTORY_PREFIX + str(int(bucket) - 1).zfill(len(bucket))
 
 
-class _Known:
-    """Directory entries this process has seen, per backing store (they are never removed)."""
+class Remembered:
+    """What this process knows exists in a store (directory entries, run starts), to skip
+    writing it again: bounded (least recently used out), each entry re-checked after its
+    ``max_age``, and all forgotten whenever the store fails (:func:`forget`) — a backend that
+    lost its data (a restarted emulator, a restored table) is then written to again rather than
+    trusted."""
 
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], int] = {}
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        value, until = hit
+        if time.monotonic() > until:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str], value: str, max_age: float) -> None:
+        self._entries[key] = (value, time.monotonic() + max_age)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
-_KNOWN: weakref.WeakKeyDictionary[ItemStore, _Known] = weakref.WeakKeyDictionary()
+_REMEMBERED: weakref.WeakKeyDictionary[ItemStore, Remembered] = weakref.WeakKeyDictionary()
 
 
-def _known(store: ItemStore) -> _Known:
+def remembered(store: ItemStore) -> Remembered:
+    """The process's memory of what exists in the data behind ``store``."""
     backing = store.backing
-    known = _KNOWN.get(backing)
-    if known is None:
-        known = _KNOWN[backing] = _Known()
-    return known
+    memo = _REMEMBERED.get(backing)
+    if memo is None:
+        memo = _REMEMBERED[backing] = Remembered()
+    return memo
+
+
+def forget(store: ItemStore) -> None:
+    """The data behind ``store`` may have changed behind this process's back (the backend
+    failed): forget what was remembered about it."""
+    memo = _REMEMBERED.get(store.backing)
+    if memo is not None:
+        memo.clear()
 
 
 class Scanned(msgspec.Struct, frozen=True):
@@ -153,7 +194,7 @@ class BucketedLog:
         self.store = store
         self.base = base
         self.shards = shards
-        self._known = _known(store)
+        self._known = remembered(store)
 
     def partition(self, bucket: str, shard: int) -> str:
         return f"{self.base}|{bucket}|{shard:02d}"
@@ -167,9 +208,9 @@ class BucketedLog:
     async def open_bucket(self, bucket: str) -> int:
         """Make sure ``bucket`` is in the directory; its shard count (this log's for a new
         bucket, else the one its first writer recorded)."""
-        cached = self._known.entries.get((self.base, bucket))
+        cached = self._known.get((self.base, DIRECTORY_PREFIX + bucket))
         if cached is not None:
-            return cached
+            return int(cached)
         key = DIRECTORY_PREFIX + bucket
         try:
             await self.store.write(
@@ -181,19 +222,19 @@ class BucketedLog:
             if item is None:  # directory entries are never deleted
                 raise
             shards = msgspec.json.decode(item.value, type=BucketEntry).shards
-        self._known.entries[(self.base, bucket)] = shards
+        self._known.put((self.base, key), str(shards), DIRECTORY_RECHECK_SECONDS)
         return shards
 
     async def shards_of(self, bucket: str) -> int | None:
         """The shard count of ``bucket`` if it holds data, else ``None``."""
-        cached = self._known.entries.get((self.base, bucket))
+        cached = self._known.get((self.base, DIRECTORY_PREFIX + bucket))
         if cached is not None:
-            return cached
+            return int(cached)
         item = await self.store.get(self.directory, DIRECTORY_PREFIX + bucket)
         if item is None:
             return None
         shards = msgspec.json.decode(item.value, type=BucketEntry).shards
-        self._known.entries[(self.base, bucket)] = shards
+        self._known.put((self.base, DIRECTORY_PREFIX + bucket), str(shards), DIRECTORY_RECHECK_SECONDS)
         return shards
 
     async def buckets(self, start: str | None, limit: int) -> list[tuple[str, int]]:
@@ -205,7 +246,7 @@ class BucketedLog:
         for item in items:
             bucket = item.key[len(DIRECTORY_PREFIX) :]
             shards = msgspec.json.decode(item.value, type=BucketEntry).shards
-            self._known.entries[(self.base, bucket)] = shards
+            self._known.put((self.base, item.key), str(shards), DIRECTORY_RECHECK_SECONDS)
             out.append((bucket, shards))
         return out
 
@@ -284,15 +325,19 @@ class BucketedLog:
         """Write ``prefix + item_id`` once in its bucket and the shard of ``shard_key``:
         ``None`` when this call stored it, else the value stored before (never replaced)."""
         bucket = bucket_of(item_id)
-        count = await self.open_bucket(bucket)
-        partition = self.partition(bucket, shard_of(shard_key, count))
         try:
-            await self.store.write(partition, [Put(prefix + item_id, value, condition=Absent())])
-        except ConditionFailed:
-            existing = await self.store.get(partition, prefix + item_id)
-            if existing is None:  # items are never deleted: the store broke its own condition
-                raise
-            return existing.value
+            count = await self.open_bucket(bucket)
+            partition = self.partition(bucket, shard_of(shard_key, count))
+            try:
+                await self.store.write(partition, [Put(prefix + item_id, value, condition=Absent())])
+            except ConditionFailed:
+                existing = await self.store.get(partition, prefix + item_id)
+                if existing is None:  # items are never deleted: the store broke its own condition
+                    raise
+                return existing.value
+        except Exception:
+            self._known.clear()
+            raise
         return None
 
     async def find(self, prefix: str, item_id: str) -> Item | None:
@@ -314,10 +359,13 @@ __all__ = [
     "DEFAULT_SHARDS",
     "MAX_SHARDS",
     "BucketedLog",
+    "Remembered",
     "Scanned",
     "bucket_of",
     "bucket_of_ms",
     "bucket_start_ms",
+    "forget",
     "page_of_scan",
+    "remembered",
     "shard_of",
 ]

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -48,6 +47,7 @@ from northstar_core.kernel.buckets import (
     BucketedLog,
     Scanned,
     bucket_of,
+    remembered,
     shard_of,
 )
 from northstar_core.storage import MAX_VALUE_BYTES, Absent, ConditionFailed, ItemStore, Put, VersionIs
@@ -60,6 +60,8 @@ CLAIM_PREFIX: Final = "i#"
 # slot per run or key), so that neither becomes the tenant's hottest partition.
 RUN_SLOTS: Final = 64
 KEY_SLOTS: Final = 64
+# How long a process trusts a run start it registered or read before checking it again.
+RUN_RECHECK_SECONDS: Final = 60.0
 # How long an idempotency key is remembered: retries come within minutes; a day bounds the
 # claims a partition holds to one day of keyed appends.
 IDEMPOTENCY_SECONDS: Final = 86_400.0
@@ -99,24 +101,6 @@ class _RunStart(msgspec.Struct, frozen=True):
     bucket: str
 
 
-class _Runs:
-    """Runs whose registry entry this process has written or read: run → first bucket."""
-
-    def __init__(self) -> None:
-        self.first: dict[tuple[str, str], str] = {}
-
-
-_RUNS: weakref.WeakKeyDictionary[ItemStore, _Runs] = weakref.WeakKeyDictionary()
-
-
-def _runs(store: ItemStore) -> _Runs:
-    backing = store.backing
-    runs = _RUNS.get(backing)
-    if runs is None:
-        runs = _RUNS[backing] = _Runs()
-    return runs
-
-
 def request_run_id(bucket: str, request_id: str) -> str:
     """The run id of a server event made outside any run: it names its first bucket."""
     return f"request:{bucket}:{request_id}"
@@ -130,7 +114,7 @@ class EventLog:
         self.base = base
         self.domain = domain
         self.log = BucketedLog(store, base, shards=shards)
-        self._runs = _runs(store)
+        self._runs = remembered(store)
 
     def _slot(self, kind: str, key: str, slots: int) -> str:
         return f"{self.base}|{kind}|{shard_of(key, slots):02d}"
@@ -142,7 +126,7 @@ class EventLog:
         named = named_start(run_id)
         if named is not None and named <= bucket:
             return  # the run id names a start no later than this event
-        known = self._runs.first.get((self.base, run_id))
+        known = self._runs.get((self.base, RUN_ENTRY_PREFIX + run_id))
         if known is not None and known <= bucket:
             return
         partition = self._slot("runs", run_id, RUN_SLOTS)
@@ -151,7 +135,7 @@ class EventLog:
         for _ in range(8):
             try:
                 await self.store.write(partition, [Put(key, value, condition=Absent())])
-                self._runs.first[(self.base, run_id)] = bucket
+                self._runs.put((self.base, key), bucket, RUN_RECHECK_SECONDS)
                 return
             except ConditionFailed:
                 item = await self.store.get(partition, key)
@@ -159,12 +143,12 @@ class EventLog:
                     continue
                 stored = msgspec.json.decode(item.value, type=_RunStart).bucket
                 if stored <= bucket:
-                    self._runs.first[(self.base, run_id)] = stored
+                    self._runs.put((self.base, key), stored, RUN_RECHECK_SECONDS)
                     return
                 try:  # an earlier event of the run: the run starts earlier than recorded
                     lowered = Put(key, value, version=item.version + 1, condition=VersionIs(item.version))
                     await self.store.write(partition, [lowered])
-                    self._runs.first[(self.base, run_id)] = bucket
+                    self._runs.put((self.base, key), bucket, RUN_RECHECK_SECONDS)
                     return
                 except ConditionFailed:
                     continue
@@ -181,19 +165,26 @@ class EventLog:
         written by an earlier or concurrent attempt, and is returned.
         """
         bucket = bucket_of(event_id)
-        shards, _ = await asyncio.gather(self.log.open_bucket(bucket), self._start_run(run_id, bucket))
-        partition = self.log.partition(bucket, shard_of(run_id, shards))
-        ops = [
-            Put(EVENT_PREFIX + event_id, data, condition=Absent()),
-            Put(f"{RUN_PREFIX}{run_id}#{event_id}", data, condition=Absent()),
-        ]
         try:
-            await self.store.write(partition, ops)
-        except ConditionFailed:
-            existing = await self.store.get(partition, EVENT_PREFIX + event_id)
-            if existing is not None and (claimed or existing.value == data):
-                return existing.value
-            raise EventIdTaken(event_id) from None
+            shards, _ = await asyncio.gather(self.log.open_bucket(bucket), self._start_run(run_id, bucket))
+            partition = self.log.partition(bucket, shard_of(run_id, shards))
+            ops = [
+                Put(EVENT_PREFIX + event_id, data, condition=Absent()),
+                Put(f"{RUN_PREFIX}{run_id}#{event_id}", data, condition=Absent()),
+            ]
+            try:
+                await self.store.write(partition, ops)
+            except ConditionFailed:
+                existing = await self.store.get(partition, EVENT_PREFIX + event_id)
+                if existing is not None and (claimed or existing.value == data):
+                    return existing.value
+                raise EventIdTaken(event_id) from None
+        except EventIdTaken:
+            raise
+        except Exception:
+            # the backend may have lost what this process remembers (a restart, an erasure)
+            self._runs.clear()
+            raise
         return data
 
     async def append(

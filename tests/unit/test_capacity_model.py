@@ -227,12 +227,12 @@ async def test_a_spine_append_is_two_items_in_one_transaction_in_its_hours_shard
             expected = {("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")}
             if name == "spine_keyed":  # the idempotency claim, in its key's slot, with an expiry
                 expected.add(("event_spine", "<tenant>|<mode>|spine|keys|<slot>"))
-                (claim,) = [c for c in writes if c is not event[0]]
+                (claim,) = [c for c in writes if "|keys|" in p7.shape_of(c.partition, traced["placeholders"])]
                 assert [(m.key[:2], m.condition, m.expires) for m in claim.moved] == [("i#", "absent", True)]
-            assert shapes == expected, name
+            # (a process re-checks its hour's directory entry every few seconds: it may show)
+            assert shapes - {("event_spine", "<tenant>|<mode>|spine|buckets")} == expected, name
     loads = p7.loads_of(traced["samples"]["spine_ui"], "dynamodb", traced["placeholders"])
-    assert list(loads) == [("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")]
-    (load,) = loads.values()
+    load = loads[("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")]
     assert (load.items_written, load.transactional_writes) == (2, 1)
     assert load.wcu == 4  # two items under 1 KB, transactional
 

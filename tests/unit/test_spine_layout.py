@@ -365,3 +365,51 @@ async def test_a_run_named_by_a_uuid7_needs_no_registry_entry_and_replays_from_i
     assert registered == ["r#plain-run"]
     assert [e.event_id for e in (await spine.replay(ctx(), run)).items] == [a.event_id, b.event_id]
     assert [e.event_id for e in (await spine.replay(ctx(), "plain-run")).items] == [plain.event_id]
+
+
+class _Restarts(MemoryItemStore):
+    """Fault injection: a backend that goes down and comes back empty (a restarted emulator)."""
+
+    down = False
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        if self.down:
+            raise BackendUnavailable("connection refused")
+        await super().write(partition, ops)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise BackendUnavailable("connection refused")
+        await super().ping()
+
+    def restart_empty(self) -> None:
+        self._parts.clear()
+        self.down = False
+
+
+async def test_after_the_backend_lost_its_data_new_events_are_listed_and_replayed() -> None:
+    store = _Restarts()
+    spine = EventSpine(await make_registry(store, shards=3), CursorCodec(SECRET), clock=ManualClock())
+    await spine.append(ctx(run_id="plain-run"), {"event_type": "rl", "source": "agent"})
+    store.down = True
+    with pytest.raises(NorthstarError) as info:
+        await spine.append(ctx(run_id="plain-run"), {"event_type": "rl", "source": "agent"})
+    assert info.value.http_status == 503
+    store.restart_empty()
+    after = await spine.append(ctx(run_id="plain-run"), {"event_type": "rl", "source": "agent"})
+    assert [e.event_id for e in (await spine.list(ctx())).items] == [after.event_id]
+    assert [e.event_id for e in (await spine.replay(ctx(), "plain-run")).items] == [after.event_id]
+
+
+async def test_an_outage_seen_only_by_a_readiness_ping_still_makes_the_spine_write_its_hour_again() -> None:
+    store = _Restarts()
+    registry = await make_registry(store, shards=3)
+    spine = EventSpine(registry, CursorCodec(SECRET), clock=ManualClock())
+    await spine.append(ctx(run_id="plain-run"), {"event_type": "rl", "source": "agent"})
+    store.down = True
+    with pytest.raises(NorthstarError):
+        await (await registry.store_for("event_spine", "t_a")).ping()
+    store.restart_empty()
+    after = await spine.append(ctx(run_id="plain-run"), {"event_type": "rl", "source": "agent"})
+    assert [e.event_id for e in (await spine.list(ctx())).items] == [after.event_id]
+    assert [e.event_id for e in (await spine.replay(ctx(), "plain-run")).items] == [after.event_id]
