@@ -65,6 +65,7 @@ from northstar_core.identity import RequestContext
 from northstar_core.kernel import eventlog
 from northstar_core.kernel.ids import UUIDv7Generator
 from northstar_core.routing import Connection, Route, RouteOptions, Target
+from northstar_core.safety import budget
 from northstar_core.safety.actions import ActionOutcome, ActionRequest
 from northstar_core.storage import ItemStore
 
@@ -170,9 +171,13 @@ TIME_BUCKETS: Final = frozenset({"<month>", "<day>", "<hour>"})
 # shards): a list page's fan-out, and how many partitions share one hour of a tenant's log.
 MODEL_SHARDS: Final = 128
 # Placeholders that spread a tenant's load evenly over a fixed number of partitions: the shards
-# of a bucketed log (by run id / event id) and the hashed slots of the spine's run registry and
-# idempotency claims (by run id / key).
-SPREAD: Final[dict[str, int]] = {"<shard>": MODEL_SHARDS, "<slot>": eventlog.KEY_SLOTS}
+# of a bucketed log (by run id / event id), the hashed slots of the spine's run registry and
+# idempotency claims (by run id / key), and the budget ledger's shards (by key, or at random).
+SPREAD: Final[dict[str, int]] = {
+    "<shard>": MODEL_SHARDS,
+    "<slot>": eventlog.KEY_SLOTS,
+    "<ledger>": budget.SHARDS,
+}
 # Placeholders that do not spread a tenant's load with its entities (one value per tenant, a
 # time bucket, or a fixed spread).
 TENANT_WIDE: Final = frozenset({"<tenant>", "<mode>", "<project>", *TIME_BUCKETS, *SPREAD})
@@ -414,6 +419,8 @@ def shape_of(partition: str, placeholders: Mapping[str, str]) -> str:
             out.append("<hour>")
         elif _NUMBER.fullmatch(segment) and out and out[-1] == "<hour>":
             out.append("<shard>")
+        elif _NUMBER.fullmatch(segment) and out and out[-1] == "<month>":
+            out.append("<ledger>")  # a shard of the budget ledger
         elif _NUMBER.fullmatch(segment) and out and out[-1] in ("runs", "keys"):
             out.append("<slot>")
         else:
@@ -1142,11 +1149,19 @@ def rows_for(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     if "dynamodb" in figures:
         spine = figures["dynamodb"]["groups"]["spine_append"]
         wcu = spine["cost_per_op"]["WCU"]
+        ops = figures["dynamodb"]["operations"]
+        split = ""
+        if "spine_ui" in ops and "spine_keyed" in ops:
+            split = (
+                f"; without a key {ops['spine_ui']['cost_per_op']['WCU']:.3g}, with one "
+                f"{ops['spine_keyed']['cost_per_op']['WCU']:.3g} (its claim)"
+            )
         rows.append(
             row(
                 "P7 dynamodb",
                 "target: WCU per spine event",
-                f"{wcu:.3g} WCU (items per event in one transaction: {_items_per_write(spine):.3g})",
+                f"{wcu:.3g} WCU over the spine appends (items per write: "
+                f"{_items_per_write(spine):.3g}{split})",
                 None,
                 round(wcu, 2),
                 f"<= {TARGET_WCU_PER_SPINE_EVENT}",

@@ -18,6 +18,8 @@ Markdown for the README).
 * P7 capacity model: one tenant's sustainable ops/s per operation on DynamoDB, Cosmos DB and
   Firestore from the engines' traced store calls and the providers' published limits, and the
   live tail's idle reads — ``bench/p7_capacity.py``
+* P9 budget ledger: usage entries/s one tenant sustains under concurrent recorders, one
+  stream vs the sharded ledger, on sqlite and each emulator — ``bench/p9_budget.py``
 
 Exit status: 1 while any target is missed. The end of the output lists the missed rows per
 bench, so one bench's (expected) misses — P7 reports the issue-12 targets today's layout does
@@ -45,7 +47,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PY, RESULTS, row  # noqa: E402
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P9")
 P4_BACKENDS = ("dynamodb", "firestore", "cosmos")
 P4_TARGET = 1.15
 
@@ -176,6 +178,12 @@ def p7(args: argparse.Namespace) -> dict[str, Any]:
     return p7_capacity.run(quick=args.quick, backends=args.p7_backends.split(","))
 
 
+def p9(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p9_budget
+
+    return p9_budget.run(quick=args.quick, backends=args.p9_backends.split(","))
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P1": p1,
     "P2": p2,
@@ -184,6 +192,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P5": p5,
     "P6": p6,
     "P7": p7,
+    "P9": p9,
 }
 
 
@@ -240,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         "--p7-backends",
         default="dynamodb,cosmos,firestore",
         help="backends whose published limits P7 models (comma-separated)",
+    )
+    parser.add_argument(
+        "--p9-backends",
+        default="sqlite,dynamodb,firestore,cosmos",
+        help="backends P9 measures the budget ledger on (comma-separated)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)

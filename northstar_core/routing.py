@@ -65,6 +65,8 @@ DATA_LAYOUTS: Final[Mapping[str, int]] = {
     # 2: time-bucketed, sharded partitions (kernel/buckets.py)
     "event_spine": 2,
     "analytics_store": 2,
+    # 2: the month's ledger in shards (safety/budget.py)
+    "budget_store": 2,
 }
 # Routes stored before layouts were recorded carry none: they were written in layout 1.
 UNRECORDED_LAYOUT: Final = 1

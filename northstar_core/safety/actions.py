@@ -606,11 +606,7 @@ class ActionService:
                 "action_name": request.action_name,
                 "result": record.result,
                 "decision": decision,
-                "usage": {
-                    "amount": entry.amount,
-                    "seq": entry.seq,
-                    "month_total": entry.month_totals.get("*", 0.0),
-                },
+                "usage": {"amount": entry.amount, "shard": entry.shard, "seq": entry.seq},
                 "idempotency_key": request.idempotency_key,
                 "replayed": replayed,
             }

@@ -37,9 +37,12 @@ class GateDecision(msgspec.Struct, kw_only=True):
 
 
 class ActionUsage(msgspec.Struct, kw_only=True):
+    """The recorded usage: its ledger shard and its sequence number in that shard (the month's
+    totals are ``GET /budget/usage``'s)."""
+
     amount: float
+    shard: int
     seq: int
-    month_total: float
 
 
 class ActionResult(msgspec.Struct, kw_only=True):

@@ -143,10 +143,16 @@ async def test_a_total_that_would_pass_the_bound_is_refused_before_the_append(
     engines: Engines,
 ) -> None:
     ctx = RequestContext(tenant_id="t_full", mode="lab", user_id="u_alice", roles=("member",))
-    entries = int(MAX_TOTAL / MAX_AMOUNT)
+    # Each of the ledger's shards holds at most MAX_TOTAL / shards: whole amounts up to that,
+    # then the rest of each shard's share, so the tenant's total reaches MAX_TOTAL exactly.
+    shards, share = engines.budget.shards, engines.budget.shard_max_total
+    whole = int(share // MAX_AMOUNT)
+    entries = shards * (whole + 1)
     first, _ = await engines.budget.record(ctx, {"amount": MAX_AMOUNT, "idempotency_key": "first"})
-    for _ in range(entries - 1):
+    for _ in range(shards * whole - 1):  # unkeyed: a full shard's amount goes to one with room
         await engines.budget.record(ctx, {"amount": MAX_AMOUNT})
+    for _ in range(shards):
+        await engines.budget.record(ctx, {"amount": share - whole * MAX_AMOUNT})
     month, _ = await engines.budget.totals(ctx)
     assert month["*"] == MAX_TOTAL
     for amount in (1.0, 1e-3, MAX_AMOUNT):
@@ -158,9 +164,10 @@ async def test_a_total_that_would_pass_the_bound_is_refused_before_the_append(
     # a zero amount still records, and a retry of an entry recorded before the ledger filled
     # up is still answered as the replay it is
     zero, replayed = await engines.budget.record(ctx, {"amount": 0})
-    assert (zero.seq, replayed) == (entries + 1, False)
+    assert (zero.amount, replayed) == (0, False)
+    assert await _entries(engines, ctx) == entries + 1
     again, replayed = await engines.budget.record(ctx, {"amount": MAX_AMOUNT, "idempotency_key": "first"})
-    assert (again.seq, replayed) == (first.seq, True)
+    assert ((again.shard, again.seq), replayed) == ((first.shard, first.seq), True)
     # concurrent recorders at the bound: every one is refused, none slips past it
     results = await asyncio.gather(
         *(engines.budget.record(ctx, {"amount": 1.0}) for _ in range(8)), return_exceptions=True

@@ -182,6 +182,7 @@ def test_partition_shapes() -> None:
     assert p7.shape_of("t_cap|lab|spine|2026120105|07", names) == "<tenant>|<mode>|spine|<hour>|<shard>"
     assert p7.shape_of("t_cap|lab|spine|2026120105|115", names) == "<tenant>|<mode>|spine|<hour>|<shard>"
     assert p7.shape_of("t_cap|lab|spine|keys|63", names) == "<tenant>|<mode>|spine|keys|<slot>"
+    assert p7.shape_of("t_cap|lab|budget|2026-12|31", names) == "<tenant>|<mode>|budget|<month>|<ledger>"
     assert not p7.is_per_entity("<tenant>|<mode>|budget|<month>")
     assert p7.is_time_bucketed("<tenant>|<mode>|budget|<month>")
     assert p7.is_per_entity("<tenant>|<mode>|thread|<thread>")
@@ -251,13 +252,12 @@ async def test_a_chat_post_follows_the_backends_call_shape(atomic_checks: bool, 
         assert shapes == {"<tenant>|<mode>|thread|<thread>"}
 
 
-async def test_a_gated_action_reaches_the_spine_shards_and_the_budget_partitions() -> None:
+async def test_a_gated_action_reaches_the_spine_and_budget_shards() -> None:
     traced = await p7.trace_workload(True, reps=2, names=["gated_action"])
     loads = p7.loads_of(traced["samples"]["gated_action"], "dynamodb", traced["placeholders"])
-    assert ("budget_store", "<tenant>|<mode>|budget|<month>") in loads
     spine = loads[("event_spine", "<tenant>|<mode>|spine|<hour>|<shard>")]
     assert spine.writes == 3  # the safety decision, the budget charge, the analytics report
-    budget = loads[("budget_store", "<tenant>|<mode>|budget|<month>")]
+    budget = loads[("budget_store", "<tenant>|<mode>|budget|<month>|<ledger>")]
     assert budget.sequenced_appends == 1
     cap = p7.capacity(loads, "dynamodb")
     assert cap.hottest is not None and not cap.hottest.per_entity
