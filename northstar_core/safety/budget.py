@@ -14,9 +14,10 @@ its head. Spread over ``SHARDS`` streams, a tenant's concurrent gated actions co
 
 * Recording: a keyed entry goes to shard ``sha256(idempotency_key) mod SHARDS`` (a stable hash,
   the same in every process), so a retry lands on the shard holding its idempotency record
-  and replays it; an unkeyed entry goes to a random shard, and after losing a race to a
-  concurrent writer retries on another random one. A record reads only its own shard's head
-  (a keyed one with its idempotency record, in the same round trip).
+  and replays it; an unkeyed entry goes to a random shard among those this process is not
+  appending to already, and after losing a race to a concurrent writer retries on another. A
+  record reads only its own shard's head (a keyed one with its idempotency record, in the same
+  round trip).
 * Reading a period's spend (the gate, :meth:`BudgetLedger.totals`): the last entry of every
   shard, read concurrently — one round trip of ``SHARDS`` queries, whatever the length of the
   ledger. The day's totals come only from shards whose last entry is of that day.
@@ -45,12 +46,13 @@ as JSON ``null`` and break every later read of the month.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import itertools
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -163,6 +165,10 @@ class BudgetLedger:
         self.cursors = cursors
         self.clock = clock
         self.spine = spine
+        # appends this process has in flight per (tenant, mode, month, shard): an unkeyed entry
+        # goes to a shard none of them is appending to, so this process's own concurrent
+        # recorders do not race each other for a head
+        self._in_flight: dict[tuple[str, str, str, int], int] = {}
         self.shards = shards
         # exact: MAX_TOTAL divided by a power of two
         self.shard_max_total = MAX_TOTAL / shards
@@ -213,81 +219,102 @@ class BudgetLedger:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         key = usage.idempotency_key
         fp = fingerprint(msgspec.to_builtins(usage))
-        shard = shard_of_key(key, self.shards) if key is not None else random.randrange(self.shards)
+        shard = shard_of_key(key, self.shards) if key is not None else self._idle_shard(ctx, month)
         known: UsageEntry | None = None
         have_known = False  # ``known`` is the shard's last entry, read in this attempt
         key_checked = False  # the key was looked up and found unused (its shard never changes)
         for attempt in range(_ATTEMPTS):
-            stream = self._stream(store, ctx, month, shard)
-            if have_known:
-                last, have_known = known, False
-            elif key is not None and not key_checked:
-                # the key's record and the head in one round trip
-                prior, last = await asyncio.gather(
-                    stream.idempotent_result(key, fp), self._last(stream, shard)
-                )
-                if prior is not None:
-                    return self._entry_of(prior.result, prior.first_seq, shard), True
-                key_checked = True
-            else:
-                last = await self._last(stream, shard)
-            # The shard's month total bounds its other totals (amounts are >= 0). Compared as
-            # headroom, which is exact near the bound, so even an amount too small to change a
-            # float total of ~1e13 cannot slip past it.
-            if usage.amount > self._room(last):
-                if key is not None:
-                    prior = await stream.idempotent_result(key, fp)
-                    if prior is not None:  # recorded before the shard filled up: a replay
+            with self._writing(ctx, month, shard):
+                stream = self._stream(store, ctx, month, shard)
+                if have_known:
+                    last, have_known = known, False
+                elif key is not None and not key_checked:
+                    # the key's record and the head in one round trip
+                    prior, last = await asyncio.gather(
+                        stream.idempotent_result(key, fp), self._last(stream, shard)
+                    )
+                    if prior is not None:
                         return self._entry_of(prior.result, prior.first_seq, shard), True
-                    raise self._refused(usage.amount, last, shard)
-                # unkeyed: any shard will do — the one with the most room, if it is enough
-                lasts = await self._lasts(await self._streams(ctx, month))
-                roomiest = max(range(self.shards), key=lambda s: self._room(lasts[s]))
-                if usage.amount > self._room(lasts[roomiest]):
-                    raise self._refused(usage.amount, lasts[roomiest], roomiest)
-                shard, known, have_known = roomiest, lasts[roomiest], True
-                continue
-            head = last.seq if last else 0
-            entry = self._next_entry(ctx, usage, now, shard, last)
-            data = msgspec.json.encode(entry)
-            body_dict: dict[str, Any] = msgspec.json.decode(data)
+                    key_checked = True
+                else:
+                    last = await self._last(stream, shard)
+                # The shard's month total bounds its other totals (amounts are >= 0). Compared as
+                # headroom, which is exact near the bound, so even an amount too small to change a
+                # float total of ~1e13 cannot slip past it.
+                if usage.amount > self._room(last):
+                    if key is not None:
+                        prior = await stream.idempotent_result(key, fp)
+                        if prior is not None:  # recorded before the shard filled up: a replay
+                            return self._entry_of(prior.result, prior.first_seq, shard), True
+                        raise self._refused(usage.amount, last, shard)
+                    # unkeyed: any shard will do — the one with the most room, if it is enough
+                    lasts = await self._lasts(await self._streams(ctx, month))
+                    roomiest = max(range(self.shards), key=lambda s: self._room(lasts[s]))
+                    if usage.amount > self._room(lasts[roomiest]):
+                        raise self._refused(usage.amount, lasts[roomiest], roomiest)
+                    shard, known, have_known = roomiest, lasts[roomiest], True
+                    continue
+                head = last.seq if last else 0
+                entry = self._next_entry(ctx, usage, now, shard, last)
+                data = msgspec.json.encode(entry)
+                body_dict: dict[str, Any] = msgspec.json.decode(data)
 
-            def build(_first: int, data: bytes = data) -> list[bytes]:
-                return [data]
+                def build(_first: int, data: bytes = data) -> list[bytes]:
+                    return [data]
 
-            def outcome(_first: int, _last: int, body: dict[str, Any] = body_dict) -> dict[str, Any]:
-                return {"entry": body}
+                def outcome(_first: int, _last: int, body: dict[str, Any] = body_dict) -> dict[str, Any]:
+                    return {"entry": body}
 
-            try:
-                appended = await stream.append(
-                    build,
-                    now=now,
-                    expected_head=head,
-                    # read from the store just now, in this operation: on a backend without
-                    # atomic checks the append goes straight to its batch
-                    known_head=head,
-                    idempotency_key=key,
-                    payload_fingerprint=fp,
-                    # a concurrent attempt with the key since the look-up fails the batch's
-                    # condition on the key's record, and the append answers its result
-                    key_checked=key_checked,
-                    result=outcome,
-                )
-            except HeadMoved:
-                await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.05)))
-                if key is None:  # an unkeyed entry may go anywhere: away from the contended head
-                    shard = random.randrange(self.shards)
-                continue
-            stored = self._entry_of(appended.result, appended.first_seq, shard)
-            if not appended.replayed:
-                await self.spine.record(ctx, "budget", {"usage": msgspec.to_builtins(stored), "month": month})
-            return stored, appended.replayed
+                try:
+                    appended = await stream.append(
+                        build,
+                        now=now,
+                        expected_head=head,
+                        # read from the store just now, in this operation: on a backend without
+                        # atomic checks the append goes straight to its batch
+                        known_head=head,
+                        idempotency_key=key,
+                        payload_fingerprint=fp,
+                        # a concurrent attempt with the key since the look-up fails the batch's
+                        # condition on the key's record, and the append answers its result
+                        key_checked=key_checked,
+                        result=outcome,
+                    )
+                except HeadMoved:
+                    await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.05)))
+                    if key is None:  # an unkeyed entry may go anywhere: away from the contended head
+                        shard = self._idle_shard(ctx, month)
+                    continue
+                stored = self._entry_of(appended.result, appended.first_seq, shard)
+                if not appended.replayed:
+                    usage_event = {"usage": msgspec.to_builtins(stored), "month": month}
+                    await self.spine.record(ctx, "budget", usage_event)
+                return stored, appended.replayed
         raise NorthstarError(
             f"{DOMAIN}.contention",
             "the ledger is under too much write contention; retry",
             503,
             headers={"Retry-After": "1"},
         )
+
+    def _idle_shard(self, ctx: RequestContext, month: str) -> int:
+        """A random shard among those with the fewest appends in flight in this process."""
+        counts = [self._in_flight.get((ctx.tenant_id, ctx.mode, month, s), 0) for s in range(self.shards)]
+        fewest = min(counts)
+        return random.choice([s for s, n in enumerate(counts) if n == fewest])
+
+    @contextlib.contextmanager
+    def _writing(self, ctx: RequestContext, month: str, shard: int) -> Iterator[None]:
+        slot = (ctx.tenant_id, ctx.mode, month, shard)
+        self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._in_flight[slot] - 1
+            if left:
+                self._in_flight[slot] = left
+            else:
+                del self._in_flight[slot]
 
     def _next_entry(
         self, ctx: RequestContext, usage: UsageIn, now: float, shard: int, last: UsageEntry | None
