@@ -78,7 +78,7 @@ _ATTEMPTS: Final = 64
 MAX_PAGE: Final = 500
 # Independent streams per tenant+mode+month. A power of two (the per-shard bound
 # MAX_TOTAL / SHARDS is then exact) of at most 64 (the shard is a two-digit segment).
-SHARDS: Final = 32
+SHARDS: Final = 64
 MAX_SHARDS: Final = 64
 # A cursor's position: every shard's sequence, in hex, dot-separated (at most 14 hex digits
 # each: MAX_SEQ < 16**14).

@@ -315,12 +315,12 @@ async def test_a_tampered_cursor_is_410() -> None:
 @pytest.mark.parametrize(
     "position",
     [
-        "0",  # one shard's position where there are 32
-        ".".join(["0"] * 31 + ["ff"]),  # ahead of that shard's ledger
-        ".".join(["0"] * 33),
-        ".".join(["0"] * 31 + ["-1"]),
-        ".".join(["0"] * 31 + ["G"]),
-        ".".join(["0"] * 31 + ["1" * 15]),
+        "0",  # one shard's position where there are SHARDS
+        ".".join(["0"] * (SHARDS - 1) + ["ff"]),  # ahead of that shard's ledger
+        ".".join(["0"] * (SHARDS + 1)),
+        ".".join(["0"] * (SHARDS - 1) + ["-1"]),
+        ".".join(["0"] * (SHARDS - 1) + ["G"]),
+        ".".join(["0"] * (SHARDS - 1) + ["1" * 15]),
         "",
     ],
 )
