@@ -20,9 +20,10 @@ table / container / collection by default) and its *shape* (``<tenant>|<mode>|sp
 a user, a subject) spread with the tenant's number of entities; the others are tenant-wide, and
 the first of those to reach a limit caps the whole tenant: that is the sustainable rate.
 
-Also measured here: the live tail's idle cost — real ``chat.follow`` subscribers on idle threads
-for a few seconds, counting the backend reads per followed stream per second (it follows from
-``kernel/tail.py``'s poll interval; nothing is hard-coded).
+Also measured here: the live tail's idle cost — 100 followed chat streams on a SQLite store
+(shared between processes, so the tail hub polls its activity index) for a few seconds,
+counting the backend reads per followed stream per second (P8, ``bench/p8_tails.py``, measures
+the same on each emulator, and cross-process delivery).
 
 Targets (issue 12, item 2) are rows with target columns; today's layout misses most of them and
 the rows say so. Writes ``bench/results/p7_capacity.json``.
@@ -33,17 +34,18 @@ the rows say so. Writes ``bench/results/p7_capacity.json``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import math
 import re
 import secrets
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -852,57 +854,23 @@ def ramp_minutes(ops_per_s: float) -> float:
 # --- the live tail's idle cost -----------------------------------------------------------------
 
 
-async def tail_idle_reads(seconds: float, streams: int = 3, subscribers: int = 2) -> dict[str, Any]:
-    """Real chat followers (``subscribers`` on each of ``streams`` idle threads) for ``seconds``:
-    the backend reads per followed stream per second while nothing is posted."""
+async def tail_idle_reads(seconds: float, streams: int = 100) -> dict[str, Any]:
+    """The live tail's idle cost on a store shared between processes (a SQLite file; memory
+    stores, shared with no other process, poll nothing): ``streams`` followed chat streams,
+    the backend reads per followed stream per second while nothing is appended — P8's
+    measure (``bench/p8_tails.py``, which also runs it on each emulator)."""
+    from bench import p8_tails
+
     trace = Trace(delay=0)
-    connection = Connection(name="p7t", backend="memory", params={"name": f"p7t-{secrets.token_hex(4)}"})
-    async with instrumented_engines(AdapterFactory(), connection, trace) as engines:
-        ctx = _context()
-        threads = [f"th-tail-{i}" for i in range(streams)]
-        for thread in threads:
-            await engines.chat.post(ctx, thread, role="user", content="hello")
-        delivered = 0
-
-        async def follow(thread: str) -> None:
-            nonlocal delivered
-            async for _ in engines.chat.follow(ctx, thread):
-                delivered += 1
-
-        tasks = [asyncio.create_task(follow(t)) for t in threads for _ in range(subscribers)]
-        try:
-            # let every follower subscribe and finish its first read (not the idle cost)
-            await asyncio.sleep(engines.tails.poll_interval * 2)
-            trace.start()
-            began = time.perf_counter()
-            await asyncio.sleep(seconds)
-            rt = trace.stop()
-            elapsed = time.perf_counter() - began
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        reads = [c for c in rt.calls if c.method in ("get", "query")]
-        per_stream: dict[str, int] = defaultdict(int)
-        for c in reads:
-            per_stream[c.partition] += 1
-        rate = len(reads) / elapsed / streams
-        items = sum(len(c.moved) for c in reads)
-        return {
-            "seconds": round(elapsed, 2),
-            "streams": streams,
-            "subscribers_per_stream": subscribers,
-            "poll_interval_s": engines.tails.poll_interval,
-            "reads": len(reads),
-            "writes": sum(c.method == "write" for c in rt.calls),
-            "reads_by_partition": dict(per_stream),
-            "reads_per_s_per_stream": round(rate, 3),
-            "items_per_read": round(items / len(reads), 2) if reads else 0,
-            "delivered_while_idle": delivered,
-            "walk_sample": [c.describe() for c in rt.calls[:4]],
-        }
+    with tempfile.TemporaryDirectory(prefix="ns-bench-p7-") as tmp:
+        connection = Connection(name="p7t", backend="sqlite", params={"path": str(Path(tmp) / "p7t.db")})
+        async with instrumented_engines(AdapterFactory(), connection, trace) as engines:
+            idle = await p8_tails.idle_cost(engines, trace, streams, seconds)
+            return {
+                **idle,
+                "poll_interval_s": engines.tails.poll_interval,
+                "safety_interval_s": engines.tails.safety_interval,
+            }
 
 
 def gate_input_depth() -> dict[str, Any]:
@@ -1212,15 +1180,16 @@ def rows_for(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         row(
             "P7",
             "target: live-tail idle backend reads/s per followed stream per process",
-            f"{tail['reads_per_s_per_stream']:.3g} reads/s ({tail['streams']} idle streams x "
-            f"{tail['subscribers_per_stream']} subscribers, {tail['seconds']} s; poll every "
-            f"{tail['poll_interval_s']} s)",
+            f"{tail['reads_per_s_per_stream']:.3g} reads/s ({tail['streams']} idle streams on SQLite, "
+            f"{tail['seconds']} s: {tail['index_queries']} activity-index queries every "
+            f"{tail['poll_interval_s']} s, {tail['head_reads']} head reads, one per stream per "
+            f"{tail['safety_interval_s']:g} s; P8 per emulator)",
             None,
             tail["reads_per_s_per_stream"],
             f"<= {TARGET_TAIL_IDLE_READS_PER_S}",
             tail["reads_per_s_per_stream"] <= TARGET_TAIL_IDLE_READS_PER_S,
-            "each read is a head query (1 item): on DynamoDB 1 RCU, on Cosmos ~"
-            f"{cosmos_query_ru(0) + COSMOS_QUERY_RU_PER_KB:.3g} RU, on Firestore 1 document read",
+            "one activity-index query per process and interval for all its followed streams, "
+            "plus each stream's own head once a minute",
         )
     )
     return rows
@@ -1241,7 +1210,7 @@ def run(quick: bool = False, backends: Sequence[str] = BACKENDS) -> dict[str, An
         "reps": reps,
         "model": model(traces),
         "unbounded_partitions": unbounded_partitions(traces),
-        "tail": asyncio.run(tail_idle_reads(2.0 if quick else 5.0)),
+        "tail": asyncio.run(tail_idle_reads(2.0 if quick else 8.0)),
         "gate": gate_input_depth(),
         "constants": constants(),
         "walks": {

@@ -18,6 +18,8 @@ Markdown for the README).
 * P7 capacity model: one tenant's sustainable ops/s per operation on DynamoDB, Cosmos DB and
   Firestore from the engines' traced store calls and the providers' published limits, and the
   live tail's idle reads — ``bench/p7_capacity.py``
+* P8 live tails: idle backend reads per followed stream per process and cross-process delivery
+  on sqlite and each emulator — ``bench/p8_tails.py``
 * P9 budget ledger: usage entries/s one tenant sustains under concurrent recorders, one
   stream vs the sharded ledger, on sqlite and each emulator — ``bench/p9_budget.py``
 
@@ -47,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PY, RESULTS, row  # noqa: E402
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P9")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
 P4_BACKENDS = ("dynamodb", "firestore", "cosmos")
 P4_TARGET = 1.15
 
@@ -178,6 +180,12 @@ def p7(args: argparse.Namespace) -> dict[str, Any]:
     return p7_capacity.run(quick=args.quick, backends=args.p7_backends.split(","))
 
 
+def p8(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p8_tails
+
+    return p8_tails.run(quick=args.quick, backends=args.p8_backends.split(","))
+
+
 def p9(args: argparse.Namespace) -> dict[str, Any]:
     from bench import p9_budget
 
@@ -192,6 +200,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P5": p5,
     "P6": p6,
     "P7": p7,
+    "P8": p8,
     "P9": p9,
 }
 
@@ -249,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         "--p7-backends",
         default="dynamodb,cosmos,firestore",
         help="backends whose published limits P7 models (comma-separated)",
+    )
+    parser.add_argument(
+        "--p8-backends",
+        default="sqlite,dynamodb,firestore,cosmos",
+        help="backends P8 measures live tails on (comma-separated)",
     )
     parser.add_argument(
         "--p9-backends",

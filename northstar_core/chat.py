@@ -250,7 +250,12 @@ class ChatService:
             # checks), the head is read in the same round trip and handed to it.
             prior, head = await stream.look_up(idempotency_key, fp)
             if prior is not None:
-                return self._posted(ctx, msgspec.json.decode(prior.result, type=ChatMessage), True)
+                replayed = msgspec.json.decode(prior.result, type=ChatMessage)
+                # the first attempt may have stopped between its commit and its notice (a
+                # cancelled request): other processes learn of the message now, not at the
+                # next safety read
+                self.tails.notify(stream, replayed.seq)
+                return self._posted(ctx, replayed, True)
         now = self.clock.now()
         await self._index_thread(ctx, thread_id, now)
         # An identifier, not a secret (isolation is by partition): a random-module UUID4 avoids a
@@ -301,8 +306,8 @@ class ChatService:
             extra_ops=lambda first, _last: header_ops(first, meta()) if first == 1 else (),
         )
         message = msgspec.json.decode(appended.result, type=ChatMessage)
-        if not appended.replayed:
-            self.tails.notify(stream, appended.last_seq)
+        # a replay too: its first attempt may not have lived to give notice
+        self.tails.notify(stream, appended.last_seq)
         return self._posted(ctx, message, appended.replayed)
 
     def _posted(self, ctx: RequestContext, message: ChatMessage, replayed: bool) -> PostedMessage:

@@ -253,8 +253,8 @@ class Timeline:
             payload_fingerprint=fingerprint({"type": event_type, "data": data}),
             key_checked=key_checked,
         )
-        if not done.replayed:
-            self.tails.notify(stream, done.last_seq)
+        # a replay too: its first attempt may not have lived to give notice
+        self.tails.notify(stream, done.last_seq)
         return done.first_seq, done.replayed, raw
 
     async def append(
@@ -348,8 +348,8 @@ class Timeline:
                 )
             )
         done = await ordered.publish(position, raw, fp, now=self.clock.now(), preceded_by=preceding)
-        if not done.replayed:
-            self.tails.notify(ordered.stream, done.last_seq)
+        # a replay too: its first attempt may not have lived to give notice
+        self.tails.notify(ordered.stream, done.last_seq)
         return self.cursor(ctx, stream_id, done.first_seq)
 
     async def published(self, ctx: RequestContext, stream_id: str, series: str) -> int:

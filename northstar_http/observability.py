@@ -390,7 +390,9 @@ class Telemetry:
         )
         self.sse = Gauge("northstar_sse_subscribers", "Open SSE streams", registry=reg)
         self.pollers = Gauge(
-            "northstar_tail_pollers", "Live-tail pollers running (one per followed stream)", registry=reg
+            "northstar_tail_pollers",
+            "Live-tail pollers running (one per shared store with followed streams)",
+            registry=reg,
         )
         self.gates = Counter(
             "northstar_gate_decisions",

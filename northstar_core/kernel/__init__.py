@@ -30,5 +30,7 @@ Each key prefix means one thing across the kernel:
   ``r#``;
 * :mod:`~northstar_core.kernel.ids` — time-ordered UUIDv7 ids (key order is creation order);
 * :mod:`~northstar_core.kernel.paging` — the one page type and page-after-cursor rule;
-* :mod:`~northstar_core.kernel.tail` — live tails of streams, one poller per stream per process.
+* :mod:`~northstar_core.kernel.tail` — live tails of streams, woken by local appends and by the
+  shared activity index (:mod:`~northstar_core.kernel.activity`, ``~activity`` / ``a#<process>``)
+  read once per store and interval.
 """

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from northstar_adapters.memory import MemoryItemStore
+from northstar_adapters.sqlite import SqliteItemStore
 from northstar_core import observe
 from northstar_core.errors import NorthstarError
 from northstar_core.kernel.streams import SequencedStream
@@ -130,20 +132,37 @@ def test_error_kinds_are_a_small_fixed_vocabulary() -> None:
     assert observe.error_kind(RuntimeError("boom")) == "error"
 
 
-async def test_a_followed_stream_runs_one_poller_while_it_has_subscribers(recorder: Recorder) -> None:
+async def test_a_shared_store_with_followed_streams_runs_one_poller_while_they_have_subscribers(
+    recorder: Recorder, tmp_path: Path
+) -> None:
     hub = TailHub(poll_interval=0.01)
-    stream = SequencedStream(kind_store(MemoryItemStore()), "t_a|lab|thread|th", "chat")
-    followers = [hub.follow(stream, 0, heartbeat=0.02) for _ in range(2)]
-    for follower in followers:
-        assert await asyncio.wait_for(follower.__anext__(), 5) is None  # a heartbeat: subscribed
-    assert recorder.pollers == 1
-    # the poller's reads are reported like any other store call
-    assert ("memory", "chat_store", "query", None) in recorder.calls
-    await followers[0].aclose()
-    assert recorder.pollers == 1
-    await followers[1].aclose()
-    for _ in range(100):
-        if recorder.pollers == 0:
-            break
-        await asyncio.sleep(0.01)
+    store = kind_store(SqliteItemStore(tmp_path / "tail.sqlite3"))
+    streams = [SequencedStream(store, f"t_a|lab|thread|th{i}", "chat") for i in range(2)]
+    followers = [hub.follow(stream, 0, heartbeat=0.02) for stream in streams]
+    try:
+        for follower in followers:
+            assert await asyncio.wait_for(follower.__anext__(), 5) is None  # a heartbeat: subscribed
+        assert recorder.pollers == 1  # one per store, whatever the number of streams
+        # the poller's reads (of the activity index) are reported like any other store call
+        for _ in range(100):
+            if ("memory", "chat_store", "query", None) in recorder.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert ("memory", "chat_store", "query", None) in recorder.calls
+        await followers[0].aclose()
+        assert recorder.pollers == 1
+        await followers[1].aclose()
+        for _ in range(100):
+            if recorder.pollers == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert recorder.pollers == 0
+    finally:
+        await hub.close()
+        await store.close()
+    # a memory store is not shared with another process: nothing to poll for
+    memory = SequencedStream(kind_store(MemoryItemStore()), "t_a|lab|thread|th", "chat")
+    alone = hub.follow(memory, 0, heartbeat=0.02)
+    assert await asyncio.wait_for(alone.__anext__(), 5) is None
     assert recorder.pollers == 0
+    await alone.aclose()
