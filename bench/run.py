@@ -1,4 +1,4 @@
-"""The benchmark harness: one entry point for P1-P7, one table, one JSON file.
+"""The benchmark harness: one entry point for P1-P9, one table, one JSON file.
 
     .venv/bin/python -m bench.run [--only P1,P3] [--quick] [--p3-backends sqlite,dynamodb]
     ./scripts/bench ...            # venv setup, then the same
@@ -24,8 +24,8 @@ Markdown for the README).
   stream vs the sharded ledger, on sqlite and each emulator — ``bench/p9_budget.py``
 
 Exit status: 1 while any target is missed. The end of the output lists the missed rows per
-bench, so one bench's (expected) misses — P7 reports the issue-12 targets today's layout does
-not meet — never hide another's regression.
+bench, so one bench's known misses (see the README's notes on the latest run) never hide
+another's regression.
 """
 
 from __future__ import annotations
