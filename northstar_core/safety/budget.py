@@ -52,6 +52,8 @@ import heapq
 import itertools
 import random
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -79,6 +81,17 @@ MAX_PAGE: Final = 500
 # Independent streams per tenant+mode+month. A power of two (the per-shard bound
 # MAX_TOTAL / SHARDS is then exact) of at most 64 (the shard is a two-digit segment).
 SHARDS: Final = 64
+# Shards whose last entry a process remembers (least recently used out).
+_REMEMBERED_SHARDS: Final = 65_536
+# How long a shard whose remembered last entry turned out stale is read before each append.
+_CONTENDED_SECONDS: Final = 10.0
+
+
+class _Unknown:
+    """A shard whose last entry this process does not remember (``None``: remembered empty)."""
+
+
+_UNKNOWN: Final = _Unknown()
 MAX_SHARDS: Final = 64
 # A cursor's position: every shard's sequence, in hex, dot-separated (at most 14 hex digits
 # each: MAX_SEQ < 16**14).
@@ -169,6 +182,9 @@ class BudgetLedger:
         # goes to a shard none of them is appending to, so this process's own concurrent
         # recorders do not race each other for a head
         self._in_flight: dict[tuple[str, str, str, int], int] = {}
+        # every shard's last entry as this process last read or wrote it (see record)
+        self._last_seen: OrderedDict[tuple[int, str], UsageEntry | None] = OrderedDict()
+        self._contended: dict[tuple[int, str], float] = {}
         self.shards = shards
         # exact: MAX_TOTAL divided by a power of two
         self.shard_max_total = MAX_TOTAL / shards
@@ -188,7 +204,40 @@ class BudgetLedger:
 
     async def _last(self, stream: SequencedStream, shard: int) -> UsageEntry | None:
         last = await stream.read_last(1)
-        return self._decode(last[0].value, seq_of(last[0].key), shard) if last else None
+        entry = self._decode(last[0].value, seq_of(last[0].key), shard) if last else None
+        self._remember(stream, entry)
+        return entry
+
+    @staticmethod
+    def _slot(stream: SequencedStream) -> tuple[int, str]:
+        return (id(stream.store.backing), stream.partition)
+
+    def _remember(self, stream: SequencedStream, entry: UsageEntry | None) -> None:
+        slot = self._slot(stream)
+        self._last_seen[slot] = entry
+        self._last_seen.move_to_end(slot)
+        if len(self._last_seen) > _REMEMBERED_SHARDS:
+            self._last_seen.popitem(last=False)
+
+    def _forget(self, stream: SequencedStream, *, contended: bool = False) -> None:
+        slot = self._slot(stream)
+        self._last_seen.pop(slot, None)
+        if contended:
+            # another process writes this shard: a remembered entry would mostly cost a failed
+            # write, so for a while the shard is read before each append
+            self._contended[slot] = time.monotonic() + _CONTENDED_SECONDS
+            if len(self._contended) > _REMEMBERED_SHARDS:
+                now = time.monotonic()
+                self._contended = {k: v for k, v in self._contended.items() if v > now}
+
+    def _remembered(self, stream: SequencedStream) -> UsageEntry | _Unknown | None:
+        slot = self._slot(stream)
+        until = self._contended.get(slot)
+        if until is not None:
+            if time.monotonic() < until:
+                return _UNKNOWN
+            del self._contended[slot]
+        return self._last_seen.get(slot, _UNKNOWN)
 
     async def _lasts(self, streams: Sequence[SequencedStream]) -> list[UsageEntry | None]:
         """Every shard's last entry, read concurrently: one round trip."""
@@ -226,21 +275,34 @@ class BudgetLedger:
         for attempt in range(_ATTEMPTS):
             with self._writing(ctx, month, shard):
                 stream = self._stream(store, ctx, month, shard)
+                # the shard's last entry as this process last saw it: where the batch checks the
+                # head it appends at, an append on top of it needs no read first (a stale one
+                # fails that check, and the shard is read again)
+                remembered = self._remembered(stream) if store.capabilities.atomic_checks else _UNKNOWN
+                fresh = True  # ``last`` was read from the store in this attempt
                 if have_known:
                     last, have_known = known, False
                 elif key is not None and not key_checked:
-                    # the key's record and the head in one round trip
-                    prior, last = await asyncio.gather(
-                        stream.idempotent_result(key, fp), self._last(stream, shard)
-                    )
+                    if isinstance(remembered, _Unknown):
+                        # the key's record and the head in one round trip
+                        prior, last = await asyncio.gather(
+                            stream.idempotent_result(key, fp), self._last(stream, shard)
+                        )
+                    else:
+                        prior, last, fresh = await stream.idempotent_result(key, fp), remembered, False
                     if prior is not None:
                         return self._entry_of(prior.result, prior.first_seq, shard), True
                     key_checked = True
+                elif not isinstance(remembered, _Unknown):
+                    last, fresh = remembered, False
                 else:
                     last = await self._last(stream, shard)
                 # The shard's month total bounds its other totals (amounts are >= 0). Compared as
                 # headroom, which is exact near the bound, so even an amount too small to change a
                 # float total of ~1e13 cannot slip past it.
+                if usage.amount > self._room(last) and not fresh:
+                    self._forget(stream)  # a refusal is decided on what the store holds now
+                    continue
                 if usage.amount > self._room(last):
                     if key is not None:
                         prior = await stream.idempotent_result(key, fp)
@@ -271,8 +333,9 @@ class BudgetLedger:
                         now=now,
                         expected_head=head,
                         # read from the store just now, in this operation: on a backend without
-                        # atomic checks the append goes straight to its batch
-                        known_head=head,
+                        # atomic checks the append goes straight to its batch (a remembered head
+                        # only ever serves where the batch checks it)
+                        known_head=head if fresh else None,
                         idempotency_key=key,
                         payload_fingerprint=fp,
                         # a concurrent attempt with the key since the look-up fails the batch's
@@ -281,12 +344,17 @@ class BudgetLedger:
                         result=outcome,
                     )
                 except HeadMoved:
+                    # stale although no other append of this process was on the shard: another
+                    # process writes it
+                    alone = self._in_flight.get((ctx.tenant_id, ctx.mode, month, shard), 0) <= 1
+                    self._forget(stream, contended=not fresh and alone)
                     await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.05)))
                     if key is None:  # an unkeyed entry may go anywhere: away from the contended head
                         shard = self._idle_shard(ctx, month)
                     continue
                 stored = self._entry_of(appended.result, appended.first_seq, shard)
                 if not appended.replayed:
+                    self._remember(stream, stored)
                     usage_event = {"usage": msgspec.to_builtins(stored), "month": month}
                     await self.spine.record(ctx, "budget", usage_event)
                 return stored, appended.replayed

@@ -394,3 +394,35 @@ async def test_a_full_ledger_holds_exactly_max_total_and_refuses_every_amount_bu
     zero, replayed = await rig.budget.record(ctx(), {"amount": 0})
     assert not replayed and zero.amount == 0
     assert (await rig.budget.totals(ctx()))[0]["*"] == MAX_TOTAL
+
+
+class _CountingReads(MemoryItemStore):
+    """Counts reads of ledger partitions (a real memory store; nothing is faked)."""
+
+    ledger_reads = 0
+
+    async def query(self, partition: str, prefix: str, **kw: Any) -> Any:
+        if "|budget|" in partition:
+            self.ledger_reads += 1
+        return await super().query(partition, prefix, **kw)
+
+
+async def test_a_remembered_last_entry_saves_the_read_and_a_stale_one_costs_a_retry_not_a_total() -> None:
+    store = _CountingReads()
+    rig = await safety_rig(store)
+    one = ledger(rig, 1)  # one shard, so the two "processes" write the same head
+    other = BudgetLedger(rig.budget.registry, rig.budget.cursors, rig.clock, rig.spine, shards=1)
+    await one.record(ctx(), {"amount": 1.0})
+    reads = store.ledger_reads
+    await one.record(ctx(), {"amount": 2.0})  # its own last entry is the head: no read
+    assert store.ledger_reads == reads
+    await other.record(ctx(), {"amount": 4.0})  # another process moves the head
+    await one.record(ctx(), {"amount": 8.0})  # stale: the check fails, the shard is read again
+    assert store.ledger_reads > reads
+    reads = store.ledger_reads
+    await one.record(ctx(), {"amount": 16.0})  # a shard found contended is read before appending
+    assert store.ledger_reads > reads
+    entries = await all_entries(one, month_of(rig.clock.now()), 10)
+    assert [(e.seq, e.amount) for e in entries] == [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 16.0)]
+    assert entries[-1].month_totals == {"*": 31.0}
+    assert (await one.totals(ctx()))[0] == {"*": 31.0}
