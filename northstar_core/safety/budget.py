@@ -81,6 +81,7 @@ MAX_PAGE: Final = 500
 # Independent streams per tenant+mode+month. A power of two (the per-shard bound
 # MAX_TOTAL / SHARDS is then exact) of at most 64 (the shard is a two-digit segment).
 SHARDS: Final = 64
+MAX_SHARDS: Final = 64
 # Shards whose last entry a process remembers (least recently used out).
 _REMEMBERED_SHARDS: Final = 65_536
 # How long a shard whose remembered last entry turned out stale is read before each append.
@@ -92,7 +93,6 @@ class _Unknown:
 
 
 _UNKNOWN: Final = _Unknown()
-MAX_SHARDS: Final = 64
 # A cursor's position: every shard's sequence, in hex, dot-separated (at most 14 hex digits
 # each: MAX_SEQ < 16**14).
 _POSITION: Final = re.compile(r"^[0-9a-f]{1,14}(\.[0-9a-f]{1,14})*$")
