@@ -6,6 +6,7 @@ with variants interleaved (the machine is shared and noisy); absolute numbers ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,11 +16,15 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from northstar_core.routing import Connection
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -232,3 +237,98 @@ def write_p4_report(report: dict[str, Any], out: Path) -> None:
     print(f"adapter / raw_full  = {report['ratio_adapter_vs_raw_full']}")
     print(f"adapter / raw_batch = {report['ratio_adapter_vs_raw_batch']}")
     print(f"wrote {out}")
+
+
+# --- one run per backend -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_connection(backend: str, name: str, **params: Any) -> Iterator[Connection]:
+    """A connection named ``name`` on ``backend`` for one benchmark run, in a namespace of its
+    own: a fresh memory store, a SQLite file in a temporary directory, or an emulator started
+    for the run and stopped after it. ``params`` are added to the backend's own."""
+    from northstar_core.routing import Connection
+
+    tag = secrets.token_hex(4)
+    if backend == "memory":
+        yield Connection(name=name, backend="memory", params={"name": f"{name}-{tag}", **params})
+    elif backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix=f"ns-bench-{name}-") as tmp:
+            path = str(Path(tmp) / f"{name}.db")
+            yield Connection(name=name, backend="sqlite", params={"path": path, **params})
+    elif backend == "dynamodb":
+        from tests.emulators.moto import TEST_ENV, MotoServer
+
+        os.environ.update(TEST_ENV)
+        server = MotoServer.start()
+        try:
+            base = {"endpoint_url": server.endpoint, "table_prefix": f"{name}{tag}_"}
+            yield Connection(name=name, backend="dynamodb", params={**base, **params})
+        finally:
+            server.stop()
+    elif backend == "firestore":
+        from tests.emulators.firestore import launcher
+
+        emulator = launcher().start()
+        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+        try:
+            yield Connection(name=name, backend="firestore", params={"project": f"{name}-{tag}", **params})
+        finally:
+            emulator.stop()
+    elif backend == "cosmos":
+        from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
+
+        os.environ.setdefault(KEY_ENV, EMULATOR_KEY)
+        cosmos = CosmosServer.start()
+        try:
+            base = {"url": cosmos.endpoint, "database": f"{name}{tag}"}
+            yield Connection(name=name, backend="cosmos", params={**base, **params})
+        finally:
+            cosmos.stop()
+    else:
+        raise ValueError(f"no benchmark setup for backend {backend}")
+
+
+# Backends whose tables / containers a benchmark creates before use; the others need none.
+PROVISIONED: Final = frozenset({"dynamodb", "cosmos"})
+
+
+def run_per_backend(
+    bench: str,
+    backends: Sequence[str],
+    measure: Callable[[str], dict[str, Any]],
+    rows_for: Callable[[str, dict[str, Any]], list[dict[str, Any]]],
+    out_file: str,
+    label: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """``measure(backend)`` for each backend, one failing never hiding the others (a failed
+    row instead); the result, with each backend's wall time, written to ``bench/results``."""
+    detail: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for backend in backends:
+        began = time.perf_counter()
+        try:
+            res = measure(backend)
+        except Exception as exc:
+            detail[backend] = {"error": repr(exc)}
+            name = label(backend) if label is not None else f"{bench} {backend}"
+            rows.append(row(name, "(failed to run)", None, None, float("nan"), "-", False, repr(exc)))
+            continue
+        res["wall_s"] = round(time.perf_counter() - began, 1)
+        detail[backend] = res
+        rows += rows_for(backend, res)
+    out = {"name": bench, "detail": detail, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / out_file).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def main(run: Callable[..., dict[str, Any]], backends: Sequence[str], out_file: str) -> None:
+    """A benchmark module run as a script: ``[backend …] [--quick]``; exit 1 on a missed target."""
+    out = run(
+        quick="--quick" in sys.argv,
+        backends=[a for a in sys.argv[1:] if not a.startswith("--")] or list(backends),
+    )
+    print(json.dumps(out["rows"], indent=2))
+    print(f"wrote {RESULTS / out_file}")
+    sys.exit(0 if all(r["met"] is not False for r in out["rows"]) else 1)

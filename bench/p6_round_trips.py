@@ -24,17 +24,11 @@ partition and keys of each call); ``python -m bench.run --only P6`` puts the row
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import secrets
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, Append, interleave, ratio, row
+from bench.common import PROVISIONED, Append, bench_connection, interleave, main, ratio, row, run_per_backend
 from contracts.round_trips import (
     OPERATIONS,
     REGISTRY_KIND,
@@ -92,59 +86,28 @@ async def measure(
 
 
 def run_backend(backend: str, commands: int) -> dict[str, Any]:
-    tag = secrets.token_hex(4)
-    if backend == "memory":
-        connection = Connection(name="p6", backend="memory", params={"name": f"p6-{tag}"})
-        return asyncio.run(measure(connection, None, commands))
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="ns-bench-p6-") as tmp:
-            connection = Connection(name="p6", backend="sqlite", params={"path": str(Path(tmp) / "p6.db")})
-            return asyncio.run(measure(connection, None, commands))
-    if backend == "dynamodb":
+    with bench_connection(backend, "p6") as connection:
+        return asyncio.run(measure(connection, raw_write_of(connection), commands, backend in PROVISIONED))
+
+
+def raw_write_of(connection: Connection) -> RawWrite | None:
+    """P4's one raw-SDK atomic write on the emulator behind ``connection`` (none on memory and
+    SQLite)."""
+    params = connection.params
+    if connection.backend == "dynamodb":
         from bench import p4_dynamodb
-        from tests.emulators.moto import TEST_ENV, MotoServer
 
-        os.environ.update(TEST_ENV)
-        server = MotoServer.start()
-        try:
-            params = {"endpoint_url": server.endpoint, "table_prefix": f"p6{tag}_"}
-            connection = Connection(name="p6", backend="dynamodb", params=params)
-            return asyncio.run(
-                measure(connection, lambda: p4_dynamodb.raw_batch_variant(server.endpoint), commands, True)
-            )
-        finally:
-            server.stop()
-    if backend == "firestore":
+        return lambda: p4_dynamodb.raw_batch_variant(params["endpoint_url"])
+    if connection.backend == "firestore":
         from bench import p4_firestore
-        from tests.emulators.firestore import launcher
 
-        emulator = launcher().start()
-        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-        try:
-            connection = Connection(name="p6", backend="firestore", params={"project": f"p6-{tag}"})
-            return asyncio.run(measure(connection, p4_firestore.raw_batch_variant, commands))
-        finally:
-            emulator.stop()
-    if backend == "cosmos":
+        return p4_firestore.raw_batch_variant
+    if connection.backend == "cosmos":
         from bench import p4_cosmos
-        from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
 
-        os.environ.setdefault(KEY_ENV, EMULATOR_KEY)
-        server = CosmosServer.start()
-        try:
-            # the engines' containers and the raw write's live in one database, dropped with the server
-            database = f"p6{tag}"
-            connection = Connection(
-                name="p6", backend="cosmos", params={"url": server.endpoint, "database": database}
-            )
-            return asyncio.run(
-                measure(
-                    connection, lambda: p4_cosmos.raw_batch_variant(server.endpoint, database), commands, True
-                )
-            )
-        finally:
-            server.stop()
-    raise ValueError(f"P6 has no setup for backend {backend}")
+        # the engines' containers and the raw write's live in one database, dropped with the server
+        return lambda: p4_cosmos.raw_batch_variant(params["url"], params["database"])
+    return None
 
 
 def _rt(summary: dict[str, Any]) -> str:
@@ -195,30 +158,10 @@ def rows_for(backend: str, res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(quick: bool = False, backends: Sequence[str] = BACKENDS) -> dict[str, Any]:
     commands = 40 if quick else 200
-    detail: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    for backend in backends:
-        try:
-            res = run_backend(backend, commands)
-        except Exception as exc:  # one emulator failing must not hide the others
-            detail[backend] = {"error": repr(exc)}
-            rows.append(
-                row(f"P6 {backend}", "(failed to run)", None, None, float("nan"), "-", False, repr(exc))
-            )
-            continue
-        detail[backend] = res
-        rows += rows_for(backend, res)
-    out = {"name": "P6", "detail": detail, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "p6_round_trips.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return run_per_backend(
+        "P6", backends, lambda b: run_backend(b, commands), rows_for, "p6_round_trips.json"
+    )
 
 
 if __name__ == "__main__":
-    out = run(
-        quick="--quick" in sys.argv,
-        backends=[a for a in sys.argv[1:] if not a.startswith("--")] or list(BACKENDS),
-    )
-    print(json.dumps(out["rows"], indent=2))
-    print(f"wrote {RESULTS / 'p6_round_trips.json'}")
-    sys.exit(0 if all(r["met"] is not False for r in out["rows"]) else 1)
+    main(run, BACKENDS, "p6_round_trips.json")

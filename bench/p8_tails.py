@@ -26,18 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
 import secrets
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, pct, ratio, row
+from bench.common import PROVISIONED, bench_connection, main, pct, ratio, row, run_per_backend
 from contracts.round_trips import REGISTRY_KIND, Trace, instrumented_engines
 from northstar_adapters import AdapterFactory
 from northstar_core.engines import Engines
@@ -206,42 +201,8 @@ async def measure(connection: Connection, quick: bool, provision: bool) -> dict[
 
 
 def run_backend(backend: str, quick: bool) -> dict[str, Any]:
-    tag = secrets.token_hex(4)
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="ns-bench-p8-") as tmp:
-            connection = Connection(name="p8", backend="sqlite", params={"path": str(Path(tmp) / "p8.db")})
-            return asyncio.run(measure(connection, quick, False))
-    if backend == "dynamodb":
-        from tests.emulators.moto import TEST_ENV, MotoServer
-
-        os.environ.update(TEST_ENV)
-        server = MotoServer.start()
-        try:
-            params = {"endpoint_url": server.endpoint, "table_prefix": f"p8{tag}_"}
-            return asyncio.run(measure(Connection(name="p8", backend="dynamodb", params=params), quick, True))
-        finally:
-            server.stop()
-    if backend == "firestore":
-        from tests.emulators.firestore import launcher
-
-        emulator = launcher().start()
-        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-        try:
-            connection = Connection(name="p8", backend="firestore", params={"project": f"p8-{tag}"})
-            return asyncio.run(measure(connection, quick, False))
-        finally:
-            emulator.stop()
-    if backend == "cosmos":
-        from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
-
-        os.environ.setdefault(KEY_ENV, EMULATOR_KEY)
-        cosmos = CosmosServer.start()
-        try:
-            params = {"url": cosmos.endpoint, "database": f"p8{tag}"}
-            return asyncio.run(measure(Connection(name="p8", backend="cosmos", params=params), quick, True))
-        finally:
-            cosmos.stop()
-    raise ValueError(f"P8 has no setup for backend {backend}")
+    with bench_connection(backend, "p8") as connection:
+        return asyncio.run(measure(connection, quick, backend in PROVISIONED))
 
 
 def rows_for(backend: str, res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -281,32 +242,8 @@ def rows_for(backend: str, res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(quick: bool = False, backends: Sequence[str] = BACKENDS) -> dict[str, Any]:
-    detail: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    for backend in backends:
-        began = time.perf_counter()
-        try:
-            res = run_backend(backend, quick)
-        except Exception as exc:  # one emulator failing must not hide the others
-            detail[backend] = {"error": repr(exc)}
-            rows.append(
-                row(f"P8 {backend}", "(failed to run)", None, None, float("nan"), "-", False, repr(exc))
-            )
-            continue
-        res["wall_s"] = round(time.perf_counter() - began, 1)
-        detail[backend] = res
-        rows += rows_for(backend, res)
-    out = {"name": "P8", "detail": detail, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "p8_tails.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return run_per_backend("P8", backends, lambda b: run_backend(b, quick), rows_for, "p8_tails.json")
 
 
 if __name__ == "__main__":
-    out = run(
-        quick="--quick" in sys.argv,
-        backends=[a for a in sys.argv[1:] if not a.startswith("--")] or list(BACKENDS),
-    )
-    print(json.dumps(out["rows"], indent=2))
-    print(f"wrote {RESULTS / 'p8_tails.json'}")
-    sys.exit(0 if all(r["met"] is not False for r in out["rows"]) else 1)
+    main(run, BACKENDS, "p8_tails.json")

@@ -22,19 +22,14 @@ table.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import secrets
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ratio, row
+from bench.common import PROVISIONED, bench_connection, main, ratio, row, run_per_backend
 from northstar_adapters import AdapterFactory
 from northstar_core.clock import SystemClock
 from northstar_core.cursors import CursorCodec
@@ -199,52 +194,12 @@ async def measure(
 
 
 def run_backend(backend: str, writers: int, per_writer: int, rounds: int) -> dict[str, Any]:
-    tag = secrets.token_hex(4)
-    if backend == "latency":
-        connection = Connection(name="p9", backend="memory", params={"name": f"p9-{tag}"})
-        return asyncio.run(measure(connection, writers, per_writer, rounds, False, LATENCY_MS / 1000))
-    if backend == "memory":
-        connection = Connection(name="p9", backend="memory", params={"name": f"p9-{tag}"})
-        return asyncio.run(measure(connection, writers, per_writer, rounds, False))
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="ns-bench-p9-") as tmp:
-            connection = Connection(name="p9", backend="sqlite", params={"path": str(Path(tmp) / "p9.db")})
-            return asyncio.run(measure(connection, writers, per_writer, rounds, False))
-    if backend == "dynamodb":
-        from tests.emulators.moto import TEST_ENV, MotoServer
-
-        os.environ.update(TEST_ENV)
-        server = MotoServer.start()
-        try:
-            # moto serialises every request and copies the table in each transaction: a
-            # request may wait behind the whole one-stream herd, longer than the default timeout
-            params = {"endpoint_url": server.endpoint, "table_prefix": f"p9{tag}_", "read_timeout": 120.0}
-            connection = Connection(name="p9", backend="dynamodb", params=params)
-            return asyncio.run(measure(connection, writers, per_writer, rounds, True))
-        finally:
-            server.stop()
-    if backend == "firestore":
-        from tests.emulators.firestore import launcher
-
-        emulator = launcher().start()
-        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-        try:
-            connection = Connection(name="p9", backend="firestore", params={"project": f"p9-{tag}"})
-            return asyncio.run(measure(connection, writers, per_writer, rounds, False))
-        finally:
-            emulator.stop()
-    if backend == "cosmos":
-        from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
-
-        os.environ.setdefault(KEY_ENV, EMULATOR_KEY)
-        cosmos = CosmosServer.start()
-        try:
-            params = {"url": cosmos.endpoint, "database": f"p9{tag}"}
-            connection = Connection(name="p9", backend="cosmos", params=params)
-            return asyncio.run(measure(connection, writers, per_writer, rounds, True))
-        finally:
-            cosmos.stop()
-    raise ValueError(f"P9 has no setup for backend {backend}")
+    delay = LATENCY_MS / 1000 if backend == "latency" else 0.0
+    # moto serialises every request and copies the table in each transaction: a request may
+    # wait behind the whole one-stream herd, longer than the default timeout
+    params = {"read_timeout": 120.0} if backend == "dynamodb" else {}
+    with bench_connection("memory" if backend == "latency" else backend, "p9", **params) as connection:
+        return asyncio.run(measure(connection, writers, per_writer, rounds, backend in PROVISIONED, delay))
 
 
 def _label(backend: str) -> str:
@@ -290,30 +245,15 @@ def load_of(backend: str, quick: bool) -> tuple[int, int, int]:
 
 
 def run(quick: bool = False, backends: Sequence[str] = BACKENDS) -> dict[str, Any]:
-    detail: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    for backend in ("latency", *backends):
-        try:
-            res = run_backend(backend, *load_of(backend, quick))
-        except Exception as exc:  # one emulator failing must not hide the others
-            detail[backend] = {"error": repr(exc)}
-            rows.append(
-                row(_label(backend), "(failed to run)", None, None, float("nan"), "-", False, repr(exc))
-            )
-            continue
-        detail[backend] = res
-        rows += rows_for(backend, res)
-    out = {"name": "P9", "detail": detail, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "p9_budget.json").write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return run_per_backend(
+        "P9",
+        ("latency", *backends),
+        lambda b: run_backend(b, *load_of(b, quick)),
+        rows_for,
+        "p9_budget.json",
+        label=_label,
+    )
 
 
 if __name__ == "__main__":
-    out = run(
-        quick="--quick" in sys.argv,
-        backends=[a for a in sys.argv[1:] if not a.startswith("--")] or list(BACKENDS),
-    )
-    print(json.dumps(out["rows"], indent=2))
-    print(f"wrote {RESULTS / 'p9_budget.json'}")
-    sys.exit(0 if all(r["met"] is not False for r in out["rows"]) else 1)
+    main(run, BACKENDS, "p9_budget.json")
