@@ -8,7 +8,6 @@ anything is written (422 ``analytics.invalid_event``).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
@@ -17,9 +16,9 @@ import msgspec
 from northstar_core.bounds import check_limit
 from northstar_core.clock import Clock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
-from northstar_core.errors import NorthstarError, invalid_event
+from northstar_core.errors import invalid_event
 from northstar_core.identity import RequestContext
-from northstar_core.kernel.buckets import DEFAULT_SHARDS, BucketedLog, page_of_scan
+from northstar_core.kernel.buckets import DEFAULT_SHARDS, BucketedLog, check_position, page_of_scan
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.paging import Page
 from northstar_core.routing import RoutingRegistry
@@ -186,7 +185,7 @@ class AnalyticsService:
             self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, "events", cursor) if cursor else None
         )
         if after is not None:
-            _check_position(after, cursor or "")
+            check_position(DOMAIN, after, cursor or "")
         entries = await self._entries(ctx)
         scanned = await entries.scan(
             ENTRY_PREFIX, after=after, before=None, limit=limit + 1, now=self.clock.now()
@@ -200,14 +199,3 @@ class AnalyticsService:
             resume_from=after,
         )
 
-
-def _check_position(position: str, cursor: str) -> None:
-    try:
-        uuid.UUID(position)
-    except ValueError:
-        raise NorthstarError(
-            f"{DOMAIN}.cursor_invalid",
-            "cursor is invalid: malformed position",
-            410,
-            details={"cursor": cursor, "reason": "malformed position"},
-        ) from None

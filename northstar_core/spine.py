@@ -28,7 +28,7 @@ from northstar_core.clock import Clock, SystemClock, iso, parse_iso
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid_event
 from northstar_core.identity import ID_PATTERN, IdentityMismatch, RequestContext
-from northstar_core.kernel.buckets import DEFAULT_SHARDS, Scanned, bucket_of_ms, page_of_scan
+from northstar_core.kernel.buckets import DEFAULT_SHARDS, Scanned, bucket_of_ms, check_position, page_of_scan
 from northstar_core.kernel.eventlog import MAX_EVENT_BYTES, EventIdTaken, EventLog, request_run_id
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.ids import UUIDv7Generator, uuid7_floor
@@ -436,8 +436,7 @@ class EventSpine:
         if not cursor:
             return None
         position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
-        _check_cursor_position(position, cursor)
-        return position
+        return check_position(DOMAIN, position, cursor)
 
     def _page(
         self, ctx: RequestContext, stream: str, n: int, scanned: Scanned, resume: str | None
@@ -538,18 +537,6 @@ def _filter(event_type: str | None, source: str | None) -> Callable[[bytes], boo
         )
 
     return match
-
-
-def _check_cursor_position(position: str, cursor: str) -> None:
-    try:
-        uuid.UUID(position)
-    except ValueError:
-        raise NorthstarError(
-            f"{DOMAIN}.cursor_invalid",
-            "cursor is invalid: malformed position",
-            410,
-            details={"cursor": cursor, "reason": "malformed position"},
-        ) from None
 
 
 def _parse_time(field: str, value: str | None) -> int | None:

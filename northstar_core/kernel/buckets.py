@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
+from northstar_core.errors import NorthstarError
 from northstar_core.kernel.ids import uuid7_floor, uuid7_ms
 from northstar_core.kernel.paging import Page
 from northstar_core.storage import Absent, ConditionFailed, Item, ItemStore, Put
@@ -88,6 +90,21 @@ def bucket_of(item_id: str) -> str:
 def bucket_start_ms(bucket: str) -> int:
     start = datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC)
     return int(start.timestamp() * 1000)
+
+
+def check_position(domain: str, position: str, cursor: str) -> str:
+    """A cursor's position in a bucketed log — an item id (a UUID) — or 410
+    ``<domain>.cursor_invalid``."""
+    try:
+        uuid.UUID(position)
+    except ValueError:
+        raise NorthstarError(
+            f"{domain}.cursor_invalid",
+            "cursor is invalid: malformed position",
+            410,
+            details={"cursor": cursor, "reason": "malformed position"},
+        ) from None
+    return position
 
 
 def shard_of(shard_key: str, shards: int) -> int:
@@ -364,6 +381,7 @@ __all__ = [
     "bucket_of",
     "bucket_of_ms",
     "bucket_start_ms",
+    "check_position",
     "forget",
     "page_of_scan",
     "remembered",
