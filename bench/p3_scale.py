@@ -27,18 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-from bench.common import ratio, row
+from bench.common import PROVISIONED, bench_connection, ratio, row
 from contracts.round_trips import InstrumentedFactory, Trace
 from northstar_adapters import AdapterFactory
 from northstar_core.canvas import CommandIn, CommandRecord, UpdateOp
@@ -212,28 +209,26 @@ async def measure(engines: Engines, thread: str, canvas_id: str, head: int) -> d
     return out
 
 
-def sqlite_routes(tmp: Path) -> tuple[list[Target], Target]:
+def routes_on(connection: Connection) -> tuple[list[Target], Target]:
+    """Every resource kind, and the routing registry, on ``connection``."""
     from northstar_core.routing import RESOURCE_KINDS
 
-    params = {"path": str(tmp / "p3.db")}
-    routes = [Target(resource_kind=k, backend="sqlite", params=dict(params)) for k in RESOURCE_KINDS]
-    return routes, Target(resource_kind="routing_registry", backend="sqlite", params=dict(params))
-
-
-def dynamodb_routes(endpoint: str) -> tuple[list[Target], Target]:
-    from northstar_core.routing import RESOURCE_KINDS
-
-    prefix = f"p3{secrets.token_hex(4)}_"
-    params = {"endpoint_url": endpoint, "table_prefix": prefix}
-    routes = [Target(resource_kind=k, backend="dynamodb", params=dict(params)) for k in RESOURCE_KINDS]
-    return routes, Target(resource_kind="routing_registry", backend="dynamodb", params=dict(params))
-
-
-def cloud_routes(backend: str, params: dict[str, Any]) -> tuple[list[Target], Target]:
-    from northstar_core.routing import RESOURCE_KINDS
-
+    backend, params = connection.backend, connection.params
     routes = [Target(resource_kind=k, backend=backend, params=dict(params)) for k in RESOURCE_KINDS]
     return routes, Target(resource_kind="routing_registry", backend=backend, params=dict(params))
+
+
+def history(backend: str, quick: bool) -> int:
+    """The long history's length on ``backend``."""
+    if backend == "sqlite":
+        return 10_000 if quick else 100_000
+    if backend == "dynamodb":
+        return 600  # moto copies the table on every transaction (building 600 takes minutes)
+    if backend == "firestore":
+        return 2_000 if quick else 10_000
+    if backend == "cosmos":
+        return 1_000 if quick else 2_000  # the emulator re-scans a container on every query
+    raise ValueError(f"P3 has no setup for backend {backend}")
 
 
 async def run_backend(
@@ -355,51 +350,13 @@ def run(
     detail: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for backend in backends:
-        with tempfile.TemporaryDirectory(prefix="ns-bench-p3-") as tmp:
-            if backend == "sqlite":
-                routes, reg = sqlite_routes(Path(tmp))
-                n = large or (10_000 if quick else 100_000)
-                res = asyncio.run(run_backend(routes, reg, 100, n, reps))
-            elif backend == "dynamodb":
-                from tests.emulators.moto import TEST_ENV, MotoServer
-
-                os.environ.update(TEST_ENV)
-                server = MotoServer.start()
-                try:
-                    routes, reg = dynamodb_routes(server.endpoint)
-                    # moto copies the table on every transaction (building 600 takes minutes)
-                    n = large or 600
-                    res = asyncio.run(
-                        run_backend(routes, reg, 100, n, reps, provision=True, batches=(20, 16))
-                    )
-                finally:
-                    server.stop()
-            elif backend == "firestore":
-                from tests.emulators.firestore import launcher
-
-                emulator = launcher().start()
-                os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-                try:
-                    routes, reg = cloud_routes("firestore", {"project": f"p3-{secrets.token_hex(4)}"})
-                    n = large or (2_000 if quick else 10_000)
-                    res = asyncio.run(run_backend(routes, reg, 100, n, reps))
-                finally:
-                    emulator.stop()
-            elif backend == "cosmos":
-                from tests.emulators.cosmos import EMULATOR_KEY, KEY_ENV, CosmosServer
-
-                os.environ.setdefault(KEY_ENV, EMULATOR_KEY)
-                server = CosmosServer.start()
-                try:
-                    params = {"url": server.endpoint, "database": f"p3{secrets.token_hex(4)}"}
-                    routes, reg = cloud_routes("cosmos", params)
-                    # the emulator re-scans a container on every query: the history stays small
-                    n = large or (1_000 if quick else 2_000)
-                    res = asyncio.run(run_backend(routes, reg, 100, n, reps, provision=True))
-                finally:
-                    server.stop()
-            else:
-                raise ValueError(f"P3 has no setup for backend {backend}")
+        n = large or history(backend, quick)
+        with bench_connection(backend, "p3") as connection:
+            routes, reg = routes_on(connection)
+            batches = (20, 16) if backend == "dynamodb" else (99, 32)
+            res = asyncio.run(
+                run_backend(routes, reg, 100, n, reps, provision=backend in PROVISIONED, batches=batches)
+            )
         detail[backend] = res
         rows += rows_for(backend, res)
     return {"name": "P3", "detail": detail, "rows": rows}
