@@ -11,8 +11,11 @@ position; the extra item only says whether there is more (``has_more``) and is n
 * a *stream* (chat messages, timeline events, usage entries) is resumable: at its end
   ``next_cursor`` is still the position after the last item — or, on an empty page, the
   position the read started from — so a client polls it for what comes next;
-* a *listing* (records, notes, spine query results) ends: ``next_cursor`` is ``None`` once
-  ``has_more`` is false.
+* a *listing* (records, notes) ends: ``next_cursor`` is ``None`` once ``has_more`` is false.
+
+The time-bucketed logs (the spine, the analytics view) page by the same rule as streams, with
+one addition for reads that scan: :func:`~northstar_core.kernel.buckets.page_of_scan` — a page
+may be short while ``has_more`` is true, its cursor where the scan stopped.
 
 For items that are themselves resume positions (chat messages, canvas and timeline events),
 the item carries its own cursor as ``.cursor`` (a field of the item, or the item's id when
