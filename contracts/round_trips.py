@@ -46,7 +46,7 @@ from northstar_core.routing import (
     RoutingRegistry,
     Target,
 )
-from northstar_core.storage import Absent, Delete, Item, ItemStore, Op, Put, VersionIs
+from northstar_core.storage import Absent, Delete, Item, ItemStore, Op, Put, ScanPage, VersionIs
 
 T = TypeVar("T")
 
@@ -231,6 +231,11 @@ class InstrumentedStore(ItemStore):
             keys,
             lambda: self.inner.write(partition, ops),
             sent=tuple(_moved_op(op) for op in ops),
+        )
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        return await self.trace.call(
+            self.kind, "scan", prefix + "*", (), lambda: self.inner.scan(prefix, token=token, limit=limit)
         )
 
     async def ping(self) -> None:

@@ -24,6 +24,10 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import msgspec
+
+from northstar_core.storage import MAX_SCAN_PAGE, InvalidItem
+
 T = TypeVar("T")
 C = TypeVar("C")
 
@@ -73,6 +77,34 @@ def key_range(prefix: str, after: str | None = None, before: str | None = None) 
     if before is not None and (high is None or before <= high):
         high = before
     return KeyRange(low, low_inclusive, high)
+
+
+# --- scans --------------------------------------------------------------------------------------
+
+
+def scan_limit(limit: int) -> int:
+    """``limit`` of ``ItemStore.scan``, checked (1 to ``MAX_SCAN_PAGE``; otherwise InvalidItem)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN_PAGE:
+        raise InvalidItem(f"a scan page holds 1 to {MAX_SCAN_PAGE} items")
+    return limit
+
+
+_POSITION_TOKEN = msgspec.json.Decoder(tuple[str, str])
+
+
+def position_token(partition: str, key: str) -> str:
+    """The scan token of a backend that scans in (partition, key) order: the last position."""
+    return msgspec.json.encode((partition, key)).decode()
+
+
+def parse_position_token(token: str | None) -> tuple[str, str] | None:
+    """The (partition, key) a :func:`position_token` names (InvalidItem if it is not one)."""
+    if token is None:
+        return None
+    try:
+        return _POSITION_TOKEN.decode(token)
+    except (msgspec.DecodeError, UnicodeEncodeError) as exc:
+        raise InvalidItem("malformed scan token") from exc
 
 
 # --- retries ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    ScanPage,
     VersionIs,
 )
 
@@ -302,6 +303,14 @@ class KindStore(ItemStore):
         with observer().store_call(self.kind, self.backend, "write"):
             try:
                 await self.inner.write(partition, ops)
+            except (BackendUnavailable, InvalidItem) as exc:
+                raise self._wrap(exc) from exc
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        self._mark()
+        with observer().store_call(self.kind, self.backend, "scan"):
+            try:
+                return await self.inner.scan(prefix, token=token, limit=limit)
             except (BackendUnavailable, InvalidItem) as exc:
                 raise self._wrap(exc) from exc
 

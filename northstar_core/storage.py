@@ -141,6 +141,18 @@ class InvalidItem(StorageError):
     """The item violates a backend-independent limit (key or value too large, bad key)."""
 
 
+class ScanPage(msgspec.Struct, frozen=True):
+    """One page of :meth:`ItemStore.scan`: ``(partition, item)`` pairs, and the token of the
+    next page (``None``: the scan is complete)."""
+
+    items: list[tuple[str, Item]]
+    token: str | None
+
+
+# The most items one scan page may ask for.
+MAX_SCAN_PAGE: Final = 1000
+
+
 class ItemStore(abc.ABC):
     """A partitioned, ordered item table with atomic conditional batches (see module doc)."""
 
@@ -174,6 +186,20 @@ class ItemStore(abc.ABC):
 
         At most ``capabilities.max_batch_ops`` operations; each key at most once.
         """
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        """Live items of every partition whose name starts with ``prefix``, page by page.
+
+        For administration (export, erasure, moving a kind): its cost is proportional to the
+        table (a DynamoDB ``Scan``, a cross-partition query), so nothing on a request's path
+        calls it. Pass each page's ``token`` to get the next; a scan is complete when a page's
+        ``token`` is ``None``. A page holds at most ``limit`` items (1 to
+        :data:`MAX_SCAN_PAGE`) and may hold fewer, even none, without being the last. Every
+        item that is live for the whole scan is returned exactly once; an item written or
+        deleted meanwhile may or may not be. Items of one partition come in key order. Tokens
+        are the adapter's own and opaque; a malformed one is :class:`InvalidItem`.
+        """
+        raise InvalidItem(f"{type(self).__name__} cannot be scanned")
 
     @property
     def backing(self) -> ItemStore:

@@ -36,6 +36,7 @@ from contracts.suite.itemstore import (
     ItemStoreModelContract,
     StreamIdempotencyContract,
 )
+from contracts.suite.scan import ScanContract
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.routing import BACKENDS, RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
 from northstar_core.storage import ItemStore
@@ -97,6 +98,7 @@ ALL_CONTRACTS: tuple[type, ...] = (
     ConcurrencyContract,
     StreamIdempotencyContract,
     ItemStoreModelContract,
+    ScanContract,
     CanvasContract,
     TimelineContract,
     StoresContract,

@@ -23,6 +23,19 @@ partition, ``id`` = the encoded key, ``sk`` = the raw key for ordering. Guarante
   (``SequencedStream`` returns the stored result when the record is its own); a retried
   etag-conditional replace reports 412 likewise; upserts and deletes re-apply the same state.
   Nothing is ever half-written: a batch is atomic server-side.
+* **Scan** (administration only: export, erasure, moving a kind). One cross-partition query,
+  ``STARTSWITH(c.pk, @prefix)`` in (``pk``, ``sk``) order with ``TOP @limit``; a page's token is
+  the (partition, key) of the last item it read and the next page resumes strictly after it, so
+  an item live for the whole scan comes exactly once. The token is the adapter's own, not the
+  SDK's continuation token (whose format is SDK-internal and whose pages need not stop at
+  ``limit``). A two-field ``ORDER BY`` needs the composite index (``/pk`` ASC, ``/sk`` ASC):
+  :func:`provision` creates containers with it and adds it to an existing container's policy.
+* **Scan cost.** A scan is a cross-partition query: each page asks every physical partition of
+  the container (a minimum charge per partition even when it holds nothing under the prefix)
+  and costs RUs in proportion to the items it reads, so a whole scan costs in proportion to the
+  data under the prefix. It is for administration only, never on a request's path; on a large
+  container run it off-peak, as throttling (429) is retried like any other call and then
+  surfaces as :class:`BackendUnavailable`.
 * **Limits.** Cosmos caps a transactional batch at 100 operations (``max_batch_ops``) and 2 MB of
   request payload; a batch over the payload limit is rejected whole (413 → :class:`InvalidItem`).
   The core's batches (an entry or a few plus an idempotency record) are far below it.
@@ -55,15 +68,25 @@ from azure.cosmos import PartitionKey
 from azure.cosmos import exceptions as cosmos_exc
 from azure.cosmos.aio import CosmosClient
 
-from northstar_adapters.common import RetryPolicy, SharedClients, retrying
+from northstar_adapters.common import (
+    RetryPolicy,
+    SharedClients,
+    parse_position_token,
+    position_token,
+    retrying,
+    scan_limit,
+)
 from northstar_adapters.cosmos.layout import (
     INDEXING_POLICY,
     PARTITION_KEY_PATH,
     encode_id,
     from_document,
+    has_scan_index,
     is_doc_live,
     range_query,
+    scan_query,
     to_document,
+    with_scan_index,
 )
 from northstar_adapters.params import CosmosParams, parse
 from northstar_core.routing import Target
@@ -78,6 +101,7 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    ScanPage,
     VersionIs,
     validate_key,
     validate_ops,
@@ -356,6 +380,38 @@ class CosmosItemStore(ItemStore):
                 return []  # container not provisioned yet holds nothing
             raise self._unexpected("query", exc) from exc
 
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        """Live items of the partitions named ``prefix...`` (see the module doc: Scan)."""
+        limit = scan_limit(limit)
+        after = parse_position_token(token)
+        now = self._clock()
+        sql, params = scan_query(prefix, after=after, limit=limit, now=now)
+        container = self.container
+
+        async def run() -> tuple[list[tuple[str, Item]], tuple[str, str] | None]:
+            out: list[tuple[str, Item]] = []
+            read = 0
+            last: tuple[str, str] | None = None
+            # No partition_key: the SDK runs it as a cross-partition query and merges the
+            # physical partitions' results in ORDER BY order.
+            async for doc in container.query_items(query=sql, parameters=params, max_item_count=limit):
+                read += 1
+                last = (str(doc["pk"]), str(doc["sk"]))
+                if is_doc_live(doc, now):
+                    out.append((last[0], from_document(doc)))
+                if read >= limit:
+                    return out, last
+            # Fewer than ``limit`` documents matched: nothing is left after them.
+            return out, None
+
+        try:
+            items, last = await self._call("scan", run)
+        except cosmos_exc.CosmosHttpResponseError as exc:
+            if _status(exc) == 404:
+                return ScanPage([], None)  # container not provisioned yet holds nothing
+            raise self._unexpected("scan", exc) from exc
+        return ScanPage(items, None if last is None else position_token(*last))
+
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         validate_ops(ops, self.capabilities)
         try:
@@ -586,6 +642,29 @@ def _describe(exc: BaseException | None) -> str:
 # --- factory and provisioning ---------------------------------------------------------------
 
 
+async def _ensure_scan_index(database: Any, container: Any) -> None:
+    """Add the scan's composite index to a container created before scans existed.
+
+    Replacing a container resets every property the request leaves out, so each one the
+    container has is passed back unchanged; only the indexing policy gains the index.
+    """
+    props: dict[str, Any] = await container.read()
+    policy = props.get("indexingPolicy")
+    if has_scan_index(policy):
+        return
+    await database.replace_container(
+        container,
+        partition_key=props.get("partitionKey") or PartitionKey(path=PARTITION_KEY_PATH),
+        indexing_policy=with_scan_index(policy),
+        default_ttl=props.get("defaultTtl"),
+        conflict_resolution_policy=props.get("conflictResolutionPolicy"),
+        analytical_storage_ttl=props.get("analyticalStorageTtl"),
+        computed_properties=props.get("computedProperties"),
+        full_text_policy=props.get("fullTextPolicy"),
+        vector_embedding_policy=props.get("vectorEmbeddingPolicy"),
+    )
+
+
 def open_store(target: Target) -> CosmosItemStore:
     """A store for ``target``; its client is opened on first use and shared (see module doc)."""
     return CosmosItemStore(CosmosConfig.from_target(target))
@@ -595,13 +674,16 @@ async def provision(target: Target, *, dry_run: bool) -> list[str]:
     """Ensure the database and the target's container exist (idempotent); returns the plan.
 
     The container is partitioned on ``/pk`` with ``default_ttl = -1`` (TTL on, items expire only
-    when they carry ``ttl``) and an indexing policy that leaves the value blob unindexed.
+    when they carry ``ttl``) and an indexing policy that leaves the value blob unindexed and has
+    the composite (``pk``, ``sk``) index a scan orders by. An existing container that lacks that
+    index gets it added to its policy, every other setting kept (Cosmos then builds the index
+    online, in the background).
     """
     config = CosmosConfig.from_target(target)
     plan = [
         f"cosmos: database '{config.database}' at {config.url or '<no url>'}",
         f"cosmos: container '{config.container}' in '{config.database}' for {target.resource_kind} "
-        f"(partition key {PARTITION_KEY_PATH}, default_ttl=-1)",
+        f"(partition key {PARTITION_KEY_PATH}, default_ttl=-1, composite index (pk, sk))",
     ]
     if dry_run:
         return [f"would ensure {line}" for line in plan]
@@ -613,12 +695,13 @@ async def provision(target: Target, *, dry_run: bool) -> list[str]:
         for attempt in range(3):
             try:
                 database = await client.create_database_if_not_exists(id=config.database)
-                await database.create_container_if_not_exists(
+                container = await database.create_container_if_not_exists(
                     id=config.container,
                     partition_key=PartitionKey(path=PARTITION_KEY_PATH),
                     default_ttl=-1,
                     indexing_policy=INDEXING_POLICY,
                 )
+                await _ensure_scan_index(database, container)
                 break
             except cosmos_exc.CosmosResourceExistsError:
                 if attempt == 2:

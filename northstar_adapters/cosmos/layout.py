@@ -12,6 +12,8 @@ One container per resource kind, partition key path ``/pk``. A document is::
 * ``sk`` keeps the raw key so that ``ORDER BY c.sk`` and ``STARTSWITH``/range filters give the
   core's ordering; ``pk`` is the core partition, so one stream's entries and its idempotency
   records share a logical partition and commit in one transactional batch.
+* ``pk`` and ``sk`` together order a scan across partitions (``ORDER BY c.pk, c.sk``, served by
+  the composite index :data:`SCAN_INDEX`); its resume position is the last (``pk``, ``sk``) read.
 * ``ttl`` is Cosmos' native per-item TTL (the container has ``default_ttl = -1``: items never
   expire unless they say so). Cosmos deletes late (the emulator never), so ``expires_at`` is
   also filtered on every read.
@@ -29,12 +31,18 @@ from northstar_core.storage import Item, Put
 PARTITION_KEY_PATH: Final = "/pk"
 PARTITION_FIELD: Final = "pk"
 
+# A cross-partition scan orders by (partition, key): Cosmos serves an ORDER BY on two fields
+# only from a composite index over exactly those fields in that order (the emulator enforces
+# it too).
+SCAN_INDEX: Final[tuple[tuple[str, str], ...]] = (("/pk", "ascending"), ("/sk", "ascending"))
+
 # The value blob is never filtered on: keep it out of the index (cheaper writes on real Cosmos).
 INDEXING_POLICY: Final[dict[str, Any]] = {
     "indexingMode": "consistent",
     "automatic": True,
     "includedPaths": [{"path": "/*"}],
     "excludedPaths": [{"path": "/v/?"}, {"path": '/"_etag"/?'}],
+    "compositeIndexes": [[{"path": path, "order": order} for path, order in SCAN_INDEX]],
 }
 
 
@@ -119,5 +127,54 @@ def range_query(
         "SELECT c.sk, c.v, c.ver, c.expires_at FROM c WHERE "
         + " AND ".join(clauses)
         + f" ORDER BY c.sk {order}"
+    )
+    return sql, params
+
+
+def has_scan_index(policy: dict[str, Any] | None) -> bool:
+    """Whether an indexing policy (as Cosmos returns it) holds the composite :data:`SCAN_INDEX`."""
+    for composite in (policy or {}).get("compositeIndexes") or []:
+        paths = tuple((str(p.get("path", "")), str(p.get("order") or "ascending").lower()) for p in composite)
+        if paths == SCAN_INDEX:
+            return True
+    return False
+
+
+def with_scan_index(policy: dict[str, Any] | None) -> dict[str, Any]:
+    """``policy`` (an existing container's) with :data:`SCAN_INDEX` added, all else kept."""
+    updated = dict(policy or INDEXING_POLICY)
+    if not has_scan_index(updated):
+        composites = [list(c) for c in updated.get("compositeIndexes") or []]
+        composites.append([{"path": path, "order": order} for path, order in SCAN_INDEX])
+        updated["compositeIndexes"] = composites
+    return updated
+
+
+def scan_query(
+    prefix: str, *, after: tuple[str, str] | None, limit: int, now: float
+) -> tuple[str, list[dict[str, Any]]]:
+    """A parameterised cross-partition query: the first ``limit`` live items of the partitions
+    named ``prefix...`` that come after the position ``after`` (partition, key), in
+    (partition, key) order.
+
+    The resume condition is on the raw ``pk``/``sk`` fields the order is on, so each page starts
+    exactly after the last item the previous one read. Expired items are filtered by the server,
+    as in :func:`range_query`.
+    """
+    clauses: list[str] = []
+    params: list[dict[str, Any]] = [{"name": "@limit", "value": limit}]
+    if prefix:
+        clauses.append("STARTSWITH(c.pk, @prefix)")
+        params.append({"name": "@prefix", "value": prefix})
+    if after is not None:
+        clauses.append("(c.pk > @after_pk OR (c.pk = @after_pk AND c.sk > @after_sk))")
+        params.append({"name": "@after_pk", "value": after[0]})
+        params.append({"name": "@after_sk", "value": after[1]})
+    clauses.append("(IS_NULL(c.expires_at) OR c.expires_at > @now)")
+    params.append({"name": "@now", "value": now})
+    sql = (
+        "SELECT TOP @limit c.pk, c.sk, c.v, c.ver, c.expires_at FROM c WHERE "
+        + " AND ".join(clauses)
+        + " ORDER BY c.pk ASC, c.sk ASC"
     )
     return sql, params

@@ -13,6 +13,12 @@ seconds rounded up: the table's native TTL attribute, so DynamoDB never deletes 
 early) and ``exp`` (N, ``expires_at`` exactly). Expiry is decided on ``exp``: reads hide expired
 items and conditions treat them as absent, because native TTL deletes late (moto: never).
 
+Scans (``scan``, for administration only: export, erasure, moving a kind) are DynamoDB
+``Scan`` requests: each reads the whole table in storage order and filters partitions by name
+afterwards, so its cost (read capacity, time) is proportional to the table, not to what it
+returns, and no request path uses it. A scan reads items of one partition key together, in
+sort-key order; its token is the table key (``pk``, ``sk``) to resume after, as JSON.
+
 Retries: botocore's own retries are off; this module retries with full-jitter exponential
 backoff (:func:`northstar_adapters.common.retrying`), bounded by ``max_attempts`` and
 ``retry_budget``, then raises :class:`BackendUnavailable`.
@@ -48,7 +54,7 @@ import msgspec
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
-from northstar_adapters.common import RetryPolicy, SharedClients, key_range, retrying
+from northstar_adapters.common import RetryPolicy, SharedClients, key_range, retrying, scan_limit
 from northstar_adapters.dynamodb.errors import (
     TRANSPORT_ERRORS,
     Outcome,
@@ -70,6 +76,7 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    ScanPage,
     VersionIs,
     is_live,
     validate_key,
@@ -81,6 +88,10 @@ DEFAULT_TABLE_PREFIX: Final = "northstar_"
 TTL_ATTRIBUTE: Final = "ttl"
 PARTITION_MAX_BYTES: Final = 2048  # DynamoDB's partition key limit
 _QUERY_PAGE_MAX: Final = 1000
+# Scan requests one scan page may send while they find nothing under the prefix: a sparse prefix
+# then yields empty pages (allowed) instead of one call reading an unbounded part of the table.
+_SCAN_REQUESTS_PER_PAGE: Final = 4
+_SCAN_EVALUATE_MAX: Final = 1000
 
 
 class DynamoConfig(DynamoParams, frozen=True, kw_only=True):
@@ -235,6 +246,41 @@ def _condition(condition: Condition, now: float) -> dict[str, Any]:
 
 async def _query(client: Any, *, params: dict[str, Any]) -> Any:
     return await client.query(**params)
+
+
+async def _scan(client: Any, *, params: dict[str, Any]) -> Any:
+    return await client.scan(**params)
+
+
+class _ScanPosition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A scan token: the table key of the last item a page evaluated (the next page's
+    ``ExclusiveStartKey``)."""
+
+    pk: str
+    sk: str
+
+
+_SCAN_POSITION = msgspec.json.Decoder(_ScanPosition)
+
+
+def _scan_token(key: dict[str, Any]) -> str:
+    return msgspec.json.encode(_ScanPosition(pk=key["pk"]["S"], sk=key["sk"]["S"])).decode()
+
+
+def _scan_start(token: str | None) -> dict[str, Any] | None:
+    """The ``ExclusiveStartKey`` a :func:`_scan_token` names; InvalidItem if it is not one."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise InvalidItem("malformed scan token")
+    try:
+        position = _SCAN_POSITION.decode(token)
+    except (msgspec.DecodeError, UnicodeEncodeError) as exc:
+        raise InvalidItem("malformed scan token") from exc
+    # DynamoDB keys are never empty strings (it would reject them as a validation error).
+    if not position.pk or not position.sk:
+        raise InvalidItem("malformed scan token")
+    return _key(position.pk, position.sk)
 
 
 def _validate_partition(partition: str) -> None:
@@ -454,6 +500,49 @@ class DynamoItemStore(ItemStore):
                     break
                 start_key = {"pk": {"S": partition}, "sk": raw_items[-1]["sk"]}
         return out
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        """See :meth:`ItemStore.scan` and the module doc (a full table ``Scan``, administration only)."""
+        limit = scan_limit(limit)
+        start = _scan_start(token)
+        now = self._clock()
+        # Expiry is filtered with the core's clock, as ``get`` and ``query`` do: TTL deletes late.
+        expression = "(attribute_not_exists(#exp) OR #exp > :now)"
+        names = {"#exp": "exp"}
+        values: dict[str, Any] = {":now": _num(now)}
+        if prefix:  # an empty prefix names every partition (and is no valid attribute value)
+            expression = "begins_with(#pk, :prefix) AND " + expression
+            names["#pk"] = "pk"
+            values[":prefix"] = {"S": prefix}
+        out: list[tuple[str, Item]] = []
+        evaluate = limit
+        for _ in range(_SCAN_REQUESTS_PER_PAGE):
+            params: dict[str, Any] = {
+                "TableName": self.table,
+                "FilterExpression": expression,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+                "ConsistentRead": True,
+                # Counts the items read before the filter: ``limit`` where the prefix is dense,
+                # more after a request that found nothing (a sparse prefix in a shared table).
+                "Limit": evaluate,
+            }
+            if start is not None:
+                params["ExclusiveStartKey"] = start
+            response = await self._read("Scan", functools.partial(_scan, params=params))
+            raw_items = response.get("Items", [])
+            if len(raw_items) > limit:
+                # More matches than the page holds: it ends at its last returned item, so the
+                # next page resumes with the first one left out.
+                raw_items = raw_items[:limit]
+                start = _key(raw_items[-1]["pk"]["S"], raw_items[-1]["sk"]["S"])
+            else:
+                start = response.get("LastEvaluatedKey")
+            out = [(raw["pk"]["S"], _item_from_dynamo(raw)) for raw in raw_items]
+            if out or start is None:
+                break
+            evaluate = min(evaluate * 4, _SCAN_EVALUATE_MAX)
+        return ScanPage(out, None if start is None else _scan_token(start))
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         _validate_partition(partition)

@@ -37,6 +37,13 @@ ALL_FIELDS: Final = (F_KEY, F_VALUE, F_VERSION, F_EXPIRES, F_TTL, F_WRITE)
 
 _ESC: Final = "~"
 
+# The smallest document id Firestore orders (numeric ids sort before string ids); the SDK's own
+# recursive queries bound a collection with it. A reference bound only, never written.
+MIN_DOC_ID: Final = "__id-9223372036854775808__"
+# Appended to an id (or a collection id), the first id after it and after all its descendants:
+# document names order segment by segment, and no string lies between ``s`` and ``s + NUL``.
+AFTER: Final = "\0"
+
 
 def doc_id(raw: str) -> str:
     """A valid Firestore document id for ``raw``, reversibly (see :func:`raw_id`).
@@ -52,6 +59,18 @@ def doc_id(raw: str) -> str:
     if out[0] in "._":
         out = _ESC + out
     return out
+
+
+def doc_id_prefix(prefix: str) -> str:
+    """What the doc id of every raw id starting with ``prefix`` starts with, and only theirs.
+
+    Escaping is character by character, except the first character's ``.``/``_`` rule, which
+    depends on that character alone, and the empty id (``~e``), which starts only with the empty
+    prefix. :func:`doc_id` of a non-empty prefix is therefore a prefix of the doc id of every raw
+    id extending it; and since the escape sequences are read left to right without look-ahead,
+    a doc id that starts with it decodes to a raw id that starts with ``prefix``.
+    """
+    return doc_id(prefix) if prefix else ""
 
 
 def raw_id(encoded: str) -> str:

@@ -2,13 +2,16 @@
 
 Firestore needs no tables; what it needs is configuration the emulator never checks:
 
-* **Indexes.** The adapter issues one query shape (see ``FirestoreItemStore.build_query``):
-  collection ``items``, range filters on ``sk`` only, ``order_by("sk")`` ascending or
-  descending, ``limit``. Single-field indexes serve it, so no composite index is needed; the
-  index file keeps ``sk`` indexed both ways explicitly and exempts every other field from
-  indexing (``v`` holds values up to 350 KB; ``expires_at`` is a TTL timestamp, and indexing it
-  would only add write cost). ``tests/adapters/test_firestore.py`` checks every query the adapter
-  issues against this file, since the emulator cannot.
+* **Indexes.** The adapter issues one query shape on a partition (see
+  ``FirestoreItemStore.build_query``): collection ``items``, range filters on ``sk`` only,
+  ``order_by("sk")`` ascending or descending, ``limit``; and, for ``scan`` only, a
+  collection-group query on ``items`` bounded and ordered by document name alone
+  (``build_scan_query``), which the built-in name index serves. Single-field indexes serve
+  the first, so no composite index is needed; the index file keeps ``sk`` indexed both ways
+  explicitly and exempts every other field from indexing (``v`` holds values up to 350 KB;
+  ``expires_at`` is a TTL timestamp, and indexing it would only add write cost).
+  ``tests/adapters/test_firestore.py`` checks every query the adapter issues against this file,
+  since the emulator cannot.
 * **TTL.** A TTL policy on collection group ``items``, field ``expires_at``.
 
 ``provision(target, dry_run=...)`` writes the deployable index file (``index_file`` connection param,

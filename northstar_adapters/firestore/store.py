@@ -38,6 +38,19 @@ connection). That is safe here because:
   idempotency record (same key, same fingerprint) and answers with the original result, so the
   client sees one write. Delete-only batches carry no id; a conditional delete-only batch whose
   retry fails its conditions reports ``ConditionFailed``.
+
+Scan (administration only) walks partitions in document-id order, which differs from raw name
+order because of the id escaping, and the items of each in key order. Parent documents are never
+written, so partitions are found through their items: a collection-group query on ``items``
+ordered by ``__name__`` alone, bounded to this collection and started at the escaped prefix
+(the ids under a prefix are contiguous, so the first id past them ends the scan). Firestore's
+built-in document-name index serves it; no index needs declaring, in any scope. A partition the
+read passes entirely is returned from that read, sorted by key; the last one it reaches is read
+on with the ordinary ``sk``-ordered query. So a page costs at most ``_Scan.REQUESTS`` (8)
+requests and reads about ``limit`` documents per request, expired leftovers included (skipped
+client-side, like ``query``), plus those of a partition cut by a read's limit, which are read
+again in key order. The token is the last examined (partition, key); a page may be short, or
+empty, when expired leftovers or the request budget end it early.
 """
 
 from __future__ import annotations
@@ -55,9 +68,19 @@ from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
-from northstar_adapters.common import RetryPolicy, SharedClients, key_range, retrying
+from northstar_adapters.common import (
+    RetryPolicy,
+    SharedClients,
+    key_range,
+    parse_position_token,
+    position_token,
+    retrying,
+    scan_limit,
+)
 from northstar_adapters.firestore.layout import (
+    AFTER,
     DOC_ID_MAX_BYTES,
     F_EXPIRES,
     F_KEY,
@@ -66,7 +89,9 @@ from northstar_adapters.firestore.layout import (
     F_VERSION,
     F_WRITE,
     ITEMS,
+    MIN_DOC_ID,
     doc_id,
+    doc_id_prefix,
     raw_id,
 )
 from northstar_adapters.params import FirestoreParams, parse
@@ -81,6 +106,7 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    ScanPage,
     VersionIs,
     is_live,
     validate_key,
@@ -338,6 +364,52 @@ class FirestoreItemStore(ItemStore):
         direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
         return query.order_by(F_KEY, direction=direction).limit(limit)
 
+    # --- scan ------------------------------------------------------------------------------
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        """Partitions in document-id order, the items of each in key order (see module doc).
+
+        The token is the last *examined* position (partition, key): everything of the
+        partitions before it in document-id order, and of its partition up to that key, is done.
+        """
+        limit = scan_limit(limit)
+        position = parse_position_token(token)
+        if position is not None and not position[0].startswith(prefix):
+            raise InvalidItem("the scan token belongs to another prefix")
+        id_prefix = doc_id_prefix(prefix)
+        if len(id_prefix.encode()) > DOC_ID_MAX_BYTES:
+            return ScanPage([], None)  # no partition can have such a name
+        scan = _Scan(self, prefix, limit)
+        start: str | None
+        if position is not None:
+            partition, after = position
+            if not await scan.partition(partition, after):
+                return scan.page()
+            start = doc_id(partition) + AFTER
+        else:
+            start = id_prefix or MIN_DOC_ID
+        while start is not None:
+            if scan.budget < 2:  # a discovery may need one follow-up read
+                return scan.page()
+            start = await scan.discover(start, id_prefix)
+            if scan.stopped:
+                return scan.page()
+        return ScanPage(scan.items, None)
+
+    def build_scan_query(self, start: str, limit: int) -> Any:
+        """The scan's discovery query: collection group ``items`` ordered by document name
+        (``__name__`` only, so Firestore's built-in name index serves it; no field index),
+        from document id ``start`` of this collection to the collection's end."""
+        client = self._client()
+        name = FieldPath.document_id()
+        return (
+            client.collection_group(ITEMS)
+            .order_by(name)
+            .start_at({name: client.collection(self.collection).document(start)})
+            .end_before({name: client.collection(self.collection + AFTER).document(MIN_DOC_ID)})
+            .limit(limit)
+        )
+
     async def _read_docs(self, items: Any, keys: set[str]) -> dict[str, dict[str, Any] | None]:
         """Current documents (data + update_time) for ``keys``; ``None`` where absent."""
         found: dict[str, dict[str, Any] | None] = dict.fromkeys(keys)
@@ -455,6 +527,105 @@ class FirestoreItemStore(ItemStore):
                 raise
 
         await self._retrying("write", once)
+
+
+class _Scan:
+    """One page of :meth:`FirestoreItemStore.scan` being filled, within a request budget."""
+
+    REQUESTS: Final = 8
+
+    def __init__(self, store: FirestoreItemStore, prefix: str, limit: int) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.limit = limit
+        self.budget = self.REQUESTS
+        self.items: list[tuple[str, Item]] = []
+        self.last: tuple[str, str] | None = None  # the last examined (partition, key)
+        self.stopped = False
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.limit
+
+    def page(self) -> ScanPage:
+        # Work left: the next page resumes after the last examined position. Every page that
+        # does not end the scan examines a document or reaches a partition beyond its token's
+        # (a discovery that finds nothing ends the scan), so a scan always ends.
+        assert self.last is not None
+        return ScanPage(self.items, position_token(*self.last))
+
+    def examine(self, partition: str, data: dict[str, Any]) -> None:
+        self.last = (partition, data[F_KEY])
+        if self.store._live(data):
+            self.items.append((partition, self.store._item(data)))
+
+    async def _run(self, query: Any) -> list[Any]:
+        self.budget -= 1
+
+        async def once() -> list[Any]:
+            return [snap async for snap in query.stream(retry=None, timeout=self.store.timeout)]
+
+        return await self.store._retrying("scan", once)
+
+    async def partition(self, partition: str, after: str | None) -> bool:
+        """Read ``partition`` in key order after ``after``; ``True`` once it is exhausted,
+        ``False`` when the page is full or the budget spent first."""
+        while True:
+            want = self.limit - len(self.items)
+            query = self.store.build_query(partition, after, False, None, False, want)
+            snaps = await self._run(query)
+            for snap in snaps:
+                data = snap.to_dict()
+                self.examine(partition, data)
+                after = data[F_KEY]
+            if len(snaps) < want:
+                return True
+            if self.full or self.budget < 1:
+                return False
+
+    async def discover(self, start: str, id_prefix: str) -> str | None:
+        """Read the items from partition doc id ``start`` on in document-name order.
+
+        A partition whose items the read passed entirely is complete in it: its items are
+        examined in key order straight from the read. The last partition it reached may go on
+        beyond it and is read on in key order instead. Returns the doc id to go on from, or
+        ``None`` once past the last partition under the prefix; sets ``stopped`` when the page
+        is full or the budget spent first.
+        """
+        want = self.limit - len(self.items)
+        snaps = await self._run(self.store.build_scan_query(start, want))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        ended = len(snaps) < want
+        for snap in snaps:
+            parent = snap.reference.parent.parent
+            if parent is None or parent.parent.id != self.store.collection:
+                ended = True  # outside this collection: cannot happen within the query bounds
+                break
+            # The doc ids under the prefix are contiguous: the first one outside is past them
+            # all. The raw check is the definition; the id check alone is equivalent (see
+            # layout.doc_id_prefix).
+            if not parent.id.startswith(id_prefix) or not raw_id(parent.id).startswith(self.prefix):
+                ended = True
+                break
+            groups.setdefault(parent.id, []).append(snap.to_dict())
+        for n, (parent_id, docs) in enumerate(groups.items()):
+            partition = raw_id(parent_id)
+            # Reached: every partition before it is done (keys are never empty, so "" is
+            # before all of this one's).
+            self.last = (partition, "")
+            if n == len(groups) - 1 and not ended:
+                # This partition may go on past the read: its key order needs its own query.
+                if not await self.partition(partition, None):
+                    self.stopped = True
+                    return None
+            else:
+                for data in sorted(docs, key=lambda d: d[F_KEY]):
+                    self.examine(partition, data)
+                    if self.full:
+                        self.stopped = True
+                        return None
+            start = parent_id + AFTER
+        return None if ended else start
 
 
 def store_from_params(

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from northstar_adapters.common import key_range
+from northstar_adapters.common import key_range, parse_position_token, position_token, scan_limit
 from northstar_adapters.params import MemoryParams, parse
 from northstar_core.routing import Target
 from northstar_core.storage import (
@@ -20,6 +20,7 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    ScanPage,
     VersionIs,
     is_live,
     validate_key,
@@ -81,6 +82,24 @@ class MemoryItemStore(ItemStore):
                 if len(out) >= limit:
                     break
         return out
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        limit = scan_limit(limit)
+        position = parse_position_token(token)
+        start = "" if position is None else position[0]
+        names = sorted(p for p in self._parts if p.startswith(prefix) and p >= start)
+        out: list[tuple[str, Item]] = []
+        for name in names:
+            keys, items = self._parts[name]
+            start = 0 if position is None or name > position[0] else bisect.bisect_right(keys, position[1])
+            for key in keys[start:]:
+                item = self._live(items[key])
+                if item is None:
+                    continue
+                out.append((name, item))
+                if len(out) == limit:
+                    return ScanPage(out, position_token(name, key))
+        return ScanPage(out, None)
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         validate_ops(ops, self.capabilities)

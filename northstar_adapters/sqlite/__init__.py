@@ -41,7 +41,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from northstar_adapters.common import SharedClients, key_range
+from northstar_adapters.common import (
+    SharedClients,
+    key_range,
+    parse_position_token,
+    position_token,
+    prefix_end,
+    scan_limit,
+)
 from northstar_adapters.params import SqliteParams, parse
 from northstar_core.observe import current as observer
 from northstar_core.routing import Target
@@ -57,6 +64,7 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    ScanPage,
     VersionIs,
     validate_key,
     validate_ops,
@@ -589,6 +597,29 @@ class SqliteItemStore(ItemStore):
             return [Item(r[0], r[1], r[2], r[3]) for r in rows]
 
         return await self._live_database().read(run, short=limit <= SHORT_READ_ROWS)
+
+    async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
+        limit = scan_limit(limit)
+        position = parse_position_token(token)
+        sql = ["SELECT pk, sk, value, version, expires_at FROM items WHERE ns = ? AND pk >= ?"]
+        args: list[Any] = [self.namespace, prefix]
+        upper = prefix_end(prefix)
+        if upper is not None:
+            sql.append("AND pk < ?")
+            args.append(upper)
+        if position is not None:
+            sql.append("AND (pk, sk) > (?, ?)")
+            args.extend(position)
+        sql.append("AND (expires_at IS NULL OR expires_at > ?) ORDER BY pk, sk LIMIT ?")
+        statement = " ".join(sql)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, Item]]:
+            rows = conn.execute(statement, (*args, time.time(), limit)).fetchall()
+            return [(r[0], Item(r[1], r[2], r[3], r[4])) for r in rows]
+
+        items = await self._live_database().read(run)
+        last = items[-1] if len(items) == limit else None
+        return ScanPage(items, None if last is None else position_token(last[0], last[1].key))
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         """Apply ``ops`` atomically; returns only after the transaction carrying them committed.

@@ -166,6 +166,11 @@ class _QuerySpy(FirestoreItemStore):
         self.sent.append(StructuredQuery.to_dict(query._to_protobuf(), use_integers_for_enums=False))
         return query
 
+    def build_scan_query(self, *args: Any, **kwargs: Any) -> Any:
+        query = super().build_scan_query(*args, **kwargs)
+        self.sent.append(StructuredQuery.to_dict(query._to_protobuf(), use_integers_for_enums=False))
+        return query
+
 
 def _as_dict(query: Any) -> dict[str, Any]:
     return StructuredQuery.to_dict(query._to_protobuf(), use_integers_for_enums=False)
@@ -195,6 +200,15 @@ async def test_every_query_the_adapter_issues_is_covered_by_the_index_file(fires
             for prefix in ("", "s#"):
                 await store.query(p, prefix, **kwargs)
         assert len(store.sent) > len(shapes) * 2  # some queries paged past expired items
+        sent = len(store.sent)
+        for prefix, limit in (("t_idx|", 5), ("t_idx|", 1000), ("", 3)):
+            token = None
+            while True:
+                page = await store.scan(prefix, token=token, limit=limit)
+                if page.token is None:
+                    break
+                token = page.token
+        assert len(store.sent) > sent  # the scans' queries are checked too
     finally:
         await store.close()
     document = json.loads((ROOT / DEFAULT_INDEX_FILE).read_text())
