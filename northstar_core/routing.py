@@ -197,6 +197,27 @@ def _route_key(kind: str, tenant_id: str | None) -> str:
     return f"route#{kind}#{tenant_id or '*'}"
 
 
+class RetiredTenant(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant whose data is being (``erasing``) or was (``erased``) erased: no request of it
+    is served again, so a token still valid for it cannot write anything back."""
+
+    tenant_id: str
+    state: str
+    at: float
+    items_deleted: int = 0
+
+
+def _tenant_key(tenant_id: str) -> str:
+    return f"tenant#{tenant_id}"
+
+
+def tenant_erased(tenant_id: str) -> NorthstarError:
+    return NorthstarError(
+        "tenant.erased", "this tenant's data was erased; it is served no more", 410,
+        details={"tenant_id": tenant_id},
+    )
+
+
 _PARTITION: Final = "routing_registry"
 # A store no route uses any more is closed this long after it was replaced, so requests that
 # resolved it just before the change finish on it.
@@ -357,6 +378,7 @@ class RoutingRegistry:
         self.required_kinds = tuple(required_kinds)
         self._routes: dict[tuple[str, str | None], tuple[Route, int]] = {}
         self._broken: dict[tuple[str, str | None], _Broken] = {}
+        self._retired_tenants: dict[str, RetiredTenant] = {}
         # One store per (connection, table): stores on one connection share its client.
         self._stores: dict[tuple[str, str], ItemStore] = {}
         self._retired: dict[tuple[str, str], float] = {}
@@ -398,8 +420,25 @@ class RoutingRegistry:
             if len(page) < 200:
                 break
             after = page[-1].key
+        retired: dict[str, RetiredTenant] = {}
+        after = None
+        while True:
+            try:
+                page = await self._store.query(_PARTITION, "tenant#", after=after, limit=200)
+            except BackendUnavailable as exc:
+                raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
+            for item in page:
+                tenant = item.key[len("tenant#") :]
+                try:
+                    retired[tenant] = msgspec.json.decode(item.value, type=RetiredTenant)
+                except msgspec.DecodeError:  # unreadable: still retired, never served
+                    retired[tenant] = RetiredTenant(tenant_id=tenant, state="erasing", at=0.0)
+            if len(page) < 200:
+                break
+            after = page[-1].key
         self._routes = routes
         self._broken = broken
+        self._retired_tenants = retired
         self._loaded_at = self._monotonic()
         await self._retire_unused()
 
@@ -614,10 +653,44 @@ class RoutingRegistry:
             return self._broken[(kind, tenant_id)]
         return self._broken.get((kind, None))
 
-    async def store_for(self, kind: str, tenant_id: str | None = None) -> KindStore:
+    # --- retired tenants -----------------------------------------------------------------
+
+    def retired(self, tenant_id: str) -> RetiredTenant | None:
+        """The retirement record of ``tenant_id`` as last loaded (``None``: served)."""
+        return self._retired_tenants.get(tenant_id)
+
+    async def retire_tenant(self, tenant_id: str, now: float) -> RetiredTenant:
+        """Record durably that ``tenant_id`` is being erased (kept if it already is): every
+        process sharing this registry refuses its requests from its next refresh on."""
+        key = _tenant_key(tenant_id)
+        record = RetiredTenant(tenant_id=tenant_id, state="erasing", at=now)
+        try:
+            await self._store.write(_PARTITION, [Put(key, msgspec.json.encode(record), condition=Absent())])
+        except ConditionFailed:
+            pass  # retired before (an erasure resumed)
+        except BackendUnavailable as exc:
+            raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
+        await self.load()
+        return self._retired_tenants[tenant_id]
+
+    async def complete_retirement(self, tenant_id: str, now: float, items_deleted: int) -> None:
+        """Mark the erasure of ``tenant_id`` complete (it stays retired)."""
+        record = RetiredTenant(tenant_id=tenant_id, state="erased", at=now, items_deleted=items_deleted)
+        try:
+            await self._store.write(_PARTITION, [Put(_tenant_key(tenant_id), msgspec.json.encode(record))])
+        except BackendUnavailable as exc:
+            raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
+        await self.load()
+
+    async def store_for(
+        self, kind: str, tenant_id: str | None = None, *, retired_ok: bool = False
+    ) -> KindStore:
         """The store serving ``kind`` (for ``tenant_id``): 503 ``<kind>.missing_route`` if none,
-        503 ``<kind>.route_misconfigured`` if its route cannot be served as stored."""
+        503 ``<kind>.route_misconfigured`` if its route cannot be served as stored, 410
+        ``tenant.erased`` for a retired tenant (unless ``retired_ok``: the erasure itself)."""
         await self._fresh()
+        if tenant_id is not None and not retired_ok and tenant_id in self._retired_tenants:
+            raise tenant_erased(tenant_id)
         route = self._resolve(kind, tenant_id)
         if route is None:
             broken = self._broken_for(kind, tenant_id)
