@@ -20,6 +20,7 @@ from northstar_core.chat import ChatService
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
+from northstar_core.kernel.archive import Archives
 from northstar_core.kernel.tail import DEFAULT_POLL_INTERVAL, TailHub
 from northstar_core.memory import SessionMemory
 from northstar_core.notes import NotesService
@@ -80,6 +81,8 @@ class Engines:
             registry, cursors, self.clock,
             timeline=self.timeline, gate=self.gate, audit=self.spine, toggles=self.config,
         )
+        # Whole-tenant export and import (system callers), item by item below every domain.
+        self.archives = Archives(registry, cursors, self.clock)
 
     async def close(self) -> None:
         await self.actions.close()
