@@ -25,6 +25,7 @@ from northstar_http.openapi import openapi_config
 from northstar_http.routes import (
     actions,
     analytics,
+    archives,
     blackboard,
     canvas,
     chat,
@@ -59,6 +60,7 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     timeline,
     tickets,
     console,
+    archives,
 )
 
 

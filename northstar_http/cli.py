@@ -284,6 +284,149 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# --- archives --------------------------------------------------------------------------------
+
+_OPERATOR = "northstar-cli"
+
+
+def _operator(tenant_id: str, mode: str) -> Any:
+    from northstar_core.identity import RequestContext
+
+    # The operator's own command, run with the deployment's configuration and credentials.
+    return RequestContext(tenant_id=tenant_id, mode=mode, user_id=_OPERATOR, roles=("owner",), is_system=True)
+
+
+def _resume_point(path: Path) -> tuple[str | None, int] | None:
+    """Where an archive file stands: ``None`` if complete, else the cursor of its last mark
+    (``None``: from the start) and the byte length up to and including that mark."""
+    from northstar_core.kernel.archive import ArchiveEnd, ArchiveHeader, ArchiveMark, Line
+
+    decoder = msgspec.json.Decoder(Line)
+    cursor: str | None = None
+    keep = 0
+    offset = 0
+    with path.open("rb") as f:
+        for raw in f:
+            offset += len(raw)
+            if not raw.endswith(b"\n"):
+                break  # a line cut in the middle: dropped
+            try:
+                line = decoder.decode(raw)
+            except msgspec.DecodeError:
+                break
+            if isinstance(line, ArchiveEnd):
+                return None
+            if isinstance(line, ArchiveHeader | ArchiveMark):
+                cursor = line.cursor if isinstance(line, ArchiveMark) else None
+                keep = offset
+    return cursor, keep
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from northstar_adapters.compose import build_engines
+
+    settings = _settings(args, create=False)
+    out = Path(args.out) if args.out else None
+    cursor: str | None = None
+    append = False
+    if out is not None and out.exists() and out.stat().st_size > 0:
+        point = _resume_point(out)
+        if point is None:
+            print(f"# {out} is a complete archive already", file=sys.stderr)
+            return 0
+        cursor, keep = point
+        if keep == 0:
+            out.unlink()  # not even a whole header: start again
+        else:
+            with out.open("r+b") as f:
+                f.truncate(keep)
+            append = True
+            print(f"# resuming {out} after its last mark", file=sys.stderr)
+
+    async def run(sink: Any) -> int:
+        engines = await build_engines(settings)
+        try:
+            lines = await engines.archives.export(_operator(args.tenant, settings.mode), args.tenant, cursor)
+            failed = None
+            async for chunk in lines:
+                # each chunk ends with a mark: on disk before the next page is read
+                sink.write(chunk)
+                sink.flush()
+                if chunk.startswith(b'{"t":"error"'):
+                    failed = chunk.decode().strip()
+            if failed is not None:
+                return _fail(f"the export stopped: {failed}; run the same command again to resume", 1)
+            return 0
+        except NorthstarError as exc:
+            return _fail(f"{exc.code}: {exc.message}", 1)
+        finally:
+            await engines.close()
+
+    if out is None:
+        return asyncio.run(run(sys.stdout.buffer))
+    with out.open("ab" if append else "wb") as sink:
+        code = asyncio.run(run(sink))
+        os.fsync(sink.fileno())
+    return code
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from northstar_adapters.compose import build_engines
+
+    settings = _settings(args, create=True)
+    source = Path(args.input)
+    if not source.is_file():
+        return _fail(f"no archive at {source}")
+
+    async def lines(f: Any) -> Any:
+        while batch := await asyncio.to_thread(f.readlines, 1 << 20):
+            for raw in batch:
+                yield raw
+
+    async def run(f: Any) -> int:
+        engines = await build_engines(settings)
+        try:
+            report = await engines.archives.import_(
+                _operator(args.tenant, settings.mode), args.tenant, lines(f), resume=args.resume
+            )
+            print(json.dumps(msgspec.to_builtins(report)))
+            return 0
+        except NorthstarError as exc:
+            details = f" {json.dumps(exc.details)}" if exc.details else ""
+            return _fail(f"{exc.code}: {exc.message}{details}", 1)
+        finally:
+            await engines.close()
+
+    with source.open("rb") as f:
+        return asyncio.run(run(f))
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from northstar_adapters.compose import build_engines
+
+    settings = _settings(args, create=False)
+
+    async def run() -> int:
+        engines = await build_engines(settings)
+        try:
+            print(f"# retiring {args.tenant}, then deleting its data", file=sys.stderr)
+            report = await engines.archives.erase(
+                _operator(args.tenant, settings.mode),
+                args.tenant,
+                confirm=args.confirm,
+                # every server re-reads the routing table (and so the retirement) this often
+                settle_seconds=settings.registry.refresh_seconds + 1.0,
+            )
+            print(json.dumps(msgspec.to_builtins(report)))
+            return 0
+        except NorthstarError as exc:
+            return _fail(f"{exc.code}: {exc.message}", 1)
+        finally:
+            await engines.close()
+
+    return asyncio.run(run())
+
+
 # --- provision -------------------------------------------------------------------------------
 
 
@@ -481,6 +624,25 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="time allowed for each backend or endpoint check (default: 5)")
     d.set_defaults(func=cmd_doctor)
+
+    x = command("export", "write a tenant's archive (every item of every kind) as JSON lines")
+    x.add_argument("--tenant", required=True, metavar="TENANT_ID", help="the tenant to export")
+    x.add_argument("--out", metavar="FILE",
+                   help="the archive file; an unfinished one is resumed after its last mark "
+                   "(default: standard output, not resumable)")
+    x.set_defaults(func=cmd_export)
+
+    i = command("import", "write a tenant's archive into this deployment (the tenant must hold nothing)")
+    i.add_argument("--tenant", required=True, metavar="TENANT_ID", help="the tenant of the archive")
+    i.add_argument("--in", dest="input", required=True, metavar="FILE", help="the archive file")
+    i.add_argument("--resume", action="store_true",
+                   help="continue an import that stopped: items already written must be identical")
+    i.set_defaults(func=cmd_import)
+
+    e = command("erase", "delete every item of a tenant in every kind, for good (the tenant is retired)")
+    e.add_argument("--tenant", required=True, metavar="TENANT_ID", help="the tenant to erase")
+    e.add_argument("--confirm", required=True, metavar="TENANT_ID", help="the tenant id again")
+    e.set_defaults(func=cmd_erase)
 
     o = command("openapi", "write the OpenAPI schema to contracts/openapi.json")
     o.add_argument("--output", default=str(OPENAPI_FILE), metavar="FILE",

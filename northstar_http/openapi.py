@@ -73,6 +73,7 @@ SCHEMA_REF: Final = "#/components/schemas/{name}"
 ENVELOPE_REF: Final = SCHEMA_REF.format(name="ErrorEnvelope")
 WRITE_METHODS: Final = frozenset({"post", "put", "patch", "delete"})
 SSE_MEDIA_TYPE: Final = "text/event-stream"
+JSON_LINES_MEDIA_TYPE: Final = "application/x-ndjson"
 
 # What each documented error status means here (the codes are in contracts/error_codes.json).
 ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
@@ -83,7 +84,8 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     404: "No such resource (`<domain>.not_found` and kin)",
     408: "The request body did not arrive in time (`request.timeout`)",
     409: "Conflict: a stale version or revision, or a state that does not allow this",
-    410: "The cursor is invalid, tampered, foreign or ahead of the head (`<domain>.cursor_invalid`)",
+    410: "Gone: the cursor is invalid, tampered, foreign or ahead of the head "
+    "(`<domain>.cursor_invalid`), or the tenant was erased (`tenant.erased`)",
     413: "The body or a value in it exceeds a size limit (`request.body_too_large`, "
     "`<domain>.*_too_large`)",
     422: "The request is well-formed JSON but invalid (`request.validation_failed`, "
@@ -191,6 +193,24 @@ def sse_stream(payload: type[msgspec.Struct], *, events: list[str] | None = None
     return EventStream
 
 
+def json_lines(*lines: type[msgspec.Struct], description: str) -> type[Operation]:
+    """An ``operation_class`` documenting a 200 answer streamed as JSON lines, each one of
+    ``lines`` (tagged Structs)."""
+    line = Schema(one_of=[Reference(ref=_register(struct)) for struct in lines], description=description)
+
+    @dataclass
+    class JsonLines(Operation):
+        def __post_init__(self) -> None:
+            assert self.responses is not None
+            self.responses["200"] = OpenAPIResponse(
+                description="JSON lines (one JSON object per line)",
+                content={JSON_LINES_MEDIA_TYPE: OpenAPIMediaType(schema=line)},
+            )
+
+    JsonLines.__name__ = JsonLines.__qualname__ = f"{lines[0].__name__}LinesOperation"
+    return JsonLines
+
+
 # --- the configuration ---------------------------------------------------------------------------
 
 
@@ -273,7 +293,8 @@ def _shared_statuses(path: str, op: dict[str, Any]) -> set[int]:
         if path != "/healthz":
             statuses |= {401, 503}
     else:
-        statuses |= {400, 401, 403, 503}
+        # 410: any tenant's request once its data has been erased
+        statuses |= {400, 401, 403, 410, 503}
     if has_input:
         statuses.add(422)
     if has_body:
