@@ -3,11 +3,14 @@ every read exactly; exports resume from any mark; bad, cut or foreign archives w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from contracts.suite import make_registry
 from contracts.suite.scan import scan_all
@@ -377,3 +380,53 @@ async def test_erasure_needs_the_system_flag_and_the_tenant_repeated() -> None:
         assert info.value.code == code
     assert await tenant_items(store) == before
     assert engines.registry.retired(TENANT) is None
+
+
+# --- the rule, for any items ------------------------------------------------------------------
+
+_names = st.text(
+    st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="|"), min_size=1, max_size=6
+)
+_items = st.lists(
+    st.tuples(
+        st.sampled_from([TENANT, "t_other", TENANT + "0"]),  # and a tenant whose id extends this one
+        _names,  # partition tail
+        _names,  # key
+        st.binary(max_size=40),
+        st.integers(1, 2**40),
+        st.sampled_from([None, 4_000_000_000.5, 1.0]),  # no expiry, future, long expired
+    ),
+    max_size=60,
+    unique_by=lambda t: (t[0], t[1], t[2]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_items, st.integers(1, 7), st.data())
+def test_any_items_export_and_import_exactly_and_an_export_resumes_from_any_mark(
+    monkeypatch: pytest.MonkeyPatch,
+    items: list[tuple[str, str, str, bytes, int, float | None]],
+    page: int,
+    data: Any,
+) -> None:
+    monkeypatch.setattr(archive, "PAGE", page)
+
+    async def scenario() -> None:
+        source_store = MemoryItemStore()
+        for tenant, tail, key, value, version, expires in items:
+            await source_store.write(f"{tenant}|lab|{tail}", [Put(key, value, version, expires)])
+        source = await engines_on(source_store)
+        lines = await export_lines(source)
+        marks = [i for i, x in enumerate(lines) if isinstance(decoded(x), archive.ArchiveMark)]
+        at = data.draw(st.sampled_from(marks))
+        resumed = await export_lines(source, cursor=decoded(lines[at]).cursor)
+        assert lines[: at + 1] + resumed == lines
+        target_store = MemoryItemStore()
+        target = await engines_on(target_store)
+        report = await target.archives.import_(SYSTEM, TENANT, feed(lines))
+        expected = await tenant_items(source_store)
+        assert report.items == report.written == len(expected)
+        assert await tenant_items(target_store) == expected
+        assert await scan_all(target_store, "", 1000) == expected  # nothing of any other tenant
+
+    asyncio.run(scenario())
