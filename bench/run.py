@@ -1,4 +1,4 @@
-"""The benchmark harness: one entry point for P1-P9, one table, one JSON file.
+"""The benchmark harness: one entry point for P1-P10, one table, one JSON file.
 
     .venv/bin/python -m bench.run [--only P1,P3] [--quick] [--p3-backends sqlite,dynamodb]
     ./scripts/bench ...            # venv setup, then the same
@@ -22,6 +22,8 @@ Markdown for the README).
   on sqlite and each emulator — ``bench/p8_tails.py``
 * P9 budget ledger: usage entries/s one tenant sustains under concurrent recorders, one
   stream vs the sharded ledger, on sqlite and each emulator — ``bench/p9_budget.py``
+* P10 tenant archives: export and import items/s next to raw reads and writes of the same
+  items, on sqlite and each emulator — ``bench/p10_archive.py``
 
 Exit status: 1 while any target is missed. The end of the output lists the missed rows per
 bench, so one bench's known misses (see the README's notes on the latest run) never hide
@@ -49,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PY, RESULTS, row  # noqa: E402
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
 P4_BACKENDS = ("dynamodb", "firestore", "cosmos")
 P4_TARGET = 1.15
 
@@ -192,6 +194,12 @@ def p9(args: argparse.Namespace) -> dict[str, Any]:
     return p9_budget.run(quick=args.quick, backends=args.p9_backends.split(","))
 
 
+def p10(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p10_archive
+
+    return p10_archive.run(quick=args.quick, backends=args.p10_backends.split(","))
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P1": p1,
     "P2": p2,
@@ -202,6 +210,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P7": p7,
     "P8": p8,
     "P9": p9,
+    "P10": p10,
 }
 
 
@@ -268,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         "--p9-backends",
         default="sqlite,dynamodb,firestore,cosmos",
         help="backends P9 measures the budget ledger on (comma-separated)",
+    )
+    parser.add_argument(
+        "--p10-backends",
+        default="sqlite,dynamodb,firestore,cosmos",
+        help="backends P10 measures archive export and import on (comma-separated)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
