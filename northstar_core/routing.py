@@ -23,6 +23,7 @@ from northstar_core.identity import TENANT_PATTERN
 from northstar_core.kernel.buckets import MAX_SHARDS, forget
 from northstar_core.observe import current as observer
 from northstar_core.storage import (
+    MAX_SCAN_PAGE,
     Absent,
     BackendUnavailable,
     Capabilities,
@@ -191,6 +192,19 @@ class BackendFactory(Protocol):
 
 class RoutingError(Exception):
     """The routing table does not allow the service to start."""
+
+
+async def holds_any(store: ItemStore, prefix: str) -> bool:
+    """Whether ``store`` holds a live item in a partition named ``prefix…`` (a page may be
+    empty without being the last, so this can read much of a shared table)."""
+    token: str | None = None
+    while True:
+        page = await store.scan(prefix, token=token, limit=MAX_SCAN_PAGE)
+        if page.items:
+            return True
+        if page.token is None:
+            return False
+        token = page.token
 
 
 def _route_key(kind: str, tenant_id: str | None) -> str:
@@ -547,6 +561,7 @@ class RoutingRegistry:
         *,
         by_system: bool = True,
         probe: bool = True,
+        force: bool = False,
     ) -> int:
         """Validate, test-open and store ``route`` durably; returns its new version.
 
@@ -554,12 +569,18 @@ class RoutingRegistry:
         ``routing.backend_unavailable`` when its backend does not answer (``probe``; the
         operator's own configured routes are seeded before ``provision`` may have run, so they
         are opened but not pinged), 409 when ``expected_version`` is stale. Nothing is stored
-        unless the route opens (and answers).
+        unless the route opens (and answers). A route that moves a kind to another table while
+        the table serving it now holds data would leave that data behind: 409
+        ``routing.would_strand``, unless the system operator ``force``s it.
         """
         connection = self.validate(route, by_system=by_system)
         if expected_version is not None and not 0 <= expected_version < 2**63:
             raise invalid_params("expected_version must be between 0 and 2**63-1", "expected_version")
+        if force and not by_system:
+            raise NorthstarError("auth.system_required", "forcing a route change needs the system flag", 403)
         await self._test_open(route, connection, probe=probe)
+        if not force:
+            await self._refuse_stranding(route)
         route = msgspec.structs.replace(route, layout=DATA_LAYOUTS[route.resource_kind])
         key = _route_key(route.resource_kind, route.tenant_id)
         current = await self._store.get(_PARTITION, key)
@@ -587,6 +608,45 @@ class RoutingRegistry:
             ) from None
         await self.load()
         return version
+
+    async def _refuse_stranding(self, route: Route) -> None:
+        """409 if ``route`` takes its kind (for its tenant, or for every tenant) away from a table
+        that holds data: those items would no longer be read by anything."""
+        await self._fresh()
+        old = self._resolve(route.resource_kind, route.tenant_id)
+        if old is None or (old.connection, old.table_name) == (route.connection, route.table_name):
+            return
+        connection = self.connections.get(old.connection)
+        if connection is None:
+            return  # the old connection is gone from the configuration: nothing reads it anyway
+        # a tenant's override moves that tenant's items only; the deployment-wide route moves
+        # every tenant's that has no override of its own (any item counts: conservative)
+        prefix = f"{route.tenant_id}|" if route.tenant_id is not None else ""
+        try:
+            holds = await holds_any(self._open(old, connection), prefix)
+        except BackendUnavailable as exc:
+            raise NorthstarError(
+                "routing.backend_unavailable",
+                f"cannot tell whether the table serving {route.resource_kind} now holds data "
+                f"({exc.reason}); the system operator may force the change",
+                503,
+                details={"resource_kind": route.resource_kind},
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from exc
+        if holds:
+            raise NorthstarError(
+                "routing.would_strand",
+                f"{route.resource_kind} data is in {self.label_of(old)} table '{old.table_name}': "
+                "moving the route would leave it behind (export and import it, or erase it, "
+                "first; the system operator may force the change)",
+                409,
+                details={
+                    "resource_kind": route.resource_kind,
+                    "tenant_id": route.tenant_id,
+                    "table": old.table_name,
+                    "connection": old.connection,
+                },
+            )
 
     async def _test_open(self, route: Route, connection: Connection, *, probe: bool) -> None:
         try:

@@ -260,7 +260,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
                     )
                 except (json.JSONDecodeError, msgspec.ValidationError) as exc:
                     return _fail(f"invalid route: {exc}")
-                version = await registry.set_route(route, args.expected_version)
+                version = await registry.set_route(route, args.expected_version, force=args.force)
                 print(json.dumps({**msgspec.to_builtins(route), "version": version}))
                 return 0
             for route, version in registry.routes():
@@ -611,6 +611,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--tenant", metavar="TENANT_ID", help="a per-tenant override (default: deployment-wide)")
     r.add_argument("--expected-version", type=int, metavar="N",
                    help="the version this replaces (default: set unconditionally)")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="store the route even though the table serving the kind now holds its data (left behind)",
+    )
     r.set_defaults(func=cmd_routes)
 
     kinds = (*RESOURCE_KINDS, REGISTRY_KIND)

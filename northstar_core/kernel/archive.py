@@ -42,7 +42,7 @@ from northstar_core.clock import Clock
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError, invalid
 from northstar_core.identity import TENANT_PATTERN, RequestContext
-from northstar_core.routing import DATA_LAYOUTS, RESOURCE_KINDS, KindStore, RoutingRegistry
+from northstar_core.routing import DATA_LAYOUTS, RESOURCE_KINDS, KindStore, RoutingRegistry, holds_any
 from northstar_core.storage import (
     MAX_EXPIRES_AT,
     Absent,
@@ -390,7 +390,7 @@ class Archives:
                 if id(store.backing) in seen:
                     continue
                 seen.add(id(store.backing))
-                if await self._holds_any(store, tenant_id):
+                if await holds_any(store, tenant_id + "|"):
                     raise NorthstarError(
                         f"{DOMAIN}.not_empty",
                         "this deployment already holds data of the tenant (resume continues an "
@@ -399,19 +399,6 @@ class Archives:
                         details={"resource_kind": store.kind},
                     )
         return targets
-
-    @staticmethod
-    async def _holds_any(store: KindStore, tenant_id: str) -> bool:
-        """Whether a scan of the tenant finds any item (a page may be empty without being the
-        last, so on a table shared with other tenants this can read much of it: once per import)."""
-        token: str | None = None
-        while True:
-            page = await store.scan(tenant_id + "|", token=token, limit=PAGE)
-            if page.items:
-                return True
-            if page.token is None:
-                return False
-            token = page.token
 
     @staticmethod
     def _check_entry(entry: ArchiveItem, number: int, prefix: str, groups: int) -> None:

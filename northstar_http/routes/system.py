@@ -38,6 +38,8 @@ class RouteIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tenant_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     options: RouteOptions | None = None
     expected_version: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    # system only: store the route even though its kind's data would stay in the old table
+    force: bool = False
 
 
 class RouteOut(Route, frozen=True, kw_only=True):
@@ -141,7 +143,9 @@ async def set_route(ctx: Ctx, engines: Eng, data: JSONBody[RouteIn]) -> RouteOut
         tenant_id=data.tenant_id,
         options=data.options or RouteOptions(),
     )
-    version = await engines.registry.set_route(route, data.expected_version, by_system=ctx.is_system)
+    version = await engines.registry.set_route(
+        route, data.expected_version, by_system=ctx.is_system, force=data.force
+    )
     stored = msgspec.structs.replace(route, layout=DATA_LAYOUTS[route.resource_kind])
     return _route_out(engines, stored, version)
 

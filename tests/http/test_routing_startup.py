@@ -147,9 +147,18 @@ async def test_per_tenant_override_moves_only_that_tenants_data(client, auth) ->
            "tenant_id": "t_alpha"}
     before = {"role": "user", "content": "before"}
     await client.post("/chat/threads/th/messages", json=before, headers=auth())
-    assert (await client.post("/routing/routes", json=own, headers=admin)).status_code == 200
+    # the tenant's thread is in the shared table: moving it away would leave it behind
+    r = await client.post("/routing/routes", json=own, headers=admin)
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "routing.would_strand")
+    r = await client.post("/routing/routes", json={**own, "force": True}, headers=admin)
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "auth.system_required")
+    assert len((await client.get("/chat/threads/th/messages", headers=auth())).json()["items"]) == 1
+    # the system operator may force it: the tenant then reads its (empty) dedicated store
+    operator = auth(system=True, roles=("admin",))
+    forced = await client.post("/routing/routes", json={**own, "force": True}, headers=operator)
+    assert forced.status_code == 200, forced.text
     r = await client.get("/chat/threads/th/messages", headers=auth())
-    assert r.json()["items"] == []  # the tenant now reads its (empty) dedicated store
+    assert r.json()["items"] == []
     other = await client.get("/chat/threads/th/messages", headers=auth("t_gamma"))
     assert other.status_code == 200
 
