@@ -580,7 +580,7 @@ class RoutingRegistry:
             raise NorthstarError("auth.system_required", "forcing a route change needs the system flag", 403)
         await self._test_open(route, connection, probe=probe)
         if not force:
-            await self._refuse_stranding(route)
+            await self._refuse_stranding(route, probe=probe)
         route = msgspec.structs.replace(route, layout=DATA_LAYOUTS[route.resource_kind])
         key = _route_key(route.resource_kind, route.tenant_id)
         current = await self._store.get(_PARTITION, key)
@@ -609,9 +609,11 @@ class RoutingRegistry:
         await self.load()
         return version
 
-    async def _refuse_stranding(self, route: Route) -> None:
+    async def _refuse_stranding(self, route: Route, *, probe: bool) -> None:
         """409 if ``route`` takes its kind (for its tenant, or for every tenant) away from a table
-        that holds data: those items would no longer be read by anything."""
+        that holds data: those items would no longer be read by anything. Without ``probe``
+        (configured routes seeded at startup, possibly before ``provision``) a table that does
+        not answer is taken as holding nothing, as it is not pinged either."""
         await self._fresh()
         old = self._resolve(route.resource_kind, route.tenant_id)
         if old is None or (old.connection, old.table_name) == (route.connection, route.table_name):
@@ -625,6 +627,8 @@ class RoutingRegistry:
         try:
             holds = await holds_any(self._open(old, connection), prefix)
         except BackendUnavailable as exc:
+            if not probe:
+                return
             raise NorthstarError(
                 "routing.backend_unavailable",
                 f"cannot tell whether the table serving {route.resource_kind} now holds data "
