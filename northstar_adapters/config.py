@@ -40,7 +40,6 @@ import msgspec
 
 from northstar_adapters.params import check as check_params
 from northstar_core.identity import MODES
-from northstar_core.kernel.retention import MAX_DAYS, MIN_DAYS
 from northstar_core.routing import (
     BACKENDS,
     CONNECTION_PATTERN,
@@ -180,7 +179,8 @@ class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     long as the spine keeps its ``analytics`` event. An event's expiry is fixed when it is
     written: a change here applies to events written afterwards."""
 
-    spine_days: dict[str, Annotated[int, msgspec.Meta(ge=MIN_DAYS, le=MAX_DAYS)]] = {}
+    # days from 1 to 36500, checked with the keys by the spine's rules (which name the key)
+    spine_days: dict[str, int] = {}
 
     def __post_init__(self) -> None:
         try:
