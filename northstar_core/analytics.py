@@ -127,7 +127,7 @@ class AnalyticsService:
         over partitions that each hold one hour of one shard."""
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         shards = store.route.options.shards or DEFAULT_SHARDS
-        return BucketedLog(store, partition(ctx, "analytics"), shards=shards)
+        return BucketedLog(store, partition(ctx, "analytics"), domain=DOMAIN, shards=shards)
 
     async def record(
         self, ctx: RequestContext, event: bytes | Mapping[str, Any] | AnalyticsEventIn

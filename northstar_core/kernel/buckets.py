@@ -235,11 +235,13 @@ def page_of_scan(
 class BucketedLog:
     """One time-bucketed, sharded log under ``base`` in an item store (see module doc)."""
 
-    def __init__(self, store: ItemStore, base: str, *, shards: int = DEFAULT_SHARDS) -> None:
+    def __init__(self, store: ItemStore, base: str, *, domain: str, shards: int = DEFAULT_SHARDS) -> None:
+        """``domain`` names the log's errors (``<domain>.contention``)."""
         if not 1 <= shards <= MAX_SHARDS:
             raise ValueError(f"shards must be between 1 and {MAX_SHARDS}")
         self.store = store
         self.base = base
+        self.domain = domain
         self.shards = shards
         self._known = remembered(store)
 
@@ -286,7 +288,7 @@ class BucketedLog:
                 continue
             return self._remember(key, shards, wanted)
         raise NorthstarError(
-            "storage.contention", "could not record the hour in the log's directory; retry", 503,
+            f"{self.domain}.contention", "could not record the hour in the log's directory; retry", 503,
             headers={"Retry-After": "1"},
         )
 

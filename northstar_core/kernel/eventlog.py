@@ -119,7 +119,7 @@ class EventLog:
         self.store = store
         self.base = base
         self.domain = domain
-        self.log = BucketedLog(store, base, shards=shards)
+        self.log = BucketedLog(store, base, domain=domain, shards=shards)
         self._runs = remembered(store)
 
     def _slot(self, kind: str, key: str, slots: int) -> str:

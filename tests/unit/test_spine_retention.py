@@ -29,7 +29,7 @@ from northstar_core.kernel.buckets import BUCKET_MS, bucket_of, shard_of
 from northstar_core.kernel.retention import Retention
 from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RouteOptions, RoutingRegistry, Target
 from northstar_core.spine import Event, EventSpine, spine_retention
-from northstar_core.storage import BackendUnavailable, Item, ItemStore, Op
+from northstar_core.storage import BackendUnavailable, ConditionFailed, Item, ItemStore, Op, Put
 
 SECRET = b"spine-retention-secret-0123456789"
 HOUR = BUCKET_MS / 1000
@@ -408,3 +408,24 @@ async def test_on_sqlite_expired_events_are_hidden_once_the_clock_passes_their_r
         assert [e.event_id for e in (await spine.replay(ctx(), "run1")).items] == [kept.event_id]
     finally:
         await store.close()
+
+
+async def test_an_hours_entry_that_cannot_be_raised_is_503_contention_and_nothing_is_written() -> None:
+    clock = ManualClock()
+
+    class RaisesLose(MemoryItemStore):
+        """Every attempt to raise a directory entry loses to another writer."""
+
+        async def write(self, partition: str, ops: Sequence[Op]) -> None:
+            if partition.endswith("|buckets") and any(isinstance(op, Put) and op.version > 1 for op in ops):
+                raise ConditionFailed(0)
+            await super().write(partition, ops)
+
+    store = RaisesLose(clock=clock.now)
+    short, _ = await rig({"*": 1}, clock, store)
+    long, _ = await rig({"*": 2}, clock, store)
+    first = await short.append(ctx(), {"event_type": "rl", "source": "agent"})
+    with pytest.raises(NorthstarError) as info:
+        await long.append(ctx(), {"event_type": "rl", "source": "agent"})
+    assert (info.value.http_status, info.value.code) == (503, "event_spine.contention")
+    assert [e.event_id for e in (await short.list(ctx())).items] == [first.event_id]
