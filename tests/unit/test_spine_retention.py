@@ -274,8 +274,15 @@ def test_list_filters_replay_and_get_return_exactly_the_events_within_their_rete
             days = reference_days(rules, event_type)
             expires = math.inf if days is None else clock.now() + days * DAY
             log.append((run, event_type, source, event.event_id, expires))
+        # a first page (and its cursor) taken before the wait, over what is live then
+        first = await spine.list(ctx(), limit=page)
+        got = [e.event_id for e in first.items]  # may be short: a page walks a bounded number of hours
+        assert len(got) <= page and got == [x[3] for x in log if x[4] > clock.now()][: len(got)]
         clock.advance(read_later)
         live = [x for x in log if x[4] > clock.now()]
+        seen = first.items[-1].event_id if first.items else ""
+        resumed = await drain(lambda cur: spine.list(ctx(), cursor=cur or first.next_cursor, limit=page))
+        assert resumed == [x[3] for x in live if x[3] > seen]
         for event_type in (None, "rl", "note.a"):
             for source in (None, "agent"):
                 got = await drain(
