@@ -498,7 +498,8 @@ class EventSpine:
         """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
         oldest first. ``since``/``until`` are RFC 3339 timestamps. A filtered page may hold
         fewer events than ``limit`` while ``has_more`` is true: it then continues where the
-        scan stopped (a page reads a bounded number of hours of the log)."""
+        scan stopped (a page reads a bounded number of hours of the log). Events past their
+        retention are not returned; hours whose events have all expired are not read."""
         if event_type is not None and not EVENT_TYPE_PATTERN.fullmatch(event_type):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request",
