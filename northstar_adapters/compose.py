@@ -200,7 +200,10 @@ async def build_engines(
         registry,
         CursorCodec(settings.cursor_secret.encode()),
         clock or SystemClock(),
-        EngineSettings(tail_poll_interval=settings.tail_poll_seconds),
+        EngineSettings(
+            tail_poll_interval=settings.tail_poll_seconds,
+            spine_retention_days=dict(settings.retention.spine_days),
+        ),
     )
     for name, handler in handlers.items():
         engines.actions.register(name, handler)

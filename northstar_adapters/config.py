@@ -3,8 +3,9 @@
 Sources, weakest first: built-in defaults < the TOML file (``--config``, else
 ``$NORTHSTAR_CONFIG``, else ``./northstar.toml`` if present) < environment variables. Every
 key of the file can be set from the environment as ``NORTHSTAR_<KEY>`` (top level) or
-``NORTHSTAR_<SECTION>_<KEY>`` (sections ``jwt``, ``http``, ``registry``, ``log``, ``metrics``, ``tracing``);
-``NORTHSTAR_CONNECTIONS``, ``NORTHSTAR_ROUTES`` and ``NORTHSTAR_ACTIONS`` take JSON. See the
+``NORTHSTAR_<SECTION>_<KEY>`` (sections ``jwt``, ``http``, ``registry``, ``log``, ``metrics``, ``tracing``,
+``retention``); ``NORTHSTAR_CONNECTIONS``, ``NORTHSTAR_ROUTES``, ``NORTHSTAR_ACTIONS`` and
+``NORTHSTAR_RETENTION_SPINE_DAYS`` take JSON. See the
 README's "Configuration" section for every key. Any other ``NORTHSTAR_*`` name is refused (a
 misspelt variable must not be ignored silently), except the reserved ones
 (:data:`RESERVED_ENV_NAMES`, ``NORTHSTAR_SMOKE_*``).
@@ -47,6 +48,7 @@ from northstar_core.routing import (
     Connection,
     Route,
 )
+from northstar_core.spine import spine_retention
 
 DEFAULT_CONFIG_FILE: Final = "northstar.toml"
 ENV_PREFIX: Final = "NORTHSTAR_"
@@ -57,8 +59,8 @@ CONFIG_FILE_ENV: Final = "NORTHSTAR_CONFIG"
 # repository: the cloud smoke tests' NORTHSTAR_SMOKE_* and the emulator launcher's jar path.
 RESERVED_ENV_PREFIXES: Final = ("NORTHSTAR_SMOKE_",)
 RESERVED_ENV_NAMES: Final = frozenset({CONFIG_FILE_ENV, "NORTHSTAR_FIRESTORE_EMULATOR_JAR"})
-_SECTIONS: Final = ("jwt", "http", "registry", "log", "metrics", "tracing")
-_JSON_KEYS: Final = {"connections", "routes", "actions"}
+_SECTIONS: Final = ("jwt", "http", "registry", "log", "metrics", "tracing", "retention")
+_JSON_KEYS: Final = {"connections", "routes", "actions", "retention_spine_days"}
 # List-valued section keys: a comma-separated environment value (or a JSON array).
 _LIST_KEYS: Final = {"http_cors_allow_origins"}
 LAB_CONNECTION: Final = "lab"
@@ -169,6 +171,24 @@ class TracingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = False
 
 
+class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How long the event spine keeps its events (operator only; nothing a request sends changes
+    it). ``spine_days`` maps an event type, a ``<type>.*`` family or ``*`` (every other type) to
+    days; an event takes its exact type's rule, else its longest family's, else ``*``'s, else it
+    is kept forever. Absent: every event is kept forever. The analytics view keeps an event as
+    long as the spine keeps its ``analytics`` event. An event's expiry is fixed when it is
+    written: a change here applies to events written afterwards."""
+
+    # days from 1 to 36500, checked with the keys by the spine's rules (which name the key)
+    spine_days: dict[str, int] = {}
+
+    def __post_init__(self) -> None:
+        try:
+            spine_retention(self.spine_days)
+        except ValueError as exc:
+            raise ValueError(f"retention.spine_days: {exc}") from None
+
+
 class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     connection: str
     table: str = "routing_registry"
@@ -210,6 +230,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     connections: dict[str, dict[str, Any]] = {}
     registry: RegistrySettings | None = None
     routes: list[Route] = []
@@ -218,6 +239,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def is_lab(self) -> bool:
         return self.mode == "lab"
+
+
+class _StrictRetention(msgspec.Struct):
+    retention: RetentionSettings
 
 
 def _section_type(section: str) -> type[msgspec.Struct]:
@@ -334,6 +359,9 @@ def load_settings(
     if overrides:
         data = _merge(data, overrides)
     try:
+        # Typed values only: the environment's JSON and TOML both carry real integers, and a
+        # quoted or fractional number of days is a mistake to report, not to round.
+        msgspec.convert({"retention": data.get("retention", {})}, type=_StrictRetention, strict=True)
         settings = msgspec.convert(data, type=Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None

@@ -2,7 +2,8 @@
 
 Every accepted event is appended to the event spine first (``event_type=analytics``, the one
 source of truth, SPEC §2.7) and then stored in the analytics store under the spine's event id,
-so the analytics view never holds an event the spine lacks. The shape is validated before
+so the analytics view never holds an event the spine lacks: it expires with its spine event
+(the ``analytics`` type's retention, :meth:`EventSpine.expires_at`). The shape is validated before
 anything is written (422 ``analytics.invalid_event``).
 """
 
@@ -126,7 +127,7 @@ class AnalyticsService:
         over partitions that each hold one hour of one shard."""
         store = await self.registry.store_for(KIND, ctx.tenant_id)
         shards = store.route.options.shards or DEFAULT_SHARDS
-        return BucketedLog(store, partition(ctx, "analytics"), shards=shards)
+        return BucketedLog(store, partition(ctx, "analytics"), domain=DOMAIN, shards=shards)
 
     async def record(
         self, ctx: RequestContext, event: bytes | Mapping[str, Any] | AnalyticsEventIn
@@ -168,7 +169,11 @@ class AnalyticsService:
             **fields,
         )
         existing = await entries.create(
-            ENTRY_PREFIX, stored.event_id, stored.event_id, msgspec.json.encode(stored)
+            ENTRY_PREFIX,
+            stored.event_id,
+            stored.event_id,
+            msgspec.json.encode(stored),
+            expires_at=self.spine.expires_at(spine_event),
         )
         if existing is not None:
             # A retry (same idempotency key) got the first spine event back, and that event was

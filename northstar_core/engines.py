@@ -30,7 +30,7 @@ from northstar_core.safety.actions import ActionService
 from northstar_core.safety.budget import BudgetLedger
 from northstar_core.safety.gates import GateChain
 from northstar_core.safety.policies import PolicyStores
-from northstar_core.spine import EventSpine
+from northstar_core.spine import EventSpine, spine_retention
 from northstar_core.tabular import TabularStore
 from northstar_core.timeline import Timeline
 
@@ -39,6 +39,10 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Tunables of the embedded engines (the shell fills them from configuration)."""
 
     tail_poll_interval: float = DEFAULT_POLL_INTERVAL
+    # Days the spine keeps an event, by event type (exact type, "<type>.*" family or "*"; see
+    # northstar_core.kernel.retention); empty keeps every event forever. The analytics view
+    # keeps its events as long as the spine keeps their ``analytics`` events.
+    spine_retention_days: dict[str, int] = {}
 
 
 class Engines:
@@ -58,7 +62,9 @@ class Engines:
         # One live-tail hub per process: every SSE stream follows its store through it.
         self.tails = TailHub(self.settings.tail_poll_interval)
         # The one append-only event spine; it is also the audit sink.
-        self.spine = EventSpine(registry, cursors, clock=self.clock)
+        self.spine = EventSpine(
+            registry, cursors, clock=self.clock, retention=spine_retention(self.settings.spine_retention_days)
+        )
         self.audit: AuditSink = self.spine
         # The timeline: replayable per-subject event streams (canvas SSE, safety decisions,
         # client timelines).

@@ -13,6 +13,11 @@ Storage: one partition per tenant+mode (``<tenant>|<mode>|spine``), so no read c
 tenant; inside it the event and its index copies (by run, type, source, type+source) are laid
 out by :mod:`northstar_core.kernel.eventlog`, so a page costs one range query whatever the
 length of the history.
+
+Retention (operator configuration, :func:`spine_retention`): an event of a type with a rule
+expires that many days after its ``timestamp`` — on all its items at once, deleted by the
+backend's native TTL and hidden from every read from then on. The expiry is fixed when the event
+is written: a later change of the rules applies to later events only.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from northstar_core.kernel.eventlog import MAX_EVENT_BYTES, EventIdTaken, EventL
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.ids import UUIDv7Generator, uuid7_floor
 from northstar_core.kernel.paging import Page
+from northstar_core.kernel.retention import Retention
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 
@@ -168,11 +174,23 @@ class EventSpine:
         *,
         clock: Clock | None = None,
         ids: UUIDv7Generator | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.registry = registry
         self.cursors = cursors
         self.clock: Clock = clock or SystemClock()
         self.ids = ids or UUIDv7Generator()
+        self.retention = retention or spine_retention({})
+
+    def expires_at(self, event: Event) -> float | None:
+        """When ``event`` expires under this spine's retention (``None``: never): its type's
+        rule applied to its ``timestamp``. What an event written now gets; events written
+        before keep the expiry they were written with."""
+        return self.retention.expires_at(event.event_type, parse_iso(event.timestamp))
+
+    def _expiry(self, data: bytes) -> float | None:
+        head = _TYPE_TIME_DECODER.decode(data)
+        return self.retention.expires_at(head.event_type, parse_iso(head.timestamp))
 
     async def _log(self, ctx: RequestContext) -> tuple[EventLog, str]:
         """The tenant's log and the backend serving it (an event's ``route``)."""
@@ -408,6 +426,7 @@ class EventSpine:
                     payload_fingerprint=fp,
                     head=head,
                     rebuild=rebuild,
+                    expiry=self._expiry,
                 )
             except EventIdTaken:
                 # an id collision with another process (vanishingly rare): take a fresh id
@@ -479,7 +498,8 @@ class EventSpine:
         """Events filtered by type/source and time (``since`` inclusive, ``until`` exclusive),
         oldest first. ``since``/``until`` are RFC 3339 timestamps. A filtered page may hold
         fewer events than ``limit`` while ``has_more`` is true: it then continues where the
-        scan stopped (a page reads a bounded number of hours of the log)."""
+        scan stopped (a page reads a bounded number of hours of the log). Events past their
+        retention are not returned; hours whose events have all expired are not read."""
         if event_type is not None and not EVENT_TYPE_PATTERN.fullmatch(event_type):
             raise NorthstarError(
                 f"{DOMAIN}.invalid_request",
@@ -515,6 +535,21 @@ class EventSpine:
         log, _ = await self._log(ctx)
         data = await log.get(_check_event_id("event_id", event_id))
         return _decode(data) if data is not None else None
+
+
+def spine_retention(days: Mapping[str, int]) -> Retention:
+    """The spine's retention rules from ``days`` by event type (see
+    :mod:`~northstar_core.kernel.retention`: an exact type, a ``<type>.*`` family or ``*``,
+    each 1 to 36500 days); ``ValueError`` naming the offending key."""
+    return Retention(days, type_pattern=EVENT_TYPE_PATTERN)
+
+
+class _TypeTime(msgspec.Struct):
+    event_type: str
+    timestamp: str
+
+
+_TYPE_TIME_DECODER: Final = msgspec.json.Decoder(_TypeTime)
 
 
 class _Kind(msgspec.Struct):
@@ -570,4 +605,5 @@ __all__ = [
     "decode_event_in",
     "event_to_dict",
     "is_reserved_type",
+    "spine_retention",
 ]

@@ -21,11 +21,12 @@ from northstar_core.clock import ManualClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
+from northstar_core.kernel.buckets import BUCKET_MS, DEFAULT_SHARDS, bucket_of, shard_of
 from northstar_core.kernel.tail import TailHub
 from northstar_core.safety.budget import BudgetLedger
 from northstar_core.safety.gates import GateChain
 from northstar_core.safety.policies import PolicyStores
-from northstar_core.spine import EventSpine
+from northstar_core.spine import EventSpine, spine_retention
 from northstar_core.storage import ItemStore
 from northstar_core.timeline import Timeline
 
@@ -147,6 +148,31 @@ class SpineContract:
         with pytest.raises(NorthstarError) as info:
             await rig.spine.record(_ctx(), "safety", {"n": 2}, event_id=event_id)
         assert info.value.code == "event_spine.contention"
+
+    async def test_spine_events_are_stored_with_their_types_expiry(self, harness: BackendHarness) -> None:
+        from contracts.suite import make_registry
+
+        store = await harness.open()
+        clock = ManualClock()  # ahead of the backend's clock: nothing written here has expired
+        retention = spine_retention({"note.*": 30, "*": 3650})
+        spine = EventSpine(await make_registry(store), CursorCodec(SECRET), clock=clock, retention=retention)
+        note = await spine.append(_ctx(), {"event_type": "note.saved", "source": "agent"})
+        other = await spine.append(_ctx(), {"event_type": "rl", "source": "agent"})
+        bucket = bucket_of(note.event_id)
+        partition = f"t_a|lab|spine|{bucket}|{shard_of('run1', DEFAULT_SHARDS):02d}"
+        stored = {item.key: item.expires_at for item in await store.query(partition, "", limit=10)}
+        day = 86_400
+        assert stored == {
+            f"ev#{note.event_id}": clock.now() + 30 * day,
+            f"er#run1#{note.event_id}": clock.now() + 30 * day,
+            f"ev#{other.event_id}": clock.now() + 3650 * day,
+            f"er#run1#{other.event_id}": clock.now() + 3650 * day,
+        }
+        # the hour's directory entry was raised to outlive its longest-lived event
+        hour = BUCKET_MS // 1000
+        entry = await store.get("t_a|lab|spine|buckets", f"b#{bucket}")
+        assert entry is not None and entry.expires_at == -(-(clock.now() + 3650 * day) // hour) * hour
+        assert [e.event_id for e in (await spine.list(_ctx())).items] == [note.event_id, other.event_id]
 
 
 class SafetyContract:

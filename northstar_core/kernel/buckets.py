@@ -14,6 +14,9 @@ A log whose items are keyed by UUIDv7 ids (time-ordered) is spread over many par
   shard setting takes effect at the next bucket and readers always know where to look.
   Readers walk it to skip empty hours, so a page costs a bounded number of requests whatever
   the length of the history. It gains one small item per hour that has data.
+  An entry lives as long as the items of its hour: an hour of items that expire has an entry
+  that expires with its last item (rounded up to an hour's end; raised when a longer-lived item
+  joins the hour, never lowered), so hours whose items have all expired drop out of the walk.
 
 Which shard an item goes to is the caller's choice through a *shard key* (the spine uses the
 run id, so that a run's copy of each event lands in one partition per bucket; the analytics
@@ -51,7 +54,7 @@ import msgspec
 from northstar_core.errors import NorthstarError
 from northstar_core.kernel.ids import uuid7_floor, uuid7_ms
 from northstar_core.kernel.paging import Page
-from northstar_core.storage import Absent, ConditionFailed, Item, ItemStore, Put
+from northstar_core.storage import MAX_EXPIRES_AT, Absent, ConditionFailed, Item, ItemStore, Put, VersionIs
 
 T = TypeVar("T")
 
@@ -68,6 +71,8 @@ DEFAULT_MAX_BUCKETS: Final = 4
 # writes it again (an ``Absent`` put, refused when it does): a directory lost with its backend's
 # data is back within this long of the next write.
 DIRECTORY_RECHECK_SECONDS: Final = 5.0
+# How many times a writer re-reads a directory entry that others change while it raises it.
+_ENTRY_ATTEMPTS: Final = 8
 
 
 class BucketEntry(msgspec.Struct, frozen=True):
@@ -110,6 +115,31 @@ def check_position(domain: str, position: str, cursor: str) -> str:
 def shard_of(shard_key: str, shards: int) -> int:
     digest = hashlib.sha256(shard_key.encode()).digest()
     return int.from_bytes(digest[:8], "big") % shards
+
+
+def entry_expiry(item_expires_at: float | None) -> float | None:
+    """How long a directory entry must live for an item of its hour expiring at
+    ``item_expires_at``: until then, rounded up to an hour's end so that the items of one
+    retention written in one hour need one entry write, not one each."""
+    if item_expires_at is None:
+        return None
+    hour = BUCKET_MS / 1000
+    return min(-(-item_expires_at // hour) * hour, MAX_EXPIRES_AT)
+
+
+def _covers(stored: float | None, wanted: float | None) -> bool:
+    """Whether an entry expiring at ``stored`` lives at least until ``wanted`` (``None``: never
+    expires)."""
+    return stored is None or (wanted is not None and wanted <= stored)
+
+
+def _remember_entry(shards: int, expires_at: float | None) -> str:
+    return str(shards) if expires_at is None else f"{shards}@{expires_at!r}"
+
+
+def _recalled_entry(value: str) -> tuple[int, float | None]:
+    shards, _, expires = value.partition("@")
+    return int(shards), float(expires) if expires else None
 
 
 def _below(bucket: str) -> str:
@@ -205,11 +235,13 @@ def page_of_scan(
 class BucketedLog:
     """One time-bucketed, sharded log under ``base`` in an item store (see module doc)."""
 
-    def __init__(self, store: ItemStore, base: str, *, shards: int = DEFAULT_SHARDS) -> None:
+    def __init__(self, store: ItemStore, base: str, *, domain: str, shards: int = DEFAULT_SHARDS) -> None:
+        """``domain`` names the log's errors (``<domain>.contention``)."""
         if not 1 <= shards <= MAX_SHARDS:
             raise ValueError(f"shards must be between 1 and {MAX_SHARDS}")
         self.store = store
         self.base = base
+        self.domain = domain
         self.shards = shards
         self._known = remembered(store)
 
@@ -222,37 +254,58 @@ class BucketedLog:
 
     # --- the directory -------------------------------------------------------------------
 
-    async def open_bucket(self, bucket: str) -> int:
-        """Make sure ``bucket`` is in the directory; its shard count (this log's for a new
-        bucket, else the one its first writer recorded)."""
-        cached = self._known.get((self.base, DIRECTORY_PREFIX + bucket))
-        if cached is not None:
-            return int(cached)
+    async def open_bucket(self, bucket: str, expires_at: float | None = None) -> int:
+        """Make sure ``bucket`` is in the directory for as long as an item of it that expires at
+        ``expires_at`` (``None``: never) lives; its shard count (this log's for a new bucket,
+        else the one its first writer recorded)."""
         key = DIRECTORY_PREFIX + bucket
-        try:
-            await self.store.write(
-                self.directory, [Put(key, msgspec.json.encode(BucketEntry(self.shards)), condition=Absent())]
-            )
-            shards = self.shards
-        except ConditionFailed:
-            item = await self.store.get(self.directory, key)
-            if item is None:  # directory entries are never deleted
-                raise
+        wanted = entry_expiry(expires_at)
+        cached = self._known.get((self.base, key))
+        if cached is not None:
+            shards, stored = _recalled_entry(cached)
+            if _covers(stored, wanted):
+                return shards
+        new = Put(key, msgspec.json.encode(BucketEntry(self.shards)), expires_at=wanted, condition=Absent())
+        for _ in range(_ENTRY_ATTEMPTS):
+            try:
+                await self.store.write(self.directory, [new])
+                return self._remember(key, self.shards, wanted)
+            except ConditionFailed:
+                item = await self.store.get(self.directory, key)
+            if item is None:  # it expired in between: create it again
+                continue
             shards = msgspec.json.decode(item.value, type=BucketEntry).shards
-        self._known.put((self.base, key), str(shards), DIRECTORY_RECHECK_SECONDS)
+            if _covers(item.expires_at, wanted):
+                return self._remember(key, shards, item.expires_at)
+            # An item that outlives the entry joins the hour: the entry must live as long.
+            condition = VersionIs(item.version)
+            try:
+                await self.store.write(
+                    self.directory,
+                    [Put(key, item.value, version=item.version + 1, expires_at=wanted, condition=condition)],
+                )
+            except ConditionFailed:
+                continue
+            return self._remember(key, shards, wanted)
+        raise NorthstarError(
+            f"{self.domain}.contention", "could not record the hour in the log's directory; retry", 503,
+            headers={"Retry-After": "1"},
+        )
+
+    def _remember(self, key: str, shards: int, expires_at: float | None) -> int:
+        self._known.put((self.base, key), _remember_entry(shards, expires_at), DIRECTORY_RECHECK_SECONDS)
         return shards
 
     async def shards_of(self, bucket: str) -> int | None:
         """The shard count of ``bucket`` if it holds data, else ``None``."""
         cached = self._known.get((self.base, DIRECTORY_PREFIX + bucket))
         if cached is not None:
-            return int(cached)
+            return _recalled_entry(cached)[0]
         item = await self.store.get(self.directory, DIRECTORY_PREFIX + bucket)
         if item is None:
             return None
         shards = msgspec.json.decode(item.value, type=BucketEntry).shards
-        self._known.put((self.base, DIRECTORY_PREFIX + bucket), str(shards), DIRECTORY_RECHECK_SECONDS)
-        return shards
+        return self._remember(item.key, shards, item.expires_at)
 
     async def buckets(self, start: str | None, limit: int) -> list[tuple[str, int]]:
         """Up to ``limit`` buckets holding data, from ``start`` (inclusive) on, oldest first."""
@@ -263,8 +316,7 @@ class BucketedLog:
         for item in items:
             bucket = item.key[len(DIRECTORY_PREFIX) :]
             shards = msgspec.json.decode(item.value, type=BucketEntry).shards
-            self._known.put((self.base, item.key), str(shards), DIRECTORY_RECHECK_SECONDS)
-            out.append((bucket, shards))
+            out.append((bucket, self._remember(item.key, shards, item.expires_at)))
         return out
 
     # --- reading -------------------------------------------------------------------------
@@ -338,18 +390,22 @@ class BucketedLog:
                 return Scanned(found, ids, position, False)
         return Scanned(found, ids, position, more_buckets)
 
-    async def create(self, prefix: str, item_id: str, shard_key: str, value: bytes) -> bytes | None:
-        """Write ``prefix + item_id`` once in its bucket and the shard of ``shard_key``:
-        ``None`` when this call stored it, else the value stored before (never replaced)."""
+    async def create(
+        self, prefix: str, item_id: str, shard_key: str, value: bytes, *, expires_at: float | None = None
+    ) -> bytes | None:
+        """Write ``prefix + item_id`` once in its bucket and the shard of ``shard_key``, expiring
+        at ``expires_at`` (``None``: never): ``None`` when this call stored it, else the value
+        stored before (never replaced while it lives)."""
         bucket = bucket_of(item_id)
         try:
-            count = await self.open_bucket(bucket)
+            count = await self.open_bucket(bucket, expires_at)
             partition = self.partition(bucket, shard_of(shard_key, count))
+            put = Put(prefix + item_id, value, expires_at=expires_at, condition=Absent())
             try:
-                await self.store.write(partition, [Put(prefix + item_id, value, condition=Absent())])
+                await self.store.write(partition, [put])
             except ConditionFailed:
                 existing = await self.store.get(partition, prefix + item_id)
-                if existing is None:  # items are never deleted: the store broke its own condition
+                if existing is None:  # it expired in between, or the store broke its own condition
                     raise
                 return existing.value
         except Exception:
@@ -382,6 +438,7 @@ __all__ = [
     "bucket_of_ms",
     "bucket_start_ms",
     "check_position",
+    "entry_expiry",
     "forget",
     "page_of_scan",
     "remembered",

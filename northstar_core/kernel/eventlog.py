@@ -20,6 +20,12 @@ Layout under ``<base>`` (one per tenant and mode, ``<tenant>|<mode>|spine``), on
   first of those writes stores it (``Absent``) and the others get the stored event back. A
   claim expires after ``IDEMPOTENCY_SECONDS``; a retry after that is a new event.
 
+Retention: an event may expire (``expires_at``, the same on both its items, fixed when it is
+written from what ``append``'s ``expiry`` says of it); the directory entry of its hour then
+lives at least as long (see :mod:`~northstar_core.kernel.buckets`). Reads skip expired events
+like events that never were: a cursor taken before an expiry resumes after its position, past
+whatever expired meanwhile. Run registry entries and idempotency claims keep their own lifetimes.
+
 Events are filtered by type and source while scanning the time order (no index copies), so an
 event costs two items, not one per filter; a filtered page scans a bounded number of buckets
 and may come back short with a cursor where the scan stopped.
@@ -113,7 +119,7 @@ class EventLog:
         self.store = store
         self.base = base
         self.domain = domain
-        self.log = BucketedLog(store, base, shards=shards)
+        self.log = BucketedLog(store, base, domain=domain, shards=shards)
         self._runs = remembered(store)
 
     def _slot(self, kind: str, key: str, slots: int) -> str:
@@ -157,20 +163,32 @@ class EventLog:
             headers={"Retry-After": "1"},
         )
 
-    async def _write(self, event_id: str, data: bytes, run_id: str, *, claimed: bool = False) -> bytes:
-        """Write the event's two items; returns the event as stored.
+    async def _write(
+        self,
+        event_id: str,
+        data: bytes,
+        run_id: str,
+        *,
+        claimed: bool = False,
+        expiry: Callable[[bytes], float | None] | None = None,
+    ) -> bytes:
+        """Write the event's two items, both expiring when ``expiry(data)`` says (never without
+        it); returns the event as stored.
 
         :class:`EventIdTaken` when the id holds another event — unless the id is ``claimed``
         (an idempotency claim names it): then whatever is stored under it is this key's event,
         written by an earlier or concurrent attempt, and is returned.
         """
         bucket = bucket_of(event_id)
+        expires_at = expiry(data) if expiry is not None else None
         try:
-            shards, _ = await asyncio.gather(self.log.open_bucket(bucket), self._start_run(run_id, bucket))
+            shards, _ = await asyncio.gather(
+                self.log.open_bucket(bucket, expires_at), self._start_run(run_id, bucket)
+            )
             partition = self.log.partition(bucket, shard_of(run_id, shards))
             ops = [
-                Put(EVENT_PREFIX + event_id, data, condition=Absent()),
-                Put(f"{RUN_PREFIX}{run_id}#{event_id}", data, condition=Absent()),
+                Put(EVENT_PREFIX + event_id, data, expires_at=expires_at, condition=Absent()),
+                Put(f"{RUN_PREFIX}{run_id}#{event_id}", data, expires_at=expires_at, condition=Absent()),
             ]
             try:
                 await self.store.write(partition, ops)
@@ -198,9 +216,14 @@ class EventLog:
         payload_fingerprint: str = "",
         head: bytes = b"",
         rebuild: Callable[[bytes], bytes] | None = None,
+        expiry: Callable[[bytes], float | None] | None = None,
     ) -> bytes:
         """Store the event ``data`` (both items, atomically), at most once per key; returns
         the event as stored.
+
+        ``expiry(event)`` is when a stored event expires (``None``: never; without ``expiry``
+        nothing expires), asked of the event actually written — for a completed claim, the
+        claimed event with its own time — so every attempt gives an event the same expiry.
 
         With ``idempotency_key`` the key is claimed first, the claim holding ``head`` (the
         event without its payload; the payload is what the fingerprint vouches for). If an
@@ -210,7 +233,7 @@ class EventLog:
         :class:`EventIdTaken` when the id is already in use by another event.
         """
         if idempotency_key is None:
-            return await self._write(event_id, data, run_id)
+            return await self._write(event_id, data, run_id, expiry=expiry)
         partition = self._slot("keys", idempotency_key, KEY_SLOTS)
         key = CLAIM_PREFIX + idempotency_key
         claim = msgspec.json.encode(_Claim(payload_fingerprint, msgspec.Raw(head), now))
@@ -229,8 +252,8 @@ class EventLog:
                     raise idempotency_mismatch(self.domain, idempotency_key) from None
                 located = msgspec.json.decode(prior.head, type=_Located)
                 full = rebuild(bytes(prior.head)) if rebuild is not None else data
-                return await self._write(located.event_id, full, located.run_id, claimed=True)
-            return await self._write(event_id, data, run_id, claimed=True)
+                return await self._write(located.event_id, full, located.run_id, claimed=True, expiry=expiry)
+            return await self._write(event_id, data, run_id, claimed=True, expiry=expiry)
         raise NorthstarError(
             f"{self.domain}.contention", "could not claim the idempotency key; retry", 503,
             headers={"Retry-After": "1"},
