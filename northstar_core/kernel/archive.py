@@ -197,8 +197,10 @@ class Archives:
         return list(groups.values())
 
     @staticmethod
-    def _layout_id(groups: Sequence[Sequence[str]]) -> str:
-        return hashlib.sha256(msgspec.json.encode(groups)).hexdigest()[:16]
+    def _layout_id(groups: Sequence[tuple[list[str], KindStore]]) -> str:
+        """What an export cursor's scan tokens belong to: the groups and the table each is in."""
+        tables = [(kinds, store.route.connection, store.route.table_name) for kinds, store in groups]
+        return hashlib.sha256(msgspec.json.encode(tables)).hexdigest()[:16]
 
     def _cursor(self, tenant_id: str, position: _Position) -> str:
         return self.cursors.encode(DOMAIN, tenant_id, "*", "export", msgspec.json.encode(position).decode())
@@ -225,7 +227,7 @@ class Archives:
         _check_tenant(tenant_id)
         groups = await self._groups(tenant_id)
         kinds = [g[0] for g in groups]
-        layout = self._layout_id(kinds)
+        layout = self._layout_id(groups)
         if cursor is None:
             position = _Position(0, None, 0, "00" * 32, layout)
             first: bytes | None = _encoder.encode(

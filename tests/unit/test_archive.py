@@ -430,3 +430,18 @@ def test_any_items_export_and_import_exactly_and_an_export_resumes_from_any_mark
         assert await scan_all(target_store, "", 1000) == expected  # nothing of any other tenant
 
     asyncio.run(scenario())
+
+
+async def test_an_export_cursor_is_refused_once_a_group_moved_to_another_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(archive, "PAGE", 3)
+    source = Engines(await _registry({}), CursorCodec(SECRET), ManualClock())
+    await populate(source)
+    mark = next(decoded(x) for x in await export_lines(source) if isinstance(decoded(x), archive.ArchiveMark))
+    assert await export_lines(source, cursor=mark.cursor)  # resumable while the tables stay
+    moved = Route(resource_kind="chat_store", connection="mem", table="elsewhere")
+    await source.registry.set_route(moved, force=True)
+    with pytest.raises(NorthstarError) as info:
+        await source.archives.export(SYSTEM, TENANT, mark.cursor)
+    assert (info.value.http_status, info.value.code) == (409, "archive.routes_changed")
