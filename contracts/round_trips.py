@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -258,12 +258,17 @@ class InstrumentedFactory:
 
 @asynccontextmanager
 async def instrumented_engines(
-    factory: BackendFactory, connection: Connection, trace: Trace
+    factory: BackendFactory,
+    connection: Connection,
+    trace: Trace,
+    tables: Mapping[str, str] | None = None,
+    registry_table: str = REGISTRY_KIND,
 ) -> AsyncIterator[Engines]:
-    """Engines with every resource kind routed to ``connection`` through stores recording into
-    ``trace``; the registry's own store (on the same connection) is opened uninstrumented.
-    Everything opened is closed on exit."""
-    registry_store = factory.open(connection.target(REGISTRY_KIND, REGISTRY_KIND))
+    """Engines with every resource kind routed to ``connection`` (in the table ``tables`` names
+    for it, else its own) through stores recording into ``trace``; the registry's own store
+    (``registry_table`` on the same connection) is opened uninstrumented. Everything opened is
+    closed on exit."""
+    registry_store = factory.open(connection.target(REGISTRY_KIND, registry_table))
     try:
         registry = RoutingRegistry(
             registry_store,
@@ -275,7 +280,9 @@ async def instrumented_engines(
         try:
             await registry.load()
             for kind in RESOURCE_KINDS:
-                await registry.set_route(Route(resource_kind=kind, connection=connection.name), probe=False)
+                table = (tables or {}).get(kind)
+                route = Route(resource_kind=kind, connection=connection.name, table=table)
+                await registry.set_route(route, probe=False)
             yield engines
         finally:
             await engines.close()

@@ -102,3 +102,21 @@ async def test_without_atomic_checks_the_head_reads_join_the_first_round_trip() 
     assert (canvas.depth, canvas.total) == (4, 10)
     heads = [c for c in canvas.calls if c.method == "query" and c.keys == ("s#*",)]
     assert len(heads) == 2 and all(c.depth == 1 for c in heads)
+
+
+async def test_with_the_policy_kinds_in_one_table_a_canvas_command_reads_its_policies_in_one_query() -> None:
+    from northstar_core.safety.documents import DOC_KINDS
+
+    connection = Connection(name="rt", backend="memory", params={"name": f"rt-{uuid.uuid4().hex}"})
+    for tables, queries in (({}, len(DOC_KINDS)), ({kind: "safety" for kind in DOC_KINDS}, 1)):
+        trace = Trace()
+        async with instrumented_engines(AdapterFactory(), connection, trace, tables=tables) as engines:
+            scenario = Scenario(engines)
+            await scenario.setup()
+            await scenario.canvas_command()
+            trace.start()
+            await scenario.canvas_command()
+            rt = trace.stop()
+        policy_reads = [c for c in rt.calls if c.method == "query" and c.kind in DOC_KINDS]
+        assert len(policy_reads) == queries, rt
+        assert BY_NAME["canvas_command"].target.met(rt), rt
