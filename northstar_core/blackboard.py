@@ -59,7 +59,11 @@ class Blackboard:
         raw = DEFAULT_MAX_VALUE_BYTES if configured is None else configured
         if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
             raise route_option_invalid(DOMAIN, KIND, "max_value_bytes", raw)
-        return VersionedRecords(store, part, DOMAIN, history=True), min(raw, VALUE_LIMIT_CEILING)
+        records = VersionedRecords(
+            store, part, DOMAIN, history=True, ttl_seconds=store.route.options.default_ttl_seconds,
+            clock=self.clock.now,
+        )
+        return records, min(raw, VALUE_LIMIT_CEILING)
 
     @staticmethod
     def _decode(item: Item) -> BlackboardEntry:

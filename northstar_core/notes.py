@@ -105,7 +105,13 @@ class NotesService:
 
     async def _records(self, ctx: RequestContext) -> VersionedRecords:
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        return VersionedRecords(store, partition(ctx, "notes", subject_segment(ctx.user_id)), DOMAIN)
+        return VersionedRecords(
+            store,
+            partition(ctx, "notes", subject_segment(ctx.user_id)),
+            DOMAIN,
+            ttl_seconds=store.route.options.default_ttl_seconds,
+            clock=self.clock.now,
+        )
 
     @staticmethod
     def _decode(item: Item) -> Note:

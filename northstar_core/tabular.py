@@ -120,7 +120,10 @@ class TabularStore:
         kind = table_kind(table)
         store = await self.registry.store_for(kind, ctx.tenant_id)
         part = partition(ctx, "tabular", table, project_segment(ctx))
-        return VersionedRecords(store, part, DOMAIN, history=True)
+        return VersionedRecords(
+            store, part, DOMAIN, history=True, ttl_seconds=store.route.options.default_ttl_seconds,
+            clock=self.clock.now,
+        )
 
     @staticmethod
     def _decode(item: Item) -> TabularRecord:

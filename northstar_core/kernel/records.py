@@ -67,11 +67,26 @@ class RecordChange(msgspec.Struct, frozen=True, kw_only=True):
 class VersionedRecords:
     """Records in one partition of an item store, each with a version."""
 
-    def __init__(self, store: ItemStore, partition: str, domain: str, *, history: bool = False) -> None:
+    def __init__(
+        self,
+        store: ItemStore,
+        partition: str,
+        domain: str,
+        *,
+        history: bool = False,
+        ttl_seconds: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``ttl_seconds`` (with ``clock``): the kind's retention — a write given no expiry of
+        its own expires that long after it (the record and its history entry alike)."""
         self.store = store
         self.partition = partition
         self.domain = domain
         self.history = history
+        if ttl_seconds is not None and clock is None:
+            raise ValueError("a retention needs a clock")
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
 
     async def get(self, key: str) -> Item | None:
         return await self.store.get(self.partition, RECORD_PREFIX + key)
@@ -128,11 +143,15 @@ class VersionedRecords:
             check_int(self.domain, "expected_version", expected_version, lo=1, hi=MAX_VERSION - 1)
             condition = VersionIs(expected_version)
             version = expected_version + 1
+        if expires_at is None and self.ttl_seconds is not None and self._clock is not None:
+            expires_at = self._clock() + self.ttl_seconds
         ops: list[Op] = [
             Put(RECORD_PREFIX + key, value, version=version, expires_at=expires_at, condition=condition)
         ]
         if self.history:
-            ops.append(Put(history_key(key, version), value, version=version, condition=Absent()))
+            # a version lives no longer than the record did when it was written
+            entry = history_key(key, version)
+            ops.append(Put(entry, value, version=version, expires_at=expires_at, condition=Absent()))
         ops.extend(extra_ops or [])
         try:
             await self.store.write(self.partition, ops)

@@ -1,0 +1,98 @@
+"""Retention by kind for record kinds: with the route option ``default_ttl_seconds``, every
+note, blackboard entry and tabular record (and each of its past versions) expires that long
+after it was written; a later write keeps it for as long again; without the option nothing
+expires."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from contracts.suite import make_registry
+from northstar_adapters.memory import MemoryItemStore
+from northstar_core.clock import ManualClock
+from northstar_core.cursors import CursorCodec
+from northstar_core.engines import Engines
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import RequestContext
+from northstar_core.notes import NoteIn, NoteUpdate
+from northstar_core.routing import Route, RouteOptions
+
+TTL = 3600
+CTX = RequestContext(
+    tenant_id="t_ret", mode="lab", user_id="u1", roles=("member",), surface_id="chat", project_id="p1"
+)
+
+
+async def _engines(kinds_with_ttl: tuple[str, ...]) -> tuple[Engines, MemoryItemStore, ManualClock]:
+    clock = ManualClock()
+    store = MemoryItemStore(clock=clock.now)  # the store's liveness on the same clock
+    registry = await make_registry(store)
+    for kind in kinds_with_ttl:
+        options = RouteOptions(default_ttl_seconds=TTL)
+        await registry.set_route(Route(resource_kind=kind, connection="under_test", options=options))
+    return Engines(registry, CursorCodec(b"r" * 32), clock), store, clock
+
+
+async def _expiries(store: MemoryItemStore, prefix: str) -> set[float | None]:
+    out: set[float | None] = set()
+    token = None
+    while True:
+        page = await store.scan(prefix, token=token, limit=1000)
+        out |= {item.expires_at for _, item in page.items}
+        if page.token is None:
+            return out
+        token = page.token
+
+
+async def test_notes_expire_a_ttl_after_their_last_write() -> None:
+    engines, store, clock = await _engines(("notes_store",))
+    note = await engines.notes.create(CTX, NoteIn(title="a", tags=["x"]))
+    assert await _expiries(store, "t_ret|lab|notes|") == {clock.now() + TTL}
+    clock.advance(TTL - 10)
+    updated = await engines.notes.update(
+        CTX, note.note_id, NoteUpdate(title="b", tags=["x"], expected_version=1)
+    )
+    clock.advance(20)  # past the first write's expiry, within the update's
+    assert (await engines.notes.get(CTX, note.note_id)).title == "b" == updated.title
+    clock.advance(TTL)
+    with pytest.raises(NorthstarError) as info:
+        await engines.notes.get(CTX, note.note_id)
+    assert info.value.http_status == 404
+    assert (await engines.notes.list(CTX, surface_id="chat")).items == []
+
+
+async def test_blackboard_entries_and_their_versions_expire_together() -> None:
+    engines, store, clock = await _engines(("blackboard_store",))
+    await engines.blackboard.put(CTX, "run1", "plan", {"v": 1}, expected_version=None)
+    await engines.blackboard.put(CTX, "run1", "plan", {"v": 2}, expected_version=1)
+    written = clock.now()
+    assert await _expiries(store, "t_ret|lab|blackboard|") == {written + TTL}
+    clock.advance(TTL + 1)
+    with pytest.raises(NorthstarError) as info:
+        await engines.blackboard.get(CTX, "run1", "plan")
+    assert info.value.http_status == 404
+    assert (await engines.blackboard.list(CTX, "run1")).items == []
+
+
+async def test_tabular_records_and_their_history_expire() -> None:
+    engines, store, clock = await _engines(("flow_store",))
+    await engines.tabular.put(CTX, "flows", "f1", {"v": 1}, expected_version=None)
+    clock.advance(60)
+    await engines.tabular.put(CTX, "flows", "f1", {"v": 2}, expected_version=1)
+    first, second = clock.now() - 60 + TTL, clock.now() + TTL
+    assert await _expiries(store, "t_ret|lab|tabular|") >= {first, second}
+    clock.advance(TTL - 30)  # the first version is gone, the record and its second version live
+    versions: Any = await engines.tabular.versions(CTX, "flows", "f1")
+    assert [v.version for v in versions.items] == [2]
+    clock.advance(60)
+    assert (await engines.tabular.list(CTX, "flows")).items == []
+
+
+async def test_without_the_option_nothing_expires() -> None:
+    engines, store, _ = await _engines(())
+    await engines.notes.create(CTX, NoteIn(title="a", tags=["x"]))
+    await engines.blackboard.put(CTX, "run1", "plan", {"v": 1}, expected_version=None)
+    await engines.tabular.put(CTX, "flows", "f1", {"v": 1}, expected_version=None)
+    assert await _expiries(store, "t_ret|") == {None}
