@@ -35,6 +35,7 @@ from northstar_adapters.config import (
     finalize,
     load_settings,
 )
+from northstar_adapters.sealing import AesGcmCipher, kek_from_env, kek_from_file
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines, EngineSettings
@@ -188,12 +189,31 @@ def action_handlers(settings: Settings, *, environ: Mapping[str, str] | None = N
     return handlers
 
 
+def data_key_cipher(settings: Settings, *, environ: Mapping[str, str] | None = None) -> AesGcmCipher | None:
+    """The data keys' cipher under the configured key-encryption key (``None``: not configured);
+    ``ConfigError`` naming what is wrong, as at startup."""
+    keys = settings.data_keys
+    env = os.environ if environ is None else environ
+    try:
+        if keys.key_env is not None:
+            value = env.get(keys.key_env)
+            if not value:
+                raise ConfigError(f"data_keys.key_env: {keys.key_env} is not set")
+            return AesGcmCipher(kek_from_env(value, keys.key_env))
+        if keys.key_file is not None:
+            return AesGcmCipher(kek_from_file(Path(keys.key_file)))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"data_keys: {exc}") from None
+    return None
+
+
 async def build_engines(
     settings: Settings, *, clock: Clock | None = None, environ: Mapping[str, str] | None = None
 ) -> Engines:
     """Engines for finalized ``settings`` (see :func:`open_engines` for the one-call form)."""
     # Actions first: a deployment whose handlers cannot be loaded opens nothing.
     handlers = action_handlers(settings, environ=environ)
+    cipher = data_key_cipher(settings, environ=environ)
     registry = await build_registry(settings)
     assert settings.cursor_secret is not None
     engines = Engines(
@@ -204,6 +224,7 @@ async def build_engines(
             tail_poll_interval=settings.tail_poll_seconds,
             spine_retention_days=dict(settings.retention.spine_days),
         ),
+        cipher=cipher,
     )
     for name, handler in handlers.items():
         engines.actions.register(name, handler)

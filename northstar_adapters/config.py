@@ -59,7 +59,7 @@ CONFIG_FILE_ENV: Final = "NORTHSTAR_CONFIG"
 # repository: the cloud smoke tests' NORTHSTAR_SMOKE_* and the emulator launcher's jar path.
 RESERVED_ENV_PREFIXES: Final = ("NORTHSTAR_SMOKE_",)
 RESERVED_ENV_NAMES: Final = frozenset({CONFIG_FILE_ENV, "NORTHSTAR_FIRESTORE_EMULATOR_JAR"})
-_SECTIONS: Final = ("jwt", "http", "registry", "log", "metrics", "tracing", "retention")
+_SECTIONS: Final = ("jwt", "http", "registry", "log", "metrics", "tracing", "retention", "data_keys")
 _JSON_KEYS: Final = {"connections", "routes", "actions", "retention_spine_days"}
 # List-valued section keys: a comma-separated environment value (or a JSON array).
 _LIST_KEYS: Final = {"http_cors_allow_origins"}
@@ -171,6 +171,25 @@ class TracingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = False
 
 
+class DataKeySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where the key-encryption key of the data keys comes from (operator only; see
+    :mod:`northstar_core.kernel.sealing`). At most one: ``key_env`` names an environment
+    variable holding it (base64 of 32 bytes), ``key_file`` a local file (created with a random
+    key, mode 0600, if absent). Neither: content is stored unsealed and a user cannot be erased
+    (only a whole tenant)."""
+
+    key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] | None = None
+    key_file: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_env is not None and self.key_file is not None:
+            raise ValueError("data_keys: give key_env or key_file, not both")
+
+    @property
+    def enabled(self) -> bool:
+        return self.key_env is not None or self.key_file is not None
+
+
 class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How long the event spine keeps its events (operator only; nothing a request sends changes
     it). ``spine_days`` maps an event type, a ``<type>.*`` family or ``*`` (every other type) to
@@ -231,6 +250,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    data_keys: DataKeySettings = msgspec.field(default_factory=DataKeySettings)
     connections: dict[str, dict[str, Any]] = {}
     registry: RegistrySettings | None = None
     routes: list[Route] = []

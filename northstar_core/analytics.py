@@ -22,6 +22,7 @@ from northstar_core.identity import RequestContext
 from northstar_core.kernel.buckets import DEFAULT_SHARDS, BucketedLog, check_position, page_of_scan
 from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.paging import Page
+from northstar_core.kernel.sealing import Sealed, key_name
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 from northstar_core.spine import EventSpine
@@ -68,6 +69,21 @@ class AnalyticsEvent(msgspec.Struct, kw_only=True):
     project_id: str | None = None
     app_id: str | None = None
     source: str
+
+
+class _StoredAnalytics(AnalyticsEvent, kw_only=True, omit_defaults=True):
+    """An event as stored: with data keys, its personal fields sealed (then emptied)."""
+
+    sealed: Sealed | None = None
+
+
+# What a user's analytics event says about them: sealed under their data key.
+_PERSONAL: Final = ("page", "target", "session_id", "properties")
+_EMPTY: Final[dict[str, Any]] = {"page": None, "target": None, "session_id": None, "properties": {}}
+
+
+def _seal_context(event: AnalyticsEvent) -> str:
+    return f"analytics|{event.tenant_id}|{event.event_id}"
 
 
 def decode_event(raw: bytes | Mapping[str, Any] | AnalyticsEventIn) -> AnalyticsEventIn:
@@ -172,14 +188,40 @@ class AnalyticsService:
             ENTRY_PREFIX,
             stored.event_id,
             stored.event_id,
-            msgspec.json.encode(stored),
+            await self._stored_form(ctx, stored),
             expires_at=self.spine.expires_at(spine_event),
         )
         if existing is not None:
             # A retry (same idempotency key) got the first spine event back, and that event was
             # already stored: answer with what is stored rather than writing it again.
-            return msgspec.json.decode(existing, type=AnalyticsEvent)
+            return await self._opened(msgspec.json.decode(existing, type=_StoredAnalytics))
         return stored
+
+    async def _stored_form(self, ctx: RequestContext, event: AnalyticsEvent) -> bytes:
+        keys = self.spine.keys
+        if keys is None:
+            return msgspec.json.encode(event)
+        name = key_name(ctx.user_id or None)
+        key = await keys.key(ctx.tenant_id, name, create=True)
+        if key is None:  # never: a key is made when missing
+            return msgspec.json.encode(event)
+        personal = {field: getattr(event, field) for field in _PERSONAL}
+        fields = {f: getattr(event, f) for f in AnalyticsEvent.__struct_fields__}
+        sealed = keys.seal(key, name, personal, _seal_context(event))
+        return msgspec.json.encode(_StoredAnalytics(**{**fields, **_EMPTY}, sealed=sealed))
+
+    async def _opened(self, stored: _StoredAnalytics) -> AnalyticsEvent:
+        fields = {f: getattr(stored, f) for f in AnalyticsEvent.__struct_fields__}
+        if stored.sealed is not None:
+            keys = self.spine.keys
+            personal = None
+            if keys is not None:
+                personal = await keys.open(stored.tenant_id, stored.sealed, _seal_context(stored))
+            if isinstance(personal, dict):
+                fields.update({k: personal.get(k) for k in _PERSONAL})
+                if not isinstance(fields["properties"], dict):
+                    fields["properties"] = {}
+        return AnalyticsEvent(**fields)
 
     async def list(
         self, ctx: RequestContext, *, cursor: str | None = None, limit: int = 100
@@ -196,11 +238,13 @@ class AnalyticsService:
             ENTRY_PREFIX, after=after, before=None, limit=limit + 1, now=self.clock.now()
         )
         # a poller resumes after the last event it saw, also at the end
-        return page_of_scan(
+        page = page_of_scan(
             scanned,
             limit,
             lambda position: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, "events", position),
-            lambda item: msgspec.json.decode(item.value, type=AnalyticsEvent),
+            lambda item: msgspec.json.decode(item.value, type=_StoredAnalytics),
             resume_from=after,
         )
+        items = [await self._opened(stored) for stored in page.items]
+        return Page(items=items, next_cursor=page.next_cursor, has_more=page.has_more)
 

@@ -20,7 +20,9 @@ from northstar_core.chat import ChatService
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
+from northstar_core.erasure import UserErasure
 from northstar_core.kernel.archive import Archives
+from northstar_core.kernel.sealing import Cipher, DataKeys
 from northstar_core.kernel.tail import DEFAULT_POLL_INTERVAL, TailHub
 from northstar_core.memory import SessionMemory
 from northstar_core.notes import NotesService
@@ -54,8 +56,13 @@ class Engines:
         cursors: CursorCodec,
         clock: Clock | None = None,
         settings: EngineSettings | None = None,
+        *,
+        cipher: Cipher | None = None,
     ) -> None:
         self.registry = registry
+        # Personal content sealed under data keys when the operator configured a cipher
+        # (northstar_core.kernel.sealing): erasing a user is deleting their key.
+        self.data_keys = DataKeys(registry, cipher) if cipher is not None else None
         self.cursors = cursors
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or EngineSettings()
@@ -63,7 +70,11 @@ class Engines:
         self.tails = TailHub(self.settings.tail_poll_interval)
         # The one append-only event spine; it is also the audit sink.
         self.spine = EventSpine(
-            registry, cursors, clock=self.clock, retention=spine_retention(self.settings.spine_retention_days)
+            registry,
+            cursors,
+            clock=self.clock,
+            retention=spine_retention(self.settings.spine_retention_days),
+            keys=self.data_keys,
         )
         self.audit: AuditSink = self.spine
         # The timeline: replayable per-subject event streams (canvas SSE, safety decisions,
@@ -89,6 +100,8 @@ class Engines:
         )
         # Whole-tenant export and import (system callers), item by item below every domain.
         self.archives = Archives(registry, cursors, self.clock)
+        # Erasing one user of a tenant (system callers): their data deleted or unsealable.
+        self.erasure = UserErasure(registry, self.data_keys)
 
     async def close(self) -> None:
         await self.actions.close()

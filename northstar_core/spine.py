@@ -39,6 +39,7 @@ from northstar_core.kernel.idempotency import fingerprint
 from northstar_core.kernel.ids import UUIDv7Generator, uuid7_floor
 from northstar_core.kernel.paging import Page
 from northstar_core.kernel.retention import Retention
+from northstar_core.kernel.sealing import DataKeys, Sealed, key_name
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import partition
 
@@ -175,12 +176,16 @@ class EventSpine:
         clock: Clock | None = None,
         ids: UUIDv7Generator | None = None,
         retention: Retention | None = None,
+        keys: DataKeys | None = None,
     ) -> None:
         self.registry = registry
         self.cursors = cursors
         self.clock: Clock = clock or SystemClock()
         self.ids = ids or UUIDv7Generator()
         self.retention = retention or spine_retention({})
+        # With data keys, a payload is stored sealed under its writer's key (the tenant's for
+        # an event without a user), so erasing that user makes it unreadable everywhere.
+        self.keys = keys
 
     def expires_at(self, event: Event) -> float | None:
         """When ``event`` expires under this spine's retention (``None``: never): its type's
@@ -373,6 +378,15 @@ class EventSpine:
         """
         log, backend = await self._log(ctx)
         route = f"{KIND}:{backend}"
+        keys, name = self.keys, key_name(ctx.user_id or None)
+        data_key = await keys.key(ctx.tenant_id, name, create=True) if keys is not None else None
+
+        def stored_form(event: Event, payload: dict[str, Any]) -> bytes:
+            if keys is None or data_key is None:
+                return msgspec.json.encode(msgspec.structs.replace(event, payload=payload))
+            sealed = keys.seal(data_key, name, payload, _seal_context(event))
+            return msgspec.json.encode(_Stored(**_fields(event), payload={}, sealed=sealed))
+
         fp = request_fingerprint or fingerprint(
             [event_type, source, payload, run_id, step_id, parent_event_id, msgspec.to_builtins(causality)]
         )
@@ -399,7 +413,7 @@ class EventSpine:
                 causality=causality,
             )
             try:
-                data = msgspec.json.encode(event)
+                data = stored_form(event, payload)
             except (TypeError, msgspec.EncodeError) as exc:
                 raise invalid_event(DOMAIN, "the payload is not JSON-serialisable", reason=str(exc)) from None
             if len(data) > MAX_EVENT_BYTES:
@@ -414,7 +428,7 @@ class EventSpine:
             def rebuild(claimed: bytes, payload: dict[str, Any] = payload) -> bytes:
                 # the claimed event (another attempt's id, run, time and identity) with this
                 # attempt's payload, which the fingerprint vouches is the same request's
-                return msgspec.json.encode(msgspec.structs.replace(_decode(claimed), payload=payload))
+                return stored_form(_plain(_decode(claimed)), payload)
 
             try:
                 stored = await log.append(
@@ -431,7 +445,7 @@ class EventSpine:
             except EventIdTaken:
                 # an id collision with another process (vanishingly rare): take a fresh id
                 continue
-            return event if stored == data else _decode(stored)
+            return event if stored == data else await self._opened(_decode(stored))
         raise NorthstarError(
             f"{DOMAIN}.contention", "could not allocate an event id; retry", 503, headers={"Retry-After": "1"}
         )
@@ -457,16 +471,28 @@ class EventSpine:
         position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
         return check_position(DOMAIN, position, cursor)
 
-    def _page(
+    async def _opened(self, stored: _Stored) -> Event:
+        """The event as readers get it: its payload opened if it was sealed (``{}`` once its
+        data key is shredded, or where no data keys are configured to open it)."""
+        if stored.sealed is None:
+            return _plain(stored)
+        payload = None
+        if self.keys is not None:
+            payload = await self.keys.open(stored.tenant_id, stored.sealed, _seal_context(stored))
+        return _plain(stored, payload if isinstance(payload, dict) else {})
+
+    async def _page(
         self, ctx: RequestContext, stream: str, n: int, scanned: Scanned, resume: str | None
     ) -> Page[Event]:
-        return page_of_scan(
+        page = page_of_scan(
             scanned,
             n,
             lambda position: self.cursors.encode(DOMAIN, ctx.tenant_id, ctx.mode, stream, position),
             lambda item: _decode(item.value),
             resume_from=resume,
         )
+        items = [await self._opened(stored) for stored in page.items]
+        return Page(items=items, next_cursor=page.next_cursor, has_more=page.has_more)
 
     async def replay(
         self, ctx: RequestContext, run_id: str | None, *, cursor: str | None = None, limit: int | None = None
@@ -482,7 +508,7 @@ class EventSpine:
         after = self._cursor_position(ctx, stream, cursor)
         log, _ = await self._log(ctx)
         scanned = await log.read_run(run_id, after=after, limit=n + 1, now=self.clock.now())
-        return self._page(ctx, stream, n, scanned, after)
+        return await self._page(ctx, stream, n, scanned, after)
 
     async def list(
         self,
@@ -529,12 +555,12 @@ class EventSpine:
         scanned = await log.read_time(
             after=after, before=ceiling, limit=n + 1, now=self.clock.now(), match=match
         )
-        return self._page(ctx, stream, n, scanned, position)
+        return await self._page(ctx, stream, n, scanned, position)
 
     async def get(self, ctx: RequestContext, event_id: str) -> Event | None:
         log, _ = await self._log(ctx)
         data = await log.get(_check_event_id("event_id", event_id))
-        return _decode(data) if data is not None else None
+        return await self._opened(_decode(data)) if data is not None else None
 
 
 def spine_retention(days: Mapping[str, int]) -> Retention:
@@ -588,8 +614,30 @@ def _parse_time(field: str, value: str | None) -> int | None:
         ) from None
 
 
-def _decode(data: bytes) -> Event:
-    return msgspec.json.decode(data, type=Event)
+class _Stored(Event, frozen=True, kw_only=True, omit_defaults=True):
+    """An event as stored: with data keys, its payload sealed (``payload`` then ``{}``)."""
+
+    sealed: Sealed | None = None
+
+
+_EVENT_FIELDS: Final = tuple(f for f in Event.__struct_fields__ if f != "payload")
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    return {f: getattr(event, f) for f in _EVENT_FIELDS}
+
+
+def _plain(stored: Event, payload: dict[str, Any] | None = None) -> Event:
+    return Event(**_fields(stored), payload=stored.payload if payload is None else payload)
+
+
+def _seal_context(event: Event) -> str:
+    # a sealed payload opens only as the payload of this event of this tenant
+    return f"event_spine|{event.tenant_id}|{event.event_id}"
+
+
+def _decode(data: bytes) -> _Stored:
+    return msgspec.json.decode(data, type=_Stored)
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -409,6 +409,12 @@ def cmd_erase(args: argparse.Namespace) -> int:
     async def run() -> int:
         engines = await build_engines(settings)
         try:
+            if args.user is not None:
+                user_report = await engines.erasure.erase(
+                    _operator(args.tenant, settings.mode), args.tenant, args.user, confirm=args.confirm
+                )
+                print(json.dumps(msgspec.to_builtins(user_report)))
+                return 0
             print(f"# retiring {args.tenant}, then deleting its data", file=sys.stderr)
             report = await engines.archives.erase(
                 _operator(args.tenant, settings.mode),
@@ -644,9 +650,13 @@ def parser() -> argparse.ArgumentParser:
                    help="continue an import that stopped: items already written must be identical")
     i.set_defaults(func=cmd_import)
 
-    e = command("erase", "delete every item of a tenant in every kind, for good (the tenant is retired)")
+    e = command("erase", "delete a tenant's data for good (the tenant is retired), or one user's (--user)")
     e.add_argument("--tenant", required=True, metavar="TENANT_ID", help="the tenant to erase")
-    e.add_argument("--confirm", required=True, metavar="TENANT_ID", help="the tenant id again")
+    e.add_argument("--user", metavar="USER_ID",
+                   help="erase this user of the tenant only (needs [data_keys]); --confirm repeats it")
+    e.add_argument(
+        "--confirm", required=True, metavar="ID", help="the tenant id again (the user id with --user)"
+    )
     e.set_defaults(func=cmd_erase)
 
     o = command("openapi", "write the OpenAPI schema to contracts/openapi.json")

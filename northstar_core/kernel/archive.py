@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -45,12 +45,14 @@ from northstar_core.identity import TENANT_PATTERN, RequestContext
 from northstar_core.routing import DATA_LAYOUTS, RESOURCE_KINDS, KindStore, RoutingRegistry, holds_any
 from northstar_core.storage import (
     MAX_EXPIRES_AT,
+    MAX_SCAN_PAGE,
     Absent,
     ConditionFailed,
     Delete,
     InvalidItem,
     Item,
     Put,
+    VersionIs,
     validate_key,
 )
 
@@ -524,3 +526,68 @@ class Archives:
             if page.token is None:
                 return found
             token = page.token
+
+
+async def delete_partition(
+    store: KindStore, partition: str, prefix: str = "", which: Callable[[bytes], bool] | None = None
+) -> int:
+    """Delete every item of ``partition`` whose key starts with ``prefix`` (and whose value
+    ``which`` selects, if given); how many."""
+    deleted = 0
+    after: str | None = None
+    while True:
+        items = await store.query(partition, prefix, after=after, limit=PAGE)
+        chosen = [item for item in items if which is None or which(item.value)]
+        for i in range(0, len(chosen), BATCH):
+            await store.write(partition, [Delete(item.key) for item in chosen[i : i + BATCH]])
+        deleted += len(chosen)
+        if len(items) < PAGE:
+            return deleted
+        after = items[-1].key
+
+
+async def partitions_where(store: KindStore, prefix: str, keep: Callable[[str], bool]) -> list[str]:
+    """The partitions named ``prefix…`` that hold items and that ``keep`` selects (a scan)."""
+    found: dict[str, None] = {}
+    token: str | None = None
+    while True:
+        page = await store.scan(prefix, token=token, limit=MAX_SCAN_PAGE)
+        for partition, _ in page.items:
+            if partition.startswith(prefix) and keep(partition):
+                found[partition] = None
+        if page.token is None:
+            return list(found)
+        token = page.token
+
+
+async def rewrite_entries(
+    store: KindStore, partition: str, prefix: str, change: Callable[[bytes], bytes | None]
+) -> int:
+    """Replace each item ``prefix…`` of ``partition`` for which ``change`` gives a new value
+    (under its version, so a concurrent change of the item is not overwritten); how many."""
+    changed = 0
+    after: str | None = None
+    while True:
+        items = await store.query(partition, prefix, after=after, limit=PAGE)
+        for item in items:
+            new = change(item.value)
+            if new is None:
+                continue
+            put = Put(item.key, new, version=item.version, expires_at=item.expires_at)
+            await store.write(partition, [msgspec.structs.replace(put, condition=VersionIs(item.version))])
+            changed += 1
+        if len(items) < PAGE:
+            return changed
+        after = items[-1].key
+
+
+async def values_of(store: KindStore, partition: str) -> list[bytes]:
+    """The values of every item of ``partition``, in key order."""
+    out: list[bytes] = []
+    after: str | None = None
+    while True:
+        items = await store.query(partition, "", after=after, limit=PAGE)
+        out += [item.value for item in items]
+        if len(items) < PAGE:
+            return out
+        after = items[-1].key

@@ -1,0 +1,127 @@
+"""Erasing a user of a tenant: what is theirs deleted, what they wrote made unreadable.
+
+For ``user_id`` of ``tenant_id``, in every mode:
+
+* their data key is shredded (:mod:`northstar_core.kernel.sealing`): the payloads of the spine
+  events they wrote and the personal fields of their analytics events become unreadable for
+  good, in every copy — the events themselves stay (ids, types, times, runs), as an append-only
+  log must;
+* their notes, their session memory and their ``/actions/execute`` idempotency records are
+  deleted;
+* in the chat threads they posted to, the content of each message they wrote is removed (the
+  message stays, with its id, number and time, so a thread's numbering and every cursor held on
+  it stay valid) and the idempotency records of their posts, which hold copies of the answers,
+  are deleted; their list of threads is deleted.
+
+Run again, it finds nothing left to do. The system operator only; content sealing must be
+configured (``[data_keys]``), else the spine could not be erased and nothing is done (409
+``erasure.keys_not_configured``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from northstar_core.errors import NorthstarError, invalid
+from northstar_core.identity import MODES, TENANT_PATTERN, RequestContext
+from northstar_core.kernel.archive import delete_partition, partitions_where, rewrite_entries, values_of
+from northstar_core.kernel.idempotency import IDEM_PREFIX
+from northstar_core.kernel.sealing import DataKeys, key_name
+from northstar_core.kernel.streams import SEQ_PREFIX
+from northstar_core.routing import RoutingRegistry
+from northstar_core.scope import subject_segment
+
+DOMAIN: Final = "erasure"
+MAX_SUBJECT_CHARS: Final = 1024
+
+
+class UserErasureReport(msgspec.Struct, kw_only=True):
+    tenant_id: str
+    user_id: str
+    data_key_shredded: bool
+    notes: int
+    memory_values: int
+    action_records: int
+    chat_messages_cleared: int
+    chat_records_deleted: int
+
+
+class UserErasure:
+    """See module doc."""
+
+    def __init__(self, registry: RoutingRegistry, keys: DataKeys | None) -> None:
+        self.registry = registry
+        self.keys = keys
+
+    async def erase(
+        self, ctx: RequestContext, tenant_id: str, user_id: str, *, confirm: str
+    ) -> UserErasureReport:
+        ctx.require_system()
+        if not isinstance(tenant_id, str) or not TENANT_PATTERN.fullmatch(tenant_id):
+            raise invalid(DOMAIN, f"'tenant_id' must match {TENANT_PATTERN.pattern}", field="tenant_id")
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_SUBJECT_CHARS:
+            raise invalid(DOMAIN, "'user_id' must be a token subject", field="user_id")
+        if confirm != user_id:
+            raise invalid(DOMAIN, "'confirm' must repeat the user id", field="confirm")
+        if self.keys is None:
+            raise NorthstarError(
+                f"{DOMAIN}.keys_not_configured",
+                "content sealing is not configured ([data_keys]): the user's spine events could "
+                "not be made unreadable, so nothing is erased",
+                409,
+            )
+        segment = subject_segment(user_id)
+        shredded = await self.keys.shred(tenant_id, key_name(user_id))
+        report = UserErasureReport(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            data_key_shredded=shredded,
+            notes=0,
+            memory_values=0,
+            action_records=0,
+            chat_messages_cleared=0,
+            chat_records_deleted=0,
+        )
+        notes = await self.registry.store_for("notes_store", tenant_id)
+        memory = await self.registry.store_for("memory_store", tenant_id)
+        actions = await self.registry.store_for("budget_store", tenant_id)
+        chat = await self.registry.store_for("chat_store", tenant_id)
+        for mode in MODES:
+            base = f"{tenant_id}|{mode}|"
+            report.notes += await delete_partition(notes, f"{base}notes|{segment}")
+            report.action_records += await delete_partition(actions, f"{base}actions|{segment}")
+            # memory partitions: <tenant>|<mode>|memory|<project>|<user>|<session>
+            mine = await partitions_where(memory, f"{base}memory|", lambda p: p.split("|")[4:5] == [segment])
+            for part in mine:
+                report.memory_values += await delete_partition(memory, part)
+            threads = f"{base}chat_threads|{segment}"
+            for entry in await values_of(chat, threads):
+                thread_id = msgspec.json.decode(entry, type=dict[str, Any]).get("thread_id")
+                if not isinstance(thread_id, str):
+                    continue
+                part = f"{base}thread|{thread_id}"
+                report.chat_messages_cleared += await rewrite_entries(
+                    chat, part, SEQ_PREFIX, lambda value: _cleared(value, user_id)
+                )
+                report.chat_records_deleted += await delete_partition(
+                    chat, part, IDEM_PREFIX, lambda value: _answered(value) == user_id
+                )
+            await delete_partition(chat, threads)
+        return report
+
+
+def _cleared(value: bytes, user_id: str) -> bytes | None:
+    """A chat message of ``user_id`` without its content (``None``: not theirs, or cleared)."""
+    message = msgspec.json.decode(value, type=dict[str, Any])
+    if message.get("user_id") != user_id or message.get("content") is None:
+        return None
+    return msgspec.json.encode({**message, "content": None})
+
+
+def _answered(value: bytes) -> str | None:
+    """Whose post an idempotency record answers (the user of the message it holds)."""
+    record = msgspec.json.decode(value, type=dict[str, Any])
+    result = record.get("result")
+    return result.get("user_id") if isinstance(result, dict) else None
