@@ -178,7 +178,7 @@ class DataKeySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     key, mode 0600, if absent). Neither: content is stored unsealed and a user cannot be erased
     (only a whole tenant)."""
 
-    key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] | None = None
+    key_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$(?!\n)")] | None = None
     key_file: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
 
     def __post_init__(self) -> None:
