@@ -210,6 +210,10 @@ class AnalyticsService:
         sealed = keys.seal(key, name, personal, _seal_context(event))
         return msgspec.json.encode(_StoredAnalytics(**{**fields, **_EMPTY}, sealed=sealed))
 
+    async def event_of(self, data: bytes) -> AnalyticsEvent:
+        """The event a stored analytics item holds, as readers get it."""
+        return await self._opened(msgspec.json.decode(data, type=_StoredAnalytics))
+
     async def _opened(self, stored: _StoredAnalytics) -> AnalyticsEvent:
         fields = {f: getattr(stored, f) for f in AnalyticsEvent.__struct_fields__}
         if stored.sealed is not None:

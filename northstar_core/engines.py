@@ -20,7 +20,6 @@ from northstar_core.chat import ChatService
 from northstar_core.clock import Clock, SystemClock
 from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
-from northstar_core.erasure import UserErasure
 from northstar_core.kernel.archive import Archives
 from northstar_core.kernel.sealing import Cipher, DataKeys
 from northstar_core.kernel.tail import DEFAULT_POLL_INTERVAL, TailHub
@@ -35,6 +34,7 @@ from northstar_core.safety.policies import PolicyStores
 from northstar_core.spine import EventSpine, spine_retention
 from northstar_core.tabular import TabularStore
 from northstar_core.timeline import Timeline
+from northstar_core.user_data import UserData
 
 
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,14 +94,14 @@ class Engines:
         self.analytics = AnalyticsService(registry, cursors, self.clock, self.spine)
         # every execution is reported as an analytics event (outcome, latency, cost)
         self.actions.analytics = self.analytics
+        # One user's data (system callers): exported for them, or erased.
+        self.user_data = UserData(registry, self.data_keys, self.spine, self.analytics)
         self.canvas = CanvasService(
             registry, cursors, self.clock,
             timeline=self.timeline, gate=self.gate, audit=self.spine, toggles=self.config,
         )
         # Whole-tenant export and import (system callers), item by item below every domain.
         self.archives = Archives(registry, cursors, self.clock)
-        # Erasing one user of a tenant (system callers): their data deleted or unsealable.
-        self.erasure = UserErasure(registry, self.data_keys)
 
     async def close(self) -> None:
         await self.actions.close()

@@ -471,6 +471,10 @@ class EventSpine:
         position = self.cursors.decode(DOMAIN, ctx.tenant_id, ctx.mode, stream, cursor)
         return check_position(DOMAIN, position, cursor)
 
+    async def event_of(self, data: bytes) -> Event:
+        """The event a stored spine item holds, as readers get it (see :meth:`_opened`)."""
+        return await self._opened(_decode(data))
+
     async def _opened(self, stored: _Stored) -> Event:
         """The event as readers get it: its payload opened if it was sealed (``{}`` once its
         data key is shredded, or where no data keys are configured to open it)."""

@@ -327,6 +327,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args, create=False)
     out = Path(args.out) if args.out else None
+    if args.user is not None:
+        return _export_user(args, settings, out)
     cursor: str | None = None
     append = False
     if out is not None and out.exists() and out.stat().st_size > 0:
@@ -370,6 +372,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return code
 
 
+def _export_user(args: argparse.Namespace, settings: Settings, out: Path | None) -> int:
+    """One user's data (not resumable: it is written whole, or the command fails)."""
+    from northstar_adapters.compose import build_engines
+
+    async def run(sink: Any) -> int:
+        engines = await build_engines(settings)
+        try:
+            operator = _operator(args.tenant, settings.mode)
+            async for line in await engines.user_data.export(operator, args.tenant, args.user):
+                sink.write(line)
+            sink.flush()
+            return 0
+        except NorthstarError as exc:
+            return _fail(f"{exc.code}: {exc.message}", 1)
+        finally:
+            await engines.close()
+
+    if out is None:
+        return asyncio.run(run(sys.stdout.buffer))
+    with out.open("wb") as sink:
+        code = asyncio.run(run(sink))
+    if code != 0:
+        out.unlink()  # a partial export is no export
+    return code
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from northstar_adapters.compose import build_engines
 
@@ -410,7 +438,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         engines = await build_engines(settings)
         try:
             if args.user is not None:
-                user_report = await engines.erasure.erase(
+                user_report = await engines.user_data.erase(
                     _operator(args.tenant, settings.mode), args.tenant, args.user, confirm=args.confirm
                 )
                 print(json.dumps(msgspec.to_builtins(user_report)))
@@ -636,11 +664,16 @@ def parser() -> argparse.ArgumentParser:
                    help="time allowed for each backend or endpoint check (default: 5)")
     d.set_defaults(func=cmd_doctor)
 
-    x = command("export", "write a tenant's archive (every item of every kind) as JSON lines")
+    x = command("export", "write a tenant's archive (every item of every kind), or one user's data")
     x.add_argument("--tenant", required=True, metavar="TENANT_ID", help="the tenant to export")
     x.add_argument("--out", metavar="FILE",
                    help="the archive file; an unfinished one is resumed after its last mark "
                    "(default: standard output, not resumable)")
+    x.add_argument(
+        "--user",
+        metavar="USER_ID",
+        help="only this user's data (their notes, memory, chat messages, events…), as JSON lines",
+    )
     x.set_defaults(func=cmd_export)
 
     i = command("import", "write a tenant's archive into this deployment (the tenant must hold nothing)")

@@ -581,13 +581,30 @@ async def rewrite_entries(
         after = items[-1].key
 
 
-async def values_of(store: KindStore, partition: str) -> list[bytes]:
-    """The values of every item of ``partition``, in key order."""
+async def values_of(store: KindStore, partition: str, prefix: str = "") -> list[bytes]:
+    """The values of every item of ``partition`` whose key starts with ``prefix``, in key order."""
     out: list[bytes] = []
     after: str | None = None
     while True:
-        items = await store.query(partition, "", after=after, limit=PAGE)
+        items = await store.query(partition, prefix, after=after, limit=PAGE)
         out += [item.value for item in items]
         if len(items) < PAGE:
             return out
         after = items[-1].key
+
+
+async def items_under(
+    store: KindStore, prefix: str, key_prefix: str, keep: Callable[[str], bool] | None = None
+) -> AsyncIterator[tuple[str, Item]]:
+    """Every live item whose key starts with ``key_prefix`` in the partitions named ``prefix…``
+    (that ``keep`` selects), by a scan: an administrative read of the whole table."""
+    token: str | None = None
+    while True:
+        page = await store.scan(prefix, token=token, limit=MAX_SCAN_PAGE)
+        for partition, item in page.items:
+            if partition.startswith(prefix) and item.key.startswith(key_prefix):
+                if keep is None or keep(partition):
+                    yield partition, item
+        if page.token is None:
+            return
+        token = page.token

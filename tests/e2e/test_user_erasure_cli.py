@@ -64,7 +64,19 @@ def test_erase_a_user_from_the_command_line(tmp_path: Path) -> None:
     # the spine holds no plaintext of either user; chat and notes do, in their own items
     assert _rows_with(tmp_path, f"{MARKER} u_gone") > 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_")}
-    cli = [sys.executable, "-m", "northstar_http.cli", "--config", str(config), "erase", "--tenant", TENANT]
+    base = [sys.executable, "-m", "northstar_http.cli", "--config", str(config)]
+    out = tmp_path / "u_gone.jsonl"
+    exported = subprocess.run(
+        [*base, "export", "--tenant", TENANT, "--user", "u_gone", "--out", str(out)],
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert exported.returncode == 0, exported.stderr.decode()
+    lines = [msgspec.json.decode(line) for line in out.read_bytes().splitlines()]
+    assert {line["t"] for line in lines} == {"header", "event", "chat_message", "note", "end"}
+    assert f"{MARKER} u_gone" in repr(lines) and "u_stays" not in repr(lines)
+    cli = [*base, "erase", "--tenant", TENANT]
     wrong = subprocess.run(
         [*cli, "--user", "u_gone", "--confirm", "u_stays"], capture_output=True, env=env, cwd=ROOT
     )

@@ -88,7 +88,7 @@ async def test_erasing_a_user_leaves_no_plaintext_of_them_and_changes_nobody_els
     for user in ("u1", "u2"):
         await _write(engines, user)
     before_u2 = [v for v in await _raw(store) if b"secret-u2" in v]
-    report = await engines.erasure.erase(SYSTEM, TENANT, "u1", confirm="u1")
+    report = await engines.user_data.erase(SYSTEM, TENANT, "u1", confirm="u1")
     assert report.data_key_shredded and report.notes == 1 and report.memory_values == 1
     assert report.chat_messages_cleared == 2 and report.chat_records_deleted >= 1
     raw = await _raw(store)
@@ -114,7 +114,7 @@ async def test_erasing_a_user_leaves_no_plaintext_of_them_and_changes_nobody_els
     with pytest.raises(NorthstarError):
         await engines.memory.get(ctx("u1"), "s1", "k")
     # again: nothing left to do
-    again = await engines.erasure.erase(SYSTEM, TENANT, "u1", confirm="u1")
+    again = await engines.user_data.erase(SYSTEM, TENANT, "u1", confirm="u1")
     assert (again.data_key_shredded, again.notes, again.chat_messages_cleared) == (False, 0, 0)
 
 
@@ -129,6 +129,41 @@ async def test_a_user_cannot_be_erased_without_data_keys_or_by_anyone_but_the_op
         (await _engines(store, os.urandom(32)), SYSTEM, "u2", "erasure.invalid_request"),
     ):
         with pytest.raises(NorthstarError) as info:
-            await engines.erasure.erase(caller, TENANT, "u1", confirm=confirm)
+            await engines.user_data.erase(caller, TENANT, "u1", confirm=confirm)
         assert info.value.code == code
     assert await _raw(store) == before
+
+
+async def _export(engines: Engines, user: str) -> list[dict[str, Any]]:
+    import msgspec
+
+    lines = [line async for line in await engines.user_data.export(SYSTEM, TENANT, user)]
+    return [msgspec.json.decode(line) for line in lines]
+
+
+async def test_a_users_export_holds_all_of_theirs_opened_and_nothing_of_anyone_else() -> None:
+    store = MemoryItemStore()
+    engines = await _engines(store, os.urandom(32))
+    for user in ("u1", "u2"):
+        await _write(engines, user)
+    lines = await _export(engines, "u1")
+    assert lines[0]["t"] == "header" and lines[0]["user_id"] == "u1"
+    assert lines[-1] == {"t": "end", "items": len(lines) - 2}
+    text = repr(lines)
+    assert "secret-u2" not in text
+    kinds = sorted(line["t"] for line in lines[1:-1])
+    assert kinds == ["analytics", "chat_message", "chat_message", "event", "event", "memory", "note"]
+    [event] = [x["event"] for x in lines if x["t"] == "event" and x["event"]["event_type"] == "note.added"]
+    assert event["payload"] == {"text": "secret-u1"}  # sealed in the store, opened here
+    [seen] = [x["event"] for x in lines if x["t"] == "analytics"]
+    assert seen["properties"] == {"m": "secret-u1"}
+    # after the erasure the export shows what is left: events without content
+    await engines.user_data.erase(SYSTEM, TENANT, "u1", confirm="u1")
+    after = await _export(engines, "u1")
+    assert "secret-u1" not in repr(after)
+    # (their cleared messages stay in the threads, but their list of threads is gone)
+    assert sorted(x["t"] for x in after[1:-1]) == ["analytics", "event", "event"]
+    assert all(x["event"].get("payload", {}) == {} for x in after if x["t"] == "event")
+    with pytest.raises(NorthstarError) as info:
+        await engines.user_data.export(ctx("u1"), TENANT, "u1")
+    assert info.value.code == "auth.system_required"

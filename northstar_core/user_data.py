@@ -1,6 +1,13 @@
-"""Erasing a user of a tenant: what is theirs deleted, what they wrote made unreadable.
+"""One user's data in a tenant: exported for them, or erased.
 
-For ``user_id`` of ``tenant_id``, in every mode:
+:meth:`UserData.export` gives, as JSON lines, everything the deployment holds of ``user_id``
+of ``tenant_id`` in every mode: their notes, session memory values, ``/actions/execute``
+records, the chat messages they wrote, the spine events written in their requests and their
+analytics events (sealed content opened). Spine and analytics events are found by scanning the
+tenant's logs, so an export reads the tenant's whole history: an operator's command, not a
+request path.
+
+:meth:`UserData.erase`, for ``user_id`` of ``tenant_id``, in every mode:
 
 * their data key is shredded (:mod:`northstar_core.kernel.sealing`): the payloads of the spine
   events they wrote and the personal fields of their analytics events become unreadable for
@@ -20,21 +27,38 @@ configured (``[data_keys]``), else the spine could not be erased and nothing is 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import msgspec
 
+from northstar_core.analytics import ENTRY_PREFIX as ANALYTICS_PREFIX
+from northstar_core.analytics import AnalyticsService
 from northstar_core.errors import NorthstarError, invalid
 from northstar_core.identity import MODES, TENANT_PATTERN, RequestContext
-from northstar_core.kernel.archive import delete_partition, partitions_where, rewrite_entries, values_of
+from northstar_core.kernel.archive import (
+    delete_partition,
+    items_under,
+    partitions_where,
+    rewrite_entries,
+    values_of,
+)
+from northstar_core.kernel.eventlog import EVENT_PREFIX
 from northstar_core.kernel.idempotency import IDEM_PREFIX
 from northstar_core.kernel.sealing import DataKeys, key_name
 from northstar_core.kernel.streams import SEQ_PREFIX
 from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import subject_segment
+from northstar_core.spine import EventSpine
 
 DOMAIN: Final = "erasure"
 MAX_SUBJECT_CHARS: Final = 1024
+EXPORT_FORMAT: Final = "northstar.user_data"
+_encoder = msgspec.json.Encoder()
+
+
+def _line(value: Any) -> bytes:
+    return _encoder.encode(value) + b"\n"
 
 
 class UserErasureReport(msgspec.Struct, kw_only=True):
@@ -48,21 +72,95 @@ class UserErasureReport(msgspec.Struct, kw_only=True):
     chat_records_deleted: int
 
 
-class UserErasure:
+class UserData:
     """See module doc."""
 
-    def __init__(self, registry: RoutingRegistry, keys: DataKeys | None) -> None:
+    def __init__(
+        self, registry: RoutingRegistry, keys: DataKeys | None, spine: EventSpine, analytics: AnalyticsService
+    ) -> None:
         self.registry = registry
         self.keys = keys
+        self.spine = spine
+        self.analytics = analytics
 
-    async def erase(
-        self, ctx: RequestContext, tenant_id: str, user_id: str, *, confirm: str
-    ) -> UserErasureReport:
+    @staticmethod
+    def _check(ctx: RequestContext, tenant_id: str, user_id: str) -> None:
         ctx.require_system()
         if not isinstance(tenant_id, str) or not TENANT_PATTERN.fullmatch(tenant_id):
             raise invalid(DOMAIN, f"'tenant_id' must match {TENANT_PATTERN.pattern}", field="tenant_id")
         if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_SUBJECT_CHARS:
             raise invalid(DOMAIN, "'user_id' must be a token subject", field="user_id")
+
+    async def export(self, ctx: RequestContext, tenant_id: str, user_id: str) -> AsyncIterator[bytes]:
+        """The user's data as JSON lines (see module doc): a ``header``, one line per record
+        (``t``: ``note``, ``memory``, ``action_record``, ``chat_message``, ``event``,
+        ``analytics``; each with its ``mode``), and an ``end`` with the count. Checks are made
+        before the first line."""
+        self._check(ctx, tenant_id, user_id)
+        stores = {
+            kind: await self.registry.store_for(kind, tenant_id)
+            for kind in (
+                "notes_store",
+                "memory_store",
+                "budget_store",
+                "chat_store",
+                "event_spine",
+                "analytics_store",
+            )
+        }
+        return self._export_lines(tenant_id, user_id, stores)
+
+    async def _export_lines(
+        self, tenant_id: str, user_id: str, stores: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        segment = subject_segment(user_id)
+        count = 0
+        yield _line(
+            {"t": "header", "format": EXPORT_FORMAT, "version": 1, "tenant_id": tenant_id, "user_id": user_id}
+        )
+        for mode in MODES:
+            base = f"{tenant_id}|{mode}|"
+            for t, kind, part in (
+                ("note", "notes_store", f"{base}notes|{segment}"),
+                ("action_record", "budget_store", f"{base}actions|{segment}"),
+            ):
+                for value in await values_of(stores[kind], part):
+                    count += 1
+                    yield _line({"t": t, "mode": mode, "record": msgspec.Raw(value)})
+            async for partition, item in items_under(
+                stores["memory_store"], f"{base}memory|", "", lambda p: p.split("|")[4:5] == [segment]
+            ):
+                count += 1
+                session = partition.split("|")[5] if len(partition.split("|")) > 5 else None
+                yield _line(
+                    {"t": "memory", "mode": mode, "session_id": session, "record": msgspec.Raw(item.value)}
+                )
+            for entry in await values_of(stores["chat_store"], f"{base}chat_threads|{segment}"):
+                thread_id = msgspec.json.decode(entry, type=dict[str, Any]).get("thread_id")
+                if not isinstance(thread_id, str):
+                    continue
+                for value in await values_of(stores["chat_store"], f"{base}thread|{thread_id}", SEQ_PREFIX):
+                    if msgspec.json.decode(value, type=dict[str, Any]).get("user_id") == user_id:
+                        count += 1
+                        yield _line({"t": "chat_message", "mode": mode, "message": msgspec.Raw(value)})
+            async for _, item in items_under(stores["event_spine"], f"{base}spine|", EVENT_PREFIX):
+                event = await self.spine.event_of(item.value)
+                if event.user_id == user_id:
+                    count += 1
+                    yield _line({"t": "event", "mode": mode, "event": event})
+            async for _, item in items_under(
+                stores["analytics_store"], f"{base}analytics|", ANALYTICS_PREFIX
+            ):
+                seen = await self.analytics.event_of(item.value)
+                if seen.user_id == user_id:
+                    count += 1
+                    yield _line({"t": "analytics", "mode": mode, "event": seen})
+        yield _line({"t": "end", "items": count})
+
+    async def erase(
+        self, ctx: RequestContext, tenant_id: str, user_id: str, *, confirm: str
+    ) -> UserErasureReport:
+        self._check(ctx, tenant_id, user_id)
         if confirm != user_id:
             raise invalid(DOMAIN, "'confirm' must repeat the user id", field="confirm")
         if self.keys is None:
