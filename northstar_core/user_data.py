@@ -22,7 +22,7 @@ request path.
 
 Run again, it finds nothing left to do. The system operator only; content sealing must be
 configured (``[data_keys]``), else the spine could not be erased and nothing is done (409
-``erasure.keys_not_configured``).
+``user_data.keys_not_configured``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from northstar_core.routing import RoutingRegistry
 from northstar_core.scope import subject_segment
 from northstar_core.spine import EventSpine
 
-DOMAIN: Final = "erasure"
+DOMAIN: Final = "user_data"
 MAX_SUBJECT_CHARS: Final = 1024
 EXPORT_FORMAT: Final = "northstar.user_data"
 _encoder = msgspec.json.Encoder()

@@ -80,7 +80,7 @@ def test_erase_a_user_from_the_command_line(tmp_path: Path) -> None:
     wrong = subprocess.run(
         [*cli, "--user", "u_gone", "--confirm", "u_stays"], capture_output=True, env=env, cwd=ROOT
     )
-    assert wrong.returncode == 1 and b"erasure.invalid_request" in wrong.stderr
+    assert wrong.returncode == 1 and b"user_data.invalid_request" in wrong.stderr
     done = subprocess.run(
         [*cli, "--user", "u_gone", "--confirm", "u_gone"], capture_output=True, env=env, cwd=ROOT
     )

@@ -124,9 +124,9 @@ async def test_a_user_cannot_be_erased_without_data_keys_or_by_anyone_but_the_op
     await _write(plain, "u1")
     before = await _raw(store)
     for engines, caller, confirm, code in (
-        (plain, SYSTEM, "u1", "erasure.keys_not_configured"),
+        (plain, SYSTEM, "u1", "user_data.keys_not_configured"),
         (await _engines(store, os.urandom(32)), ctx("u1"), "u1", "auth.system_required"),
-        (await _engines(store, os.urandom(32)), SYSTEM, "u2", "erasure.invalid_request"),
+        (await _engines(store, os.urandom(32)), SYSTEM, "u2", "user_data.invalid_request"),
     ):
         with pytest.raises(NorthstarError) as info:
             await engines.user_data.erase(caller, TENANT, "u1", confirm=confirm)
