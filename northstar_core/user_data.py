@@ -70,6 +70,8 @@ class UserErasureReport(msgspec.Struct, kw_only=True):
     action_records: int
     chat_messages_cleared: int
     chat_records_deleted: int
+    # spine events of theirs written before content was sealed: their payloads stay readable
+    spine_events_unsealed: int = 0
 
 
 class UserData:
@@ -186,6 +188,7 @@ class UserData:
         memory = await self.registry.store_for("memory_store", tenant_id)
         actions = await self.registry.store_for("budget_store", tenant_id)
         chat = await self.registry.store_for("chat_store", tenant_id)
+        spine = await self.registry.store_for("event_spine", tenant_id)
         for mode in MODES:
             base = f"{tenant_id}|{mode}|"
             report.notes += await delete_partition(notes, f"{base}notes|{segment}")
@@ -207,6 +210,10 @@ class UserData:
                     chat, part, IDEM_PREFIX, lambda value: _answered(value) == user_id
                 )
             await delete_partition(chat, threads)
+            async for _, item in items_under(spine, f"{base}spine|", EVENT_PREFIX):
+                stored = msgspec.json.decode(item.value, type=dict[str, Any])
+                if stored.get("user_id") == user_id and "sealed" not in stored and stored.get("payload"):
+                    report.spine_events_unsealed += 1
         return report
 
 

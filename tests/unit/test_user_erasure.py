@@ -167,3 +167,13 @@ async def test_a_users_export_holds_all_of_theirs_opened_and_nothing_of_anyone_e
     with pytest.raises(NorthstarError) as info:
         await engines.user_data.export(ctx("u1"), TENANT, "u1")
     assert info.value.code == "auth.system_required"
+
+
+async def test_events_written_before_sealing_was_configured_are_reported_as_left_readable() -> None:
+    store = MemoryItemStore()
+    await _write(await _engines(store, None), "u1")  # before [data_keys]
+    sealed = await _engines(store, os.urandom(32))
+    report = await sealed.user_data.erase(SYSTEM, TENANT, "u1", confirm="u1")
+    # the note.added event and the analytics event's spine event
+    assert report.spine_events_unsealed == 2
+    assert report.notes == 1 and report.memory_values == 1
