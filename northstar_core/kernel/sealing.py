@@ -32,6 +32,7 @@ from northstar_core.storage import Absent, ConditionFailed, Delete, Put
 KIND: Final = "config_store"
 KEY_CACHE_SECONDS: Final = 30.0
 TENANT_KEY: Final = "t#"
+_CREATE_ATTEMPTS: Final = 4
 
 
 class SealBroken(Exception):
@@ -102,18 +103,27 @@ class DataKeys:
         store = await self.registry.store_for(KIND, tenant_id)
         part = self.partition(tenant_id)
         item = await store.get(part, name)
-        if item is None and create:
+        key: bytes | None = None
+        for _ in range(_CREATE_ATTEMPTS if create else 0):
+            if item is not None:
+                break
             fresh = self.cipher.new_key()
             wrapped = self.cipher.wrap(fresh, self._context(tenant_id, name))
             try:
                 await store.write(part, [Put(name, wrapped, condition=Absent())])
-                item = None
-                key: bytes | None = fresh
+                key = fresh
+                break
             except ConditionFailed:  # made meanwhile by another writer: theirs is the key
-                item = await store.get(part, name)
-                key = None
+                item = await store.get(part, name)  # (None again if shredded meanwhile)
         else:
-            key = None
+            if create and item is None:
+                # never unsealed content where sealing is configured
+                raise NorthstarError(
+                    "data_keys.contention",
+                    "could not make a data key; retry",
+                    503,
+                    headers={"Retry-After": "1"},
+                )
         if item is not None:
             try:
                 key = self.cipher.unwrap(item.value, self._context(tenant_id, name))
