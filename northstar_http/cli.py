@@ -95,7 +95,7 @@ async def open_registry(settings: Settings) -> RoutingRegistry:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from northstar_adapters.compose import action_handlers, build_registry
+    from northstar_adapters.compose import action_handlers, build_registry, data_key_cipher
     from northstar_http.tokens import mint_token
 
     if args.workers < 1:
@@ -109,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def preflight() -> list[str]:
         action_handlers(settings)  # ConfigError (exit 2) if a configured action cannot be loaded
+        data_key_cipher(settings)  # ConfigError if [data_keys] names a key that is not there
         registry = await build_registry(settings)
         try:
             return [registry.label_of(r) for r, _ in registry.routes()]

@@ -64,3 +64,21 @@ def test_both_or_malformed_sources_are_refused(tmp_path: Path) -> None:
         _settings(tmp_path, {"key_env": "lower-case"})
     with pytest.raises(ConfigError):
         _settings(tmp_path, {"nonsense": "x"})
+
+
+def test_serve_refuses_to_start_when_the_key_is_not_there(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "northstar.toml"
+    config.write_text(
+        f'mode = "lab"\ndata_dir = "{tmp_path / "data"}"\n[data_keys]\nkey_env = "NO_SUCH_KEK"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_") and k != "NO_SUCH_KEK"}
+    done = subprocess.run(
+        [sys.executable, "-m", "northstar_http.cli", "--config", str(config), "serve", "--port", "0"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2 and b"NO_SUCH_KEK is not set" in done.stderr
