@@ -512,20 +512,39 @@ class Archives:
     async def _delete_all(store: KindStore, prefix: str) -> int:
         """Delete every item a scan of ``prefix`` finds in ``store``; how many were found."""
         found = 0
-        token: str | None = None
-        while True:
-            page = await store.scan(prefix, token=token, limit=PAGE)
+        async for page in scan_pages(store, prefix):
             by_partition: dict[str, list[str]] = {}
-            for partition, item in page.items:
-                if partition.startswith(prefix):
-                    by_partition.setdefault(partition, []).append(item.key)
+            for partition, item in page:
+                by_partition.setdefault(partition, []).append(item.key)
             for partition, keys in by_partition.items():
-                for i in range(0, len(keys), BATCH):
-                    await store.write(partition, [Delete(key) for key in keys[i : i + BATCH]])
-                found += len(keys)
-            if page.token is None:
-                return found
-            token = page.token
+                await _delete_keys(store, partition, keys)
+            found += len(page)
+        return found
+
+
+async def pages_of(store: KindStore, partition: str, prefix: str = "") -> AsyncIterator[list[Item]]:
+    """The items of ``partition`` whose key starts with ``prefix``, a page at a time, in key
+    order (a page's items may be deleted or replaced before the next is read)."""
+    after: str | None = None
+    while True:
+        items = await store.query(partition, prefix, after=after, limit=PAGE)
+        if items:
+            yield items
+        if len(items) < PAGE:
+            return
+        after = items[-1].key
+
+
+async def scan_pages(store: KindStore, prefix: str) -> AsyncIterator[list[tuple[str, Item]]]:
+    """Every live item of the partitions named ``prefix…``, a scan page at a time (an
+    administrative read of the whole table)."""
+    token: str | None = None
+    while True:
+        page = await store.scan(prefix, token=token, limit=MAX_SCAN_PAGE)
+        yield [(partition, item) for partition, item in page.items if partition.startswith(prefix)]
+        if page.token is None:
+            return
+        token = page.token
 
 
 async def delete_partition(
@@ -534,30 +553,24 @@ async def delete_partition(
     """Delete every item of ``partition`` whose key starts with ``prefix`` (and whose value
     ``which`` selects, if given); how many."""
     deleted = 0
-    after: str | None = None
-    while True:
-        items = await store.query(partition, prefix, after=after, limit=PAGE)
-        chosen = [item for item in items if which is None or which(item.value)]
-        for i in range(0, len(chosen), BATCH):
-            await store.write(partition, [Delete(item.key) for item in chosen[i : i + BATCH]])
+    async for items in pages_of(store, partition, prefix):
+        chosen = [item.key for item in items if which is None or which(item.value)]
+        await _delete_keys(store, partition, chosen)
         deleted += len(chosen)
-        if len(items) < PAGE:
-            return deleted
-        after = items[-1].key
+    return deleted
+
+
+async def _delete_keys(store: KindStore, partition: str, keys: Sequence[str]) -> None:
+    for i in range(0, len(keys), BATCH):
+        await store.write(partition, [Delete(key) for key in keys[i : i + BATCH]])
 
 
 async def partitions_where(store: KindStore, prefix: str, keep: Callable[[str], bool]) -> list[str]:
     """The partitions named ``prefix…`` that hold items and that ``keep`` selects (a scan)."""
     found: dict[str, None] = {}
-    token: str | None = None
-    while True:
-        page = await store.scan(prefix, token=token, limit=MAX_SCAN_PAGE)
-        for partition, _ in page.items:
-            if partition.startswith(prefix) and keep(partition):
-                found[partition] = None
-        if page.token is None:
-            return list(found)
-        token = page.token
+    async for partition, _ in items_under(store, prefix, "", keep):
+        found[partition] = None
+    return list(found)
 
 
 async def rewrite_entries(
@@ -566,31 +579,21 @@ async def rewrite_entries(
     """Replace each item ``prefix…`` of ``partition`` for which ``change`` gives a new value
     (under its version, so a concurrent change of the item is not overwritten); how many."""
     changed = 0
-    after: str | None = None
-    while True:
-        items = await store.query(partition, prefix, after=after, limit=PAGE)
+    async for items in pages_of(store, partition, prefix):
         for item in items:
             new = change(item.value)
             if new is None:
                 continue
-            put = Put(item.key, new, version=item.version, expires_at=item.expires_at)
-            await store.write(partition, [msgspec.structs.replace(put, condition=VersionIs(item.version))])
+            condition = VersionIs(item.version)
+            put = Put(item.key, new, version=item.version, expires_at=item.expires_at, condition=condition)
+            await store.write(partition, [put])
             changed += 1
-        if len(items) < PAGE:
-            return changed
-        after = items[-1].key
+    return changed
 
 
 async def values_of(store: KindStore, partition: str, prefix: str = "") -> list[bytes]:
     """The values of every item of ``partition`` whose key starts with ``prefix``, in key order."""
-    out: list[bytes] = []
-    after: str | None = None
-    while True:
-        items = await store.query(partition, prefix, after=after, limit=PAGE)
-        out += [item.value for item in items]
-        if len(items) < PAGE:
-            return out
-        after = items[-1].key
+    return [item.value async for items in pages_of(store, partition, prefix) for item in items]
 
 
 async def items_under(
@@ -598,13 +601,7 @@ async def items_under(
 ) -> AsyncIterator[tuple[str, Item]]:
     """Every live item whose key starts with ``key_prefix`` in the partitions named ``prefix…``
     (that ``keep`` selects), by a scan: an administrative read of the whole table."""
-    token: str | None = None
-    while True:
-        page = await store.scan(prefix, token=token, limit=MAX_SCAN_PAGE)
-        for partition, item in page.items:
-            if partition.startswith(prefix) and item.key.startswith(key_prefix):
-                if keep is None or keep(partition):
-                    yield partition, item
-        if page.token is None:
-            return
-        token = page.token
+    async for page in scan_pages(store, prefix):
+        for partition, item in page:
+            if item.key.startswith(key_prefix) and (keep is None or keep(partition)):
+                yield partition, item
