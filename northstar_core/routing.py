@@ -407,54 +407,50 @@ class RoutingRegistry:
         """Re-read every route from the registry store."""
         routes: dict[tuple[str, str | None], tuple[Route, int]] = {}
         broken: dict[tuple[str, str | None], _Broken] = {}
-        after: str | None = None
-        while True:
+        for item in await self._read_all("route#"):
             try:
-                page = await self._store.query(_PARTITION, "route#", after=after, limit=200)
-            except BackendUnavailable as exc:
-                raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
-            for item in page:
-                try:
-                    route = msgspec.json.decode(item.value, type=Route)
-                except msgspec.DecodeError as exc:
-                    _, kind, tenant = [*item.key.split("#", 2), "", ""][:3]
-                    tenant_id = None if tenant in ("", "*") else tenant
-                    broken[(kind, tenant_id)] = _Broken(kind, tenant_id, f"stored route unreadable: {exc}")
-                    continue
-                expected = DATA_LAYOUTS.get(route.resource_kind)
-                if expected is not None and route.data_layout != expected:
-                    broken[(route.resource_kind, route.tenant_id)] = _Broken(
-                        route.resource_kind,
-                        route.tenant_id,
-                        f"the route's data is in layout {route.data_layout}; this build reads "
-                        f"layout {expected} (store the route again for an empty table)",
-                    )
-                    continue
-                routes[(route.resource_kind, route.tenant_id)] = (route, item.version)
-            if len(page) < 200:
-                break
-            after = page[-1].key
+                route = msgspec.json.decode(item.value, type=Route)
+            except msgspec.DecodeError as exc:
+                _, kind, tenant = [*item.key.split("#", 2), "", ""][:3]
+                tenant_id = None if tenant in ("", "*") else tenant
+                broken[(kind, tenant_id)] = _Broken(kind, tenant_id, f"stored route unreadable: {exc}")
+                continue
+            expected = DATA_LAYOUTS.get(route.resource_kind)
+            if expected is not None and route.data_layout != expected:
+                broken[(route.resource_kind, route.tenant_id)] = _Broken(
+                    route.resource_kind,
+                    route.tenant_id,
+                    f"the route's data is in layout {route.data_layout}; this build reads "
+                    f"layout {expected} (store the route again for an empty table)",
+                )
+                continue
+            routes[(route.resource_kind, route.tenant_id)] = (route, item.version)
         retired: dict[str, RetiredTenant] = {}
-        after = None
-        while True:
+        for item in await self._read_all("tenant#"):
+            tenant = item.key[len("tenant#") :]
             try:
-                page = await self._store.query(_PARTITION, "tenant#", after=after, limit=200)
-            except BackendUnavailable as exc:
-                raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
-            for item in page:
-                tenant = item.key[len("tenant#") :]
-                try:
-                    retired[tenant] = msgspec.json.decode(item.value, type=RetiredTenant)
-                except msgspec.DecodeError:  # unreadable: still retired, never served
-                    retired[tenant] = RetiredTenant(tenant_id=tenant, state="erasing", at=0.0)
-            if len(page) < 200:
-                break
-            after = page[-1].key
+                retired[tenant] = msgspec.json.decode(item.value, type=RetiredTenant)
+            except msgspec.DecodeError:  # unreadable: still retired, never served
+                retired[tenant] = RetiredTenant(tenant_id=tenant, state="erasing", at=0.0)
         self._routes = routes
         self._broken = broken
         self._retired_tenants = retired
         self._loaded_at = self._monotonic()
         await self._retire_unused()
+
+    async def _read_all(self, prefix: str) -> list[Item]:
+        """Every item ``prefix…`` of the routing table (503 if its store does not answer)."""
+        out: list[Item] = []
+        after: str | None = None
+        while True:
+            try:
+                page = await self._store.query(_PARTITION, prefix, after=after, limit=200)
+            except BackendUnavailable as exc:
+                raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
+            out += page
+            if len(page) < 200:
+                return out
+            after = page[-1].key
 
     async def _fresh(self) -> None:
         if self._monotonic() - self._loaded_at >= self._refresh_seconds:
