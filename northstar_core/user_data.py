@@ -27,7 +27,7 @@ configured (``[data_keys]``), else the spine could not be erased and nothing is 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import msgspec
@@ -47,7 +47,7 @@ from northstar_core.kernel.eventlog import EVENT_PREFIX
 from northstar_core.kernel.idempotency import IDEM_PREFIX
 from northstar_core.kernel.sealing import DataKeys, key_name
 from northstar_core.kernel.streams import SEQ_PREFIX
-from northstar_core.routing import RoutingRegistry
+from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import subject_segment
 from northstar_core.spine import EventSpine
 
@@ -130,17 +130,14 @@ class UserData:
                     count += 1
                     yield _line({"t": t, "mode": mode, "record": msgspec.Raw(value)})
             async for partition, item in items_under(
-                stores["memory_store"], f"{base}memory|", "", lambda p: p.split("|")[4:5] == [segment]
+                stores["memory_store"], f"{base}memory|", "", _memory_of(segment)
             ):
                 count += 1
                 session = partition.split("|")[5] if len(partition.split("|")) > 5 else None
                 yield _line(
                     {"t": "memory", "mode": mode, "session_id": session, "record": msgspec.Raw(item.value)}
                 )
-            for entry in await values_of(stores["chat_store"], f"{base}chat_threads|{segment}"):
-                thread_id = msgspec.json.decode(entry, type=dict[str, Any]).get("thread_id")
-                if not isinstance(thread_id, str):
-                    continue
+            for thread_id in await _threads_of(stores["chat_store"], base, segment):
                 for value in await values_of(stores["chat_store"], f"{base}thread|{thread_id}", SEQ_PREFIX):
                     if msgspec.json.decode(value, type=dict[str, Any]).get("user_id") == user_id:
                         count += 1
@@ -193,15 +190,10 @@ class UserData:
             base = f"{tenant_id}|{mode}|"
             report.notes += await delete_partition(notes, f"{base}notes|{segment}")
             report.action_records += await delete_partition(actions, f"{base}actions|{segment}")
-            # memory partitions: <tenant>|<mode>|memory|<project>|<user>|<session>
-            mine = await partitions_where(memory, f"{base}memory|", lambda p: p.split("|")[4:5] == [segment])
+            mine = await partitions_where(memory, f"{base}memory|", _memory_of(segment))
             for part in mine:
                 report.memory_values += await delete_partition(memory, part)
-            threads = f"{base}chat_threads|{segment}"
-            for entry in await values_of(chat, threads):
-                thread_id = msgspec.json.decode(entry, type=dict[str, Any]).get("thread_id")
-                if not isinstance(thread_id, str):
-                    continue
+            for thread_id in await _threads_of(chat, base, segment):
                 part = f"{base}thread|{thread_id}"
                 report.chat_messages_cleared += await rewrite_entries(
                     chat, part, SEQ_PREFIX, lambda value: _cleared(value, user_id)
@@ -209,7 +201,7 @@ class UserData:
                 report.chat_records_deleted += await delete_partition(
                     chat, part, IDEM_PREFIX, lambda value: _answered(value) == user_id
                 )
-            await delete_partition(chat, threads)
+            await delete_partition(chat, f"{base}chat_threads|{segment}")
             async for _, item in items_under(spine, f"{base}spine|", EVENT_PREFIX):
                 stored = msgspec.json.decode(item.value, type=dict[str, Any])
                 if stored.get("user_id") == user_id and "sealed" not in stored and stored.get("payload"):
@@ -230,3 +222,19 @@ def _answered(value: bytes) -> str | None:
     record = msgspec.json.decode(value, type=dict[str, Any])
     result = record.get("result")
     return result.get("user_id") if isinstance(result, dict) else None
+
+
+def _memory_of(segment: str) -> Callable[[str], bool]:
+    """Whether a memory partition (``<tenant>|<mode>|memory|<project>|<user>|<session>``) is
+    the user's with this subject segment."""
+    return lambda partition: partition.split("|")[4:5] == [segment]
+
+
+async def _threads_of(chat: KindStore, base: str, segment: str) -> list[str]:
+    """The threads the user posted to, from their thread list (``base``: tenant and mode)."""
+    out = []
+    for entry in await values_of(chat, f"{base}chat_threads|{segment}"):
+        thread_id = msgspec.json.decode(entry, type=dict[str, Any]).get("thread_id")
+        if isinstance(thread_id, str):
+            out.append(thread_id)
+    return out
