@@ -21,6 +21,7 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
@@ -324,12 +325,15 @@ def _resume_point(path: Path) -> tuple[str | None, int] | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from northstar_adapters.compose import build_engines
-
     settings = _settings(args, create=False)
     out = Path(args.out) if args.out else None
+    operator = _operator(args.tenant, settings.mode)
     if args.user is not None:
-        return _export_user(args, settings, out)
+        # one user's data is not resumable: written whole, or no file is left
+        return _write_lines(
+            settings, lambda engines: engines.user_data.export(operator, args.tenant, args.user), out,
+            keep_partial=False,
+        )
     cursor: str | None = None
     append = False
     if out is not None and out.exists() and out.stat().st_size > 0:
@@ -345,14 +349,28 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f.truncate(keep)
             append = True
             print(f"# resuming {out} after its last mark", file=sys.stderr)
+    return _write_lines(
+        settings, lambda engines: engines.archives.export(operator, args.tenant, cursor), out, append=append
+    )
+
+
+def _write_lines(
+    settings: Settings,
+    lines_of: Callable[[Any], Awaitable[AsyncIterator[bytes]]],
+    out: Path | None,
+    *,
+    append: bool = False,
+    keep_partial: bool = True,
+) -> int:
+    """Write the lines ``lines_of(engines)`` produces to ``out`` (standard output if ``None``),
+    each chunk on disk before the next is read; exit 1 on an error envelope or ``error`` line."""
+    from northstar_adapters.compose import build_engines
 
     async def run(sink: Any) -> int:
         engines = await build_engines(settings)
         try:
-            lines = await engines.archives.export(_operator(args.tenant, settings.mode), args.tenant, cursor)
             failed = None
-            async for chunk in lines:
-                # each chunk ends with a mark: on disk before the next page is read
+            async for chunk in await lines_of(engines):
                 sink.write(chunk)
                 sink.flush()
                 if chunk.startswith(b'{"t":"error"'):
@@ -370,32 +388,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with out.open("ab" if append else "wb") as sink:
         code = asyncio.run(run(sink))
         os.fsync(sink.fileno())
-    return code
-
-
-def _export_user(args: argparse.Namespace, settings: Settings, out: Path | None) -> int:
-    """One user's data (not resumable: it is written whole, or the command fails)."""
-    from northstar_adapters.compose import build_engines
-
-    async def run(sink: Any) -> int:
-        engines = await build_engines(settings)
-        try:
-            operator = _operator(args.tenant, settings.mode)
-            async for line in await engines.user_data.export(operator, args.tenant, args.user):
-                sink.write(line)
-            sink.flush()
-            return 0
-        except NorthstarError as exc:
-            return _fail(f"{exc.code}: {exc.message}", 1)
-        finally:
-            await engines.close()
-
-    if out is None:
-        return asyncio.run(run(sys.stdout.buffer))
-    with out.open("wb") as sink:
-        code = asyncio.run(run(sink))
-    if code != 0:
-        out.unlink()  # a partial export is no export
+    if code != 0 and not keep_partial:
+        out.unlink()
     return code
 
 
