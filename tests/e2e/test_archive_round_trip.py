@@ -166,17 +166,25 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[s
     return archive_file, reads
 
 
+def _cli(config: Path, data_dir: Path) -> list[str]:
+    """The command line of a lab deployment on ``data_dir`` with this module's secrets."""
+    config.write_text(
+        f'mode = "lab"\ndata_dir = "{data_dir}"\ncursor_secret = "{CURSOR_SECRET}"\n'
+        f'[jwt]\nhs256_secret = "{JWT_SECRET}"\naudience = "{AUDIENCE}"\n'
+    )
+    return [sys.executable, "-m", "northstar_http.cli", "--config", str(config)]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_")}
+
+
 def test_northstar_import_into_a_fresh_sqlite_deployment_reads_back_identically(
     source: tuple[Path, list[tuple[str, int, Any]]], tmp_path: Path
 ) -> None:
     archive_file, expected = source
-    config = tmp_path / "northstar.toml"
-    config.write_text(
-        f'mode = "lab"\ndata_dir = "{tmp_path / "data"}"\ncursor_secret = "{CURSOR_SECRET}"\n'
-        f'[jwt]\nhs256_secret = "{JWT_SECRET}"\naudience = "{AUDIENCE}"\n'
-    )
-    cli = [sys.executable, "-m", "northstar_http.cli", "--config", str(config)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_")}
+    cli = _cli(tmp_path / "northstar.toml", tmp_path / "data")
+    env = _env()
     done = subprocess.run(
         [*cli, "import", "--tenant", TENANT, "--in", str(archive_file)],
         capture_output=True,
@@ -265,23 +273,9 @@ def test_northstar_export_resumes_an_unfinished_file_to_the_same_archive(
     source: tuple[Path, list[tuple[str, int, Any]]], tmp_path: Path
 ) -> None:
     archive_file, _ = source
-    config = tmp_path / "northstar.toml"
-    config.write_text(
-        f'mode = "lab"\ndata_dir = "{archive_file.parent / "data"}"\ncursor_secret = "{CURSOR_SECRET}"\n'
-        f'[jwt]\nhs256_secret = "{JWT_SECRET}"\naudience = "{AUDIENCE}"\n'
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NORTHSTAR_")}
+    env = _env()
     out = tmp_path / "export.jsonl"
-    command = [
-        sys.executable,
-        "-m",
-        "northstar_http.cli",
-        "--config",
-        str(config),
-        "export",
-        "--tenant",
-        TENANT,
-    ]
+    command = [*_cli(tmp_path / "northstar.toml", archive_file.parent / "data"), "export", "--tenant", TENANT]
     done = subprocess.run([*command, "--out", str(out)], capture_output=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr.decode()
     full = out.read_bytes()
