@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 import re
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Final, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
 
@@ -24,6 +26,7 @@ from northstar_core.kernel.buckets import MAX_SHARDS, forget
 from northstar_core.observe import current as observer
 from northstar_core.storage import (
     MAX_SCAN_PAGE,
+    MAX_VERSION,
     Absent,
     BackendUnavailable,
     Capabilities,
@@ -207,7 +210,7 @@ async def holds_any(store: ItemStore, prefix: str) -> bool:
         token = page.token
 
 
-def _route_key(kind: str, tenant_id: str | None) -> str:
+def route_key(kind: str, tenant_id: str | None) -> str:
     return f"route#{kind}#{tenant_id or '*'}"
 
 
@@ -225,6 +228,99 @@ def _tenant_key(tenant_id: str) -> str:
     return f"tenant#{tenant_id}"
 
 
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A table on a named connection: one side of a migration."""
+
+    connection: str
+    table: str
+
+
+# The phases of a migration (kernel/migration.py). In ``dual`` the source serves and every
+# write is journaled before it is made; in ``switched`` the target serves and writes are
+# journaled for a rollback; in the two frozen phases writes wait while the journal is drained
+# and the routes are flipped.
+JOURNALED_PHASES: Final = frozenset({"dual", "switched"})
+FROZEN_PHASES: Final = frozenset({"frozen", "frozen_back"})
+MIGRATION_PHASES: Final = JOURNALED_PHASES | FROZEN_PHASES
+
+
+class Migration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A move of ``kinds`` (the kinds sharing one table) from ``source`` to ``target``, for one
+    tenant or for the deployment, as every process sharing the registry sees it.
+
+    ``original`` holds each kind's route before the move (``None``: the tenant had no override
+    of its own), restored by a rollback. ``excluded_tenants`` (deployment-wide moves) have
+    overrides of their own: their data stays where it is. ``fence_seconds``: every process
+    re-reads the registry at least this often while it serves a migrating kind;
+    ``settle_seconds``: the longest a journaled write may take; ``lease_seconds``: how long a
+    process may serve from a registry view it could not refresh (writes stop after it).
+    """
+
+    id: str
+    kinds: tuple[str, ...]
+    tenant_id: str | None
+    source: Endpoint
+    target: Endpoint
+    original: dict[str, Route | None]
+    excluded_tenants: tuple[str, ...] = ()
+    phase: Literal["dual", "frozen", "switched", "frozen_back"]
+    phase_at: float
+    started_at: float
+    fence_seconds: float
+    settle_seconds: float
+    lease_seconds: float
+
+    def covers(self, kind: str, tenant_id: str | None) -> bool:
+        if kind not in self.kinds:
+            return False
+        if self.tenant_id is not None:
+            return tenant_id == self.tenant_id
+        return tenant_id is None or tenant_id not in self.excluded_tenants
+
+    def in_scope(self, partition: str) -> bool:
+        """Whether ``partition`` (of the source or target table) is moved by this migration.
+        Partitions named ``~…`` are the processes' own bookkeeping (the activity index), which
+        each side keeps for itself."""
+        if partition.startswith("~"):
+            return False
+        tenant = partition.split("|", 1)[0]
+        if self.tenant_id is not None:
+            return tenant == self.tenant_id and "|" in partition
+        return tenant not in self.excluded_tenants
+
+
+def migration_key(migration_id: str) -> str:
+    return f"migration#{migration_id}"
+
+
+# The journal of a migration: one item per partition written since the item was last
+# drained, spread over a few partitions of the registry's table (a hot kind must not turn one
+# registry partition into its bottleneck).
+JOURNAL_SHARDS: Final = 16
+
+
+def journal_partition(migration_id: str, shard: int) -> str:
+    return f"migration|{migration_id}|j{shard}"
+
+
+def journal_shard(partition: str) -> int:
+    return zlib.crc32(partition.encode()) % JOURNAL_SHARDS
+
+
+class JournalMark(msgspec.Struct, frozen=True):
+    """When a process last announced a write to a partition (its wall clock)."""
+
+    at: float
+
+
+# While a migration's routes are being flipped, a process serving the kind re-reads the
+# registry at least this often, so it reads from the new side within this long.
+FROZEN_REFRESH_SECONDS: Final = 0.25
+# Beyond the fence and settle time, how long a write waits for a cutover to finish before it
+# is answered 503 (a migrator that died mid-cutover is resumed by running it again).
+CUTOVER_WAIT_SECONDS: Final = 30.0
+
+
 def tenant_erased(tenant_id: str) -> NorthstarError:
     return NorthstarError(
         "tenant.erased", "this tenant's data was erased; it is served no more", 410,
@@ -236,6 +332,8 @@ _PARTITION: Final = "routing_registry"
 # A store no route uses any more is closed this long after it was replaced, so requests that
 # resolved it just before the change finish on it.
 RETIRE_GRACE_SECONDS: Final = 30.0
+# Partitions this process remembers having journaled (forgotten all at once beyond it).
+_JOURNALED_MAX: Final = 100_000
 
 
 def route_misconfigured(kind: str, reason: str, **details: Any) -> NorthstarError:
@@ -270,18 +368,43 @@ def _field_of(exc: Exception) -> str:
 
 
 class KindStore(ItemStore):
-    """An :class:`ItemStore` bound to one resource kind: adapter errors become envelopes."""
+    """An :class:`ItemStore` bound to one resource kind: adapter errors become envelopes.
 
-    def __init__(self, kind: str, route: Route, connection: Connection, inner: ItemStore) -> None:
+    Opened by :meth:`RoutingRegistry.store_for`, it always serves the kind's *current* route:
+    a handle kept across a route change (an SSE subscriber's stream, a long request) passes its
+    calls to the store now serving, so it never reads a table the kind has left. While the
+    kind is being migrated it also keeps the migration's rules (see :class:`Migration`).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        route: Route,
+        connection: Connection,
+        inner: ItemStore,
+        *,
+        registry: RoutingRegistry | None = None,
+        tenant_id: str | None = None,
+        migration: Migration | None = None,
+        retired_ok: bool = False,
+    ) -> None:
         self.kind = kind
         self.route = route
         self.backend = connection.backend
         self.label = connection.label
         self.inner = inner
         self.capabilities: Capabilities = inner.capabilities
+        self.tenant_id = tenant_id
+        self.migration = migration
+        self._registry = registry
+        self._retired_ok = retired_ok
+        self._serves = _serving_key(route, migration)
+        self._successor: KindStore | None = None
 
     @property
     def backing(self) -> ItemStore:
+        if self._successor is not None:
+            return self._successor.backing
         return self.inner.backing
 
     @property
@@ -303,16 +426,36 @@ class KindStore(ItemStore):
             f"{self.kind}.invalid_item", str(exc), 422, details={"resource_kind": self.kind}
         )
 
+    async def _serving(self) -> KindStore:
+        """This store if it still serves the kind, else the one that does now."""
+        registry = self._registry
+        if registry is None:
+            return self
+        if self._successor is not None:
+            return await self._successor._serving()
+        migration = self.migration
+        if migration is None:
+            await registry._fresh()
+        else:
+            fence = FROZEN_REFRESH_SECONDS if migration.phase in FROZEN_PHASES else migration.fence_seconds
+            await registry.ensure_fresh(fence)
+        if registry.serving_key(self.kind, self.tenant_id) == self._serves:
+            return self
+        successor = await registry.store_for(self.kind, self.tenant_id, retired_ok=self._retired_ok)
+        self._successor = successor
+        return await successor._serving()
+
     # Every call is timed and traced through the process's observer (a no-op unless the shell
     # installed one), labelled by kind and backend: that is what an operator compares.
 
     async def get(self, partition: str, key: str) -> Item | None:
-        self._mark()
-        with observer().store_call(self.kind, self.backend, "get"):
+        store = await self._serving()
+        store._mark()
+        with observer().store_call(store.kind, store.backend, "get"):
             try:
-                return await self.inner.get(partition, key)
+                return await store.inner.get(partition, key)
             except (BackendUnavailable, InvalidItem) as exc:
-                raise self._wrap(exc) from exc
+                raise store._wrap(exc) from exc
 
     async def query(
         self,
@@ -324,30 +467,54 @@ class KindStore(ItemStore):
         limit: int = 100,
         descending: bool = False,
     ) -> list[Item]:
-        self._mark()
-        with observer().store_call(self.kind, self.backend, "query"):
+        store = await self._serving()
+        store._mark()
+        with observer().store_call(store.kind, store.backend, "query"):
             try:
-                return await self.inner.query(
+                return await store.inner.query(
                     partition, prefix, after=after, before=before, limit=limit, descending=descending
                 )
             except (BackendUnavailable, InvalidItem) as exc:
-                raise self._wrap(exc) from exc
+                raise store._wrap(exc) from exc
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        self._mark()
-        with observer().store_call(self.kind, self.backend, "write"):
+        store = await self._serving()
+        registry = store._registry
+        migration = store.migration
+        if registry is not None:
+            if migration is None:
+                registry.check_view_for_writes(store.kind)
+            elif migration.phase in FROZEN_PHASES:
+                store = await registry.after_cutover(store)
+                await store.write(partition, ops)
+                return
+            elif migration.phase in JOURNALED_PHASES:
+                # announced before it is made: the migrator copies the partition again after
+                # every write it may have missed
+                await registry.journal(migration, partition)
+        store._mark()
+        with observer().store_call(store.kind, store.backend, "write"):
             try:
-                await self.inner.write(partition, ops)
+                if migration is None:
+                    await store.inner.write(partition, ops)
+                else:
+                    # the migrator waits this long for journaled writes in flight; one that
+                    # takes longer is abandoned (its outcome unknown, as with any timeout)
+                    async with asyncio.timeout(migration.settle_seconds):
+                        await store.inner.write(partition, ops)
+            except TimeoutError:
+                raise backend_unavailable(store.kind, "write timed out during a migration", 1) from None
             except (BackendUnavailable, InvalidItem) as exc:
-                raise self._wrap(exc) from exc
+                raise store._wrap(exc) from exc
 
     async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
-        self._mark()
-        with observer().store_call(self.kind, self.backend, "scan"):
+        store = await self._serving()
+        store._mark()
+        with observer().store_call(store.kind, store.backend, "scan"):
             try:
-                return await self.inner.scan(prefix, token=token, limit=limit)
+                return await store.inner.scan(prefix, token=token, limit=limit)
             except (BackendUnavailable, InvalidItem) as exc:
-                raise self._wrap(exc) from exc
+                raise store._wrap(exc) from exc
 
     async def ping(self) -> None:
         with observer().store_call(self.kind, self.backend, "ping"):
@@ -355,6 +522,15 @@ class KindStore(ItemStore):
                 await self.inner.ping()
             except BackendUnavailable as exc:
                 raise self._wrap(exc) from exc
+
+
+def _serving_key(route: Route, migration: Migration | None) -> tuple[object, ...]:
+    """What a store handle serves: its route's table and the migration phase it obeys."""
+    return (
+        route.connection,
+        route.table_name,
+        None if migration is None else (migration.id, migration.phase),
+    )
 
 
 class _Broken(msgspec.Struct, frozen=True):
@@ -383,7 +559,9 @@ class RoutingRegistry:
         deployment_mode: str,
         required_kinds: Sequence[str] = RESOURCE_KINDS,
         refresh_seconds: float = 5.0,
+        max_view_seconds: float | None = None,
         monotonic: Callable[[], float] | None = None,
+        wall: Callable[[], float] | None = None,
     ) -> None:
         self._store = registry_store
         self._factory = factory
@@ -396,10 +574,24 @@ class RoutingRegistry:
         # One store per (connection, table): stores on one connection share its client.
         self._stores: dict[tuple[str, str], ItemStore] = {}
         self._retired: dict[tuple[str, str], float] = {}
+        self._migrations: dict[str, tuple[Migration, int]] = {}
         self._refresh_seconds = refresh_seconds
+        if max_view_seconds is None:
+            max_view_seconds = max(30.0, 6 * refresh_seconds)
+        if not max_view_seconds > refresh_seconds:
+            raise ValueError("max_view_seconds must be longer than refresh_seconds")
+        # A process that could not re-read the routes for this long stops writing (reads go
+        # on): a migration waits this long before it relies on every writer journaling.
+        self.max_view_seconds = max_view_seconds
         self._loaded_at = float("-inf")
+        # when the routes were last read successfully (``_loaded_at`` also moves on a failed
+        # refresh, so that a registry outage is retried once per interval, not per call)
+        self._confirmed_at = float("-inf")
         self._monotonic = monotonic or time.monotonic
+        self._wall = wall or time.time
         self._lock = asyncio.Lock()
+        # (migration id, partition) → when this process last journaled a write to it
+        self._journaled: dict[tuple[str, str], float] = {}
 
     # --- the table -------------------------------------------------------------------------
 
@@ -432,10 +624,24 @@ class RoutingRegistry:
                 retired[tenant] = msgspec.json.decode(item.value, type=RetiredTenant)
             except msgspec.DecodeError:  # unreadable: still retired, never served
                 retired[tenant] = RetiredTenant(tenant_id=tenant, state="erasing", at=0.0)
+        migrations: dict[str, tuple[Migration, int]] = {}
+        for item in await self._read_all("migration#"):
+            try:
+                migration = msgspec.json.decode(item.value, type=Migration)
+            except msgspec.DecodeError as exc:
+                # Written by another version: the kind it names (``<kind>@<tenant or *>``) is
+                # not served by this one, rather than served without the migration's rules.
+                kind, _, scope = item.key[len("migration#") :].partition("@")
+                tenant_id = None if scope in ("", "*") else scope
+                reason = f"its migration record is unreadable: {exc}"
+                broken[(kind, tenant_id)] = _Broken(kind, tenant_id, reason)
+                continue
+            migrations[migration.id] = (migration, item.version)
         self._routes = routes
         self._broken = broken
         self._retired_tenants = retired
-        self._loaded_at = self._monotonic()
+        self._migrations = migrations
+        self._loaded_at = self._confirmed_at = self._monotonic()
         await self._retire_unused()
 
     async def _read_all(self, prefix: str) -> list[Item]:
@@ -466,6 +672,117 @@ class RoutingRegistry:
                         # reports its own backend's state (`<kind>.backend_unavailable` when it
                         # shares the outage) and kinds on healthy backends keep working.
                         self._loaded_at = self._monotonic()
+
+    async def ensure_fresh(self, max_age: float) -> None:
+        """Re-read the routes unless they were read successfully within ``max_age`` seconds
+        (503 if the registry does not answer: the caller cannot go on without them)."""
+        if self._monotonic() - self._confirmed_at > max_age:
+            async with self._lock:
+                if self._monotonic() - self._confirmed_at > max_age:
+                    await self.load()
+
+    def check_view_for_writes(self, kind: str) -> None:
+        """503 if the routes could not be confirmed for ``max_view_seconds``: a migration may
+        have started meanwhile, and a write it does not know of would be left behind."""
+        age = self._monotonic() - self._confirmed_at
+        if age > self.max_view_seconds:
+            raise NorthstarError(
+                "routing_registry.backend_unavailable",
+                f"the routing table could not be read for {age:.0f} s: writes to '{kind}' wait "
+                "until it can",
+                503,
+                details={"resource_kind": kind},
+                headers={"Retry-After": "5"},
+            )
+
+    def serving_key(self, kind: str, tenant_id: str | None) -> tuple[object, ...] | None:
+        route = self._resolve(kind, tenant_id)
+        if route is None:
+            return None
+        return _serving_key(route, self.migration_for(kind, tenant_id))
+
+    # --- migrations ------------------------------------------------------------------------
+
+    def migrations(self) -> list[tuple[Migration, int]]:
+        return sorted(self._migrations.values(), key=lambda mv: mv[0].id)
+
+    def migration(self, migration_id: str) -> tuple[Migration, int] | None:
+        return self._migrations.get(migration_id)
+
+    def migration_for(self, kind: str, tenant_id: str | None) -> Migration | None:
+        """The migration moving ``kind``'s data for ``tenant_id``, if one is under way."""
+        for migration, _ in self._migrations.values():
+            if migration.covers(kind, tenant_id):
+                return migration
+        return None
+
+    async def journal(self, migration: Migration, partition: str) -> None:
+        """Record that ``partition`` is about to be written (see kernel/migration.py).
+
+        One registry write per partition and ``settle_seconds`` at most: a mark made that
+        recently still covers the write, because the migrator drops a mark only once it is
+        two ``settle_seconds`` old, after copying the partition again."""
+        now = self._wall()
+        key = (migration.id, partition)
+        last = self._journaled.get(key)
+        if last is not None and now - last < migration.settle_seconds:
+            return
+        mark = Put(
+            f"p#{partition}",
+            msgspec.json.encode(JournalMark(at=now)),
+            # a fresh version each time: the migrator drops the mark only if it is unchanged
+            version=random.randint(1, MAX_VERSION),
+        )
+        try:
+            await self._store.write(journal_partition(migration.id, journal_shard(partition)), [mark])
+        except BackendUnavailable as exc:
+            raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
+        if len(self._journaled) >= _JOURNALED_MAX:
+            self._journaled.clear()
+        self._journaled[key] = now
+
+    async def after_cutover(self, store: KindStore) -> KindStore:
+        """Wait while ``store``'s kind is frozen for a cutover, then the store serving it."""
+        migration = store.migration
+        assert migration is not None
+        wait = migration.fence_seconds + migration.settle_seconds + CUTOVER_WAIT_SECONDS
+        deadline = self._monotonic() + wait
+        while self._monotonic() < deadline:
+            await asyncio.sleep(FROZEN_REFRESH_SECONDS / 2)
+            await self.ensure_fresh(FROZEN_REFRESH_SECONDS)
+            now = self.migration_for(store.kind, store.tenant_id)
+            if now is None or now.phase not in FROZEN_PHASES:
+                return await self.store_for(store.kind, store.tenant_id, retired_ok=store._retired_ok)
+        raise NorthstarError(
+            "migration.cutover_in_progress",
+            f"'{store.kind}' is being moved to another table and its writes wait for the cutover",
+            503,
+            details={"resource_kind": store.kind, "migration": migration.id},
+            headers={"Retry-After": "5"},
+        )
+
+    async def commit(self, ops: Sequence[Op]) -> None:
+        """Write ``ops`` to the routing table atomically and re-read it (a migration's steps:
+        its record, its phase and the routes it flips change together or not at all).
+        :class:`ConditionFailed` when another writer changed one of them first."""
+        try:
+            await self._store.write(_PARTITION, ops)
+        except BackendUnavailable as exc:
+            raise backend_unavailable("routing_registry", exc.reason, exc.retry_after) from exc
+        await self.load()
+
+    @property
+    def store(self) -> ItemStore:
+        """The routing table's own store (journals and progress of migrations live there)."""
+        return self._store
+
+    def opened(self, route: Route) -> ItemStore:
+        """The adapter store behind ``route`` (opened if needed), without a kind's wrapping."""
+        connection = self.connections.get(route.connection)
+        if connection is None:
+            reason = f"connection '{route.connection}' is not configured"
+            raise route_misconfigured(route.resource_kind, reason)
+        return self._open(route, connection)
 
     def routes(self) -> list[tuple[Route, int]]:
         return sorted(self._routes.values(), key=lambda rv: (rv[0].resource_kind, rv[0].tenant_id or ""))
@@ -574,11 +891,21 @@ class RoutingRegistry:
             raise invalid_params("expected_version must be between 0 and 2**63-1", "expected_version")
         if force and not by_system:
             raise NorthstarError("auth.system_required", "forcing a route change needs the system flag", 403)
+        await self._fresh()
+        moving = next((m for m, _ in self._migrations.values() if route.resource_kind in m.kinds), None)
+        if moving is not None:
+            raise NorthstarError(
+                "migration.in_progress",
+                f"'{route.resource_kind}' is being migrated ({moving.id}); its routes change only "
+                "through the migration until it is released or rolled back",
+                409,
+                details={"resource_kind": route.resource_kind, "migration": moving.id},
+            )
         await self._test_open(route, connection, probe=probe)
         if not force:
             await self._refuse_stranding(route, probe=probe)
         route = msgspec.structs.replace(route, layout=DATA_LAYOUTS[route.resource_kind])
-        key = _route_key(route.resource_kind, route.tenant_id)
+        key = route_key(route.resource_kind, route.tenant_id)
         current = await self._store.get(_PARTITION, key)
         if expected_version is not None and (current.version if current else 0) != expected_version:
             raise NorthstarError(
@@ -672,7 +999,13 @@ class RoutingRegistry:
                 self._retired.setdefault(key, self._monotonic())
 
     def _in_use(self, key: tuple[str, str]) -> bool:
-        return any((r.connection, r.table_name) == key for r, _ in self._routes.values())
+        if any((r.connection, r.table_name) == key for r, _ in self._routes.values()):
+            return True
+        # both sides of a migration stay open until it ends
+        return any(
+            key in ((m.source.connection, m.source.table), (m.target.connection, m.target.table))
+            for m, _ in self._migrations.values()
+        )
 
     def _open(self, route: Route, connection: Connection) -> ItemStore:
         key = (route.connection, route.table_name)
@@ -767,7 +1100,16 @@ class RoutingRegistry:
             inner = self._open(route, connection)
         except Exception as exc:  # any adapter refusal is a misconfiguration
             raise route_misconfigured(kind, f"{type(exc).__name__}: {exc}"[:300]) from None
-        return KindStore(kind, route, connection, inner)
+        return KindStore(
+            kind,
+            route,
+            connection,
+            inner,
+            registry=self,
+            tenant_id=tenant_id,
+            migration=self.migration_for(kind, tenant_id),
+            retired_ok=retired_ok,
+        )
 
     def check_startup(self) -> None:
         """Raise :class:`RoutingError` if this deployment may not start (SPEC §2.3)."""

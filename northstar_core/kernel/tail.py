@@ -354,6 +354,10 @@ class TailHub:
         self.process_id = secrets.token_hex(8)
         self._counter = Counter()
         self._channels: dict[tuple[str, str, int], _Channel] = {}
+        # The same channels by stream name: a subscriber keeps its channel when its kind moves
+        # to another table (its store handle then reads the new one), and an append made
+        # through the new table must still wake it.
+        self._named: dict[tuple[str, str], set[_Channel]] = {}
         self._readers: dict[int, _Reader] = {}
         self._writers: dict[int, _Writer] = {}
         # Every task this hub started and that has not ended (close() waits for them).
@@ -378,10 +382,9 @@ class TailHub:
         """A local append made ``head`` the stream's head: wake its subscribers in this process
         now, and publish it to the other processes sharing the store (call it after every
         successful append, whether or not the stream is followed here)."""
-        key = _channel_key(stream)
+        name = (stream.domain, stream.partition)
         for hub in list(_HUBS):
-            channel = hub._channels.get(key)
-            if channel is not None:
+            for channel in hub._named.get(name, ()):
                 channel.advance(head)
         store = stream.store
         if store.capabilities.shared and not self._closed:
@@ -490,6 +493,7 @@ class TailHub:
         channel = self._channels.get(key)
         if channel is None:
             channel = self._channels[key] = _Channel(key, stream)
+            self._named.setdefault(key[:2], set()).add(channel)
             store = stream.store
             # A store no other process can write to needs no poller: every append to it is
             # notified in this process.
@@ -508,6 +512,11 @@ class TailHub:
         if channel.subscribers <= 0:
             if self._channels.get(channel.key) is channel:
                 del self._channels[channel.key]
+            named = self._named.get(channel.key[:2])
+            if named is not None:
+                named.discard(channel)
+                if not named:
+                    del self._named[channel.key[:2]]
             channel.stop_heartbeats()
             reader = self._readers.get(channel.key[2])
             if reader is not None:
@@ -578,6 +587,7 @@ class TailHub:
         for channel in self._channels.values():
             channel.stop_heartbeats()
         self._channels.clear()
+        self._named.clear()
         self._readers.clear()
         writers = list(self._writers.values())
         self._writers.clear()

@@ -1,0 +1,306 @@
+"""Online migration in one process, on memory tables: writes keep flowing through the copy, the
+journaled phase and the cutover; none is lost or doubled; a subscriber keeps following; a
+migrator stopped at any point resumes; rollback and release leave one copy of the data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from typing import Any
+
+import pytest
+
+from northstar_adapters.memory import MemoryItemStore
+from northstar_core.clock import SystemClock
+from northstar_core.cursors import CursorCodec
+from northstar_core.engines import Engines
+from northstar_core.errors import NorthstarError
+from northstar_core.identity import RequestContext
+from northstar_core.kernel.migration import Migrations, partition_digest, sync_partition
+from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
+from northstar_core.storage import Delete, ItemStore, Put
+
+FENCE = 0.05
+SETTLE = 0.1
+
+
+class _Tables:
+    """One memory store per (connection, table), as separate tables of two backends."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, str], MemoryItemStore] = {}
+
+    def open(self, target: Target) -> ItemStore:
+        return self.tables.setdefault((str(target.params.get("name")), target.table_name), MemoryItemStore())
+
+    def items(self, connection: str, table: str, tenant: str) -> int:
+        store = self.tables.get((connection, table))
+        if store is None:
+            return 0
+        return sum(len(items) for name, (_, items) in store._parts.items() if name.startswith(f"{tenant}|"))
+
+
+def _registry(tables: _Tables, routing: MemoryItemStore) -> RoutingRegistry:
+    return RoutingRegistry(
+        routing,
+        tables,
+        connections={
+            "a": Connection(name="a", backend="memory", params={"name": "a"}),
+            "b": Connection(name="b", backend="memory", params={"name": "b"}),
+        },
+        deployment_mode="lab",
+        refresh_seconds=0.02,
+        max_view_seconds=0.2,
+    )
+
+
+async def _engines(tables: _Tables | None = None, routing: MemoryItemStore | None = None) -> Engines:
+    tables = tables or _Tables()
+    routing = routing or MemoryItemStore()
+    registry = _registry(tables, routing)
+    await registry.load()
+    if not registry.routes():
+        for kind in RESOURCE_KINDS:
+            await registry.set_route(Route(resource_kind=kind, connection="a"), probe=False)
+    return Engines(registry, CursorCodec(b"k" * 32), SystemClock())
+
+
+def _ctx(tenant: str = "t_a", user: str = "u1") -> RequestContext:
+    return RequestContext(tenant_id=tenant, mode="lab", user_id=user, roles=("member",))
+
+
+class _Load:
+    """Writers posting to a few threads until stopped; what was acknowledged, per thread."""
+
+    def __init__(self, engines: Engines, tenant: str = "t_a", threads: int = 3, writers: int = 4) -> None:
+        self.engines = engines
+        self.tenant = tenant
+        self.threads = [f"th{i}" for i in range(threads)]
+        self.acked: dict[str, list[tuple[int, str]]] = {t: [] for t in self.threads}
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._write(i)) for i in range(writers)]
+
+    async def _write(self, writer: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            thread = random.choice(self.threads)
+            content = f"w{writer}-{n}"
+            n += 1
+            try:
+                posted = await self.engines.chat.post(
+                    _ctx(self.tenant), thread, role="user", content=content, idempotency_key=content
+                )
+            except NorthstarError as exc:  # a 503 is a refusal, never an acknowledgement
+                assert exc.http_status == 503, exc
+                self.failures.append(exc.code)
+                continue
+            self.acked[thread].append((posted.message.seq, content))
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def _messages(engines: Engines, thread: str, tenant: str = "t_a") -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
+    cursor = None
+    while True:
+        page = await engines.chat.list_messages(_ctx(tenant), thread, cursor=cursor, limit=200)
+        out += [(m.seq, m.content) for m in page.items]
+        if not page.has_more:
+            return out
+        cursor = page.next_cursor
+
+
+async def _check_exact(engines: Engines, load: _Load) -> None:
+    for thread, acked in load.acked.items():
+        stored = await _messages(engines, thread, load.tenant)
+        # every acknowledged message once, at the sequence number it was acknowledged with,
+        # and the thread numbered 1..n without a gap
+        assert sorted(acked) == [m for m in stored if m in set(acked)]
+        assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+        assert len({content for _, content in stored}) == len(stored)
+        assert set(acked) <= set(stored)
+
+
+async def test_a_tenant_moves_under_write_load_and_nothing_is_lost_or_doubled() -> None:
+    tables = _Tables()
+    engines = await _engines(tables)
+    for i in range(30):
+        await engines.chat.post(_ctx(), f"th{i % 3}", role="user", content=f"before-{i}")
+    await engines.chat.post(_ctx("t_other"), "th0", role="user", content="stays")
+    load = _Load(engines)
+    # seed the load's record with what was there (acknowledged too)
+    for thread in load.threads:
+        load.acked[thread] += await _messages(engines, thread)
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(
+        ["chat_store"], "b", "chat_store", "t_a", fence_seconds=FENCE, settle_seconds=SETTLE
+    )
+    await asyncio.sleep(0.05)
+    switched = await migrations.run(migration.id)
+    assert switched.phase == "switched"
+    await asyncio.sleep(0.1)
+    await load.stop()
+    store = await engines.registry.store_for("chat_store", "t_a")
+    assert (store.route.connection, store.route.tenant_id) == ("b", "t_a")
+    await _check_exact(engines, load)
+    assert sum(len(v) for v in load.acked.values()) > 60
+    # the other tenant was not moved; both copies of t_a exist until the release
+    assert (await engines.registry.store_for("chat_store", "t_other")).route.connection == "a"
+    assert tables.items("a", "chat_store", "t_a") > 0
+    progress = await migrations.release(migration.id)
+    assert progress.state == "released"
+    assert tables.items("a", "chat_store", "t_a") == 0
+    assert tables.items("a", "chat_store", "t_other") > 0
+    await _check_exact(engines, load)
+    # the route is an ordinary tenant override again
+    assert engines.registry.migration_for("chat_store", "t_a") is None
+
+
+async def test_a_rollback_after_the_cutover_keeps_the_writes_made_on_the_target() -> None:
+    tables = _Tables()
+    engines = await _engines(tables)
+    await engines.chat.post(_ctx(), "th0", role="user", content="first")
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(["chat_store"], "b", tenant_id=None, fence_seconds=FENCE,
+                                       settle_seconds=SETTLE)
+    await migrations.run(migration.id)
+    assert (await engines.registry.store_for("chat_store", "t_a")).route.connection == "b"
+    load = _Load(engines, writers=2)
+    for thread in load.threads:
+        load.acked[thread] += await _messages(engines, thread)
+    await asyncio.sleep(0.05)
+    rollback = asyncio.create_task(migrations.rollback(migration.id))
+    await asyncio.sleep(0.3)
+    await load.stop()
+    progress = await rollback
+    assert progress.state == "rolled_back"
+    assert (await engines.registry.store_for("chat_store", "t_a")).route.connection == "a"
+    await _check_exact(engines, load)
+    assert tables.items("b", "chat_store", "t_a") == 0
+    with pytest.raises(NorthstarError) as info:
+        await migrations.release(migration.id)
+    assert info.value.code == "migration.not_switched"
+
+
+@pytest.mark.parametrize("stop_after", [0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.25])
+async def test_a_migrator_stopped_at_any_point_resumes_and_finishes(stop_after: float) -> None:
+    engines = await _engines()
+    for i in range(200):
+        await engines.chat.post(_ctx(), f"th{i % 3}", role="user", content=f"before-{i}")
+    load = _Load(engines, writers=2)
+    for thread in load.threads:
+        load.acked[thread] += await _messages(engines, thread)
+    # a migrator process killed mid-way: its task cancelled wherever it was
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(
+        ["chat_store"], "b", tenant_id="t_a", fence_seconds=FENCE, settle_seconds=SETTLE
+    )
+    run = asyncio.create_task(migrations.run(migration.id))
+    await asyncio.sleep(stop_after)
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    await asyncio.sleep(0.05)
+    # another migrator (a new process: its own registry over the same tables) resumes
+    again = Migrations(engines.registry, engines.clock)
+    assert (await again.start(["chat_store"], "b", tenant_id="t_a")).id == migration.id
+    await again.run(migration.id)
+    await asyncio.sleep(0.05)
+    await load.stop()
+    assert (await engines.registry.store_for("chat_store", "t_a")).route.connection == "b"
+    await _check_exact(engines, load)
+
+
+async def test_a_subscriber_keeps_following_across_the_cutover() -> None:
+    engines = await _engines()
+    await engines.chat.post(_ctx(), "th0", role="user", content="m1")
+    received: list[int] = []
+
+    async def follow() -> None:
+        async for entry in engines.chat.follow(_ctx(), "th0", cursor=None):
+            received.append(entry.seq)
+            if entry.seq == 6:
+                return
+
+    tail = asyncio.create_task(follow())
+    await asyncio.sleep(0.05)
+    await engines.chat.post(_ctx(), "th0", role="user", content="m2")
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(["chat_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                       settle_seconds=SETTLE)
+    await engines.chat.post(_ctx(), "th0", role="user", content="m3")
+    await migrations.run(migration.id)
+    for n in (4, 5, 6):
+        await engines.chat.post(_ctx(), "th0", role="user", content=f"m{n}")
+    await asyncio.wait_for(tail, timeout=5)
+    assert received == [2, 3, 4, 5, 6]
+
+
+async def test_a_migration_refuses_what_it_cannot_move_cleanly() -> None:
+    tables = _Tables()
+    engines = await _engines(tables)
+    registry = engines.registry
+    migrations = Migrations(registry, engines.clock)
+    # kinds sharing a table move together
+    shared = Route(resource_kind="notes_store", connection="a", table="chat_store")
+    await registry.set_route(shared, force=True)
+    with pytest.raises(NorthstarError) as info:
+        await migrations.start(["chat_store"], "b")
+    assert info.value.code == "migration.shared_table"
+    assert "notes_store" in info.value.details["kinds"]
+    await registry.set_route(Route(resource_kind="notes_store", connection="a"), force=True)
+    # a target that holds data of the scope already
+    await tables.open(Target(resource_kind="chat_store", backend="memory", params={"name": "b"})).write(
+        "t_a|lab|x", [Put("k", b"v")]
+    )
+    with pytest.raises(NorthstarError) as info:
+        await migrations.start(["chat_store"], "b", tenant_id="t_a")
+    assert info.value.code == "migration.target_not_empty"
+    # the same table
+    with pytest.raises(NorthstarError) as info:
+        await migrations.start(["chat_store"], "a", tenant_id="t_b")
+    assert info.value.code == "migration.same_table"
+    migration = await migrations.start(["chat_store"], "b", "chats", tenant_id="t_b")
+    # while it runs, the kind's routes change only through it
+    with pytest.raises(NorthstarError) as info:
+        await registry.set_route(Route(resource_kind="chat_store", connection="b", tenant_id="t_c"))
+    assert info.value.code == "migration.in_progress"
+    with pytest.raises(NorthstarError) as info:
+        await migrations.start(["chat_store"], "b", "other", tenant_id="t_b")
+    assert info.value.code == "migration.in_progress"
+    assert (await migrations.rollback(migration.id)).state == "rolled_back"
+
+
+async def test_writes_stop_when_the_routes_cannot_be_confirmed() -> None:
+    routing = MemoryItemStore()
+    engines = await _engines(routing=routing)
+    await engines.chat.post(_ctx(), "th0", role="user", content="m1")
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        from northstar_core.storage import BackendUnavailable
+
+        raise BackendUnavailable("registry down")
+
+    routing.query = down  # type: ignore[method-assign]
+    await asyncio.sleep(0.25)  # longer than max_view_seconds
+    with pytest.raises(NorthstarError) as info:
+        await engines.chat.post(_ctx(), "th0", role="user", content="m2")
+    assert (info.value.http_status, info.value.code) == (503, "routing_registry.backend_unavailable")
+    # reads go on from the routes last read
+    assert [m.content for m in (await engines.chat.list_messages(_ctx(), "th0")).items] == ["m1"]
+
+
+async def test_sync_makes_a_partition_equal_and_digests_see_any_difference() -> None:
+    source, target = MemoryItemStore(), MemoryItemStore()
+    await source.write("t_a|p", [Put(f"k{i:03d}", b"v%d" % i, version=i + 1) for i in range(60)])
+    await target.write("t_a|p", [Put("k001", b"stale"), Put("k999", b"extra"), Put("k002", b"v2", version=9)])
+    await sync_partition(source, target, "t_a|p")
+    assert await partition_digest(source, "t_a|p") == await partition_digest(target, "t_a|p")
+    assert (await target.get("t_a|p", "k999")) is None
+    await target.write("t_a|p", [Delete("k005")])
+    assert await partition_digest(source, "t_a|p") != await partition_digest(target, "t_a|p")
