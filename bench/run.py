@@ -1,4 +1,4 @@
-"""The benchmark harness: one entry point for P1-P10, one table, one JSON file.
+"""The benchmark harness: one entry point for P1-P11, one table, one JSON file.
 
     .venv/bin/python -m bench.run [--only P1,P3] [--quick] [--p3-backends sqlite,dynamodb]
     ./scripts/bench ...            # venv setup, then the same
@@ -24,6 +24,8 @@ Markdown for the README).
   stream vs the sharded ledger, on sqlite and each emulator — ``bench/p9_budget.py``
 * P10 tenant archives: export and import items/s next to raw reads and writes of the same
   items, on sqlite and each emulator — ``bench/p10_archive.py``
+* P11 online migration: copy items/s per backend pair next to raw writes into the target, and
+  a client write's latency while journaled next to before — ``bench/p11_migration.py``
 
 Exit status: 1 while any target is missed. The end of the output lists the missed rows per
 bench, so one bench's known misses (see the README's notes on the latest run) never hide
@@ -51,7 +53,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import PY, RESULTS, row  # noqa: E402
 
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11")
 P4_BACKENDS = ("dynamodb", "firestore", "cosmos")
 P4_TARGET = 1.15
 
@@ -200,6 +202,12 @@ def p10(args: argparse.Namespace) -> dict[str, Any]:
     return p10_archive.run(quick=args.quick, backends=args.p10_backends.split(","))
 
 
+def p11(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import p11_migration
+
+    return p11_migration.run(quick=args.quick, backends=args.p11_pairs.split(","))
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P1": p1,
     "P2": p2,
@@ -211,6 +219,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "P8": p8,
     "P9": p9,
     "P10": p10,
+    "P11": p11,
 }
 
 
@@ -282,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         "--p10-backends",
         default="sqlite,dynamodb,firestore,cosmos",
         help="backends P10 measures archive export and import on (comma-separated)",
+    )
+    parser.add_argument(
+        "--p11-pairs",
+        default="sqlite:dynamodb,sqlite:firestore,sqlite:cosmos,dynamodb:cosmos",
+        help="source:target backend pairs P11 migrates between (comma-separated)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)

@@ -70,6 +70,7 @@ async def build_registry(settings: Settings) -> RoutingRegistry:
         connections=connections(settings),
         deployment_mode=settings.mode,
         refresh_seconds=settings.registry.refresh_seconds,
+        max_view_seconds=settings.registry.max_view_seconds,
     )
     await registry.load()
     present = {(r.resource_kind, r.tenant_id) for r, _ in registry.routes()}

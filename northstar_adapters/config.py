@@ -212,6 +212,16 @@ class RegistrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     connection: str
     table: str = "routing_registry"
     refresh_seconds: float = 5.0
+    # A process that cannot re-read the routing table for this long stops writing (reads go
+    # on); a migration waits this long before relying on every writer. Default: the larger of
+    # 30 s and six refresh intervals. Every process sharing the registry must use one value.
+    max_view_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.refresh_seconds <= 3600:
+            raise ValueError("registry.refresh_seconds must be in [0, 3600]")
+        if self.max_view_seconds is not None and not self.refresh_seconds < self.max_view_seconds <= 86_400:
+            raise ValueError("registry.max_view_seconds must be longer than refresh_seconds (at most 86400)")
 
 
 class ActionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

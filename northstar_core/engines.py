@@ -21,6 +21,7 @@ from northstar_core.clock import Clock, SystemClock
 from northstar_core.config import ConfigService
 from northstar_core.cursors import CursorCodec
 from northstar_core.kernel.archive import Archives
+from northstar_core.kernel.migration import Migrations
 from northstar_core.kernel.sealing import Cipher, DataKeys
 from northstar_core.kernel.tail import DEFAULT_POLL_INTERVAL, TailHub
 from northstar_core.memory import SessionMemory
@@ -102,6 +103,7 @@ class Engines:
         )
         # Whole-tenant export and import (system callers), item by item below every domain.
         self.archives = Archives(registry, cursors, self.clock)
+        self.migrations = Migrations(registry, self.clock)
 
     async def close(self) -> None:
         await self.actions.close()

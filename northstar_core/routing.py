@@ -596,10 +596,16 @@ class RoutingRegistry:
     # --- the table -------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Re-read every route from the registry store."""
+        """Re-read every route, retired tenant and migration from the registry store (one
+        paged query: processes serving a migrating kind do this every ``fence_seconds``)."""
         routes: dict[tuple[str, str | None], tuple[Route, int]] = {}
         broken: dict[tuple[str, str | None], _Broken] = {}
-        for item in await self._read_all("route#"):
+        stored: dict[str, list[Item]] = {"route#": [], "tenant#": [], "migration#": []}
+        for item in await self._read_all(""):
+            kind_of_item = item.key.split("#", 1)[0] + "#"
+            if kind_of_item in stored:
+                stored[kind_of_item].append(item)
+        for item in stored["route#"]:
             try:
                 route = msgspec.json.decode(item.value, type=Route)
             except msgspec.DecodeError as exc:
@@ -618,14 +624,14 @@ class RoutingRegistry:
                 continue
             routes[(route.resource_kind, route.tenant_id)] = (route, item.version)
         retired: dict[str, RetiredTenant] = {}
-        for item in await self._read_all("tenant#"):
+        for item in stored["tenant#"]:
             tenant = item.key[len("tenant#") :]
             try:
                 retired[tenant] = msgspec.json.decode(item.value, type=RetiredTenant)
             except msgspec.DecodeError:  # unreadable: still retired, never served
                 retired[tenant] = RetiredTenant(tenant_id=tenant, state="erasing", at=0.0)
         migrations: dict[str, tuple[Migration, int]] = {}
-        for item in await self._read_all("migration#"):
+        for item in stored["migration#"]:
             try:
                 migration = msgspec.json.decode(item.value, type=Migration)
             except msgspec.DecodeError as exc:

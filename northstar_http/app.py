@@ -32,6 +32,7 @@ from northstar_http.routes import (
     config,
     console,
     memory,
+    migrations,
     notes,
     policies,
     spine,
@@ -61,6 +62,7 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     tickets,
     console,
     archives,
+    migrations,
 )
 
 

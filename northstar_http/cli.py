@@ -81,12 +81,15 @@ async def open_registry(settings: Settings) -> RoutingRegistry:
     from northstar_adapters import AdapterFactory
     from northstar_adapters.compose import registry_target
 
+    assert settings.registry is not None
     factory = AdapterFactory()
     registry = RoutingRegistry(
         factory.open(registry_target(settings)),
         factory,
         connections=connections(settings),
         deployment_mode=settings.mode,
+        refresh_seconds=settings.registry.refresh_seconds,
+        max_view_seconds=settings.registry.max_view_seconds,
     )
     await registry.load()
     return registry
@@ -456,6 +459,86 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# --- migrate ---------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from northstar_adapters import AdapterFactory
+    from northstar_core.clock import SystemClock
+    from northstar_core.kernel.migration import Migrations, MigrationStatus, Progress, migration_id
+
+    if args.action != "status" and not args.kind:
+        return _fail(f"migrate {args.action} needs --kind (each kind of the table, repeated)")
+    if args.action == "run" and not args.to:
+        return _fail("migrate needs --to CONNECTION (a connection named in the configuration)")
+    settings = _settings(args, create=False)
+
+    def report(progress: Progress) -> None:
+        step = progress.steps[-1][0] if progress.steps else ""
+        print(
+            f"# {progress.id} {progress.phase}: {progress.copied_items} items copied, "
+            f"{progress.drained_partitions} journaled partitions drained, "
+            f"{progress.verified_partitions} partitions verified, {progress.mismatched} copied "
+            f"again{f' — {step}' if step else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def run() -> int:
+        registry = await open_registry(settings)
+        migrations = Migrations(registry, SystemClock())
+        try:
+            if args.action == "status":
+                for entry in await migrations.status():
+                    print(msgspec.json.encode(entry).decode())
+                return 0
+            ident = migration_id(args.kind, args.tenant)
+            if args.action == "rollback":
+                done = await migrations.rollback(ident, report)
+            elif args.action == "release":
+                done = await migrations.release(ident, report)
+            else:
+                connection = registry.connections.get(args.to)
+                if connection is None:
+                    return _fail(f"no connection named {args.to!r} in the configuration")
+                # the target table is created like `northstar provision` would (idempotent):
+                # no route names it before the cutover, so provision does not know of it
+                factory = AdapterFactory()
+                for kind in args.kind:
+                    await factory.provision(connection.target(kind, args.table or sorted(args.kind)[0]),
+                                            dry_run=False)
+                migration = await migrations.start(
+                    args.kind,
+                    args.to,
+                    args.table,
+                    args.tenant,
+                    fence_seconds=args.fence_seconds,
+                    settle_seconds=args.settle_seconds,
+                    report=report,
+                )
+                await migrations.run(migration.id, report)
+                print(
+                    f"# switched: {migration.target.connection}/{migration.target.table} serves; "
+                    f"`northstar migrate release --kind {migration.kinds[0]}"
+                    f"{f' --tenant {args.tenant}' if args.tenant else ''}` deletes the old copy, "
+                    "`migrate rollback` moves back",
+                    file=sys.stderr,
+                )
+                found = await migrations.progress(migration.id)
+                assert found is not None
+                done = found
+            active = registry.migration(done.id)
+            status = MigrationStatus.of(done, active[0] if active is not None else None)
+            print(msgspec.json.encode(status).decode())
+            return 0
+        except NorthstarError as exc:
+            return _fail(f"{exc.code}: {exc.message}", 1)
+        finally:
+            await registry.close()
+
+    return asyncio.run(run())
+
+
 # --- provision -------------------------------------------------------------------------------
 
 
@@ -686,6 +769,26 @@ def parser() -> argparse.ArgumentParser:
         "--confirm", required=True, metavar="ID", help="the tenant id again (the user id with --user)"
     )
     e.set_defaults(func=cmd_erase)
+
+    g = command(
+        "migrate",
+        "move kinds' data to a table on another connection while they are served; then release "
+        "(delete the old copy) or roll back",
+    )
+    g.add_argument("action", choices=["run", "status", "rollback", "release"], nargs="?", default="run",
+                   help="run (default: start or resume, until the new table serves), status, "
+                   "rollback, release")
+    g.add_argument("--kind", action="append", choices=RESOURCE_KINDS, metavar="KIND",
+                   help="a kind to move; repeat it for every kind routed to the same table")
+    g.add_argument("--to", metavar="CONNECTION", help="the connection to move to (from the configuration)")
+    g.add_argument("--table", help="the table / container / collection there (default: the first kind)")
+    g.add_argument("--tenant", metavar="TENANT_ID", help="move this tenant only (default: every tenant "
+                   "without an override of its own)")
+    g.add_argument("--fence-seconds", type=float, default=1.0, metavar="S",
+                   help="how often serving processes re-read the routes during the migration (default: 1)")
+    g.add_argument("--settle-seconds", type=float, default=3.0, metavar="S",
+                   help="the longest a write may take during the migration (default: 3)")
+    g.set_defaults(func=cmd_migrate)
 
     o = command("openapi", "write the OpenAPI schema to contracts/openapi.json")
     o.add_argument("--output", default=str(OPENAPI_FILE), metavar="FILE",

@@ -116,6 +116,44 @@ class Progress(msgspec.Struct, kw_only=True):
     updated_at: float = 0.0
 
 
+class MigrationStatus(msgspec.Struct, kw_only=True):
+    """A migration as operators see it (``GET /system/migrations``, ``migrate status``)."""
+
+    id: str
+    kinds: tuple[str, ...]
+    tenant_id: str | None
+    source: Endpoint
+    target: Endpoint
+    # whether the routing table still holds its record (processes obey it)
+    active: bool
+    phase: str
+    state: State
+    started_at: float
+    updated_at: float
+    copied_items: int
+    drained_partitions: int
+    verified_partitions: int
+    verified_items: int
+    mismatched: int
+    mismatched_named: list[str]
+    deleted_items: int
+    steps: list[tuple[str, float]]
+    error: str | None
+
+    @classmethod
+    def of(cls, progress: Progress, active: Migration | None) -> MigrationStatus:
+        m = progress.migration
+        return cls(
+            id=progress.id, kinds=m.kinds, tenant_id=m.tenant_id, source=m.source, target=m.target,
+            active=active is not None, phase=active.phase if active is not None else progress.phase,
+            state=progress.state, started_at=m.started_at, updated_at=progress.updated_at,
+            copied_items=progress.copied_items, drained_partitions=progress.drained_partitions,
+            verified_partitions=progress.verified_partitions, verified_items=progress.verified_items,
+            mismatched=progress.mismatched, mismatched_named=progress.mismatched_named,
+            deleted_items=progress.deleted_items, steps=progress.steps, error=progress.error,
+        )
+
+
 Report = Callable[[Progress], None]
 T = TypeVar("T")
 ScanPages = AsyncIterator[tuple[list[tuple[str, Item]], str | None]]
@@ -277,11 +315,11 @@ class Migrations:
         item = await self.registry.store.get(PROGRESS_PARTITION, migration_id)
         return msgspec.json.decode(item.value, type=Progress) if item is not None else None
 
-    async def status(self) -> list[dict[str, Any]]:
+    async def status(self) -> list[MigrationStatus]:
         """Every migration the registry's table knows of, running or finished, with its
         progress (newest step last)."""
         await self.registry.ensure_fresh(0.0)
-        out: list[dict[str, Any]] = []
+        out: list[MigrationStatus] = []
         after: str | None = None
         while True:
             try:
@@ -291,12 +329,7 @@ class Migrations:
             for item in items:
                 progress = msgspec.json.decode(item.value, type=Progress)
                 active = self.registry.migration(progress.id)
-                entry = msgspec.to_builtins(progress)
-                entry.pop("copy_token", None)
-                entry["active"] = active is not None
-                if active is not None:
-                    entry["phase"] = active[0].phase
-                out.append(entry)
+                out.append(MigrationStatus.of(progress, active[0] if active is not None else None))
             if len(items) < 200:
                 return out
             after = items[-1].key
@@ -333,7 +366,9 @@ class Migrations:
         kinds = tuple(sorted(set(kinds)))
         registry = self.registry
         if not kinds or any(kind not in RESOURCE_KINDS for kind in kinds):
-            raise _error("migration.invalid_request", "name one or more known resource kinds", 422, kinds=list(kinds))
+            raise _error(
+                "migration.invalid_request", "name one or more known resource kinds", 422, kinds=list(kinds),
+            )
         if tenant_id is not None and not TENANT_PATTERN.fullmatch(tenant_id):
             raise _error("migration.invalid_request", f"tenant_id must match {TENANT_PATTERN.pattern}", 422)
         table = table or kinds[0]
@@ -397,12 +432,16 @@ class Migrations:
                 )
         except (BackendUnavailable, TimeoutError) as exc:
             reason = exc.reason if isinstance(exc, BackendUnavailable) else "timed out"
-            raise _error("migration.backend_unavailable", f"the target did not answer: {reason}", 503) from None
+            raise _error(
+                "migration.backend_unavailable", f"the target did not answer: {reason}", 503,
+            ) from None
         try:
             record = Put(migration_key(ident), msgspec.json.encode(migration), condition=Absent())
             await registry.commit([record])
         except ConditionFailed:
-            raise _error("migration.in_progress", f"{ident} was started concurrently", 409, migration=ident) from None
+            raise _error(
+                "migration.in_progress", f"{ident} was started concurrently", 409, migration=ident,
+            ) from None
         progress = Progress(id=ident, migration=migration)
         await self._save(progress, report, "started: writes are journaled")
         return migration
@@ -427,8 +466,10 @@ class Migrations:
                 excluded |= {t for (k, t) in routes if k == kind and t is not None}
         if len(endpoints) != 1:
             raise _error(
-                "migration.shared_table", "the kinds named are not in one table: migrate each table's kinds together",
-                409, tables=sorted(f"{c}/{t}" for c, t in endpoints),
+                "migration.shared_table",
+                "the kinds named are not in one table: migrate each table's kinds together",
+                409,
+                tables=sorted(f"{c}/{t}" for c, t in endpoints),
             )
         connection, table = endpoints.pop()
         return Endpoint(connection=connection, table=table), original, excluded
@@ -467,7 +508,8 @@ class Migrations:
         found = self.registry.migration(migration_id)
         if found is None:
             raise _error(
-                "migration.not_found", f"no migration {migration_id} is under way", 404, migration=migration_id
+                "migration.not_found", f"no migration {migration_id} is under way", 404,
+                migration=migration_id,
             )
         return found
 
@@ -505,7 +547,9 @@ class Migrations:
         progress = await self.progress(migration_id) or Progress(id=migration.id, migration=migration)
         if migration.phase == "frozen_back" or progress.state in ("rolling_back", "releasing"):
             raise _error(
-                "migration.ending", f"{migration_id} is being rolled back or released: run that command again", 409
+                "migration.ending",
+                f"{migration_id} is being rolled back or released: run that command again",
+                409,
             )
         if migration.phase == "dual":
             source = self._store(migration, migration.source)
@@ -709,7 +753,9 @@ class Migrations:
         found = self.registry.migration(migration_id)
         progress = await self.progress(migration_id)
         if progress is None:
-            raise _error("migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id)
+            raise _error(
+                "migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id,
+            )
         if found is not None:
             migration, version = found
             # said before anything changes: a release must never take this migration's record
@@ -726,7 +772,9 @@ class Migrations:
                 await self._drop_record(migration, version)
             await self._save(progress, report, "rolled back: the source serves")
         elif progress.state not in ("rolling_back", "rolled_back"):
-            raise _error("migration.finished", f"{migration_id} was {progress.state}: nothing to roll back", 409)
+            raise _error(
+                "migration.finished", f"{migration_id} was {progress.state}: nothing to roll back", 409,
+            )
         migration = progress.migration
         # writes journaled by processes that had not seen the end yet are moot: wait them out
         await self._sleep(migration.fence_seconds + migration.settle_seconds)
@@ -749,7 +797,9 @@ class Migrations:
         found = self.registry.migration(migration_id)
         progress = await self.progress(migration_id)
         if progress is None:
-            raise _error("migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id)
+            raise _error(
+                "migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id,
+            )
         if found is not None:
             migration, version = found
             if migration.phase != "switched":
@@ -763,7 +813,9 @@ class Migrations:
             await self._drop_record(migration, version)
             await self._save(progress, report, "released: no rollback any more")
         elif progress.state not in ("releasing", "released"):
-            raise _error("migration.not_switched", f"{migration_id} was {progress.state}: nothing to release", 409)
+            raise _error(
+                "migration.not_switched", f"{migration_id} was {progress.state}: nothing to release", 409,
+            )
         migration = progress.migration
         await self._sleep(migration.fence_seconds + migration.settle_seconds)
         progress.deleted_items += await self._delete_scope(migration, migration.source)
