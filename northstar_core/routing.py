@@ -488,7 +488,7 @@ class KindStore(ItemStore):
                 store = await registry.after_cutover(store)
                 await store.write(partition, ops)
                 return
-            elif migration.phase in JOURNALED_PHASES:
+            elif migration.phase in JOURNALED_PHASES and migration.in_scope(partition):
                 # announced before it is made: the migrator copies the partition again after
                 # every write it may have missed
                 await registry.journal(migration, partition)
@@ -590,8 +590,8 @@ class RoutingRegistry:
         self._monotonic = monotonic or time.monotonic
         self._wall = wall or time.time
         self._lock = asyncio.Lock()
-        # (migration id, partition) → when this process last journaled a write to it
-        self._journaled: dict[tuple[str, str], float] = {}
+        # (migration id, phase, partition) → when this process last journaled a write to it
+        self._journaled: dict[tuple[str, str, str], float] = {}
 
     # --- the table -------------------------------------------------------------------------
 
@@ -729,7 +729,7 @@ class RoutingRegistry:
         recently still covers the write, because the migrator drops a mark only once it is
         two ``settle_seconds`` old, after copying the partition again."""
         now = self._wall()
-        key = (migration.id, partition)
+        key = (migration.id, migration.phase, partition)
         last = self._journaled.get(key)
         if last is not None and now - last < migration.settle_seconds:
             return

@@ -308,11 +308,16 @@ class Migrations:
         self.registry = registry
         self.clock = clock
         self._sleep = sleep
+        # The version of each progress record as this object last read or wrote it: every
+        # write is conditional on it, so two commands working on one migration at once (a
+        # release racing a rollback, two migrators) cannot both go on — the second gets 409.
+        self._versions: dict[str, int] = {}
 
     # --- reading ---------------------------------------------------------------------------
 
     async def progress(self, migration_id: str) -> Progress | None:
         item = await self.registry.store.get(PROGRESS_PARTITION, migration_id)
+        self._versions[migration_id] = item.version if item is not None else 0
         return msgspec.json.decode(item.value, type=Progress) if item is not None else None
 
     async def status(self) -> list[MigrationStatus]:
@@ -339,12 +344,25 @@ class Migrations:
         progress.updated_at = now
         if step is not None:
             progress.steps.append((step, now))
+        version = self._versions.get(progress.id)
+        if version is None:
+            await self.progress(progress.id)
+            version = self._versions[progress.id]
+        condition = VersionIs(version) if version else Absent()
+        put = Put(progress.id, msgspec.json.encode(progress), version=version + 1, condition=condition)
         try:
-            await self.registry.store.write(
-                PROGRESS_PARTITION, [Put(progress.id, msgspec.json.encode(progress))]
-            )
+            await self.registry.store.write(PROGRESS_PARTITION, [put])
+        except ConditionFailed:
+            self._versions.pop(progress.id, None)
+            raise _error(
+                "migration.conflict",
+                f"another command is working on {progress.id}; see `northstar migrate status`",
+                409,
+                migration=progress.id,
+            ) from None
         except BackendUnavailable as exc:
             raise _unavailable(exc) from exc
+        self._versions[progress.id] = version + 1
         if report is not None:
             report(progress)
 
@@ -435,6 +453,7 @@ class Migrations:
             raise _error(
                 "migration.backend_unavailable", f"the target did not answer: {reason}", 503,
             ) from None
+        await self.progress(ident)  # a finished migration of the same kinds leaves its record
         try:
             record = Put(migration_key(ident), msgspec.json.encode(migration), condition=Absent())
             await registry.commit([record])

@@ -10,6 +10,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from northstar_adapters.memory import MemoryItemStore
 from northstar_core.clock import SystemClock
@@ -19,7 +21,7 @@ from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.migration import Migrations, partition_digest, sync_partition
 from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
-from northstar_core.storage import Delete, ItemStore, Put
+from northstar_core.storage import Absent, ConditionFailed, Delete, ItemStore, Put, VersionIs
 
 FENCE = 0.05
 SETTLE = 0.1
@@ -304,3 +306,114 @@ async def test_sync_makes_a_partition_equal_and_digests_see_any_difference() -> 
     assert (await target.get("t_a|p", "k999")) is None
     await target.write("t_a|p", [Delete("k005")])
     assert await partition_digest(source, "t_a|p") != await partition_digest(target, "t_a|p")
+
+
+async def test_two_commands_on_one_migration_cannot_both_go_on() -> None:
+    tables = _Tables()
+    engines = await _engines(tables)
+    await engines.chat.post(_ctx(), "th0", role="user", content="m1")
+    first = Migrations(engines.registry, engines.clock)
+    migration = await first.start(["chat_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                  settle_seconds=SETTLE)
+    await first.run(migration.id)
+    # another operator rolls it back meanwhile; the first one's release must not delete the
+    # side that serves again
+    other = Migrations(engines.registry, engines.clock)
+    assert (await other.rollback(migration.id)).state == "rolled_back"
+    with pytest.raises(NorthstarError) as info:
+        await first.release(migration.id)
+    assert info.value.code in ("migration.conflict", "migration.not_switched")
+    assert (await engines.registry.store_for("chat_store", "t_a")).route.connection == "a"
+    assert tables.items("a", "chat_store", "t_a") > 0
+    assert [m.content for m in (await engines.chat.list_messages(_ctx(), "th0")).items] == ["m1"]
+
+
+# --- every interleaving of writes with the migrator: a reference model ------------------------
+
+_PARTS = ("t_a|lab|p0", "t_a|lab|p1", "t_a|lab|p2")
+_op = st.tuples(
+    st.integers(0, 2),  # partition
+    st.integers(0, 4),  # key
+    st.sampled_from(["put", "put_absent", "put_if_version", "delete", "delete_if_version"]),
+    st.sampled_from([0.0, 0.0, 0.001, 0.005, 0.02]),  # pause before it
+)
+
+
+async def _interleaved(ops: list[tuple[int, int, str, float]], stop_after: float | None, back: bool) -> None:
+    tables = _Tables()
+    engines = await _engines(tables)
+    registry = engines.registry
+    model: dict[tuple[str, str], tuple[bytes, int]] = {}
+    store = await registry.store_for("notes_store", "t_a")
+    await store.write(_PARTS[0], [Put("k0", b"seed", version=1)])
+    model[(_PARTS[0], "k0")] = (b"seed", 1)
+
+    done = asyncio.Event()
+
+    async def writer() -> None:
+        handle = await registry.store_for("notes_store", "t_a")  # held across the whole run
+        # the operations again and again until the migration is over: writes in every phase
+        n = 0
+        while n < len(ops) or not done.is_set():
+            p, k, action, pause = ops[n % len(ops)]
+            n += 1
+            await asyncio.sleep(pause or 0.002)
+            part, key = _PARTS[p], f"k{k}"
+            held = model.get((part, key))
+            value = f"v{n}".encode()
+            version = (held[1] + 1) if held else 1
+            op: Any
+            if action == "put":
+                op = Put(key, value, version=version)
+            elif action == "put_absent":
+                op = Put(key, value, version=version, condition=Absent())
+            elif action == "put_if_version":
+                op = Put(key, value, version=version, condition=VersionIs(held[1] if held else 1))
+            elif action == "delete":
+                op = Delete(key)
+            else:
+                op = Delete(key, condition=VersionIs(held[1] if held else 1))
+            try:
+                await handle.write(part, [op])
+            except ConditionFailed:
+                continue  # refused: the model is unchanged, exactly like the store
+            if isinstance(op, Delete):
+                model.pop((part, key), None)
+            else:
+                model[(part, key)] = (value, version)
+
+    writing = asyncio.create_task(writer())
+    migrations = Migrations(registry, engines.clock)
+    migration = await migrations.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=0.05,
+                                       settle_seconds=0.05)
+    run = asyncio.create_task(migrations.run(migration.id))
+    if stop_after is not None:
+        await asyncio.sleep(stop_after)
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        run = asyncio.create_task(Migrations(registry, engines.clock).run(migration.id))
+    await run
+    if back:
+        await Migrations(registry, engines.clock).rollback(migration.id)
+    done.set()
+    await writing
+    serving = await registry.store_for("notes_store", "t_a")
+    assert serving.route.connection == ("a" if back else "b")
+    held: dict[tuple[str, str], tuple[bytes, int]] = {}
+    for part in _PARTS:
+        for item in await serving.query(part, "", limit=100):
+            held[(part, item.key)] = (item.value, item.version)
+    assert held == model
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    ops=st.lists(_op, min_size=1, max_size=40),
+    stop_after=st.one_of(st.none(), st.sampled_from([0.0, 0.05, 0.15, 0.25, 0.3])),
+    back=st.booleans(),
+)
+def test_any_interleaving_of_writes_with_the_migration_serves_exactly_the_acknowledged_state(
+    ops: list[tuple[int, int, str, float]], stop_after: float | None, back: bool
+) -> None:
+    asyncio.run(_interleaved(ops, stop_after, back))
