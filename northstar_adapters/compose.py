@@ -224,6 +224,7 @@ async def build_engines(
         EngineSettings(
             tail_poll_interval=settings.tail_poll_seconds,
             spine_retention_days=dict(settings.retention.spine_days),
+            user_export_interval_seconds=settings.http.user_export_interval_seconds,
         ),
         cipher=cipher,
     )

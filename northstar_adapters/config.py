@@ -108,6 +108,9 @@ class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream_ticket_seconds: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
     # ...and lets an EventSource reconnect to it (with Last-Event-ID) for this long (0 = never).
     stream_ticket_resume_seconds: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 900.0
+    # GET /users/me/data: a user may export their own data once per this many seconds (an
+    # export reads the tenant's whole spine and analytics).
+    user_export_interval_seconds: Annotated[int, msgspec.Meta(ge=60, le=30 * 86_400)] = 3600
 
     def __post_init__(self) -> None:
         origins = []

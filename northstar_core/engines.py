@@ -46,6 +46,9 @@ class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     # northstar_core.kernel.retention); empty keeps every event forever. The analytics view
     # keeps its events as long as the spine keeps their ``analytics`` events.
     spine_retention_days: dict[str, int] = {}
+    # How often a user may export their own data (``GET /users/me/data``): an export scans the
+    # tenant's spine and analytics, so it is rationed per user.
+    user_export_interval_seconds: int = 3600
 
 
 class Engines:
@@ -96,7 +99,10 @@ class Engines:
         # every execution is reported as an analytics event (outcome, latency, cost)
         self.actions.analytics = self.analytics
         # One user's data (system callers): exported for them, or erased.
-        self.user_data = UserData(registry, self.data_keys, self.spine, self.analytics)
+        self.user_data = UserData(
+            registry, self.data_keys, self.spine, self.analytics, clock=self.clock,
+            export_interval_seconds=self.settings.user_export_interval_seconds,
+        )
         self.canvas = CanvasService(
             registry, cursors, self.clock,
             timeline=self.timeline, gate=self.gate, audit=self.spine, toggles=self.config,

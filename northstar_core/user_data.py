@@ -4,8 +4,9 @@
 of ``tenant_id`` in every mode: their notes, session memory values, ``/actions/execute``
 records, the chat messages they wrote, the spine events written in their requests and their
 analytics events (sealed content opened). Spine and analytics events are found by scanning the
-tenant's logs, so an export reads the tenant's whole history: an operator's command, not a
-request path.
+tenant's logs, so an export reads the tenant's whole history: the operator's command exports any
+user, and a user may export their own data (:meth:`UserData.export_own`, ``GET /users/me/data``)
+at most once per ``export_interval_seconds``.
 
 :meth:`UserData.erase`, for ``user_id`` of ``tenant_id``, in every mode:
 
@@ -27,6 +28,7 @@ configured (``[data_keys]``), else the spine could not be erased and nothing is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
@@ -34,6 +36,7 @@ import msgspec
 
 from northstar_core.analytics import ENTRY_PREFIX as ANALYTICS_PREFIX
 from northstar_core.analytics import AnalyticsService
+from northstar_core.clock import Clock, SystemClock
 from northstar_core.errors import NorthstarError, invalid
 from northstar_core.identity import MODES, TENANT_PATTERN, RequestContext
 from northstar_core.kernel.archive import (
@@ -47,11 +50,17 @@ from northstar_core.kernel.eventlog import EVENT_PREFIX
 from northstar_core.kernel.idempotency import IDEM_PREFIX
 from northstar_core.kernel.sealing import DataKeys, key_name
 from northstar_core.kernel.streams import SEQ_PREFIX
+from northstar_core.kernel.write_once import WriteOnceEntries
 from northstar_core.routing import KindStore, RoutingRegistry
 from northstar_core.scope import subject_segment
 from northstar_core.spine import EventSpine
 
 DOMAIN: Final = "user_data"
+EXPORT_KINDS: Final = (
+    "notes_store", "memory_store", "budget_store", "chat_store", "event_spine", "analytics_store"
+)
+# where the per-user export allowance is kept
+LIMIT_KIND: Final = "config_store"
 MAX_SUBJECT_CHARS: Final = 1024
 EXPORT_FORMAT: Final = "northstar.user_data"
 _encoder = msgspec.json.Encoder()
@@ -78,12 +87,21 @@ class UserData:
     """See module doc."""
 
     def __init__(
-        self, registry: RoutingRegistry, keys: DataKeys | None, spine: EventSpine, analytics: AnalyticsService
+        self,
+        registry: RoutingRegistry,
+        keys: DataKeys | None,
+        spine: EventSpine,
+        analytics: AnalyticsService,
+        *,
+        clock: Clock | None = None,
+        export_interval_seconds: int = 3600,
     ) -> None:
         self.registry = registry
         self.keys = keys
         self.spine = spine
         self.analytics = analytics
+        self.clock: Clock = clock or SystemClock()
+        self.export_interval_seconds = export_interval_seconds
 
     @staticmethod
     def _check(ctx: RequestContext, tenant_id: str, user_id: str) -> None:
@@ -99,18 +117,35 @@ class UserData:
         ``analytics``; each with its ``mode``), and an ``end`` with the count. Checks are made
         before the first line."""
         self._check(ctx, tenant_id, user_id)
-        stores = {
-            kind: await self.registry.store_for(kind, tenant_id)
-            for kind in (
-                "notes_store",
-                "memory_store",
-                "budget_store",
-                "chat_store",
-                "event_spine",
-                "analytics_store",
-            )
-        }
+        stores = {kind: await self.registry.store_for(kind, tenant_id) for kind in EXPORT_KINDS}
         return self._export_lines(tenant_id, user_id, stores)
+
+    async def export_own(self, ctx: RequestContext) -> AsyncIterator[bytes]:
+        """The caller's own data (the token's tenant and subject), as :meth:`export` gives it;
+        at most once per ``export_interval_seconds`` per user (429
+        ``user_data.export_rate_limited``, with the time it is allowed again), because an export
+        reads the tenant's whole spine and analytics."""
+        ctx.require_role("viewer")
+        now = self.clock.now()
+        store = await self.registry.store_for(LIMIT_KIND, ctx.tenant_id)
+        claims = WriteOnceEntries(store, f"{ctx.tenant_id}|{ctx.mode}|user_exports")
+        held = await claims.claim(
+            subject_segment(ctx.user_id),
+            _encoder.encode({"at": now}),
+            expires_at=now + self.export_interval_seconds,
+        )
+        if held is not None:
+            wait = max(1, math.ceil((held.expires_at or now) - now))
+            raise NorthstarError(
+                f"{DOMAIN}.export_rate_limited",
+                f"your data was exported less than {self.export_interval_seconds} s ago; try again "
+                f"in {wait} s",
+                429,
+                details={"retry_after_seconds": wait},
+                headers={"Retry-After": str(wait)},
+            )
+        stores = {kind: await self.registry.store_for(kind, ctx.tenant_id) for kind in EXPORT_KINDS}
+        return self._export_lines(ctx.tenant_id, ctx.user_id, stores)
 
     async def _export_lines(
         self, tenant_id: str, user_id: str, stores: dict[str, Any]

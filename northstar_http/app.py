@@ -40,6 +40,7 @@ from northstar_http.routes import (
     tabular,
     tickets,
     timeline,
+    user_data,
 )
 from northstar_http.tickets import StreamTickets
 from northstar_http.timeouts import BodyDeadlineMiddleware, body_timeout_seconds
@@ -63,6 +64,7 @@ ROUTE_MODULES: Final[tuple[ModuleType, ...]] = (
     console,
     archives,
     migrations,
+    user_data,
 )
 
 

@@ -90,6 +90,7 @@ ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     "`<domain>.*_too_large`)",
     422: "The request is well-formed JSON but invalid (`request.validation_failed`, "
     "`<domain>.invalid_*`, idempotency mismatches)",
+    429: "An allowance is used up (`user_data.export_rate_limited`); retry after `Retry-After`",
     502: "An upstream (an action's handler or webhook) failed (`actions.handler_failed`)",
     503: "A backend is unavailable, unrouted or contended, or the service is not ready; retry "
     "after `Retry-After` (`<kind>.backend_unavailable`, `<kind>.missing_route`…)",

@@ -39,6 +39,22 @@ class WriteOnceEntries:
             return existing.value
         return None
 
+    async def claim(self, key: str, value: bytes, *, expires_at: float) -> Item | None:
+        """Hold ``key`` until ``expires_at`` unless someone holds it now: ``None`` when this
+        call took it, else the live holder's item (its ``expires_at`` says until when). An
+        expired holder counts as absent, so the key is free again once it expires."""
+        for _ in range(3):
+            try:
+                put = Put(ENTRY_PREFIX + key, value, expires_at=expires_at, condition=Absent())
+                await self.store.write(self.partition, [put])
+            except ConditionFailed:
+                existing = await self.store.get(self.partition, ENTRY_PREFIX + key)
+                if existing is not None:
+                    return existing
+                continue  # it expired between the write and the read: try again
+            return None
+        raise ConditionFailed(message=f"{key!r} could not be claimed")
+
     async def list(self, *, after_key: str | None = None, limit: int) -> list[Item]:
         """Entries with a key after ``after_key``, in key order, at most ``limit``."""
         return await self.store.query(
