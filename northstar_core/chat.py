@@ -16,6 +16,10 @@ process sees the user post to the thread (the index entry; known entries are rem
 backend without atomic checks the append needs the thread's head read first: a keyed post reads
 it in the same round trip as the key's record, so it is still two round trips (three calls).
 
+Retention: with the route option ``default_ttl_seconds`` each message expires that long after
+it was posted; the thread's numbering goes on (the stream's floor, kernel/streams.py), so
+cursors stay valid across an expired history.
+
 Guarantees: a message is acknowledged only once it is stored; posting the same
 ``idempotency_key`` again returns the first message marked ``replayed`` and writes nothing; a
 different payload under the same key is 422 ``chat.idempotency_mismatch``. Cursors are signed
@@ -185,7 +189,11 @@ class ChatService:
     async def _stream(self, ctx: RequestContext, thread_id: str) -> SequencedStream:
         check_id(DOMAIN, "thread_id", thread_id)
         store = await self.registry.store_for(KIND, ctx.tenant_id)
-        return SequencedStream(store, partition(ctx, "thread", thread_id), DOMAIN)
+        # the route's retention: messages expire that long after they were posted
+        return SequencedStream(
+            store, partition(ctx, "thread", thread_id), DOMAIN,
+            ttl_seconds=store.route.options.default_ttl_seconds,
+        )
 
     def cursor(self, ctx: RequestContext, thread_id: str, seq: int) -> str:
         """The cursor of position ``seq`` of ``thread_id`` for this tenant and mode."""

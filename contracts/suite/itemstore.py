@@ -594,6 +594,55 @@ class ConcurrencyContract:
         assert sorted(e.value for e in entries) == sorted(f"w{i}".encode() for i in range(self.writers))
 
 
+    async def test_a_stream_whose_entries_expired_keeps_numbering_under_concurrent_appends(
+        self, harness: BackendHarness
+    ) -> None:
+        # Retention: entries written an hour ago with a 60 s lifetime are gone; the stream must
+        # go on from its last number (cursors held by clients point there), once per number,
+        # with several writers at once.
+        stores = await self._writers(harness)
+        p = _partition("stream")
+        old = time.time() - 3600
+        first = SequencedStream(stores[0], p, "contract", ttl_seconds=60)
+        for i in range(3):
+            await first.append(lambda _f, i=i: [f"old{i}".encode()], now=old)  # type: ignore[misc]
+        assert await first.read(0, 100) == []
+        assert await SequencedStream(stores[1], p, "contract", ttl_seconds=60).head() == 3
+
+        async def append(i: int, store: ItemStore) -> int:
+            stream = SequencedStream(store, p, "contract", ttl_seconds=60)
+            done = await stream.append(lambda _f: [f"w{i}".encode()], now=time.time())
+            return done.first_seq
+
+        seqs = await asyncio.gather(*(append(i, s) for i, s in enumerate(stores)))
+        assert sorted(seqs) == list(range(4, 4 + self.writers))
+        entries = await SequencedStream(stores[0], p, "contract", ttl_seconds=60).read(0, 100)
+        assert [seq_of(e.key) for e in entries] == list(range(4, 4 + self.writers))
+        assert all(e.expires_at is not None and e.expires_at > time.time() for e in entries)
+
+    async def test_retention_turned_on_for_an_existing_stream_continues_its_numbering(
+        self, harness: BackendHarness
+    ) -> None:
+        store = await harness.open()
+        p = _partition("stream")
+        plain = SequencedStream(store, p, "contract")
+        for i in range(2):
+            await plain.append(lambda _f, i=i: [f"kept{i}".encode()], now=time.time())  # type: ignore[misc]
+        retained = SequencedStream(store, p, "contract", ttl_seconds=60)
+        done = await retained.append(lambda _f: [b"new"], now=time.time())
+        assert (done.first_seq, await retained.head()) == (3, 3)
+        # and after the retained entry expired, the kept ones still number below it
+        old = SequencedStream(store, p, "contract", ttl_seconds=60)
+        await old.append(lambda _f: [b"gone"], now=time.time() - 3600)
+        again = await SequencedStream(store, p, "contract", ttl_seconds=60).append(
+            lambda _f: [b"next"], now=time.time()
+        )
+        assert again.first_seq == 5
+        entries = await plain.read(0, 100)
+        assert [(seq_of(e.key), e.value) for e in entries] == [
+            (1, b"kept0"), (2, b"kept1"), (3, b"new"), (5, b"next")
+        ]
+
     async def test_peers_alternating_on_one_stream_with_stale_head_hints_stay_gap_free(
         self, harness: BackendHarness
     ) -> None:

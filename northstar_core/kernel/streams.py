@@ -4,7 +4,16 @@ Layout inside one partition (one partition per stream, so a stream's entries and
 idempotency records share a partition and commit in one atomic batch):
 
 * ``s#<seq:016>`` — entry ``seq`` (1-based, gap-free);
-* ``i#<key>``     — idempotency record: payload fingerprint + the original result.
+* ``i#<key>``     — idempotency record: payload fingerprint + the original result;
+* ``s!``          — on a stream with retention only: the *floor*, whose version is the last
+  sequence ever committed (it never expires).
+
+Retention (``ttl_seconds``): entries expire that long after they were written (each backend's
+native TTL, and every read hides them at once). A stream whose entries have all expired must
+not number its next entry 1 again under cursors clients still hold, so every append also moves
+the floor, conditioned on the floor being at the head it appends at: the floor is the head
+when entries are gone, and that condition is the append's uniqueness and gap check in one (no
+``Check`` on an entry that may have expired).
 
 The rules live here, once: an append at ``expected_head`` writes ``s#<expected_head+1…>`` under
 ``Absent`` conditions, so of N concurrent writers on one head exactly one wins (the store's
@@ -46,6 +55,8 @@ from northstar_core.kernel.idempotency import lookup, record_op
 from northstar_core.storage import Absent, Check, ConditionFailed, Item, ItemStore, Op, Put, VersionIs
 
 SEQ_PREFIX: Final = "s#"
+# Sorts just below every entry key: a descending query of the entries never reaches it.
+FLOOR_KEY: Final = "s!"
 MAX_APPEND_ATTEMPTS: Final = 64
 ENTRY_VERSION: Final = 1  # entries are written once, at this version, and never changed
 HINTED_STREAMS: Final = 65_536  # per backing store; least recently appended forgotten first
@@ -146,16 +157,29 @@ def operation_heads() -> Iterator[None]:
 class SequencedStream:
     """One stream in one partition of an item store (see module doc)."""
 
-    def __init__(self, store: ItemStore, partition: str, domain: str) -> None:
+    def __init__(
+        self, store: ItemStore, partition: str, domain: str, *, ttl_seconds: int | None = None
+    ) -> None:
         self.store = store
         self.partition = partition
         self.domain = domain
         self.hints = head_hints(store)
+        self.ttl_seconds = ttl_seconds
+        # the floor's version as last read by head() (retention only; 0: no floor yet)
+        self._floor: int | None = None
 
     async def head(self) -> int:
         """The last committed sequence number, 0 for an empty stream."""
-        last = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1)
-        head = seq_of(last[0].key) if last else 0
+        if self.ttl_seconds is None:
+            last = await self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1)
+            head = seq_of(last[0].key) if last else 0
+        else:
+            last, floor = await asyncio.gather(
+                self.store.query(self.partition, SEQ_PREFIX, descending=True, limit=1),
+                self.store.get(self.partition, FLOOR_KEY),
+            )
+            self._floor = floor.version if floor is not None else 0
+            head = max(seq_of(last[0].key) if last else 0, self._floor)
         self.hints.replace(self.partition, head)
         read = _READ_HEADS.get()
         if read is not None:
@@ -256,6 +280,8 @@ class SequencedStream:
         guess = expected_head if expected_head is not None else read
         if guess is None:
             guess = self.hints.get(self.partition)
+        retained = self.ttl_seconds is not None
+        expires_at = now + self.ttl_seconds if self.ttl_seconds is not None else None
         for attempt in range(MAX_APPEND_ATTEMPTS):
             guessed = checks and guess is not None
             if guessed:
@@ -272,9 +298,18 @@ class SequencedStream:
             entries = list(build(first))
             last = first + len(entries) - 1
             ops: list[Op] = [
-                Put(seq_key(first + i), data, version=ENTRY_VERSION, condition=Absent())
+                Put(seq_key(first + i), data, version=ENTRY_VERSION, expires_at=expires_at,
+                    condition=Absent())
                 for i, data in enumerate(entries)
             ]
+            # A floor at the head proves the head committed (its entry may have expired); a
+            # guessed head is taken to have one, a wrong guess fails and the head is read.
+            floored = False
+            if retained:
+                floor = head if guessed or self._floor is None else self._floor
+                floored = floor == head and head > 0
+                condition: Absent | VersionIs = VersionIs(floor) if floor > 0 else Absent()
+                ops.append(Put(FLOOR_KEY, b"", version=last, condition=condition))
             outcome = dict(result(first, last)) if result else {}
             outcome.setdefault("first_seq", first)
             outcome.setdefault("last_seq", last)
@@ -283,7 +318,7 @@ class SequencedStream:
                 ops.append(record_op(idempotency_key, payload_fingerprint, result_bytes, now))
             if extra_ops is not None:
                 ops.extend(extra_ops(first, last))
-            if checks and head > 0:
+            if checks and head > 0 and not floored:
                 if len(ops) < capabilities.max_batch_ops:
                     ops.append(Check(seq_key(head), VersionIs(ENTRY_VERSION)))
                 elif guessed:  # no room for the check in a full batch: read the head instead
@@ -302,6 +337,8 @@ class SequencedStream:
                     await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.1)))
                 continue
             self.hints.saw(self.partition, last)
+            if retained:
+                self._floor = last
             return Appended(first_seq=first, last_seq=last, result=result_bytes, replayed=False)
         raise NorthstarError(
             f"{self.domain}.contention",

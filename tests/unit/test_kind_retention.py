@@ -96,3 +96,34 @@ async def test_without_the_option_nothing_expires() -> None:
     await engines.blackboard.put(CTX, "run1", "plan", {"v": 1}, expected_version=None)
     await engines.tabular.put(CTX, "flows", "f1", {"v": 1}, expected_version=None)
     assert await _expiries(store, "t_ret|") == {None}
+
+
+async def test_chat_messages_expire_and_the_thread_keeps_its_numbering_and_cursors() -> None:
+    engines, store, clock = await _engines(("chat_store",))
+    for i in range(3):
+        await engines.chat.post(CTX, "th", role="user", content=f"m{i}")
+    page = await engines.chat.list_messages(CTX, "th", limit=2)
+    cursor = page.next_cursor
+    assert cursor is not None and [m.seq for m in page.items] == [1, 2]
+    assert await _expiries(store, "t_ret|lab|thread|") >= {clock.now() + TTL}
+    clock.advance(TTL + 1)
+    # gone for every reader
+    assert (await engines.chat.list_messages(CTX, "th")).items == []
+    # the next message is number 4, not 1: the cursor a client holds is still valid, and
+    # reading after it gives exactly the new message
+    posted = await engines.chat.post(CTX, "th", role="user", content="m3")
+    assert posted.message.seq == 4
+    after = await engines.chat.list_messages(CTX, "th", cursor=cursor)
+    assert [(m.seq, m.content) for m in after.items] == [(4, "m3")]
+    # a key replayed after its message expired is not a new message either
+    again = await engines.chat.post(CTX, "th", role="user", content="m4", idempotency_key="k1")
+    assert (await engines.chat.post(CTX, "th", role="user", content="m4", idempotency_key="k1")).replayed
+    assert again.message.seq == 5
+
+
+async def test_chat_without_retention_keeps_messages_forever() -> None:
+    engines, store, clock = await _engines(())
+    await engines.chat.post(CTX, "th", role="user", content="kept")
+    assert await _expiries(store, "t_ret|lab|thread|") == {None}
+    clock.advance(100 * 365 * 86_400)
+    assert [m.content for m in (await engines.chat.list_messages(CTX, "th")).items] == ["kept"]
