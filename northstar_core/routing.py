@@ -10,12 +10,13 @@ lab-only backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import random
 import re
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
@@ -590,6 +591,9 @@ class RoutingRegistry:
         self._monotonic = monotonic or time.monotonic
         self._wall = wall or time.time
         self._lock = asyncio.Lock()
+        # Tables a caller works on outside any route (a migration's old side being deleted):
+        # not closed as unused meanwhile.
+        self._held: dict[tuple[str, str], int] = {}
         # (migration id, phase, partition) → when this process last journaled a write to it
         self._journaled: dict[tuple[str, str, str], float] = {}
 
@@ -781,6 +785,19 @@ class RoutingRegistry:
     def store(self) -> ItemStore:
         """The routing table's own store (journals and progress of migrations live there)."""
         return self._store
+
+    @contextlib.contextmanager
+    def holding(self, route: Route) -> Iterator[ItemStore]:
+        """The adapter store behind ``route``, kept open while the block runs even if no route
+        uses its table any more."""
+        key = (route.connection, route.table_name)
+        self._held[key] = self._held.get(key, 0) + 1
+        try:
+            yield self.opened(route)
+        finally:
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]
 
     def opened(self, route: Route) -> ItemStore:
         """The adapter store behind ``route`` (opened if needed), without a kind's wrapping."""
@@ -1005,7 +1022,7 @@ class RoutingRegistry:
                 self._retired.setdefault(key, self._monotonic())
 
     def _in_use(self, key: tuple[str, str]) -> bool:
-        if any((r.connection, r.table_name) == key for r, _ in self._routes.values()):
+        if key in self._held or any((r.connection, r.table_name) == key for r, _ in self._routes.values()):
             return True
         # both sides of a migration stay open until it ends
         return any(

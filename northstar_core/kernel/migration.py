@@ -517,11 +517,12 @@ class Migrations:
                 kinds=others,
             )
 
+    @staticmethod
+    def _route(migration: Migration, endpoint: Endpoint) -> Route:
+        return Route(resource_kind=migration.kinds[0], connection=endpoint.connection, table=endpoint.table)
+
     def _store(self, migration: Migration, endpoint: Endpoint) -> ItemStore:
-        route = Route(
-            resource_kind=migration.kinds[0], connection=endpoint.connection, table=endpoint.table
-        )
-        return self.registry.opened(route)
+        return self.registry.opened(self._route(migration, endpoint))
 
     def _active(self, migration_id: str) -> tuple[Migration, int]:
         found = self.registry.migration(migration_id)
@@ -853,7 +854,10 @@ class Migrations:
     async def _delete_scope(self, migration: Migration, endpoint: Endpoint) -> int:
         """Delete every item in the migration's scope from one side (pass after pass, until a
         scan finds none: a scan may miss items written while it runs)."""
-        store = self._store(migration, endpoint)
+        with self.registry.holding(self._route(migration, endpoint)) as store:
+            return await self._delete_all(migration, store)
+
+    async def _delete_all(self, migration: Migration, store: ItemStore) -> int:
         deleted = 0
         while True:
             found = 0
