@@ -645,6 +645,7 @@ class RoutingRegistry:
                 tenant_id = None if scope in ("", "*") else scope
                 reason = f"its migration record is unreadable: {exc}"
                 broken[(kind, tenant_id)] = _Broken(kind, tenant_id, reason)
+                routes.pop((kind, tenant_id), None)
                 continue
             migrations[migration.id] = (migration, item.version)
         self._routes = routes

@@ -417,3 +417,18 @@ def test_any_interleaving_of_writes_with_the_migration_serves_exactly_the_acknow
     ops: list[tuple[int, int, str, float]], stop_after: float | None, back: bool
 ) -> None:
     asyncio.run(_interleaved(ops, stop_after, back))
+
+
+async def test_a_migration_record_this_version_cannot_read_stops_its_kind_being_served() -> None:
+    routing = MemoryItemStore()
+    engines = await _engines(routing=routing)
+    await engines.chat.post(_ctx(), "th0", role="user", content="m1")
+    # written by another version of the service, with a field this one does not know
+    await routing.write("routing_registry", [Put("migration#chat_store@*", b'{"id": 1, "future": true}')])
+    await engines.registry.load()
+    with pytest.raises(NorthstarError) as info:
+        await engines.chat.post(_ctx(), "th0", role="user", content="m2")
+    assert (info.value.http_status, info.value.code) == (503, "chat_store.route_misconfigured")
+    assert "migration record is unreadable" in info.value.message
+    # other kinds are served as before
+    assert (await engines.registry.store_for("notes_store", "t_a")).route.connection == "a"
