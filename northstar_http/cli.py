@@ -493,6 +493,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                     print(msgspec.json.encode(entry).decode())
                 return 0
             ident = migration_id(args.kind, args.tenant)
+            if args.action != "run":
+                # any one kind of the table names its migration (the newest, if it ended)
+                for entry in sorted(await migrations.status(), key=lambda e: e.started_at, reverse=True):
+                    if entry.tenant_id == args.tenant and set(args.kind) <= set(entry.kinds):
+                        ident = entry.id
+                        break
             if args.action == "rollback":
                 done = await migrations.rollback(ident, report)
             elif args.action == "release":

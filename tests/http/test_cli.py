@@ -405,3 +405,52 @@ def test_doctor_compares_the_clock_with_a_configured_endpoint(lab_dir, capsys, m
     assert clock.strip().startswith("FAIL") and "jwt.jwks_url" in clock
     skew = float(clock.split("this clock is ")[1].split(" s")[0])
     assert 3598 < skew < 3602  # an hour, within the Date header's one-second resolution
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["migrate"], 2, "needs --kind"),
+        (["migrate", "--kind", "chat_store"], 2, "needs --to"),
+        (["migrate", "--kind", "chat_store", "--to", "nowhere"], 2, "no connection named 'nowhere'"),
+        (["migrate", "--kind", "chat_store", "--to", "lab", "--tenant", "bad tenant"], 1,
+         "migration.invalid_request"),
+        (["migrate", "release", "--kind", "chat_store"], 1, "migration.not_found"),
+        (["migrate", "--kind", "chat_store", "--to", "lab", "--settle-seconds", "0"], 1,
+         "settle_seconds must be between"),
+    ],
+)
+def test_migrate_refuses_what_it_cannot_do(
+    lab_dir, capsys, args: list[str], code: int, fragment: str
+) -> None:
+    finalize(load_settings())
+    assert main(["routes", "set", "--kind", "chat_store", "--connection", "lab"]) == 0
+    capsys.readouterr()
+    assert main(args) == code
+    assert fragment in capsys.readouterr().err
+
+
+def test_migrate_moves_a_tenant_within_the_lab_and_reports_it(lab_dir, capsys) -> None:
+    (lab_dir / "northstar.toml").write_text(
+        '[connections.lab]\nbackend = "sqlite"\npath = ".northstar/data/northstar.db"\n'
+        '[connections.other]\nbackend = "sqlite"\npath = ".northstar/data/other.db"\n'
+        '[registry]\nconnection = "lab"\nrefresh_seconds = 0.1\nmax_view_seconds = 0.5\n'
+    )
+    finalize(load_settings())
+    assert main(["routes", "set", "--kind", "chat_store", "--connection", "lab"]) == 0
+    capsys.readouterr()
+    args = ["--kind", "chat_store", "--tenant", "t_one", "--fence-seconds", "0.1", "--settle-seconds", "0.1"]
+    assert main(["migrate", "--to", "other", *args]) == 0
+    out = capsys.readouterr()
+    status = json.loads(out.out)
+    assert (status["phase"], status["state"], status["active"]) == ("switched", "switched", True)
+    assert "frozen" in out.err and "switched: other/chat_store serves" in out.err
+    assert main(["migrate", "status"]) == 0
+    [listed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert listed["id"] == "chat_store@t_one"
+    assert main(["routes", "show"]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [override] = [r for r in shown if r.get("tenant_id") == "t_one"]
+    assert (override["resource_kind"], override["connection"]) == ("chat_store", "other")
+    assert main(["migrate", "release", *args[:4]]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "released"
