@@ -43,7 +43,13 @@ from northstar_core.clock import SystemClock
 from northstar_core.cursors import CursorCodec
 from northstar_core.engines import Engines
 from northstar_core.identity import RequestContext
-from northstar_core.kernel.migration import CONCURRENCY, Migrations, table_digests
+from northstar_core.kernel.migration import (
+    CONCURRENCY,
+    DEFAULT_FENCE_SECONDS,
+    DEFAULT_SETTLE_SECONDS,
+    Migrations,
+    table_digests,
+)
 from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry
 from northstar_core.storage import Put
 
@@ -51,8 +57,9 @@ PAIRS = ("sqlite:dynamodb", "sqlite:firestore", "sqlite:cosmos", "dynamodb:cosmo
 REGISTRY_KIND = "routing_registry"
 PER_PARTITION = 50
 BATCH = 25
-FENCE = 0.2
-SETTLE = 0.5
+# the CLI's defaults: what an operator's migration pauses writes for at its cutover
+FENCE = DEFAULT_FENCE_SECONDS
+SETTLE = DEFAULT_SETTLE_SECONDS
 
 
 def _ctx(tenant: str) -> RequestContext:

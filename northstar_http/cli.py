@@ -40,6 +40,7 @@ from northstar_adapters.config import (
 )
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import MODES, ROLE_RANK
+from northstar_core.kernel.migration import DEFAULT_FENCE_SECONDS, DEFAULT_SETTLE_SECONDS
 from northstar_core.routing import RESOURCE_KINDS, Route, RoutingError, RoutingRegistry, Target
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "contracts" / "openapi.json"
@@ -790,10 +791,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--table", help="the table / container / collection there (default: the first kind)")
     g.add_argument("--tenant", metavar="TENANT_ID", help="move this tenant only (default: every tenant "
                    "without an override of its own)")
-    g.add_argument("--fence-seconds", type=float, default=1.0, metavar="S",
-                   help="how often serving processes re-read the routes during the migration (default: 1)")
-    g.add_argument("--settle-seconds", type=float, default=3.0, metavar="S",
-                   help="the longest a write may take during the migration (default: 3)")
+    g.add_argument("--fence-seconds", type=float, default=DEFAULT_FENCE_SECONDS, metavar="S",
+                   help="how often serving processes re-read the routes during the migration "
+                   f"(default: {DEFAULT_FENCE_SECONDS:g})")
+    g.add_argument("--settle-seconds", type=float, default=DEFAULT_SETTLE_SECONDS, metavar="S",
+                   help="the longest a write may take during the migration "
+                   f"(default: {DEFAULT_SETTLE_SECONDS:g})")
     g.set_defaults(func=cmd_migrate)
 
     o = command("openapi", "write the OpenAPI schema to contracts/openapi.json")
