@@ -31,6 +31,7 @@ from northstar_core.storage import (
     Absent,
     BackendUnavailable,
     Capabilities,
+    Check,
     ConditionFailed,
     InvalidItem,
     Item,
@@ -394,7 +395,6 @@ class KindStore(ItemStore):
         self.backend = connection.backend
         self.label = connection.label
         self.inner = inner
-        self.capabilities: Capabilities = inner.capabilities
         self.tenant_id = tenant_id
         self.migration = migration
         self._registry = registry
@@ -407,6 +407,12 @@ class KindStore(ItemStore):
         if self._successor is not None:
             return self._successor.backing
         return self.inner.backing
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]  # follows the serving store
+        if self._successor is not None:
+            return self._successor.capabilities
+        return self.inner.capabilities
 
     @property
     def options(self) -> RouteOptions:
@@ -480,6 +486,8 @@ class KindStore(ItemStore):
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         store = await self._serving()
+        if store is not self:
+            _refuse_unplanned_checks(store, ops)
         registry = store._registry
         migration = store.migration
         if registry is not None:
@@ -487,6 +495,7 @@ class KindStore(ItemStore):
                 registry.check_view_for_writes(store.kind)
             elif migration.phase in FROZEN_PHASES:
                 store = await registry.after_cutover(store)
+                _refuse_unplanned_checks(store, ops)
                 await store.write(partition, ops)
                 return
             elif migration.phase in JOURNALED_PHASES and migration.in_scope(partition):
@@ -523,6 +532,14 @@ class KindStore(ItemStore):
                 await self.inner.ping()
             except BackendUnavailable as exc:
                 raise self._wrap(exc) from exc
+
+
+def _refuse_unplanned_checks(store: KindStore, ops: Sequence[Op]) -> None:
+    """A batch planned for the table a kind was on may carry :class:`Check` operations the
+    table it is on now (after a migration's cutover) cannot evaluate: it is refused whole, as a
+    failed condition (nothing written), and its writer plans it again (streams do)."""
+    if not store.inner.capabilities.atomic_checks and any(isinstance(op, Check) for op in ops):
+        raise ConditionFailed(message="the kind moved to a backend without atomic checks; plan again")
 
 
 def _serving_key(route: Route, migration: Migration | None) -> tuple[object, ...]:

@@ -327,6 +327,12 @@ class SequencedStream:
             try:
                 await self.store.write(self.partition, ops)
             except ConditionFailed:
+                if checks and not self.store.capabilities.atomic_checks:
+                    # The stream's store moved (a migration's cutover) to a backend without
+                    # atomic checks while this batch was planned: nothing was written; plan
+                    # again at a head read from the store.
+                    checks = False
+                    continue
                 if idempotency_key is not None:
                     prior = await self.idempotent_result(idempotency_key, payload_fingerprint)
                     if prior is not None:
