@@ -452,3 +452,29 @@ async def test_a_migration_record_this_version_cannot_read_stops_its_kind_being_
     assert "migration record is unreadable" in info.value.message
     # other kinds are served as before
     assert (await engines.registry.store_for("notes_store", "t_a")).route.connection == "a"
+
+
+async def test_writes_are_journaled_while_dual_and_switched_and_the_cutover_drains_the_journal() -> None:
+    routing = MemoryItemStore()
+    engines = await _engines(routing=routing)
+
+    def marks() -> set[str]:
+        return {
+            key[2:]
+            for name, (_, items) in routing._parts.items()
+            if name.startswith("migration|chat_store@t_a|j")
+            for key in items
+        }
+
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(["chat_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                       settle_seconds=SETTLE)
+    await engines.chat.post(_ctx(), "th1", role="user", content="dual")
+    await engines.chat.post(_ctx("t_other"), "th1", role="user", content="not in scope")
+    assert marks() == {"t_a|lab|thread|th1", "t_a|lab|chat_threads|u1"}
+    await migrations.run(migration.id)
+    assert marks() == set()
+    await engines.chat.post(_ctx(), "th2", role="user", content="switched")
+    assert "t_a|lab|thread|th2" in marks()  # for a rollback
+    await migrations.release(migration.id)
+    assert marks() == set()
