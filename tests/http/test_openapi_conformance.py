@@ -83,6 +83,9 @@ ACCEPTED_FOR_VALID_INPUT = [
     # 410: a cursor is a signed, opaque token minted by the service; any string is "well formed"
     # by the document, and no schema can describe the signature, so a generated one is refused
     "410",
+    # 429: an allowance is used up (a user's own export, once per interval): the request was
+    # valid, its repeat too soon
+    "429",
 ]
 
 
