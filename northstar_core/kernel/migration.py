@@ -167,6 +167,15 @@ def _error(code: str, message: str, status: int, **details: Any) -> NorthstarErr
     return NorthstarError(code, message, status, details=details)
 
 
+async def _answering(step: Awaitable[T]) -> T:
+    """``step``, with a backend that stopped answering reported as the envelope (the migrator
+    works on raw adapter stores, below the kinds' own error mapping)."""
+    try:
+        return await step
+    except BackendUnavailable as exc:
+        raise _unavailable(exc) from exc
+
+
 def _unavailable(exc: BackendUnavailable) -> NorthstarError:
     return NorthstarError(
         "migration.backend_unavailable",
@@ -556,10 +565,7 @@ class Migrations:
 
     async def run(self, migration_id: str, report: Report | None = None) -> Migration:
         """Take the migration from wherever it stands to ``switched`` (the target serves)."""
-        try:
-            return await self._run(migration_id, report)
-        except BackendUnavailable as exc:
-            raise _unavailable(exc) from exc
+        return await _answering(self._run(migration_id, report))
 
     async def _run(self, migration_id: str, report: Report | None) -> Migration:
         await self.registry.ensure_fresh(0.0)
@@ -763,12 +769,10 @@ class Migrations:
 
     async def rollback(self, migration_id: str, report: Report | None = None) -> Progress:
         """Give the kinds back to the source (from any phase) and delete the target's copy."""
-        try:
-            return await self._rollback(migration_id, report)
-        except BackendUnavailable as exc:
-            raise _unavailable(exc) from exc
+        return await _answering(self._rollback(migration_id, report))
 
-    async def _rollback(self, migration_id: str, report: Report | None) -> Progress:
+    async def _known(self, migration_id: str) -> tuple[tuple[Migration, int] | None, Progress]:
+        """The migration's record (``None`` once it ended) and its progress (404 if unknown)."""
         await self.registry.ensure_fresh(0.0)
         found = self.registry.migration(migration_id)
         progress = await self.progress(migration_id)
@@ -776,6 +780,24 @@ class Migrations:
             raise _error(
                 "migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id,
             )
+        return found, progress
+
+    async def _finish(
+        self, progress: Progress, endpoint: Endpoint, state: State, step: str, report: Report | None
+    ) -> Progress:
+        """Delete the side that no longer serves, and the journal: the migration has ended."""
+        migration = progress.migration
+        # writes journaled by processes that had not seen the end yet are moot: wait them out
+        await self._sleep(migration.fence_seconds + migration.settle_seconds)
+        progress.deleted_items += await self._delete_scope(migration, endpoint)
+        await self._drop_journal(migration)
+        progress.state = state
+        progress.phase = "ended"
+        await self._save(progress, report, step)
+        return progress
+
+    async def _rollback(self, migration_id: str, report: Report | None) -> Progress:
+        found, progress = await self._known(migration_id)
         if found is not None:
             migration, version = found
             # said before anything changes: a release must never take this migration's record
@@ -795,31 +817,16 @@ class Migrations:
             raise _error(
                 "migration.finished", f"{migration_id} was {progress.state}: nothing to roll back", 409,
             )
-        migration = progress.migration
-        # writes journaled by processes that had not seen the end yet are moot: wait them out
-        await self._sleep(migration.fence_seconds + migration.settle_seconds)
-        progress.deleted_items += await self._delete_scope(migration, migration.target)
-        await self._drop_journal(migration)
-        progress.state = "rolled_back"
-        progress.phase = "ended"
-        await self._save(progress, report, "deleted the target's copy")
-        return progress
+        return await self._finish(
+            progress, progress.migration.target, "rolled_back", "deleted the target's copy", report
+        )
 
     async def release(self, migration_id: str, report: Report | None = None) -> Progress:
         """End a switched migration: no rollback any more; the source's copy is deleted."""
-        try:
-            return await self._release(migration_id, report)
-        except BackendUnavailable as exc:
-            raise _unavailable(exc) from exc
+        return await _answering(self._release(migration_id, report))
 
     async def _release(self, migration_id: str, report: Report | None) -> Progress:
-        await self.registry.ensure_fresh(0.0)
-        found = self.registry.migration(migration_id)
-        progress = await self.progress(migration_id)
-        if progress is None:
-            raise _error(
-                "migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id,
-            )
+        found, progress = await self._known(migration_id)
         if found is not None:
             migration, version = found
             if migration.phase != "switched":
@@ -836,14 +843,9 @@ class Migrations:
             raise _error(
                 "migration.not_switched", f"{migration_id} was {progress.state}: nothing to release", 409,
             )
-        migration = progress.migration
-        await self._sleep(migration.fence_seconds + migration.settle_seconds)
-        progress.deleted_items += await self._delete_scope(migration, migration.source)
-        await self._drop_journal(migration)
-        progress.state = "released"
-        progress.phase = "ended"
-        await self._save(progress, report, "deleted the source's copy")
-        return progress
+        return await self._finish(
+            progress, progress.migration.source, "released", "deleted the source's copy", report
+        )
 
     async def _drop_record(self, migration: Migration, version: int) -> None:
         try:
