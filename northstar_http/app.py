@@ -18,6 +18,7 @@ from litestar.middleware import DefineMiddleware
 from northstar_adapters.config import HttpSettings, Settings
 from northstar_http import cors
 from northstar_http.auth import PUBLIC_PATHS, BearerAuthMiddleware
+from northstar_http.bodies import strict_json_body
 from northstar_http.deps import DEPENDENCIES
 from northstar_http.errors import EXCEPTION_HANDLERS, before_send
 from northstar_http.observability import Observability
@@ -95,6 +96,8 @@ def build_app(
             DefineMiddleware(BearerAuthMiddleware, exclude=PUBLIC_PATHS),
         ],
         before_send=[before_send],
+        # JSON bodies strictly typed before Litestar's lax conversion (bodies.py)
+        before_request=strict_json_body,
         request_max_body_size=body_limit,
         openapi_config=openapi_config(),
         cors_config=cors_config,
