@@ -22,7 +22,8 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import HTTPRouteHandler
 
 _NO_BODY: Final = object()
-# the largest integer every float above it may stand for exactly
+# up to this magnitude an integral float is exactly the integer it shows; beyond, it may be a
+# rounded one, and is left a float (an integer field then refuses it)
 _EXACT: Final = 2**53
 # msgspec names the failing place as ``$.field`` / ``$.list[3].field``
 _PATH: Final = re.compile(r"at `\$\.?([^`]*)`")
