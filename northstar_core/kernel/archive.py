@@ -51,6 +51,7 @@ from northstar_core.storage import (
     Delete,
     InvalidItem,
     Item,
+    ItemStore,
     Put,
     VersionIs,
     validate_key,
@@ -522,15 +523,17 @@ class Archives:
         return found
 
 
-async def pages_of(store: KindStore, partition: str, prefix: str = "") -> AsyncIterator[list[Item]]:
-    """The items of ``partition`` whose key starts with ``prefix``, a page at a time, in key
+async def pages_of(
+    store: ItemStore, partition: str, prefix: str = "", *, limit: int = PAGE
+) -> AsyncIterator[list[Item]]:
+    """The items of ``partition`` whose key starts with ``prefix``, ``limit`` at a time, in key
     order (a page's items may be deleted or replaced before the next is read)."""
     after: str | None = None
     while True:
-        items = await store.query(partition, prefix, after=after, limit=PAGE)
+        items = await store.query(partition, prefix, after=after, limit=limit)
         if items:
             yield items
-        if len(items) < PAGE:
+        if len(items) < limit:
             return
         after = items[-1].key
 
@@ -548,7 +551,7 @@ async def scan_pages(store: KindStore, prefix: str) -> AsyncIterator[list[tuple[
 
 
 async def delete_partition(
-    store: KindStore, partition: str, prefix: str = "", which: Callable[[bytes], bool] | None = None
+    store: ItemStore, partition: str, prefix: str = "", which: Callable[[bytes], bool] | None = None
 ) -> int:
     """Delete every item of ``partition`` whose key starts with ``prefix`` (and whose value
     ``which`` selects, if given); how many."""
@@ -560,7 +563,7 @@ async def delete_partition(
     return deleted
 
 
-async def _delete_keys(store: KindStore, partition: str, keys: Sequence[str]) -> None:
+async def _delete_keys(store: ItemStore, partition: str, keys: Sequence[str]) -> None:
     for i in range(0, len(keys), BATCH):
         await store.write(partition, [Delete(key) for key in keys[i : i + BATCH]])
 

@@ -45,6 +45,7 @@ import msgspec
 from northstar_core.clock import Clock
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import TENANT_PATTERN
+from northstar_core.kernel.archive import delete_partition, pages_of
 from northstar_core.routing import (
     JOURNAL_SHARDS,
     RESOURCE_KINDS,
@@ -189,15 +190,8 @@ def _unavailable(exc: BackendUnavailable) -> NorthstarError:
 # --- partition operations (the migrator's only storage rules) --------------------------------
 
 
-async def _pages(store: ItemStore, partition: str) -> AsyncIterator[list[Item]]:
-    after: str | None = None
-    while True:
-        items = await store.query(partition, "", after=after, limit=PAGE)
-        if items:
-            yield items
-        if len(items) < PAGE:
-            return
-        after = items[-1].key
+def _pages(store: ItemStore, partition: str) -> AsyncIterator[list[Item]]:
+    return pages_of(store, partition, limit=PAGE)
 
 
 def _same(a: Item, b: Item) -> bool:
@@ -876,9 +870,7 @@ class Migrations:
 
     async def _drop_journal(self, migration: Migration) -> None:
         for shard in range(JOURNAL_SHARDS):
-            partition = journal_partition(migration.id, shard)
-            async for items in _pages(self.registry.store, partition):
-                await _apply(self.registry.store, partition, [Delete(item.key) for item in items])
+            await delete_partition(self.registry.store, journal_partition(migration.id, shard))
 
 
 async def _holds_in_scope(store: ItemStore, migration: Migration) -> bool:
