@@ -13,7 +13,10 @@ figures are structural, the same on every backend unless an adapter differs).
 Latency (emulators) — the instrumentation off, a canvas command at the head (the same
 operation as above) and ONE raw-SDK atomic write (the P4 ``raw_batch`` variant of that
 emulator: one transactional batch of two conditional puts, no read), interleaved command by
-command; the p50 ratio is the figure.
+command; the p50 ratio is the figure. Beside them, reported only, P4's ``raw_full`` variant: a
+keyed append written by hand with the raw SDK (read the idempotency record, read the head,
+then that atomic write) — what any write that must read before it writes costs on that
+emulator, against the blind write.
 
 Writes ``bench/results/p6_round_trips.json`` (with every operation's walk: depth, method, kind,
 partition and keys of each call); ``python -m bench.run --only P6`` puts the rows in the table.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.common import PROVISIONED, Append, bench_connection, interleave, main, ratio, row, run_per_backend
 from contracts.round_trips import (
@@ -49,6 +52,13 @@ BACKENDS = ("memory", "sqlite", "dynamodb", "firestore", "cosmos")
 LATENCY_TARGET = 2.5
 
 RawWrite = Callable[[], AbstractAsyncContextManager[Append]]
+
+
+class RawWrites(NamedTuple):
+    """P4's raw-SDK variants on one emulator: the blind atomic write and a keyed append."""
+
+    atomic_write: RawWrite
+    keyed_append: RawWrite
 
 
 # The second layout measured: the kinds holding the gate's policy documents share one table
@@ -75,11 +85,11 @@ def _summary(op: Operation, measured: RoundTrips) -> dict[str, Any]:
 
 
 async def measure(
-    connection: Connection, raw_write: RawWrite | None, commands: int, provision: bool = False
+    connection: Connection, raw: RawWrites | None, commands: int, provision: bool = False
 ) -> dict[str, Any]:
     """Round trips of every operation on ``connection``, and of a canvas command with the policy
-    kinds in one table; with ``raw_write``, also both canvas commands' latency against that raw
-    write."""
+    kinds in one table; with ``raw``, also both canvas commands' latency against the raw
+    writes."""
     if provision:
         await _provision(connection)
     trace = Trace()
@@ -99,7 +109,7 @@ async def measure(
         await scenario.setup()
         await shared.setup()
         out: dict[str, Any] = {}
-        if raw_write is not None:
+        if raw is not None:
             # first, while no policy document asks for more than the documents (the round trips
             # below set a budget limit, after which a decision also reads the budget totals)
 
@@ -109,10 +119,11 @@ async def measure(
             async def canvas_command_shared(_i: int) -> None:
                 await shared.canvas_command()
 
-            async with raw_write() as raw:
+            async with raw.atomic_write() as atomic_write, raw.keyed_append() as keyed_append:
                 out["latency"] = await interleave(
                     {
-                        "raw_write": raw,
+                        "raw_write": atomic_write,
+                        "raw_keyed_append": keyed_append,
                         "canvas_command": canvas_command,
                         "canvas_command_shared": canvas_command_shared,
                     },
@@ -132,26 +143,32 @@ async def measure(
 
 def run_backend(backend: str, commands: int) -> dict[str, Any]:
     with bench_connection(backend, "p6") as connection:
-        return asyncio.run(measure(connection, raw_write_of(connection), commands, backend in PROVISIONED))
+        return asyncio.run(measure(connection, raw_writes_of(connection), commands, backend in PROVISIONED))
 
 
-def raw_write_of(connection: Connection) -> RawWrite | None:
-    """P4's one raw-SDK atomic write on the emulator behind ``connection`` (none on memory and
-    SQLite)."""
+def raw_writes_of(connection: Connection) -> RawWrites | None:
+    """P4's raw-SDK variants on the emulator behind ``connection`` (none on memory and SQLite)."""
     params = connection.params
     if connection.backend == "dynamodb":
         from bench import p4_dynamodb
 
-        return lambda: p4_dynamodb.raw_batch_variant(params["endpoint_url"])
+        endpoint = params["endpoint_url"]
+        return RawWrites(
+            lambda: p4_dynamodb.raw_batch_variant(endpoint), lambda: p4_dynamodb.raw_full_variant(endpoint)
+        )
     if connection.backend == "firestore":
         from bench import p4_firestore
 
-        return p4_firestore.raw_batch_variant
+        return RawWrites(p4_firestore.raw_batch_variant, p4_firestore.raw_full_variant)
     if connection.backend == "cosmos":
         from bench import p4_cosmos
 
-        # the engines' containers and the raw write's live in one database, dropped with the server
-        return lambda: p4_cosmos.raw_batch_variant(params["url"], params["database"])
+        # the engines' containers and the raw writes' live in one database, dropped with the server
+        url, database = params["url"], params["database"]
+        return RawWrites(
+            lambda: p4_cosmos.raw_batch_variant(url, database),
+            lambda: p4_cosmos.raw_full_variant(url, database),
+        )
     return None
 
 
@@ -199,6 +216,22 @@ def rows_for(backend: str, res: dict[str, Any]) -> list[dict[str, Any]]:
     latency = res.get("latency")
     if latency is not None:
         raw = latency["raw_write"]["p50_ms"]
+        keyed = latency.get("raw_keyed_append")
+        if keyed is not None:
+            out.append(
+                row(
+                    f"P6 {backend}",
+                    "raw-SDK keyed append (idempotency read, head read, atomic write) p50 / "
+                    "one raw-SDK atomic write p50 (ms)",
+                    keyed["p50_ms"],
+                    raw,
+                    ratio(keyed["p50_ms"], raw),
+                    "(reported)",
+                    None,
+                    f"{keyed['n']} of each, interleaved with the canvas commands; what reading "
+                    "before writing costs by hand",
+                )
+            )
         for variant, what in (
             ("canvas_command", "canvas command"),
             ("canvas_command_shared", "canvas command (policy kinds in one table)"),
