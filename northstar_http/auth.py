@@ -160,12 +160,16 @@ class TokenVerifier:
         except jwt.InvalidTokenError:
             raise _invalid("malformed") from None
         alg = header.get("alg")
+        # The header is the sender's JSON (pyjwt checks only 'kid' is a string): an 'alg' that
+        # is a list or an object is refused before it meets a set lookup.
+        if not isinstance(alg, str):
+            raise _invalid("unsupported_algorithm", "the token's 'alg' header must be a string")
         if alg == "HS256" and self._secret:
             key: Any = self._secret
         elif alg in _ALG_KEY_TYPE and (self._jwks is not None or self._jwks_client is not None):
             key = await self._asymmetric_key(header.get("kid"), alg)
         else:
-            raise _invalid("unsupported_algorithm", f"tokens signed with '{alg}' are not accepted")
+            raise _invalid("unsupported_algorithm", f"tokens signed with {alg[:20]!r} are not accepted")
         required = ["exp", "sub"]
         if self.audience:
             required.append("aud")

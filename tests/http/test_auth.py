@@ -137,6 +137,35 @@ async def test_bad_tokens_are_401_envelopes(jwks_client, token_factory, reason: 
     assert err["request_id"] == r.headers["x-request-id"]
 
 
+def _crafted_header(header: dict[str, Any]) -> str:
+    """A token whose header is whatever JSON a sender chooses (its signature is not checked
+    before the header is read)."""
+    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims()).encode())}.{b64(b'sig')}"
+
+
+@pytest.mark.parametrize(
+    "header, reason",
+    [
+        ({"alg": ["HS256"], "typ": "JWT"}, "unsupported_algorithm"),
+        ({"alg": {"RS256": 1}}, "unsupported_algorithm"),
+        ({"alg": ["RS256", "HS256"]}, "unsupported_algorithm"),
+        ({"alg": None}, "unsupported_algorithm"),
+        ({"alg": 256}, "unsupported_algorithm"),
+        ({"alg": "RS256", "kid": ["rsa1"]}, "malformed"),
+        ({"alg": "RS256", "kid": {"rsa1": 1}}, "malformed"),
+    ],
+    ids=["alg-list", "alg-object", "alg-two", "alg-null", "alg-number", "kid-list", "kid-object"],
+)
+async def test_a_header_of_the_wrong_json_type_is_a_401_envelope(jwks_client, header, reason) -> None:
+    for path in ("/chat/threads", "/users/me/data", "/system/migrations"):
+        r = await jwks_client.get(path, headers={"Authorization": f"Bearer {_crafted_header(header)}"})
+        assert r.status_code == 401, (path, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "auth.invalid_token" and err["details"]["reason"] == reason, err
+    # the same crafted header as a stream ticket
+    r = await jwks_client.get(f"/sse/chat/th_1?ticket={_crafted_header(header)}")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "auth.invalid_ticket", r.text
+
 @pytest.mark.parametrize("header", ["Basic abc", "Bearer", "Bearer   ", "token"])
 async def test_missing_or_non_bearer_authorization_is_401(client, header: str) -> None:
     r = await client.get("/chat/threads", headers={"Authorization": header})
