@@ -40,10 +40,14 @@ def idem_key(key: str) -> str:
     return IDEM_PREFIX + key
 
 
-def record_op(key: str, fp: str, result: bytes, now: float) -> Put:
-    """The batch operation that stores ``result`` for ``key`` (created once, never replaced)."""
+def record_op(key: str, fp: str, result: bytes, now: float, *, expires_at: float | None = None) -> Put:
+    """The batch operation that stores ``result`` for ``key`` (created once, never replaced).
+
+    ``expires_at``: the record goes when what it guards goes. A result may hold a copy of the
+    data written (a chat message's content), which must not outlive the data's retention; a
+    retry after that is a new request."""
     record = IdempotencyRecord(fp, msgspec.Raw(result), now)
-    return Put(idem_key(key), msgspec.json.encode(record), condition=Absent())
+    return Put(idem_key(key), msgspec.json.encode(record), condition=Absent(), expires_at=expires_at)
 
 
 async def lookup(store: ItemStore, partition: str, key: str, fp: str, domain: str) -> bytes | None:

@@ -4,7 +4,8 @@ Layout inside one partition (one partition per stream, so a stream's entries and
 idempotency records share a partition and commit in one atomic batch):
 
 * ``s#<seq:016>`` — entry ``seq`` (1-based, gap-free);
-* ``i#<key>``     — idempotency record: payload fingerprint + the original result;
+* ``i#<key>``     — idempotency record: payload fingerprint + the original result (on a stream
+  with retention it expires with the entries it answers for);
 * ``s!``          — on a stream with retention only: the *floor*, whose version is the last
   sequence ever committed (it never expires).
 
@@ -315,7 +316,9 @@ class SequencedStream:
             outcome.setdefault("last_seq", last)
             result_bytes = msgspec.json.encode(outcome)
             if idempotency_key is not None:
-                ops.append(record_op(idempotency_key, payload_fingerprint, result_bytes, now))
+                ops.append(
+                    record_op(idempotency_key, payload_fingerprint, result_bytes, now, expires_at=expires_at)
+                )
             if extra_ops is not None:
                 ops.extend(extra_ops(first, last))
             if checks and head > 0 and not floored:

@@ -127,3 +127,25 @@ async def test_chat_without_retention_keeps_messages_forever() -> None:
     assert await _expiries(store, "t_ret|lab|thread|") == {None}
     clock.advance(100 * 365 * 86_400)
     assert [m.content for m in (await engines.chat.list_messages(CTX, "th")).items] == ["kept"]
+
+
+async def test_a_keyed_chat_post_leaves_nothing_of_its_content_once_it_expires() -> None:
+    engines, store, clock = await _engines(("chat_store",))
+    first = await engines.chat.post(CTX, "th", role="user", content="secret-k", idempotency_key="k1")
+    replay = await engines.chat.post(CTX, "th", role="user", content="secret-k", idempotency_key="k1")
+    assert replay.replayed
+    # the idempotency record holds a copy of the message: it expires with the message
+    assert await _expiries(store, "t_ret|lab|thread|") == {clock.now() + TTL, None}  # None: the floor
+    clock.advance(TTL + 1)
+    held = []
+    token = None
+    while True:
+        page = await store.scan("t_ret|lab|thread|", token=token, limit=1000)
+        held += [item.value for _, item in page.items]
+        if page.token is None:
+            break
+        token = page.token
+    assert held and not any(b"secret-k" in value for value in held)
+    # past the retention window the key is free again: a retry is a new message, numbered on
+    again = await engines.chat.post(CTX, "th", role="user", content="secret-k", idempotency_key="k1")
+    assert not again.replayed and again.message.seq == first.message.seq + 1
