@@ -23,6 +23,7 @@ import msgspec
 
 from northstar_core.errors import NorthstarError, backend_unavailable, missing_route
 from northstar_core.identity import TENANT_PATTERN
+from northstar_core.kernel.activity import ACTIVITY_PARTITION
 from northstar_core.kernel.buckets import MAX_SHARDS, forget
 from northstar_core.observe import current as observer
 from northstar_core.storage import (
@@ -281,9 +282,10 @@ class Migration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     def in_scope(self, partition: str) -> bool:
         """Whether ``partition`` (of the source or target table) is moved by this migration.
-        Partitions named ``~…`` are the processes' own bookkeeping (the activity index), which
-        each side keeps for itself."""
-        if partition.startswith("~"):
+        The activity index is the processes' own bookkeeping, which each side keeps for itself;
+        every other partition is data, including the deployment's own ones outside any tenant
+        (``~system|<mode>|config``), which a deployment-wide migration moves."""
+        if partition == ACTIVITY_PARTITION:
             return False
         tenant = partition.split("|", 1)[0]
         if self.tenant_id is not None:
@@ -490,32 +492,67 @@ class KindStore(ItemStore):
             _refuse_unplanned_checks(store, ops)
         registry = store._registry
         migration = store.migration
-        if registry is not None:
-            if migration is None:
-                registry.check_view_for_writes(store.kind)
-            elif migration.phase in FROZEN_PHASES:
-                store = await registry.after_cutover(store)
-                _refuse_unplanned_checks(store, ops)
-                await store.write(partition, ops)
-                return
-            elif migration.phase in JOURNALED_PHASES and migration.in_scope(partition):
-                # announced before it is made: the migrator copies the partition again after
-                # every write it may have missed
-                await registry.journal(migration, partition)
-        store._mark()
-        with observer().store_call(store.kind, store.backend, "write"):
-            try:
-                if migration is None:
-                    await store.inner.write(partition, ops)
-                else:
-                    # the migrator waits this long for journaled writes in flight; one that
-                    # takes longer is abandoned (its outcome unknown, as with any timeout)
-                    async with asyncio.timeout(migration.settle_seconds):
-                        await store.inner.write(partition, ops)
-            except TimeoutError:
-                raise backend_unavailable(store.kind, "write timed out during a migration", 1) from None
-            except (BackendUnavailable, InvalidItem) as exc:
-                raise store._wrap(exc) from exc
+        if registry is None:
+            await store._write(partition, ops, None)
+            return
+        if migration is None:
+            # This process knows of no migration, so the write is not journaled. A migration
+            # recorded since the routes were last read copies only after waiting for every view
+            # older than its record to expire (``lease_seconds``, this registry's
+            # ``max_view_seconds``) plus its ``settle_seconds``: the write must end before its
+            # view expires. The settle margin is left for what the timeout cannot stop: a
+            # request the backend already received may still be applied after the write gave
+            # up (its outcome unknown, as with any timeout).
+            await store._write(partition, ops, registry.check_view_for_writes(store.kind))
+            return
+        if migration.phase in FROZEN_PHASES:
+            store = await registry.after_cutover(store)
+            _refuse_unplanned_checks(store, ops)
+            await store.write(partition, ops)
+            return
+        # One deadline, from the moment this process confirmed the phase (its view of the
+        # routes at most ``fence_seconds`` old), for the journal mark AND the write: the
+        # migrator waits ``fence_seconds + settle_seconds`` after freezing before its final
+        # drain, and drops a mark (after copying its partition again) only once it is two
+        # ``settle_seconds`` old, so a write that confirmed ``dual`` and landed within
+        # ``settle_seconds`` is in a copy made after it landed. A deadline started after a
+        # slow journal mark would let the write land after the cutover, on the side that no
+        # longer serves. (Re-confirming the phase after the mark would also be sound, but costs
+        # a registry read whenever a mark is slow, and the client would wait without bound.)
+        journaled = migration.phase in JOURNALED_PHASES and migration.in_scope(partition)
+        await store._write(partition, ops, migration.settle_seconds, journal=migration if journaled else None)
+
+    async def _write(
+        self,
+        partition: str,
+        ops: Sequence[Op],
+        limit: float | None,
+        *,
+        journal: Migration | None = None,
+    ) -> None:
+        """Announce the write in ``journal`` (announced before it is made: the migrator copies
+        the partition again after every write it may have missed), then make it; both within
+        ``limit`` seconds (503, outcome unknown, beyond: the client retries with its
+        idempotency key)."""
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                if journal is not None:
+                    assert self._registry is not None
+                    await self._registry.journal(journal, partition)
+                self._mark()
+                with observer().store_call(self.kind, self.backend, "write"):
+                    try:
+                        await self.inner.write(partition, ops)
+                    except (BackendUnavailable, InvalidItem) as exc:
+                        raise self._wrap(exc) from exc
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            reason = "write timed out during a migration" if self.migration is not None else (
+                "write timed out: it outlasted this process's view of the routing table"
+            )
+            raise backend_unavailable(self.kind, reason, 1) from None
 
     async def scan(self, prefix: str, *, token: str | None = None, limit: int = 100) -> ScanPage:
         store = await self._serving()
@@ -709,9 +746,10 @@ class RoutingRegistry:
                 if self._monotonic() - self._confirmed_at > max_age:
                     await self.load()
 
-    def check_view_for_writes(self, kind: str) -> None:
+    def check_view_for_writes(self, kind: str) -> float:
         """503 if the routes could not be confirmed for ``max_view_seconds``: a migration may
-        have started meanwhile, and a write it does not know of would be left behind."""
+        have started meanwhile, and a write it does not know of would be left behind. Else how
+        many seconds the view stays valid: a write it allows must end by then."""
         age = self._monotonic() - self._confirmed_at
         if age > self.max_view_seconds:
             raise NorthstarError(
@@ -722,6 +760,7 @@ class RoutingRegistry:
                 details={"resource_kind": kind},
                 headers={"Retry-After": "5"},
             )
+        return self.max_view_seconds - age
 
     def serving_key(self, kind: str, tenant_id: str | None) -> tuple[object, ...] | None:
         route = self._resolve(kind, tenant_id)
