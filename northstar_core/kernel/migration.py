@@ -31,12 +31,26 @@ subscriber's handle simply reads from the target from then on (``KindStore`` fol
 kind's route). The migrator survives ``kill -9`` at any point: its phase is in the routing
 table, its copy position in its progress record, and every step can be repeated (a copy or a
 drain writes the source's state again; phase changes are conditional writes).
+
+One migrator works on a migration at a time: each command (``start``, ``run``, ``rollback``,
+``release``) first takes the migration's *lease* in its progress record (an owner token and an
+expiry in wall-clock time, claimed and renewed by conditional writes: every progress save and a
+heartbeat renew it) and writes to neither side unless the lease is still valid by its own
+monotonic clock, counted from before its last renewal was sent and ending ``settle_seconds``
+(the longest a write may take) before the expiry others see. A command finding the lease held
+waits for it to expire — a migrator killed leaves it behind for at most two ``settle_seconds``
+— and gives up (409 ``migration.conflict``) if its holder keeps renewing it for longer: two
+migrators never write at once, so one that read an old phase cannot undo the other's cutover.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import math
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, Literal, TypeVar
 
@@ -71,14 +85,25 @@ from northstar_core.storage import (
     ItemStore,
     Op,
     Put,
+    StorageError,
     VersionIs,
 )
 
 DEFAULT_FENCE_SECONDS: Final = 1.0
 DEFAULT_SETTLE_SECONDS: Final = 3.0
-# Items read per query page of one partition, and written per batch.
+# Items read per query page of one partition, and written per batch (at most; fewer when the
+# store takes fewer operations in one write, or when they would carry more than BATCH_BYTES).
 PAGE: Final = 500
 BATCH: Final = 25
+# The most one batch written by the migrator may carry, as estimated by _op_bytes. Capabilities
+# declare no byte limit; the smallest among the backends is Cosmos DB's 2 MB per transactional
+# batch request (DynamoDB's transactions take 4 MB), where values travel base64-encoded (4/3 of
+# their size) inside JSON documents. Half of it leaves room for what the estimate does not know
+# of the request's framing. An item alone is always written (MAX_VALUE_BYTES keeps it below).
+BATCH_BYTES: Final = 1_000_000
+# Per operation, on top of its encoded key, partition and value: attribute names, version,
+# expiry, the operation's own framing in the batch request.
+OP_OVERHEAD_BYTES: Final = 256
 # Partitions copied or compared at once.
 CONCURRENCY: Final = 8
 # How many partitions that differ are named in the progress record (the count is exact).
@@ -89,6 +114,17 @@ DRAIN_PASSES: Final = 2
 FROZEN_VERIFY_ROUNDS: Final = 3
 # The partition of the registry's table that holds every migration's progress record.
 PROGRESS_PARTITION: Final = "migration|progress"
+# A migrator's lease on its migration lasts this many settle_seconds from the (wall-clock)
+# moment it was renewed, as other migrators see it; the holder itself stops writing
+# LEASE_MARGIN_SETTLES settle_seconds earlier, by its monotonic clock from before the renewal was
+# sent: a write it sent in time has that long to land (settle_seconds is the longest a write may
+# take), and it also absorbs a skew between the machines' clocks of less than that. Short, so a
+# migrator killed holds the migration up for at most two settle_seconds.
+LEASE_SETTLES: Final = 2.0
+LEASE_MARGIN_SETTLES: Final = 1.0
+# How often per validity window (lease minus margin) the heartbeat looks at the lease; it renews
+# it once half the window is gone (and a write finding the lease stale renews it first).
+LEASE_BEATS: Final = 4
 
 State = Literal["running", "switched", "rolling_back", "rolled_back", "releasing", "released"]
 
@@ -115,6 +151,37 @@ class Progress(msgspec.Struct, kw_only=True):
     steps: list[tuple[str, float]] = []
     error: str | None = None
     updated_at: float = 0.0
+    # the lease: which command holds the migration (None: none) and until when (wall clock)
+    owner: str | None = None
+    lease_until: float = 0.0
+
+
+def _lease_seconds(settle_seconds: float) -> float:
+    return LEASE_SETTLES * settle_seconds
+
+
+class _Lease:
+    """One command's hold on a migration (see the module's docstring)."""
+
+    def __init__(self, migration_id: str, version: int, progress: Progress | None) -> None:
+        self.migration_id = migration_id
+        self.token = uuid.uuid4().hex
+        # the progress record's version as this command last wrote (or read) it; 0: absent
+        self.version = version
+        self.progress = progress
+        # monotonic time until which this command may write to the sides; -inf: not held
+        self.valid_until = -math.inf
+        self.lost = False
+        # renewals and progress saves one at a time (each is conditional on the last)
+        self.lock = asyncio.Lock()
+
+    @property
+    def settle_seconds(self) -> float:
+        return self.progress.migration.settle_seconds if self.progress is not None else DEFAULT_SETTLE_SECONDS
+
+    @property
+    def seconds(self) -> float:
+        return _lease_seconds(self.settle_seconds)
 
 
 class MigrationStatus(msgspec.Struct, kw_only=True):
@@ -169,12 +236,31 @@ def _error(code: str, message: str, status: int, **details: Any) -> NorthstarErr
 
 
 async def _answering(step: Awaitable[T]) -> T:
-    """``step``, with a backend that stopped answering reported as the envelope (the migrator
-    works on raw adapter stores, below the kinds' own error mapping)."""
+    """``step``, with a backend that stopped answering or refused a request reported as the
+    envelope (the migrator works on raw adapter stores, below the kinds' own error mapping)."""
     try:
         return await step
     except BackendUnavailable as exc:
         raise _unavailable(exc) from exc
+    except InvalidItem as exc:
+        raise _refused(exc) from exc
+
+
+def _refused(exc: InvalidItem, partition: str | None = None) -> NorthstarError:
+    where = f" (partition {partition})" if partition is not None else ""
+    return _error(
+        "migration.backend_refused",
+        f"a backend of the migration refused a request as invalid{where}: {exc}; running the "
+        "migration again fails the same way — roll it back, or move the kinds elsewhere",
+        409,
+        **({"partition": partition} if partition is not None else {}),
+    )
+
+
+def _conflict(migration_id: str, why: str) -> NorthstarError:
+    return _error(
+        "migration.conflict", f"{why}; see `northstar migrate status`", 409, migration=migration_id,
+    )
 
 
 def _unavailable(exc: BackendUnavailable) -> NorthstarError:
@@ -202,15 +288,49 @@ def _put(item: Item) -> Put:
     return Put(item.key, item.value, version=item.version, expires_at=item.expires_at)
 
 
-async def _apply(store: ItemStore, partition: str, ops: Sequence[Op]) -> None:
-    for i in range(0, len(ops), BATCH):
-        await store.write(partition, ops[i : i + BATCH])
+Guard = Callable[[], Awaitable[None]]
 
 
-async def sync_partition(source: ItemStore, target: ItemStore, partition: str) -> int:
+def _op_bytes(partition: str, op: Op) -> int:
+    """A generous estimate of what ``op`` adds to a batch request on any backend: key,
+    partition and value as if base64-encoded (Cosmos DB's documents), the key a second time."""
+    value = len(op.value) if isinstance(op, Put) else 0
+    key = len(op.key.encode())
+    return (4 * (value + key + len(partition.encode())) + 2) // 3 + key + OP_OVERHEAD_BYTES
+
+
+def _batches(store: ItemStore, partition: str, ops: Sequence[Op]) -> Iterable[Sequence[Op]]:
+    """``ops`` in batches the store takes in one write: at most :data:`BATCH` and its
+    ``max_batch_ops`` operations, and :data:`BATCH_BYTES` (an operation alone may exceed it)."""
+    most = max(1, min(BATCH, store.capabilities.max_batch_ops))
+    start, size = 0, 0
+    for i, op in enumerate(ops):
+        n = _op_bytes(partition, op)
+        if i > start and (i - start >= most or size + n > BATCH_BYTES):
+            yield ops[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(ops):
+        yield ops[start:]
+
+
+async def _apply(store: ItemStore, partition: str, ops: Sequence[Op], guard: Guard | None = None) -> None:
+    for batch in _batches(store, partition, ops):
+        if guard is not None:
+            await guard()
+        try:
+            await store.write(partition, batch)
+        except InvalidItem as exc:
+            raise _refused(exc, partition) from exc
+
+
+async def sync_partition(
+    source: ItemStore, target: ItemStore, partition: str, guard: Guard | None = None
+) -> int:
     """Make ``target``'s partition hold exactly ``source``'s live items (same keys, values,
     versions, expiries); how many items it wrote or deleted. Not atomic: repeated after any
-    write it may have raced (that write was journaled)."""
+    write it may have raced (that write was journaled). ``guard`` is awaited before each write
+    (it raises to stop them)."""
     wanted: dict[str, Item] = {}
     async for items in _pages(source, partition):
         for item in items:
@@ -224,7 +344,7 @@ async def sync_partition(source: ItemStore, target: ItemStore, partition: str) -
             elif not _same(want, item):
                 ops.append(_put(want))
     ops += [_put(item) for item in wanted.values()]
-    await _apply(target, partition, ops)
+    await _apply(target, partition, ops, guard)
     return len(ops)
 
 
@@ -278,14 +398,23 @@ def _prefix(migration: Migration) -> str:
 
 
 async def _each(call: Callable[..., Awaitable[T]], args: Iterable[tuple[Any, ...]]) -> list[T]:
-    """``call(*a)`` for each ``a`` of ``args``, :data:`CONCURRENCY` at a time, in order."""
+    """``call(*a)`` for each ``a`` of ``args``, :data:`CONCURRENCY` at a time, in order. If one
+    fails, the others are stopped before the error is raised: no write of the migrator goes on
+    once it has given up (or given up its lease)."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(a: tuple[Any, ...]) -> T:
         async with gate:
             return await call(*a)
 
-    return list(await asyncio.gather(*(one(a) for a in args)))
+    tasks = [asyncio.ensure_future(one(a)) for a in args]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _both(source: ItemStore, target: ItemStore, partition: str) -> bool:
@@ -307,20 +436,20 @@ class Migrations:
         clock: Clock,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self._sleep = sleep
-        # The version of each progress record as this object last read or wrote it: every
-        # write is conditional on it, so two commands working on one migration at once (a
-        # release racing a rollback, two migrators) cannot both go on — the second gets 409.
-        self._versions: dict[str, int] = {}
+        self._monotonic = monotonic
+        # The lease of each migration a command of this object is working on (one at a time:
+        # another command of this object on the same migration waits like any other migrator).
+        self._leases: dict[str, _Lease] = {}
 
     # --- reading ---------------------------------------------------------------------------
 
     async def progress(self, migration_id: str) -> Progress | None:
         item = await self.registry.store.get(PROGRESS_PARTITION, migration_id)
-        self._versions[migration_id] = item.version if item is not None else 0
         return msgspec.json.decode(item.value, type=Progress) if item is not None else None
 
     async def status(self) -> list[MigrationStatus]:
@@ -343,31 +472,155 @@ class Migrations:
             after = items[-1].key
 
     async def _save(self, progress: Progress, report: Report | None, step: str | None = None) -> None:
-        now = self.clock.now()
-        progress.updated_at = now
+        """Write the progress record (renewing the lease): 409 if another command took the
+        migration over."""
+        lease = self._lease_of(progress.id)
+        lease.progress = progress
         if step is not None:
-            progress.steps.append((step, now))
-        version = self._versions.get(progress.id)
-        if version is None:
-            await self.progress(progress.id)
-            version = self._versions[progress.id]
-        condition = VersionIs(version) if version else Absent()
-        put = Put(progress.id, msgspec.json.encode(progress), version=version + 1, condition=condition)
-        try:
-            await self.registry.store.write(PROGRESS_PARTITION, [put])
-        except ConditionFailed:
-            self._versions.pop(progress.id, None)
-            raise _error(
-                "migration.conflict",
-                f"another command is working on {progress.id}; see `northstar migrate status`",
-                409,
-                migration=progress.id,
-            ) from None
-        except BackendUnavailable as exc:
-            raise _unavailable(exc) from exc
-        self._versions[progress.id] = version + 1
+            progress.steps.append((step, self.clock.now()))
+        await self._renew(lease)
         if report is not None:
             report(progress)
+
+    # --- the lease ---------------------------------------------------------------------------
+
+    def _lease_of(self, migration_id: str) -> _Lease:
+        lease = self._leases.get(migration_id)
+        if lease is None or lease.lost:
+            raise _conflict(migration_id, f"another command took over {migration_id}")
+        return lease
+
+    async def _renew(
+        self, lease: _Lease, *, unless_left: float | None = None, until: float | None = None
+    ) -> None:
+        """Write the progress record with this command's lease, conditional on the version it
+        last wrote: valid for the sides until ``settle_seconds`` before others may take it over
+        (counted from before the write is sent); ``until`` ends it then instead. Not if it is
+        still valid for more than ``unless_left`` seconds (renewed meanwhile)."""
+        async with lease.lock:
+            if lease.lost:
+                raise _conflict(lease.migration_id, f"another command took over {lease.migration_id}")
+            if unless_left is not None and lease.valid_until - self._monotonic() > unless_left:
+                return
+            progress = lease.progress
+            if progress is None:  # nothing recorded yet: nothing to hold (the first save creates it)
+                raise _conflict(lease.migration_id, f"{lease.migration_id} has no progress record yet")
+            sent = self._monotonic()
+            now = self.clock.now()
+            progress.updated_at = now
+            progress.owner = lease.token if until is None or until > now else None
+            progress.lease_until = now + lease.seconds if until is None else until
+            condition = VersionIs(lease.version) if lease.version else Absent()
+            value = msgspec.json.encode(progress)
+            put = Put(progress.id, value, version=lease.version + 1, condition=condition)
+            try:
+                await self.registry.store.write(PROGRESS_PARTITION, [put])
+            except ConditionFailed:
+                lease.lost = True
+                lease.valid_until = -math.inf
+                raise _conflict(
+                    lease.migration_id,
+                    f"another command took over {lease.migration_id} (this one could not renew its lease)",
+                ) from None
+            except BackendUnavailable as exc:
+                raise _unavailable(exc) from exc
+            lease.version += 1
+            if until is None:
+                lease.valid_until = sent + lease.seconds - LEASE_MARGIN_SETTLES * lease.settle_seconds
+            else:
+                lease.valid_until = -math.inf
+
+    def _guard(self, migration_id: str) -> Guard:
+        """What every write to a side (and every change of the migration's record) awaits
+        first: the lease still valid by this process's monotonic clock, renewed if it is not
+        (a conditional write: it fails if anyone took the migration over meanwhile)."""
+
+        async def guard() -> None:
+            lease = self._lease_of(migration_id)
+            if self._monotonic() >= lease.valid_until:
+                await self._renew(lease, unless_left=0.0)
+
+        return guard
+
+    async def _claim(self, migration_id: str) -> tuple[_Lease, Progress | None]:
+        """Take the migration's lease, waiting for the one held by another command to expire
+        (that command was killed) — but no longer than one lease period (and the margin for
+        clocks): a holder renewing it all along is alive, 409."""
+        started = self._monotonic()
+        while True:
+            item = await self.registry.store.get(PROGRESS_PARTITION, migration_id)
+            current = msgspec.json.decode(item.value, type=Progress) if item is not None else None
+            now = self.clock.now()
+            free = current is None or current.owner is None or current.lease_until <= now
+            if migration_id not in self._leases and free:
+                lease = _Lease(migration_id, item.version if item is not None else 0, current)
+                self._leases[migration_id] = lease
+                if current is None:
+                    return lease, None  # the first save creates the record, if it is still absent
+                try:
+                    await self._renew(lease)
+                except NorthstarError as exc:
+                    del self._leases[migration_id]
+                    if exc.code != "migration.conflict":
+                        raise
+                    continue  # claimed by another at the same moment: see who holds it now
+                return lease, current
+            settle = current.migration.settle_seconds if current is not None else DEFAULT_SETTLE_SECONDS
+            patience = _lease_seconds(settle) + LEASE_MARGIN_SETTLES * settle
+            waited = self._monotonic() - started
+            if waited >= patience:
+                raise _conflict(
+                    migration_id,
+                    f"another migrator is running {migration_id} (it kept renewing its lease for "
+                    f"{waited:.1f} s): stop it, or wait for it to finish",
+                )
+            expires = current.lease_until - now if current is not None and not free else settle / LEASE_BEATS
+            await self._sleep(min(max(expires, 0.0) + 0.01, patience - waited + 0.01))
+
+    async def _heartbeat(self, lease: _Lease) -> None:
+        """Renew the lease while the command waits or copies (its saves alone may be rarer):
+        whenever less than half of its validity is left (its saves renew it too)."""
+        while not lease.lost:
+            window = lease.seconds - LEASE_MARGIN_SETTLES * lease.settle_seconds
+            await asyncio.sleep(window / LEASE_BEATS)
+            try:
+                await self._renew(lease, unless_left=window / 2)
+            except (NorthstarError, StorageError):
+                if lease.lost:
+                    return
+                # the registry did not answer: the lease runs out by itself, and the command's
+                # next write tries to renew it (and stops with the envelope if it cannot)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, migration_id: str) -> AsyncIterator[Progress | None]:
+        """The migration held by this command throughout (its progress record, if any); let go
+        of at the end, so the next command need not wait for it to expire."""
+        lease, progress = await self._claim(migration_id)
+        beat = asyncio.create_task(self._heartbeat(lease))
+        outcome = "cancelled"
+        try:
+            yield progress
+            outcome = "done"
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            outcome = "failed"
+            raise
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            try:
+                # A command cut short by an error lets the lease run on for the margin (a write
+                # it gave up on may still land); one cancelled, like one killed, lets it expire.
+                if outcome != "cancelled" and not lease.lost and lease.progress is not None and lease.version:
+                    grace = 0.0 if outcome == "done" else LEASE_MARGIN_SETTLES * lease.settle_seconds
+                    with contextlib.suppress(NorthstarError):
+                        await self._renew(lease, until=self.clock.now() + grace)
+            finally:
+                lease.lost = True
+                lease.valid_until = -math.inf
+                if self._leases.get(migration_id) is lease:
+                    del self._leases[migration_id]
 
     # --- starting --------------------------------------------------------------------------
 
@@ -456,16 +709,18 @@ class Migrations:
             raise _error(
                 "migration.backend_unavailable", f"the target did not answer: {reason}", 503,
             ) from None
-        await self.progress(ident)  # a finished migration of the same kinds leaves its record
-        try:
-            record = Put(migration_key(ident), msgspec.json.encode(migration), condition=Absent())
-            await registry.commit([record])
-        except ConditionFailed:
-            raise _error(
-                "migration.in_progress", f"{ident} was started concurrently", 409, migration=ident,
-            ) from None
-        progress = Progress(id=ident, migration=migration)
-        await self._save(progress, report, "started: writes are journaled")
+        # a finished migration of the same kinds leaves its record (and a command ending it may
+        # still hold it)
+        async with self._leased(ident):
+            try:
+                record = Put(migration_key(ident), msgspec.json.encode(migration), condition=Absent())
+                await registry.commit([record])
+            except ConditionFailed:
+                raise _error(
+                    "migration.in_progress", f"{ident} was started concurrently", 409, migration=ident,
+                ) from None
+            progress = Progress(id=ident, migration=migration)
+            await self._save(progress, report, "started: writes are journaled")
         return migration
 
     def _sources(
@@ -537,6 +792,7 @@ class Migrations:
         return found
 
     async def _phase(self, migration: Migration, version: int, phase: str) -> tuple[Migration, int]:
+        await self._guard(migration.id)()
         moved = msgspec.structs.replace(migration, phase=phase, phase_at=self.clock.now())
         try:
             await self.registry.commit(
@@ -562,9 +818,19 @@ class Migrations:
         return await _answering(self._run(migration_id, report))
 
     async def _run(self, migration_id: str, report: Report | None) -> Migration:
-        await self.registry.ensure_fresh(0.0)
-        migration, version = self._active(migration_id)
-        progress = await self.progress(migration_id) or Progress(id=migration.id, migration=migration)
+        async with self._leased(migration_id) as found:
+            # read once the lease is held: a migrator that ran meanwhile may have moved it on
+            await self.registry.ensure_fresh(0.0)
+            migration, version = self._active(migration_id)
+            progress = found or Progress(id=migration.id, migration=migration)
+            if found is None:
+                await self._save(progress, None)
+            return await self._running(migration, version, progress, report)
+
+    async def _running(
+        self, migration: Migration, version: int, progress: Progress, report: Report | None
+    ) -> Migration:
+        migration_id = migration.id
         if migration.phase == "frozen_back" or progress.state in ("rolling_back", "releasing"):
             raise _error(
                 "migration.ending",
@@ -607,7 +873,8 @@ class Migrations:
             for partition, item in items:
                 if migration.in_scope(partition):
                     by_partition.setdefault(partition, []).append(_put(item))
-            await _each(_apply, [(target, p, ops) for p, ops in by_partition.items()])
+            guard = self._guard(migration.id)
+            await _each(_apply, [(target, p, ops, guard) for p, ops in by_partition.items()])
             progress.copied_items += sum(len(ops) for ops in by_partition.values())
             progress.copy_token = token
             progress.copy_done = token is None
@@ -629,14 +896,16 @@ class Migrations:
         flight any more (all of them when ``final``: writes are frozen and settled)."""
         marks = await self._marks(migration)
         started = self.clock.now()
+        guard = self._guard(migration.id)
 
         async def one(partition: str, mark: Item) -> None:
             if migration.in_scope(partition):
-                await sync_partition(source, target, partition)
+                await sync_partition(source, target, partition, guard)
             at = msgspec.json.decode(mark.value, type=JournalMark).at
             if final or at < started - 2 * migration.settle_seconds:
                 shard = journal_partition(migration.id, journal_shard(partition))
                 drop = Delete(mark.key, condition=VersionIs(mark.version))
+                await guard()
                 try:
                     await self.registry.store.write(shard, [drop])
                 except ConditionFailed:
@@ -659,7 +928,8 @@ class Migrations:
             table_digests(source, migration), table_digests(target, migration)
         )
         different = sorted(p for p in ours.keys() | theirs.keys() if ours.get(p) != theirs.get(p))
-        await _each(sync_partition, [(source, target, p) for p in different])
+        guard = self._guard(migration.id)
+        await _each(sync_partition, [(source, target, p, guard) for p in different])
         progress.verified_partitions = len(ours)
         progress.verified_items = sum(d.count for d in ours.values())
         self._mismatched(progress, different)
@@ -688,6 +958,7 @@ class Migrations:
         """Frozen: let writes settle, drain the journal, verify what it named, flip the routes."""
         source = self._store(migration, migration.target if back else migration.source)
         target = self._store(migration, migration.source if back else migration.target)
+        guard = self._guard(migration.id)
         await self._until(migration.phase_at + migration.fence_seconds + migration.settle_seconds)
         drained = await self._drain(migration, source, target, progress, final=True)
         check = sorted(set(drained) | set(progress.mismatched_named))
@@ -697,7 +968,7 @@ class Migrations:
             if not different:
                 break
             self._mismatched(progress, different)
-            await _each(sync_partition, [(source, target, p) for p in different])
+            await _each(sync_partition, [(source, target, p, guard) for p in different])
             check = different
         else:
             # Something still writes to the old side: never flip onto data that differs.
@@ -748,6 +1019,7 @@ class Migrations:
             switched = msgspec.structs.replace(migration, phase="switched", phase_at=self.clock.now())
             value = msgspec.json.encode(switched)
             ops.append(Put(key, value, version=version + 1, condition=VersionIs(version)))
+        await self._guard(migration.id)()
         try:
             await self.registry.commit(ops)
         except ConditionFailed:
@@ -766,10 +1038,11 @@ class Migrations:
         return await _answering(self._rollback(migration_id, report))
 
     async def _known(self, migration_id: str) -> tuple[tuple[Migration, int] | None, Progress]:
-        """The migration's record (``None`` once it ended) and its progress (404 if unknown)."""
+        """The migration's record (``None`` once it ended) and its progress (404 if unknown),
+        read once the lease is held."""
         await self.registry.ensure_fresh(0.0)
         found = self.registry.migration(migration_id)
-        progress = await self.progress(migration_id)
+        progress = self._lease_of(migration_id).progress
         if progress is None:
             raise _error(
                 "migration.not_found", f"no migration {migration_id} is known", 404, migration=migration_id,
@@ -791,6 +1064,10 @@ class Migrations:
         return progress
 
     async def _rollback(self, migration_id: str, report: Report | None) -> Progress:
+        async with self._leased(migration_id):
+            return await self._rolling_back(migration_id, report)
+
+    async def _rolling_back(self, migration_id: str, report: Report | None) -> Progress:
         found, progress = await self._known(migration_id)
         if found is not None:
             migration, version = found
@@ -820,6 +1097,10 @@ class Migrations:
         return await _answering(self._release(migration_id, report))
 
     async def _release(self, migration_id: str, report: Report | None) -> Progress:
+        async with self._leased(migration_id):
+            return await self._releasing(migration_id, report)
+
+    async def _releasing(self, migration_id: str, report: Report | None) -> Progress:
         found, progress = await self._known(migration_id)
         if found is not None:
             migration, version = found
@@ -842,6 +1123,7 @@ class Migrations:
         )
 
     async def _drop_record(self, migration: Migration, version: int) -> None:
+        await self._guard(migration.id)()
         try:
             await self.registry.commit([Delete(migration_key(migration.id), condition=VersionIs(version))])
         except ConditionFailed:
@@ -862,14 +1144,17 @@ class Migrations:
                 for partition, item in items:
                     if migration.in_scope(partition):
                         by_partition.setdefault(partition, []).append(Delete(item.key))
-                await _each(_apply, [(store, p, ops) for p, ops in by_partition.items()])
+                guard = self._guard(migration.id)
+                await _each(_apply, [(store, p, ops, guard) for p, ops in by_partition.items()])
                 found += sum(len(ops) for ops in by_partition.values())
             deleted += found
             if not found:
                 return deleted
 
     async def _drop_journal(self, migration: Migration) -> None:
+        guard = self._guard(migration.id)
         for shard in range(JOURNAL_SHARDS):
+            await guard()
             await delete_partition(self.registry.store, journal_partition(migration.id, shard))
 
 

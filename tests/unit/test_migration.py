@@ -22,7 +22,7 @@ from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.migration import Migrations, partition_digest, sync_partition
 from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
-from northstar_core.storage import Absent, ConditionFailed, Delete, ItemStore, Put, VersionIs
+from northstar_core.storage import Absent, ConditionFailed, Delete, InvalidItem, ItemStore, Put, VersionIs
 
 FENCE = 0.05
 SETTLE = 0.1
@@ -478,3 +478,181 @@ async def test_writes_are_journaled_while_dual_and_switched_and_the_cutover_drai
     assert "t_a|lab|thread|th2" in marks()  # for a rollback
     await migrations.release(migration.id)
     assert marks() == set()
+
+
+# --- one migrator at a time: the lease -------------------------------------------------------
+
+
+async def test_a_second_migrator_never_undoes_writes_made_on_the_target_after_the_switch() -> None:
+    # An operator runs the same command again while the first one is frozen; the second one
+    # (a little slower) must not drain source -> target once the first one has switched.
+    tables = _Tables()
+    engines = await _engines(tables)
+    registry = engines.registry
+    handle = await registry.store_for("notes_store", "t_a")
+    await handle.write("t_a|lab|p", [Put("k", b"v-before", version=1)])
+    second: list[asyncio.Task[Any]] = []
+
+    async def slower(seconds: float) -> None:
+        await asyncio.sleep(seconds + 0.3)
+
+    class First(Migrations):
+        async def _phase(self, migration: Any, version: int, phase: str) -> Any:
+            out = await super()._phase(migration, version, phase)
+            if phase == "frozen":
+                other = Migrations(registry, engines.clock, sleep=slower)
+                second.append(asyncio.create_task(other.run(migration.id)))
+                await asyncio.sleep(0.01)
+            return out
+
+    first = First(registry, engines.clock)
+    migration = await first.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                  settle_seconds=0.05)
+    await first.run(migration.id)
+    serving = await registry.store_for("notes_store", "t_a")
+    assert serving.route.connection == "b"
+    await handle.write("t_a|lab|p", [Put("k", b"v-after", version=2)])  # acknowledged by the target
+    try:
+        assert (await second[0]).phase == "switched"  # it found the migration switched: nothing to do
+    except NorthstarError as exc:
+        assert exc.code == "migration.conflict"
+    got = await serving.get("t_a|lab|p", "k")
+    assert got is not None and (got.value, got.version) == (b"v-after", 2)
+
+
+async def test_a_migrator_that_lost_its_lease_writes_nothing_and_stops_with_a_conflict() -> None:
+    # The first migrator stalls (its heartbeat too, as in a paused process) after reading phase
+    # frozen; its lease expires, a second one takes over and switches; the first one wakes up.
+    tables = _Tables()
+    engines = await _engines(tables)
+    registry = engines.registry
+    handle = await registry.store_for("notes_store", "t_a")
+    await handle.write("t_a|lab|p", [Put("k", b"v-before", version=1)])
+    wake = asyncio.Event()
+    stalled = asyncio.Event()
+
+    async def stalls(seconds: float) -> None:
+        stalled.set()
+        await wake.wait()
+
+    async def no_heartbeat(lease: Any) -> None:
+        await wake.wait()
+
+    class Stalls(Migrations):
+        async def _phase(self, migration: Any, version: int, phase: str) -> Any:
+            out = await super()._phase(migration, version, phase)
+            if phase == "frozen":
+                self._sleep = stalls  # the cutover's wait for the writes to settle never ends
+            return out
+
+    first = Stalls(registry, engines.clock)
+    first._heartbeat = no_heartbeat  # type: ignore[method-assign]
+    migration = await first.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                  settle_seconds=0.05)
+    run = asyncio.create_task(first.run(migration.id))
+    await asyncio.wait_for(stalled.wait(), timeout=5)
+    second = Migrations(registry, engines.clock)
+    assert (await asyncio.wait_for(second.run(migration.id), timeout=5)).phase == "switched"
+    serving = await registry.store_for("notes_store", "t_a")
+    await handle.write("t_a|lab|p", [Put("k", b"v-after", version=2)])
+    assert serving.route.connection == "b"
+    wake.set()
+    with pytest.raises(NorthstarError) as info:
+        await run
+    assert info.value.code == "migration.conflict"
+    got = await serving.get("t_a|lab|p", "k")
+    assert got is not None and (got.value, got.version) == (b"v-after", 2)
+    assert (await registry.store_for("notes_store", "t_a")).route.connection == "b"
+
+
+async def test_a_command_waits_for_a_live_migrator_one_lease_period_then_gives_up() -> None:
+    engines = await _engines()
+    registry = engines.registry
+    await (await registry.store_for("notes_store", "t_a")).write("t_a|lab|p", [Put("k", b"v")])
+    release = asyncio.Event()
+
+    class Slow(Migrations):
+        async def _copy(self, *args: Any, **kwargs: Any) -> None:
+            await release.wait()  # a long copy: the heartbeat keeps the lease
+            await super()._copy(*args, **kwargs)
+
+    first = Slow(registry, engines.clock)
+    settle = 0.1
+    migration = await first.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                  settle_seconds=settle)
+    run = asyncio.create_task(first.run(migration.id))
+    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(NorthstarError) as info:
+        await Migrations(registry, engines.clock).rollback(migration.id)
+    waited = loop.time() - began
+    assert (info.value.http_status, info.value.code) == (409, "migration.conflict")
+    assert "another migrator is running" in info.value.message
+    assert 2 * settle <= waited < 2.0  # one lease period (two settle_seconds) and its margin
+    assert registry.migration(migration.id) is not None  # the rollback changed nothing
+    release.set()
+    assert (await run).phase == "switched"
+
+
+# --- batches the target takes ------------------------------------------------------------------
+
+
+class _TwoMegabyteBatches(MemoryItemStore):
+    """A backend refusing a write of more than 2 MB (as Cosmos DB's transactional batches; the
+    emulators do not enforce it), or of a key named ``refused``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    async def write(self, partition: str, ops: Any) -> None:
+        size = sum(len(op.key) + len(getattr(op, "value", b"")) for op in ops)
+        self.largest = max(self.largest, size)
+        if size > 2 * 1024 * 1024:
+            raise InvalidItem("request size is too large (simulated)")
+        if any(op.key == "refused" for op in ops):
+            raise InvalidItem("the key is not allowed (simulated)")
+        await super().write(partition, ops)
+
+
+class _CappedTables(_Tables):
+    def open(self, target: Target) -> ItemStore:
+        if target.params.get("name") == "b":
+            return self.tables.setdefault(("b", target.table_name), _TwoMegabyteBatches())
+        return super().open(target)
+
+
+async def test_big_items_are_copied_in_batches_the_target_takes() -> None:
+    tables = _CappedTables()
+    engines = await _engines(tables)
+    handle = await engines.registry.store_for("notes_store", "t_a")
+    for i in range(30):  # each one an ordinary write the service accepts
+        await handle.write("t_a|lab|notes|p", [Put(f"n{i:02d}", bytes([i]) * 300_000, version=1)])
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                       settle_seconds=0.05)
+    assert (await migrations.run(migration.id)).phase == "switched"
+    target = tables.tables[("b", "notes_store")]
+    assert isinstance(target, _TwoMegabyteBatches) and 0 < target.largest <= 2 * 1024 * 1024
+    items = await target.query("t_a|lab|notes|p", "", limit=100)
+    assert [(item.key, item.value) for item in items] == [
+        (f"n{i:02d}", bytes([i]) * 300_000) for i in range(30)
+    ]
+
+
+async def test_an_item_the_target_refuses_stops_the_migration_with_an_envelope() -> None:
+    tables = _CappedTables()
+    engines = await _engines(tables)
+    handle = await engines.registry.store_for("notes_store", "t_a")
+    await handle.write("t_a|lab|p", [Put("refused", b"v"), Put("fine", b"v")])
+    migrations = Migrations(engines.registry, engines.clock)
+    migration = await migrations.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=FENCE,
+                                       settle_seconds=0.05)
+    for _ in range(2):  # not retryable: every run stops the same way, with the envelope
+        with pytest.raises(NorthstarError) as info:
+            await migrations.run(migration.id)
+        assert (info.value.http_status, info.value.code) == (409, "migration.backend_refused")
+        assert info.value.details["partition"] == "t_a|lab|p"
+    assert (await engines.registry.store_for("notes_store", "t_a")).route.connection == "a"
+    assert (await migrations.rollback(migration.id)).state == "rolled_back"
