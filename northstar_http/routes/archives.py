@@ -37,7 +37,10 @@ ArchiveCursor = Annotated[
     str | None,
     QueryParameter(
         description="the cursor of a `mark` line: continue after it",
-        schema_extra={"maxLength": MAX_CURSOR_CHARS},
+        # What the server issues (version, position, signature in base64url): any other string
+        # is a cursor that does not resume anything (410), and a long non-ASCII one would not
+        # even fit an HTTP request line once percent-encoded.
+        schema_extra={"maxLength": MAX_CURSOR_CHARS, "pattern": r"^[A-Za-z0-9_\-.]*$"},
     ),
 ]
 
