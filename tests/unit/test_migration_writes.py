@@ -159,14 +159,14 @@ async def test_the_journal_mark_and_the_write_share_one_settle_deadline() -> Non
     routing = _Slow()
     engines = await _engines(tables, routing)
     registry = engines.registry
-    settle = 0.2
+    settle = 0.6
     migrations = Migrations(registry, engines.clock)
     await migrations.start(["notes_store"], "b", tenant_id="t_a", fence_seconds=FENCE, settle_seconds=settle)
     handle = await registry.store_for("notes_store", "t_a")
     assert handle.migration is not None and handle.migration.phase == "dual"
     # each step well within settle_seconds, both together beyond it
-    routing.delay = _keyed({"p#t_a|lab|slow": 0.15})
-    source.delay = _keyed({"x": 0.15})
+    routing.delay = _keyed({"p#t_a|lab|slow": 0.4})
+    source.delay = _keyed({"x": 0.4})
     with pytest.raises(NorthstarError) as info:
         await handle.write("t_a|lab|slow", [Put("x", b"v", version=1)])
     assert (info.value.http_status, info.value.code) == (503, "notes_store.backend_unavailable")
@@ -272,6 +272,6 @@ async def test_a_write_outside_any_migration_is_not_cut_short_while_the_routes_a
     tables.tables[("a", "notes_store")] = source
     engines = await _engines(tables)
     handle = await engines.registry.store_for("notes_store", "t_a")
-    source.delay = _keyed({"k": 0.05})  # well within max_view_seconds (0.2) less a refresh (0.02)
+    source.delay = _keyed({"k": 0.02})  # well within max_view_seconds (0.2) less a refresh (0.02)
     await handle.write("t_a|lab|p", [Put("k", b"v", version=1)])
     assert await source.get("t_a|lab|p", "k") is not None
