@@ -132,6 +132,10 @@ class ActivityLog:
         self._bytes -= _entry_bytes(partition)
         self.floor = max(self.floor, counter)
 
+    def heads(self) -> list[tuple[str, int]]:
+        """Each partition the log names, with the head it says (oldest mark first)."""
+        return [(partition, head) for partition, (_, head, _) in self._entries.items()]
+
     def record(self, now: float) -> bytes:
         """The record to publish at monotonic time ``now`` (entries older than the window
         dropped first)."""

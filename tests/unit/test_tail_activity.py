@@ -504,3 +504,68 @@ async def test_cross_process_delivery_on_each_cloud_emulator(
     assert [(seq_of(i.key), i.value) for i in got] == [(i + 1, f"m{i}".encode()) for i in range(6)]
     await follower.aclose()
 
+
+
+class Moving(ItemStore):
+    """A store handle whose kind moves to another table, as a routed handle does at a
+    migration's cutover: every call goes to ``current``, which the test switches."""
+
+    def __init__(self, first: ItemStore) -> None:
+        self.current = first
+        self.capabilities = first.capabilities
+
+    @property
+    def backing(self) -> ItemStore:
+        return self.current.backing
+
+    async def get(self, partition: str, key: str) -> Item | None:
+        return await self.current.get(partition, key)
+
+    async def query(self, partition: str, prefix: str, **kw: Any) -> list[Item]:
+        return await self.current.query(partition, prefix, **kw)
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        await self.current.write(partition, ops)
+
+
+async def _record_of(store: ItemStore, process_id: str) -> Item:
+    for _ in range(int(WAIT / 0.01)):
+        item = await store.get(ACTIVITY_PARTITION, record_key(process_id))
+        if item is not None:
+            return item
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{process_id} published no record")
+
+
+async def _published(store: ItemStore, process_id: str) -> dict[str, int]:
+    item = await _record_of(store, process_id)
+    record = msgspec.msgpack.decode(item.value, type=Record)
+    return {partition: head for _, partition, head in record.entries}
+
+
+@pytest.mark.parametrize("closing", [False, True], ids=["flushed", "on-close"])
+async def test_after_a_cutover_only_the_new_tables_writer_publishes_this_processs_record(
+    tmp_path: Path, hubs: list[TailHub], closing: bool
+) -> None:
+    # Marks made before the cutover and published after it must not replace the record the
+    # writer for the new table published: a reader of the new table would lose marks it has
+    # not seen (the follower then waits for the safety read).
+    old, new = sqlite(tmp_path / "old.sqlite3"), sqlite(tmp_path / "new.sqlite3")
+    handle = Moving(old)
+    w = hub(hubs, flush_interval=0.3)
+    stream = SequencedStream(handle, PART, "chat")
+    w.notify(stream, 1)  # published at once
+    await _record_of(old, w.process_id)
+    w.notify(stream, 2)  # waits for the flush interval: still unpublished at the cutover
+    handle.current = new
+    other = "t_a|lab|thread|other"
+    w.notify(SequencedStream(handle, other, "chat"), 7)  # the new table's writer publishes at once
+    await _record_of(new, w.process_id)
+    if closing:
+        await w.close()
+    else:
+        await asyncio.sleep(0.6)  # past the old writer's flush interval
+    published = await _published(new, w.process_id)
+    # the new table's record names both: the mark made there, and the one made before the
+    # cutover (handed over, not written over it)
+    assert published.get(other) == 7 and published.get(PART) == 2, published
