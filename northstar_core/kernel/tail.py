@@ -415,14 +415,18 @@ class TailHub:
                 return  # no running loop: the record goes out with the next mark made in one
             writer.task = self._spawn(self._publish(backing, writer))
 
-    def _hand_over(self, backing: int, writer: _Writer) -> None:
-        """``writer``'s store now routes to another table (a migration's cutover): its record,
-        written there under this process's key, would replace the one the writer for that table
-        publishes, and hide marks the readers have not seen yet. Its marks go to that writer."""
+    def _handed_over(self, backing: int, writer: _Writer) -> bool:
+        """Whether ``writer``'s store now routes to another table than ``backing`` (a
+        migration's cutover); if so its marks go to the writer for that table, and it is
+        forgotten: its record, written there under this process's key, would replace that
+        writer's and hide marks the readers have not seen yet."""
+        if id(writer.store.backing) == backing:
+            return False
         if self._writers.get(backing) is writer:
             del self._writers[backing]
         for partition, head in writer.log.heads():
             self._mark(writer.store, partition, head)
+        return True
 
     async def _publish(self, backing: int, writer: _Writer) -> None:
         """Write the store's activity record whenever it changed, at most once per flush
@@ -443,8 +447,7 @@ class TailHub:
             wait = writer.flushed_at + self.flush_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if id(writer.store.backing) != backing:
-                self._hand_over(backing, writer)
+            if self._handed_over(backing, writer):
                 return
             with contextlib.suppress(Exception):
                 # A failed write is retried at the next interval (the record stays dirty); the
@@ -601,22 +604,14 @@ class TailHub:
         self._channels.clear()
         self._named.clear()
         self._readers.clear()
-        writers = dict(self._writers)
+        for backing, writer in list(self._writers.items()):
+            self._handed_over(backing, writer)
+        writers = list(self._writers.values())
         self._writers.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        for backing, writer in list(writers.items()):
-            moved_to = id(writer.store.backing)
-            if moved_to != backing:  # see _hand_over: the marks go to the current table's record
-                del writers[backing]
-                heir = writers.get(moved_to)
-                if heir is None:
-                    heir = writers[moved_to] = _Writer(writer.store, writer.key, self._counter)
-                for partition, head in writer.log.heads():
-                    if heir.log.mark(partition, head, time.monotonic()):
-                        heir.dirty.set()
-        pending = [writer for writer in writers.values() if writer.dirty.is_set()]
+        pending = [writer for writer in writers if writer.dirty.is_set()]
         if pending:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_CLOSE_FLUSH_TIMEOUT):
