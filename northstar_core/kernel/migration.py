@@ -183,6 +183,21 @@ class _Lease:
     def seconds(self) -> float:
         return _lease_seconds(self.settle_seconds)
 
+    @property
+    def margin(self) -> float:
+        """How much earlier than others may take it over this command stops writing."""
+        return LEASE_MARGIN_SETTLES * self.settle_seconds
+
+    @property
+    def window(self) -> float:
+        """How long after a renewal is sent this command may write to the sides."""
+        return self.seconds - self.margin
+
+    def drop(self) -> None:
+        """Held no longer: not one more write to the sides."""
+        self.lost = True
+        self.valid_until = -math.inf
+
 
 class MigrationStatus(msgspec.Struct, kw_only=True):
     """A migration as operators see it (``GET /system/migrations``, ``migrate status``)."""
@@ -261,6 +276,10 @@ def _conflict(migration_id: str, why: str) -> NorthstarError:
     return _error(
         "migration.conflict", f"{why}; see `northstar migrate status`", 409, migration=migration_id,
     )
+
+
+def _taken_over(migration_id: str) -> NorthstarError:
+    return _conflict(migration_id, f"another command took over {migration_id}")
 
 
 def _unavailable(exc: BackendUnavailable) -> NorthstarError:
@@ -487,7 +506,7 @@ class Migrations:
     def _lease_of(self, migration_id: str) -> _Lease:
         lease = self._leases.get(migration_id)
         if lease is None or lease.lost:
-            raise _conflict(migration_id, f"another command took over {migration_id}")
+            raise _taken_over(migration_id)
         return lease
 
     async def _renew(
@@ -499,7 +518,7 @@ class Migrations:
         still valid for more than ``unless_left`` seconds (renewed meanwhile)."""
         async with lease.lock:
             if lease.lost:
-                raise _conflict(lease.migration_id, f"another command took over {lease.migration_id}")
+                raise _taken_over(lease.migration_id)
             if unless_left is not None and lease.valid_until - self._monotonic() > unless_left:
                 return
             progress = lease.progress
@@ -516,8 +535,7 @@ class Migrations:
             try:
                 await self.registry.store.write(PROGRESS_PARTITION, [put])
             except ConditionFailed:
-                lease.lost = True
-                lease.valid_until = -math.inf
+                lease.drop()
                 raise _conflict(
                     lease.migration_id,
                     f"another command took over {lease.migration_id} (this one could not renew its lease)",
@@ -526,7 +544,7 @@ class Migrations:
                 raise _unavailable(exc) from exc
             lease.version += 1
             if until is None:
-                lease.valid_until = sent + lease.seconds - LEASE_MARGIN_SETTLES * lease.settle_seconds
+                lease.valid_until = sent + lease.window
             else:
                 lease.valid_until = -math.inf
 
@@ -581,10 +599,9 @@ class Migrations:
         """Renew the lease while the command waits or copies (its saves alone may be rarer):
         whenever less than half of its validity is left (its saves renew it too)."""
         while not lease.lost:
-            window = lease.seconds - LEASE_MARGIN_SETTLES * lease.settle_seconds
-            await asyncio.sleep(window / LEASE_BEATS)
+            await asyncio.sleep(lease.window / LEASE_BEATS)
             try:
-                await self._renew(lease, unless_left=window / 2)
+                await self._renew(lease, unless_left=lease.window / 2)
             except (NorthstarError, StorageError):
                 if lease.lost:
                     return
@@ -613,12 +630,11 @@ class Migrations:
                 # A command cut short by an error lets the lease run on for the margin (a write
                 # it gave up on may still land); one cancelled, like one killed, lets it expire.
                 if outcome != "cancelled" and not lease.lost and lease.progress is not None and lease.version:
-                    grace = 0.0 if outcome == "done" else LEASE_MARGIN_SETTLES * lease.settle_seconds
+                    grace = 0.0 if outcome == "done" else lease.margin
                     with contextlib.suppress(NorthstarError):
                         await self._renew(lease, until=self.clock.now() + grace)
             finally:
-                lease.lost = True
-                lease.valid_until = -math.inf
+                lease.drop()
                 if self._leases.get(migration_id) is lease:
                     del self._leases[migration_id]
 
