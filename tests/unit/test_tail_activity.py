@@ -156,14 +156,12 @@ def test_a_record_another_version_wrote_is_ignored() -> None:
 # --- two hubs over one SQLite file ---------------------------------------------------------
 
 
-class DropActivity(ItemStore):
-    """Passes every call on, except writes to the activity partition, which it drops: the
-    writer's record never reaches the store (as if it died right after its append)."""
+class PassThrough(ItemStore):
+    """Passes every call on to ``inner`` (the fault-injecting wrappers below change some)."""
 
     def __init__(self, inner: ItemStore) -> None:
         self.inner = inner
         self.capabilities = inner.capabilities
-        self.dropped = 0
 
     @property
     def backing(self) -> ItemStore:
@@ -176,24 +174,31 @@ class DropActivity(ItemStore):
         return await self.inner.query(partition, prefix, **kw)
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        if partition == ACTIVITY_PARTITION:
-            self.dropped += 1
-            return
         await self.inner.write(partition, ops)
 
 
-class Outage(ItemStore):
+class DropActivity(PassThrough):
+    """Passes every call on, except writes to the activity partition, which it drops: the
+    writer's record never reaches the store (as if it died right after its append)."""
+
+    def __init__(self, inner: ItemStore) -> None:
+        super().__init__(inner)
+        self.dropped = 0
+
+    async def write(self, partition: str, ops: Sequence[Op]) -> None:
+        if partition == ACTIVITY_PARTITION:
+            self.dropped += 1
+            return
+        await super().write(partition, ops)
+
+
+class Outage(PassThrough):
     """Passes every call on unless ``down``: then each raises :class:`BackendUnavailable`."""
 
     def __init__(self, inner: ItemStore) -> None:
-        self.inner = inner
-        self.capabilities = inner.capabilities
+        super().__init__(inner)
         self.down = False
         self.refused = 0
-
-    @property
-    def backing(self) -> ItemStore:
-        return self.inner.backing
 
     def _check(self) -> None:
         if self.down:
@@ -202,15 +207,15 @@ class Outage(ItemStore):
 
     async def get(self, partition: str, key: str) -> Item | None:
         self._check()
-        return await self.inner.get(partition, key)
+        return await super().get(partition, key)
 
     async def query(self, partition: str, prefix: str, **kw: Any) -> list[Item]:
         self._check()
-        return await self.inner.query(partition, prefix, **kw)
+        return await super().query(partition, prefix, **kw)
 
     async def write(self, partition: str, ops: Sequence[Op]) -> None:
         self._check()
-        await self.inner.write(partition, ops)
+        await super().write(partition, ops)
 
 
 @pytest.fixture
@@ -506,28 +511,6 @@ async def test_cross_process_delivery_on_each_cloud_emulator(
 
 
 
-class Moving(ItemStore):
-    """A store handle whose kind moves to another table, as a routed handle does at a
-    migration's cutover: every call goes to ``current``, which the test switches."""
-
-    def __init__(self, first: ItemStore) -> None:
-        self.current = first
-        self.capabilities = first.capabilities
-
-    @property
-    def backing(self) -> ItemStore:
-        return self.current.backing
-
-    async def get(self, partition: str, key: str) -> Item | None:
-        return await self.current.get(partition, key)
-
-    async def query(self, partition: str, prefix: str, **kw: Any) -> list[Item]:
-        return await self.current.query(partition, prefix, **kw)
-
-    async def write(self, partition: str, ops: Sequence[Op]) -> None:
-        await self.current.write(partition, ops)
-
-
 async def _record_of(store: ItemStore, process_id: str) -> Item:
     for _ in range(int(WAIT / 0.01)):
         item = await store.get(ACTIVITY_PARTITION, record_key(process_id))
@@ -551,13 +534,14 @@ async def test_after_a_cutover_only_the_new_tables_writer_publishes_this_process
     # writer for the new table published: a reader of the new table would lose marks it has
     # not seen (the follower then waits for the safety read).
     old, new = sqlite(tmp_path / "old.sqlite3"), sqlite(tmp_path / "new.sqlite3")
-    handle = Moving(old)
+    # a store handle whose kind moves to another table, as a routed handle does at a cutover
+    handle = PassThrough(old)
     w = hub(hubs, flush_interval=0.3)
     stream = SequencedStream(handle, PART, "chat")
     w.notify(stream, 1)  # published at once
     await _record_of(old, w.process_id)
     w.notify(stream, 2)  # waits for the flush interval: still unpublished at the cutover
-    handle.current = new
+    handle.inner = new
     other = "t_a|lab|thread|other"
     w.notify(SequencedStream(handle, other, "chat"), 7)  # the new table's writer publishes at once
     await _record_of(new, w.process_id)
