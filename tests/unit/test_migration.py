@@ -21,7 +21,7 @@ from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.migration import Migrations, partition_digest, sync_partition
-from northstar_core.routing import RESOURCE_KINDS, Connection, Route, RoutingRegistry, Target
+from northstar_core.routing import RESOURCE_KINDS, Connection, KindStore, Route, RoutingRegistry, Target
 from northstar_core.storage import Absent, ConditionFailed, Delete, InvalidItem, ItemStore, Put, VersionIs
 
 FENCE = 0.05
@@ -483,14 +483,19 @@ async def test_writes_are_journaled_while_dual_and_switched_and_the_cutover_drai
 # --- one migrator at a time: the lease -------------------------------------------------------
 
 
+async def _with_one_note() -> tuple[Engines, KindStore]:
+    """Engines, and the notes handle of tenant t_a, which holds ``k`` = ``v-before`` (version 1)."""
+    engines = await _engines()
+    handle = await engines.registry.store_for("notes_store", "t_a")
+    await handle.write("t_a|lab|p", [Put("k", b"v-before", version=1)])
+    return engines, handle
+
+
 async def test_a_second_migrator_never_undoes_writes_made_on_the_target_after_the_switch() -> None:
     # An operator runs the same command again while the first one is frozen; the second one
     # (a little slower) must not drain source -> target once the first one has switched.
-    tables = _Tables()
-    engines = await _engines(tables)
+    engines, handle = await _with_one_note()
     registry = engines.registry
-    handle = await registry.store_for("notes_store", "t_a")
-    await handle.write("t_a|lab|p", [Put("k", b"v-before", version=1)])
     second: list[asyncio.Task[Any]] = []
 
     async def slower(seconds: float) -> None:
@@ -523,11 +528,8 @@ async def test_a_second_migrator_never_undoes_writes_made_on_the_target_after_th
 async def test_a_migrator_that_lost_its_lease_writes_nothing_and_stops_with_a_conflict() -> None:
     # The first migrator stalls (its heartbeat too, as in a paused process) after reading phase
     # frozen; its lease expires, a second one takes over and switches; the first one wakes up.
-    tables = _Tables()
-    engines = await _engines(tables)
+    engines, handle = await _with_one_note()
     registry = engines.registry
-    handle = await registry.store_for("notes_store", "t_a")
-    await handle.write("t_a|lab|p", [Put("k", b"v-before", version=1)])
     wake = asyncio.Event()
     stalled = asyncio.Event()
 

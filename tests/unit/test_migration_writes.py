@@ -13,6 +13,7 @@ import pytest
 from test_migration import _engines, _Tables
 
 from northstar_adapters.memory import MemoryItemStore
+from northstar_core.engines import Engines
 from northstar_core.errors import NorthstarError
 from northstar_core.identity import RequestContext
 from northstar_core.kernel.activity import ACTIVITY_PARTITION
@@ -52,6 +53,14 @@ def _system() -> RequestContext:
 
 def _partitions(store: MemoryItemStore) -> set[str]:
     return {name for name, (_, items) in store._parts.items() if items}
+
+
+async def _with_slow_notes(routing: MemoryItemStore | None = None) -> tuple[_Slow, Engines]:
+    """Engines whose notes_store table on connection ``a`` (where it is routed) can be slowed
+    down; ``routing``: the registry's own store."""
+    tables = _Tables()
+    source = tables.tables[("a", "notes_store")] = _Slow()
+    return source, await _engines(tables, routing)
 
 
 async def _refused(task: asyncio.Task[Any]) -> NorthstarError:
@@ -153,11 +162,8 @@ async def test_a_write_whose_journal_mark_lands_late_is_refused_not_lost() -> No
 
 
 async def test_the_journal_mark_and_the_write_share_one_settle_deadline() -> None:
-    tables = _Tables()
-    source = _Slow()
-    tables.tables[("a", "notes_store")] = source
     routing = _Slow()
-    engines = await _engines(tables, routing)
+    source, engines = await _with_slow_notes(routing)
     registry = engines.registry
     settle = 0.6
     migrations = Migrations(registry, engines.clock)
@@ -180,11 +186,8 @@ async def test_the_journal_mark_and_the_write_share_one_settle_deadline() -> Non
 
 async def test_every_acknowledged_write_is_served_after_the_switch_despite_slow_marks_and_writes() -> None:
     rng = random.Random(7)
-    tables = _Tables()
-    source = _Slow()
-    tables.tables[("a", "notes_store")] = source
     routing = _Slow()
-    engines = await _engines(tables, routing)
+    source, engines = await _with_slow_notes(routing)
     registry = engines.registry
     # journal marks (not the migrator's own records) that often take longer than fence and settle
     # together, and data writes that sometimes add to them beyond settle_seconds
@@ -232,10 +235,7 @@ async def test_every_acknowledged_write_is_served_after_the_switch_despite_slow_
 
 
 async def test_a_write_that_saw_no_migration_ends_before_its_view_of_the_routes_expires() -> None:
-    tables = _Tables()
-    source = _Slow()
-    tables.tables[("a", "notes_store")] = source
-    engines = await _engines(tables)
+    source, engines = await _with_slow_notes()
     registry = engines.registry
     handle = await registry.store_for("notes_store", "t_a")
     await handle.write("t_a|lab|p", [Put("k0", b"seed", version=1)])
@@ -267,10 +267,7 @@ async def test_a_write_that_saw_no_migration_ends_before_its_view_of_the_routes_
 
 
 async def test_a_write_outside_any_migration_is_not_cut_short_while_the_routes_are_fresh() -> None:
-    tables = _Tables()
-    source = _Slow()
-    tables.tables[("a", "notes_store")] = source
-    engines = await _engines(tables)
+    source, engines = await _with_slow_notes()
     handle = await engines.registry.store_for("notes_store", "t_a")
     source.delay = _keyed({"k": 0.02})  # well within max_view_seconds (0.2) less a refresh (0.02)
     await handle.write("t_a|lab|p", [Put("k", b"v", version=1)])
